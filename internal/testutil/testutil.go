@@ -1,0 +1,53 @@
+// Package testutil owns the helpers shared by the project's tests: gating
+// root-only tests, finding the containerd instance the test run started, and
+// checking that a test leaves no goroutines behind.
+//
+// Root tests are never skipped silently in CI: when CI=true (as .ci/run sets)
+// and the process is not root, RequiresRoot fails the test instead of skipping.
+package testutil
+
+import (
+	"os"
+	"testing"
+)
+
+// RequiresRoot gates a test that needs root (namespaces, iptables, containerd).
+// Outside CI it skips with a reason; inside CI (CI=true) a missing root is a
+// failure, because CI runs as root and a skip there would hide a broken setup.
+func RequiresRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("test requires root, and CI must run it: run make test as root")
+	}
+	t.Skip("test requires root (run with sudo or via make test as root)")
+}
+
+// ContainerdAddress returns the containerd socket the tests should use:
+// $CLEANROOM_CONTAINERD_ADDRESS (set by make test for its private instance),
+// else /run/containerd/containerd.sock when present. It fails the test when
+// neither is available, since every caller needs a real daemon.
+func ContainerdAddress(t testing.TB) string {
+	t.Helper()
+	if a := os.Getenv("CLEANROOM_CONTAINERD_ADDRESS"); a != "" {
+		return a
+	}
+	const def = "/run/containerd/containerd.sock"
+	if _, err := os.Stat(def); err == nil {
+		return def
+	}
+	t.Fatal("no containerd: set CLEANROOM_CONTAINERD_ADDRESS or run via make test, which starts a private containerd")
+	return ""
+}
+
+// Image returns the node image reference tests run sandboxes from:
+// $CLEANROOM_TEST_IMAGE (set by make test after make image), else the default
+// reference that `cleanroom image build` imports.
+func Image() string {
+	if v := os.Getenv("CLEANROOM_TEST_IMAGE"); v != "" {
+		return v
+	}
+	return "cleanroom.local/node:22"
+}

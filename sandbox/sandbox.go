@@ -1,0 +1,706 @@
+// Package sandbox owns the containerd side of a job: the node image, the
+// container's snapshot, the hardened OCI spec (non-root, no capabilities,
+// seccomp, read-only root, masked /proc, private namespaces), resource limits
+// (memory, CPU, pids, a disk-limited workspace), running steps with streamed
+// output, timeouts and cancellation (SIGTERM, grace, SIGKILL), and the
+// destruction of all of it — plus garbage collection, by label, of whatever a
+// crashed process left behind.
+//
+// The package knows nothing of networks, secrets or jobs queues: the caller
+// hands it a network namespace path, an environment and a workspace.
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/snapshots"
+	"github.com/hashicorp/go-hclog"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Labels every containerd object of ours carries, so GC finds them.
+const (
+	LabelJob   = "cleanroom.job"
+	LabelAgent = "cleanroom.agent"
+	// LabelOwner identifies the process that created the object
+	// ("pid:starttime"), so GC can tell a live sandbox from a crashed one's.
+	LabelOwner = "cleanroom.owner"
+)
+
+// DefaultNamespace is the containerd namespace cleanroom works in.
+const DefaultNamespace = "cleanroom"
+
+// DefaultAddress is the system containerd socket.
+const DefaultAddress = "/run/containerd/containerd.sock"
+
+// Errors callers classify with errors.Is.
+var (
+	ErrInvalidOptions = errors.New("invalid sandbox options")
+	ErrImageNotFound  = errors.New("image not found")
+	ErrStepNotFound   = errors.New("step command not found")
+	ErrStopped        = errors.New("sandbox stopped")
+	ErrContainerd     = errors.New("containerd unavailable")
+)
+
+// Reason says why a step ended other than by itself; empty when it did.
+type Reason string
+
+// The reasons a step can be ended.
+const (
+	ReasonNone       Reason = ""
+	ReasonTimeout    Reason = "timeout"
+	ReasonCanceled   Reason = "canceled"
+	ReasonOOM        Reason = "out of memory"
+	ReasonPidsLimit  Reason = "pids limit reached"
+	ReasonDiskLimit  Reason = "disk limit reached"
+	ReasonKilledHost Reason = "killed"
+)
+
+// Limits are the resources one sandbox may use. Zero fields take defaults;
+// negative ones are an error.
+type Limits struct {
+	MemoryBytes int64   // memory cgroup limit; swap is disabled
+	CPUs        float64 // CFS quota in CPUs
+	Pids        int64   // pids cgroup limit: fork bombs stop here
+	DiskBytes   int64   // size of the workspace filesystem; 0 = no separate filesystem
+	TmpBytes    int64   // size of the /tmp tmpfs (counts toward memory)
+}
+
+// DefaultLimits are used for zero fields of Options.Limits.
+var DefaultLimits = Limits{
+	MemoryBytes: 2 << 30,
+	CPUs:        2,
+	Pids:        1024,
+	TmpBytes:    512 << 20,
+}
+
+// Mount is an extra read-only bind mount (for example the resolv.conf of the
+// job's network policy, or a per-job .npmrc).
+type Mount struct {
+	Source      string
+	Destination string
+}
+
+// Options describe one sandbox.
+type Options struct {
+	// JobID names the sandbox ("cr-<JobID>") and labels everything it creates.
+	JobID string
+	// Image is a reference already present in containerd.
+	Image string
+	// Workspace is a host directory whose contents are copied into the
+	// sandbox's own workspace (owned by the build user). Empty: start empty.
+	Workspace string
+	// NetNS is the network namespace path to join; empty makes a new, empty one.
+	NetNS string
+	// Env is the complete environment of every step: nothing else is added.
+	Env []string
+	// Limits; zero fields take DefaultLimits.
+	Limits Limits
+	// Mounts are extra read-only bind mounts.
+	Mounts []Mount
+	// Labels are added to the container and snapshot labels.
+	Labels map[string]string
+	// Hostname defaults to "cr-<JobID>".
+	Hostname string
+
+	workspaceMount string
+}
+
+// Config configures a Client.
+type Config struct {
+	// Address of the containerd socket; empty uses DefaultAddress.
+	Address string
+	// Namespace in containerd; empty uses DefaultNamespace.
+	Namespace string
+	// Agent is recorded in the cleanroom.agent label of every object.
+	Agent string
+	// StateDir holds per-sandbox workspaces, disk images and FIFOs.
+	StateDir string
+	// Runtime is the containerd runtime; empty uses io.containerd.runc.v2.
+	Runtime string
+	Logger  hclog.Logger
+}
+
+// Client creates sandboxes in one containerd namespace.
+type Client struct {
+	cd     *containerd.Client
+	cfg    Config
+	log    hclog.Logger
+	owner  string
+	closer sync.Once
+}
+
+// New connects to containerd. It fails fast (5 s) with ErrContainerd and the
+// address when the daemon does not answer.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.Address == "" {
+		cfg.Address = DefaultAddress
+	}
+	if abs, err := filepath.Abs(cfg.Address); err == nil {
+		cfg.Address = abs
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = DefaultNamespace
+	}
+	if cfg.Agent == "" {
+		cfg.Agent = "local"
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = "/var/lib/cleanroom/sandbox"
+	}
+	if cfg.Runtime == "" {
+		cfg.Runtime = "io.containerd.runc.v2"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state dir: %w", err)
+	}
+	if _, err := os.Stat(cfg.Address); err != nil {
+		return nil, fmt.Errorf("%w: no socket at %s (start containerd, or set the address in the config)", ErrContainerd, cfg.Address)
+	}
+	cd, err := containerd.New(cfg.Address, containerd.WithDefaultNamespace(cfg.Namespace), containerd.WithTimeout(5*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("%w: connecting to %s: %v", ErrContainerd, cfg.Address, err)
+	}
+	vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := cd.Version(vctx); err != nil {
+		cd.Close()
+		return nil, fmt.Errorf("%w: %s does not answer: %v", ErrContainerd, cfg.Address, err)
+	}
+	return &Client{cd: cd, cfg: cfg, log: cfg.Logger, owner: selfOwner()}, nil
+}
+
+// Containerd exposes the underlying client (image import, GC, tests).
+func (c *Client) Containerd() *containerd.Client { return c.cd }
+
+// Namespace returns the containerd namespace in use.
+func (c *Client) Namespace() string { return c.cfg.Namespace }
+
+// Close releases the connection.
+func (c *Client) Close() error {
+	var err error
+	c.closer.Do(func() { err = c.cd.Close() })
+	return err
+}
+
+func (c *Client) ctx(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, c.cfg.Namespace)
+}
+
+var jobIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// ContainerID is the containerd id (and hostname, and state dir) of a job's sandbox.
+func ContainerID(jobID string) string { return "cr-" + jobID }
+
+func (o *Options) validate() error {
+	var errs []string
+	if !jobIDRe.MatchString(o.JobID) {
+		errs = append(errs, fmt.Sprintf("job id %q: want lowercase letters, digits and '-', at most 63", o.JobID))
+	}
+	if o.Image == "" {
+		errs = append(errs, "image: empty")
+	}
+	if o.Workspace != "" {
+		st, err := os.Stat(o.Workspace)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Sprintf("workspace %s: %v", o.Workspace, errors.Unwrap(err)))
+		case !st.IsDir():
+			errs = append(errs, fmt.Sprintf("workspace %s: not a directory", o.Workspace))
+		}
+	}
+	if o.NetNS != "" {
+		if _, err := os.Stat(o.NetNS); err != nil {
+			errs = append(errs, fmt.Sprintf("network namespace %s: does not exist", o.NetNS))
+		}
+	}
+	l := &o.Limits
+	if l.MemoryBytes < 0 || l.CPUs < 0 || l.Pids < 0 || l.DiskBytes < 0 || l.TmpBytes < 0 {
+		errs = append(errs, "limits: must not be negative")
+	}
+	if l.MemoryBytes == 0 {
+		l.MemoryBytes = DefaultLimits.MemoryBytes
+	}
+	if l.CPUs == 0 {
+		l.CPUs = DefaultLimits.CPUs
+	}
+	if l.Pids == 0 {
+		l.Pids = DefaultLimits.Pids
+	}
+	if l.TmpBytes == 0 {
+		l.TmpBytes = DefaultLimits.TmpBytes
+	}
+	if l.MemoryBytes > 0 && l.MemoryBytes < 16<<20 {
+		errs = append(errs, fmt.Sprintf("memory limit %d bytes: below the 16 MiB a process needs to start", l.MemoryBytes))
+	}
+	if l.Pids > 0 && l.Pids < 8 {
+		errs = append(errs, fmt.Sprintf("pids limit %d: below the 8 a step needs to start", l.Pids))
+	}
+	if l.DiskBytes > 0 && l.DiskBytes < 16<<20 {
+		errs = append(errs, fmt.Sprintf("disk limit %d bytes: below the 16 MiB minimum", l.DiskBytes))
+	}
+	for _, m := range o.Mounts {
+		if !filepath.IsAbs(m.Source) || !filepath.IsAbs(m.Destination) {
+			errs = append(errs, fmt.Sprintf("mount %s:%s: paths must be absolute", m.Source, m.Destination))
+		} else if _, err := os.Stat(m.Source); err != nil {
+			errs = append(errs, fmt.Sprintf("mount source %s: does not exist", m.Source))
+		}
+	}
+	if err := validEnv(o.Env); err != nil {
+		errs = append(errs, err.Error())
+	}
+	if o.Hostname == "" {
+		o.Hostname = ContainerID(o.JobID)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %s", ErrInvalidOptions, strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// Sandbox is one running container: a sleeping init plus the steps exec'd
+// beside it. It must be destroyed with Destroy.
+type Sandbox struct {
+	c        *Client
+	id       string
+	jobID    string
+	ctr      containerd.Container
+	task     containerd.Task
+	spec     *specs.Spec
+	stateDir string
+	ws       string // host path of the workspace (mounted at /workspace)
+	disk     bool   // ws is a loop-mounted filesystem
+	cgroup   string
+
+	mu       sync.Mutex
+	steps    int
+	lastPids int64 // pids.events max after the previous step; -1 before the first
+	stopped  bool
+	gone     bool
+}
+
+// Create makes a new sandbox: snapshot, hardened container, started init.
+// On any error, everything it made is removed before it returns.
+func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	ctx = c.ctx(ctx)
+	id := ContainerID(o.JobID)
+	s := &Sandbox{c: c, id: id, jobID: o.JobID, lastPids: -1, stateDir: filepath.Join(c.cfg.StateDir, id), cgroup: "/cleanroom/" + id}
+	defer func() {
+		if retErr != nil {
+			if err := s.Destroy(context.WithoutCancel(ctx)); err != nil {
+				c.log.Warn("cleaning up after failed create", "sandbox", id, "error", err)
+			}
+		}
+	}()
+
+	img, err := c.cd.GetImage(ctx, o.Image)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("%w: %q is not in containerd namespace %q (build it with `cleanroom image build`, or import it)", ErrImageNotFound, o.Image, c.cfg.Namespace)
+		}
+		return nil, fmt.Errorf("looking up image %s: %w", o.Image, err)
+	}
+	if ok, err := img.IsUnpacked(ctx, containerd.DefaultSnapshotter); err != nil || !ok {
+		if err := img.Unpack(ctx, containerd.DefaultSnapshotter); err != nil {
+			return nil, fmt.Errorf("unpacking image %s: %w", o.Image, err)
+		}
+	}
+	if _, err := os.Stat(s.stateDir); err == nil {
+		return nil, fmt.Errorf("%w: a sandbox for job %s already exists on this host (state %s)", ErrInvalidOptions, o.JobID, s.stateDir)
+	}
+	if err := os.MkdirAll(s.stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating sandbox state dir: %w", err)
+	}
+	if err := s.prepareWorkspace(ctx, o.Workspace, o.Limits.DiskBytes); err != nil {
+		return nil, err
+	}
+	o.workspaceMount = s.ws
+
+	labels := map[string]string{}
+	for k, v := range o.Labels {
+		labels[k] = v
+	}
+	labels[LabelJob] = o.JobID
+	labels[LabelAgent] = c.cfg.Agent
+	labels[LabelOwner] = c.owner
+
+	ctr, err := c.cd.NewContainer(ctx, id,
+		containerd.WithContainerLabels(labels),
+		containerd.WithImage(img),
+		containerd.WithNewSnapshot(id, img, snapshots.WithLabels(labels)),
+		containerd.WithRuntime(c.cfg.Runtime, nil),
+		containerd.WithNewSpec(hardeningOpts(&o, s.cgroup)...),
+	)
+	if err != nil {
+		if errdefs.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("%w: container %s already exists (run `cleanroom gc`)", ErrInvalidOptions, id)
+		}
+		return nil, fmt.Errorf("creating container: %w", err)
+	}
+	s.ctr = ctr
+	if s.spec, err = ctr.Spec(ctx); err != nil {
+		return nil, fmt.Errorf("reading container spec: %w", err)
+	}
+	task, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		return nil, fmt.Errorf("creating task: %w", err)
+	}
+	s.task = task
+	if err := task.Start(ctx); err != nil {
+		return nil, fmt.Errorf("starting sandbox init: %w", err)
+	}
+	c.log.Debug("sandbox created", "sandbox", id, "image", o.Image)
+	return s, nil
+}
+
+// ID returns the container id ("cr-<job>").
+func (s *Sandbox) ID() string { return s.id }
+
+// WorkspacePath is the host path of the sandbox's workspace, valid until
+// Destroy: the caller collects artifacts from here.
+func (s *Sandbox) WorkspacePath() string { return s.ws }
+
+// Step is one command run in the sandbox.
+type Step struct {
+	Args    []string
+	Dir     string        // working directory inside; default /workspace
+	Env     []string      // added to the sandbox environment for this step only
+	Timeout time.Duration // 0 = no timeout (the caller's ctx still applies)
+	Grace   time.Duration // between SIGTERM and SIGKILL; default 5 s
+	Stdout  io.Writer
+	Stderr  io.Writer // nil: same as Stdout
+}
+
+// Result of a step.
+type Result struct {
+	ExitCode int
+	Reason   Reason
+	Duration time.Duration
+}
+
+// Failed reports whether the step did not succeed.
+func (r Result) Failed() bool { return r.ExitCode != 0 || r.Reason != ReasonNone }
+
+// String is the human summary used in job logs.
+func (r Result) String() string {
+	if r.Reason != ReasonNone {
+		return fmt.Sprintf("exit %d (%s)", r.ExitCode, r.Reason)
+	}
+	return fmt.Sprintf("exit %d", r.ExitCode)
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// Run executes one step and waits for it. A timeout, a cancelled ctx, an
+// exhausted pids limit end the step: SIGTERM to every process in the
+// sandbox, then SIGKILL after the grace period; the sandbox is then stopped
+// and further steps fail with ErrStopped. The error is non-nil only when the
+// step could not be run at all (not for a non-zero exit).
+func (s *Sandbox) Run(ctx context.Context, st Step) (Result, error) {
+	if len(st.Args) == 0 {
+		return Result{}, fmt.Errorf("%w: a step needs a command", ErrInvalidOptions)
+	}
+	if err := validEnv(st.Env); err != nil {
+		return Result{}, err
+	}
+	s.mu.Lock()
+	if s.stopped || s.gone {
+		s.mu.Unlock()
+		return Result{}, fmt.Errorf("running %q: %w", st.Args[0], ErrStopped)
+	}
+	s.steps++
+	execID := fmt.Sprintf("step-%d", s.steps)
+	s.mu.Unlock()
+
+	if st.Stdout == nil {
+		st.Stdout = io.Discard
+	}
+	var mu sync.Mutex
+	stdout := lockedWriter{&mu, st.Stdout}
+	stderr := stdout
+	if st.Stderr != nil {
+		stderr = lockedWriter{&mu, st.Stderr}
+	}
+	if st.Grace <= 0 {
+		st.Grace = 5 * time.Second
+	}
+	pspec := *s.spec.Process
+	pspec.Args = st.Args
+	pspec.Terminal = false
+	pspec.Cwd = WorkspaceDir
+	if st.Dir != "" {
+		pspec.Cwd = st.Dir
+	}
+	pspec.Env = append(append([]string{}, s.spec.Process.Env...), st.Env...)
+
+	// Everything below uses a context that the caller's cancellation does not
+	// end: a cancel must still let us kill, wait and clean up.
+	bg := s.c.ctx(context.WithoutCancel(ctx))
+	fifoDir := filepath.Join(s.stateDir, "fifo")
+	if err := os.MkdirAll(fifoDir, 0o700); err != nil {
+		return Result{}, fmt.Errorf("creating fifo dir: %w", err)
+	}
+	start := time.Now()
+	proc, err := s.task.Exec(bg, execID, &pspec, cio.NewCreator(cio.WithStreams(nil, stdout, stderr), cio.WithFIFODir(fifoDir)))
+	if err != nil {
+		return Result{}, fmt.Errorf("creating step %q: %w", st.Args[0], err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(bg, 10*time.Second)
+		defer cancel()
+		if _, err := proc.Delete(dctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			s.c.log.Warn("deleting step process", "sandbox", s.id, "step", execID, "error", err)
+		}
+	}()
+	statusC, err := proc.Wait(bg)
+	if err != nil {
+		return Result{}, fmt.Errorf("waiting for step %q: %w", st.Args[0], err)
+	}
+	oomBefore := s.cgroupCounter("memory", "oom_kill")
+	pidsBefore := s.cgroupCounter("pids", "max")
+	if s.lastPids >= 0 && pidsBefore > s.lastPids {
+		// Something a previous step left running (a backgrounded fork bomb)
+		// exhausted the pids limit since: this step cannot be trusted to run.
+		s.terminate(bg, nil, st.Grace)
+		return Result{ExitCode: 137, Reason: ReasonPidsLimit}, nil
+	}
+	defer func() { s.lastPids = s.cgroupCounter("pids", "max") }()
+	if err := proc.Start(bg); err != nil {
+		msg := err.Error()
+		if strings.Contains(msg, "executable file not found") || strings.Contains(msg, "no such file or directory") {
+			return Result{}, fmt.Errorf("%w: %q does not exist in the sandbox image (or is not on PATH)", ErrStepNotFound, st.Args[0])
+		}
+		if strings.Contains(msg, "chdir") {
+			return Result{}, fmt.Errorf("%w: working directory %s: %s", ErrInvalidOptions, pspec.Cwd, lastLine(msg))
+		}
+		return Result{}, fmt.Errorf("starting step %q: %w", st.Args[0], err)
+	}
+
+	var timeout <-chan time.Time
+	if st.Timeout > 0 {
+		t := time.NewTimer(st.Timeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	pidsTick := time.NewTicker(250 * time.Millisecond)
+	defer pidsTick.Stop()
+
+	var reason Reason
+	var status containerd.ExitStatus
+wait:
+	for {
+		select {
+		case status = <-statusC:
+			break wait
+		case <-timeout:
+			reason = ReasonTimeout
+		case <-ctx.Done():
+			reason = ReasonCanceled
+		case <-pidsTick.C:
+			if s.cgroupCounter("pids", "max") > pidsBefore {
+				reason = ReasonPidsLimit
+			}
+		}
+		if reason != ReasonNone {
+			status = s.terminate(bg, statusC, st.Grace)
+			break wait
+		}
+	}
+	code := int(status.ExitCode())
+	switch {
+	case reason != ReasonNone:
+	case s.cgroupCounter("pids", "max") > pidsBefore:
+		// Fork failures break a build even when its exit code hides them,
+		// and a fork bomb's processes outlive the step's own.
+		reason = ReasonPidsLimit
+	case code == 0:
+	case s.cgroupCounter("memory", "oom_kill") > oomBefore:
+		reason = ReasonOOM
+	case s.diskFull():
+		reason = ReasonDiskLimit
+	}
+	if reason == ReasonPidsLimit && !s.isStopped() {
+		// A step that exhausted the pids limit may leave a fork bomb behind:
+		// stop the sandbox, like a timeout.
+		s.terminate(bg, nil, st.Grace)
+	}
+	return Result{ExitCode: code, Reason: reason, Duration: time.Since(start)}, nil
+}
+
+// terminate sends SIGTERM to every process in the sandbox, waits up to grace
+// for the step to exit, then SIGKILLs everything. The sandbox is stopped.
+func (s *Sandbox) terminate(ctx context.Context, statusC <-chan containerd.ExitStatus, grace time.Duration) containerd.ExitStatus {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	if err := s.task.Kill(ctx, syscall.SIGTERM, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+		s.c.log.Warn("sending SIGTERM", "sandbox", s.id, "error", err)
+	}
+	if statusC != nil {
+		select {
+		case st := <-statusC:
+			// The step is gone; kill whatever it left running.
+			s.killAll(ctx)
+			return st
+		case <-time.After(grace):
+		}
+	}
+	s.killAll(ctx)
+	if statusC == nil {
+		return containerd.ExitStatus{}
+	}
+	select {
+	case st := <-statusC:
+		return st
+	case <-time.After(10 * time.Second):
+		return *containerd.NewExitStatus(137, time.Now(), errors.New("step did not exit after SIGKILL"))
+	}
+}
+
+func (s *Sandbox) isStopped() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopped
+}
+
+// killAll kills the sandbox's init; the kernel then kills every other
+// process of its pid namespace (cheaper than runc's freeze-and-kill-all).
+func (s *Sandbox) killAll(ctx context.Context) {
+	if err := s.task.Kill(ctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
+		s.c.log.Warn("sending SIGKILL", "sandbox", s.id, "error", err)
+	}
+}
+
+// Destroy removes the task, container, snapshot, workspace filesystem and
+// state of the sandbox. It never uses a cancelled context, is idempotent, and
+// reports every failure it met (and still attempts the rest).
+func (s *Sandbox) Destroy(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(s.c.ctx(context.WithoutCancel(ctx)), 30*time.Second)
+	defer cancel()
+	s.mu.Lock()
+	s.gone = true
+	s.mu.Unlock()
+	var errs []error
+	if s.task != nil {
+		if err := destroyTask(ctx, s.task); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.ctr != nil {
+		if err := s.ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("deleting container %s: %w", s.id, err))
+		}
+	} else {
+		// Create may have failed after the snapshot was prepared.
+		if err := s.c.cd.SnapshotService(containerd.DefaultSnapshotter).Remove(ctx, s.id); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("removing snapshot %s: %w", s.id, err))
+		}
+	}
+	if err := removeStateDir(s.stateDir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeCgroup(s.cgroup); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func destroyTask(ctx context.Context, task containerd.Task) error {
+	st, err := task.Status(ctx)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("reading task status: %w", err)
+	}
+	if st.Status != containerd.Stopped {
+		waitC, werr := task.Wait(ctx)
+		// Killing the init kills its whole pid namespace.
+		if err := task.Kill(ctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("killing task: %w", err)
+		}
+		if werr == nil {
+			select {
+			case <-waitC:
+			case <-ctx.Done():
+				return fmt.Errorf("waiting for task to exit: %w", ctx.Err())
+			}
+		}
+	}
+	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("deleting task: %w", err)
+	}
+	return nil
+}
+
+// cgroupCounter reads a counter such as "oom_kill" from memory.oom_control
+// (v1) / memory.events (v2), or "max" from pids.events. -1 if unreadable.
+func (s *Sandbox) cgroupCounter(ctrl, key string) int64 {
+	var files []string
+	switch ctrl {
+	case "memory":
+		files = []string{
+			filepath.Join("/sys/fs/cgroup/memory", s.cgroup, "memory.oom_control"),
+			filepath.Join("/sys/fs/cgroup", s.cgroup, "memory.events"),
+		}
+	case "pids":
+		files = []string{
+			filepath.Join("/sys/fs/cgroup/pids", s.cgroup, "pids.events"),
+			filepath.Join("/sys/fs/cgroup", s.cgroup, "pids.events"),
+		}
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, " ")
+			if ok && k == key {
+				n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				if err == nil {
+					return n
+				}
+			}
+		}
+	}
+	return -1
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndex(s, ": "); i >= 0 && i+2 < len(s) {
+		return s[i+2:]
+	}
+	return s
+}
