@@ -1,0 +1,337 @@
+package netpolicy
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/florianl/go-nflog/v2"
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
+)
+
+// Event is one egress attempt, allowed or denied, in the wire shape of
+// DESIGN.md's egress event (one JSON object per line).
+type Event struct {
+	Time    time.Time `json:"time"`
+	Runner  string    `json:"runner"`
+	Job     string    `json:"job"`
+	Sandbox string    `json:"sandbox"`
+	Proto   string    `json:"proto"`
+	Src     string    `json:"src"`
+	Dst     string    `json:"dst"`
+	Domain  string    `json:"domain,omitempty"`
+	Answer  string    `json:"answer,omitempty"`
+	Verdict string    `json:"verdict"`
+	Rule    string    `json:"rule"`
+	Process *string   `json:"process"`
+}
+
+// Verdicts.
+const (
+	VerdictAllow = "allow"
+	VerdictDeny  = "deny"
+)
+
+// sink stamps, redacts and delivers events: to OnEvent, to the append-only
+// log, and (first deny only, kill mode) to the violations channel.
+//
+// fsync policy: each event is one write(2) on an O_APPEND descriptor, so
+// lines from several sandboxes sharing a file never interleave; the file is
+// fsynced when the sandbox closes (not per event, which would cost a disk
+// flush per DNS query). A host crash can lose the tail of a running job's
+// events, never corrupt earlier lines.
+type sink struct {
+	runner, job, sandbox string
+	redact               func(string) string
+	onEvent              func(Event)
+	kill                 bool
+	violations           chan Event
+
+	mu     sync.Mutex
+	file   *os.File
+	closed bool
+	once   sync.Once
+	names  map[string]string // dst IP → name answered by the responder
+}
+
+func newSink(cfg Config, sandbox string) (*sink, error) {
+	s := &sink{
+		runner: cfg.Runner, job: cfg.ID, sandbox: sandbox,
+		redact: cfg.Redact, onEvent: cfg.OnEvent,
+		kill:       cfg.Policy.OnViolation == OnViolationKill,
+		violations: make(chan Event, 1),
+		names:      map[string]string{},
+	}
+	if cfg.AuditLog != "" {
+		f, err := os.OpenFile(cfg.AuditLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("opening audit log: %w", err)
+		}
+		s.file = f
+	}
+	return s, nil
+}
+
+func (s *sink) emit(e Event) {
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
+	e.Runner, e.Job, e.Sandbox = s.runner, s.job, s.sandbox
+	if s.redact != nil {
+		e.Domain = s.redact(e.Domain)
+		e.Answer = s.redact(e.Answer)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	if e.Domain == "" && e.Verdict == VerdictAllow {
+		if host, _, err := net.SplitHostPort(e.Dst); err == nil {
+			e.Domain = s.names[host]
+		}
+	}
+	if s.file != nil {
+		if b, err := json.Marshal(e); err == nil {
+			_, _ = s.file.Write(append(b, '\n'))
+		}
+	}
+	s.mu.Unlock()
+	if s.onEvent != nil {
+		s.onEvent(e)
+	}
+	if s.kill && e.Verdict == VerdictDeny {
+		s.once.Do(func() { s.violations <- e })
+	}
+}
+
+func (s *sink) rememberName(ip, name string) {
+	s.mu.Lock()
+	s.names[ip] = name
+	s.mu.Unlock()
+}
+
+func (s *sink) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.file == nil {
+		return nil
+	}
+	err := errors.Join(s.file.Sync(), s.file.Close())
+	if err != nil {
+		return fmt.Errorf("closing audit log: %w", err)
+	}
+	return nil
+}
+
+// decodePacket turns an IPv4/IPv6 packet (as NFLOG copies it) into proto,
+// src and dst ("ip:port" for TCP/UDP, "ip" otherwise).
+func decodePacket(b []byte) (proto, src, dst string, ok bool) {
+	if len(b) < 1 {
+		return "", "", "", false
+	}
+	var l4 []byte
+	var p uint8
+	var sip, dip net.IP
+	switch b[0] >> 4 {
+	case 4:
+		if len(b) < 20 {
+			return "", "", "", false
+		}
+		ihl := int(b[0]&0x0f) * 4
+		if ihl < 20 || len(b) < ihl {
+			return "", "", "", false
+		}
+		p, sip, dip = b[9], net.IP(b[12:16]), net.IP(b[16:20])
+		l4 = b[ihl:]
+	case 6:
+		if len(b) < 40 {
+			return "", "", "", false
+		}
+		p, sip, dip = b[6], net.IP(b[8:24]), net.IP(b[24:40])
+		l4 = b[40:]
+	default:
+		return "", "", "", false
+	}
+	addr := func(ip net.IP, port int) string {
+		return net.JoinHostPort(ip.String(), strconv.Itoa(port))
+	}
+	switch p {
+	case 6, 17:
+		proto = "tcp"
+		if p == 17 {
+			proto = "udp"
+		}
+		if len(l4) < 4 {
+			return proto, sip.String(), dip.String(), true
+		}
+		return proto, addr(sip, int(binary.BigEndian.Uint16(l4[0:2]))), addr(dip, int(binary.BigEndian.Uint16(l4[2:4]))), true
+	case 1:
+		return "icmp", sip.String(), dip.String(), true
+	case 58:
+		return "icmpv6", sip.String(), dip.String(), true
+	default:
+		return "ip/" + strconv.Itoa(int(p)), sip.String(), dip.String(), true
+	}
+}
+
+// nflogReader reads the sandbox's NFLOG group. Its socket is opened inside
+// the sandbox namespace, so every packet it sees belongs to that sandbox:
+// attribution is by namespace, not by parsing a prefix someone could spoof.
+type nflogReader struct {
+	nf     *nflog.Nflog
+	cancel context.CancelFunc
+}
+
+func startNflog(nsPath string, group uint16, s *sink) (*nflogReader, error) {
+	var nf *nflog.Nflog
+	err := doInNS(nsPath, func() error {
+		var err error
+		nf, err = nflog.Open(&nflog.Config{Group: group, Copymode: nflog.CopyPacket, Bufsize: 128})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("opening nflog socket: %w", err)
+	}
+	if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
+		nf.Close()
+		return nil, fmt.Errorf("configuring nflog socket: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	hook := func(a nflog.Attribute) int {
+		if a.Payload == nil {
+			return 0
+		}
+		proto, src, dst, ok := decodePacket(*a.Payload)
+		if !ok {
+			return 0
+		}
+		rule := RuleDefaultDeny
+		if a.Prefix != nil {
+			rule = strings.TrimPrefix(strings.TrimRight(*a.Prefix, "\x00"), nflogPrefix)
+		}
+		e := Event{Proto: proto, Src: src, Dst: dst, Verdict: VerdictDeny, Rule: rule}
+		if a.Timestamp != nil {
+			e.Time = a.Timestamp.UTC()
+		}
+		s.emit(e)
+		return 0
+	}
+	errf := func(err error) int {
+		if ctx.Err() != nil {
+			return 1
+		}
+		var oe *netlink.OpError
+		if errors.As(err, &oe) && (oe.Timeout() || oe.Temporary()) {
+			return 0
+		}
+		return 1
+	}
+	if err := nf.RegisterWithErrorFunc(ctx, hook, errf); err != nil {
+		cancel()
+		nf.Close()
+		return nil, fmt.Errorf("binding nflog group %d: %w", group, err)
+	}
+	return &nflogReader{nf: nf, cancel: cancel}, nil
+}
+
+func (r *nflogReader) close() error {
+	if r == nil {
+		return nil
+	}
+	r.cancel()
+	if err := r.nf.Close(); err != nil {
+		return fmt.Errorf("closing nflog socket: %w", err)
+	}
+	return nil
+}
+
+// ctReader turns conntrack NEW events in the sandbox namespace into allow
+// events. Denied packets never reach conntrack (REJECT drops the unconfirmed
+// entry), so every NEW flow here passed the allow-list.
+type ctReader struct {
+	conn *conntrack.Conn
+	stop chan struct{}
+	done chan struct{}
+}
+
+func startConntrack(nsPath string, allowed func(dst net.IP, port uint16) (string, bool), s *sink) (*ctReader, error) {
+	var c *conntrack.Conn
+	err := doInNS(nsPath, func() error {
+		var err error
+		c, err = conntrack.Dial(nil)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("opening conntrack socket: %w", err)
+	}
+	if err := c.SetOption(netlink.NoENOBUFS, true); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("configuring conntrack socket: %w", err)
+	}
+	evs := make(chan conntrack.Event, 256)
+	errc, err := c.Listen(evs, 1, []netfilter.NetlinkGroup{netfilter.GroupCTNew})
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("subscribing to conntrack events: %w", err)
+	}
+	r := &ctReader{conn: c, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for {
+			select {
+			case ev := <-evs:
+				if ev.Flow == nil {
+					continue
+				}
+				t := ev.Flow.TupleOrig
+				rule, ok := allowed(net.IP(t.IP.DestinationAddress.AsSlice()), t.Proto.DestinationPort)
+				if !ok {
+					continue
+				}
+				proto := "tcp"
+				if t.Proto.Protocol == 17 {
+					proto = "udp"
+				}
+				s.emit(Event{
+					Proto:   proto,
+					Src:     net.JoinHostPort(t.IP.SourceAddress.String(), strconv.Itoa(int(t.Proto.SourcePort))),
+					Dst:     net.JoinHostPort(t.IP.DestinationAddress.String(), strconv.Itoa(int(t.Proto.DestinationPort))),
+					Verdict: VerdictAllow, Rule: rule,
+				})
+			case <-errc:
+				return
+			case <-r.stop:
+				return
+			}
+		}
+	}()
+	return r, nil
+}
+
+func (r *ctReader) close() error {
+	if r == nil {
+		return nil
+	}
+	close(r.stop)
+	<-r.done
+	err := r.conn.Close()
+	if err != nil {
+		return fmt.Errorf("closing conntrack socket: %w", err)
+	}
+	return nil
+}

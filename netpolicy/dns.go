@@ -1,0 +1,140 @@
+package netpolicy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// responder is the sandbox's only resolver: it answers A queries for the
+// allowed names with the addresses resolved on the host at setup, AAAA for
+// them with an empty answer, and NXDOMAIN for every other name. Every query
+// is an audit event.
+type responder struct {
+	names   map[string][]net.IP // fqdn → IPv4 answers
+	sink    *sink
+	udp     *dns.Server
+	tcp     *dns.Server
+	wg      sync.WaitGroup
+	closeMu sync.Once
+}
+
+// newResponder builds the answer table from dests.
+func newResponder(dests []Destination, s *sink) *responder {
+	r := &responder{names: map[string][]net.IP{}, sink: s}
+	for _, d := range dests {
+		if d.Host == "" || net.ParseIP(d.Host) != nil {
+			continue
+		}
+		fq := dns.Fqdn(strings.ToLower(d.Host))
+		for _, ip := range d.IPs {
+			if ip4 := ip.To4(); ip4 != nil {
+				r.names[fq] = append(r.names[fq], ip4)
+				s.rememberName(ip4.String(), d.Host)
+			}
+		}
+	}
+	return r
+}
+
+// ServeDNS implements dns.Handler.
+func (r *responder) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(q)
+	m.Authoritative = true
+	m.RecursionAvailable = false
+	ev := Event{Proto: "dns", Src: w.RemoteAddr().String(), Dst: w.LocalAddr().String()}
+	if len(q.Question) != 1 || q.Opcode != dns.OpcodeQuery {
+		m.Rcode = dns.RcodeRefused
+		ev.Verdict, ev.Rule = VerdictDeny, RuleDNSRefused
+		r.sink.emit(ev)
+		_ = w.WriteMsg(m)
+		return
+	}
+	qq := q.Question[0]
+	name := strings.ToLower(qq.Name)
+	// Keep the case as asked: an exfiltrated secret may be case-sensitive
+	// and the redactor must see it as sent.
+	ev.Domain = strings.TrimSuffix(qq.Name, ".")
+	ips, ok := r.names[name]
+	switch {
+	case !ok:
+		m.Rcode = dns.RcodeNameError
+		ev.Verdict, ev.Rule, ev.Answer = VerdictDeny, RuleDNSRefused, "NXDOMAIN"
+	case qq.Qtype == dns.TypeA:
+		var ans []string
+		for _, ip := range ips {
+			m.Answer = append(m.Answer, &dns.A{
+				Hdr: dns.RR_Header{Name: qq.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+				A:   ip,
+			})
+			ans = append(ans, ip.String())
+		}
+		ev.Verdict, ev.Rule, ev.Answer = VerdictAllow, RuleDNSAllow, strings.Join(ans, ",")
+	default:
+		// AAAA and anything else for an allowed name: NOERROR, no records.
+		ev.Verdict, ev.Rule, ev.Answer = VerdictAllow, RuleDNSAllow, dns.TypeToString[qq.Qtype]+":empty"
+	}
+	r.sink.emit(ev)
+	_ = w.WriteMsg(m)
+}
+
+// start listens on ip:53 (UDP and TCP) with sockets opened in the namespace
+// at nsPath ("" = current) and serves until close.
+func (r *responder) start(nsPath string, ip net.IP) error {
+	return r.listen(nsPath, net.JoinHostPort(ip.String(), "53"))
+}
+
+func (r *responder) listen(nsPath, addr string) error {
+	var pc net.PacketConn
+	var ln net.Listener
+	err := doInNS(nsPath, func() error {
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return err
+		}
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			pc.Close()
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	started := make(chan struct{}, 2)
+	notify := func() { started <- struct{}{} }
+	r.udp = &dns.Server{PacketConn: pc, Handler: r, NotifyStartedFunc: notify}
+	r.tcp = &dns.Server{Listener: ln, Handler: r, NotifyStartedFunc: notify,
+		ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second}
+	for _, s := range []*dns.Server{r.udp, r.tcp} {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			_ = s.ActivateAndServe()
+		}()
+	}
+	<-started
+	<-started
+	return nil
+}
+
+func (r *responder) close() error {
+	if r == nil || r.udp == nil {
+		return nil
+	}
+	var err error
+	r.closeMu.Do(func() {
+		err = errors.Join(r.udp.Shutdown(), r.tcp.Shutdown())
+		r.wg.Wait()
+	})
+	if err != nil {
+		return fmt.Errorf("stopping dns responder: %w", err)
+	}
+	return nil
+}

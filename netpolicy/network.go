@@ -1,0 +1,471 @@
+package netpolicy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Sentinels naming the part of Setup that failed; Setup has torn down
+// whatever it built when it returns one of them.
+var (
+	ErrNamespace = errors.New("setting up sandbox namespace")
+	ErrRules     = errors.New("setting up firewall rules")
+	ErrDNS       = errors.New("setting up dns responder")
+	ErrAudit     = errors.New("setting up egress audit")
+	// ErrForwardingDisabled: forward mode on a host without ip_forward=1.
+	// cleanroom never turns forwarding on by itself.
+	ErrForwardingDisabled = errors.New("forward mode needs net.ipv4.ip_forward=1 in the host namespace (cleanroom never sets it)")
+	// ErrBadID: job ids become names of kernel objects and must be tame.
+	ErrBadID = errors.New("job id must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+)
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// Config describes one sandbox network.
+type Config struct {
+	// ID is the job id; every name, comment and lease derives from it.
+	ID string
+	// Runner is stamped on audit events.
+	Runner string
+	// HostNS is the path of the namespace the host end of the veth, the
+	// host-side chains and the DNS responder live in; "" = the caller's.
+	HostNS string
+	// Mode selects the host-side rules (see Mode).
+	Mode Mode
+	// Masquerade source-NATs forwarded flows to the host's address
+	// (forward mode), for registries that have no route back to the pool.
+	Masquerade bool
+	// Policy supplies destinations (when Destinations is nil) and OnViolation.
+	Policy Policy
+	// Destinations, if non-nil, is the allow-list as is (Policy's registries
+	// are then not resolved). HostEnd stands for the host end's address.
+	Destinations []Destination
+	// Resolver resolves Policy names on the host side (nil = system).
+	Resolver Resolver
+	// StateDir holds the pool file and per-sandbox files (resolv.conf).
+	StateDir string
+	// Pool hands out addresses (nil = DefaultPoolCIDR under StateDir).
+	Pool *Pool
+	// AuditLog is an append-only JSON-lines file ("" = none).
+	AuditLog string
+	// OnEvent receives every audit event (called from reader goroutines).
+	OnEvent func(Event)
+	// Redact is applied to domain names and answers before they are emitted.
+	Redact func(string) string
+	// Backend selects iptables nft or legacy (default: whatever iptables is).
+	Backend Backend
+	// Logger (nil = hclog default).
+	Logger hclog.Logger
+}
+
+// Network is a set-up sandbox network. Close it, whatever happens to the job.
+type Network struct {
+	ID, Name            string
+	HostIf              string
+	HostIP, SandboxIP   net.IP
+	HostIP6, SandboxIP6 net.IP
+	Destinations        []Destination
+
+	cfg       Config
+	nsPath    string
+	lease     Lease
+	pool      *Pool
+	n         names
+	sink      *sink
+	nf        *nflogReader
+	ct        *ctReader
+	dns       *responder
+	hostRules [2]*ruleSet
+	resolv    string
+	log       hclog.Logger
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NetNSPath is the namespace the sandbox joins.
+func (n *Network) NetNSPath() string { return n.nsPath }
+
+// ResolvConf is the sandbox's resolv.conf: only our responder, no search
+// domains, one quick attempt.
+func (n *Network) ResolvConf() []byte {
+	return []byte(fmt.Sprintf("nameserver %s\noptions ndots:0 attempts:1 timeout:1\n", n.HostIP))
+}
+
+// ResolvConfPath is a file with ResolvConf's content, to bind-mount read-only.
+func (n *Network) ResolvConfPath() string { return n.resolv }
+
+// Violations fires once, with the first denied attempt, when the policy's
+// OnViolation is "kill"; it never fires otherwise.
+func (n *Network) Violations() <-chan Event { return n.sink.violations }
+
+// Setup builds the sandbox network, failing closed: on any error it tears
+// down what it built and returns an error wrapping ErrNamespace, ErrRules,
+// ErrDNS or ErrAudit. The order makes the namespace unusable until the
+// rules and the audit reader are in place: rules and readers come before the
+// veth goes up.
+func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
+	if !idRE.MatchString(cfg.ID) {
+		return nil, fmt.Errorf("%w: %q", ErrBadID, cfg.ID)
+	}
+	if cfg.StateDir == "" {
+		return nil, fmt.Errorf("%w: no state dir", ErrNamespace)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.Default()
+	}
+	log = log.Named("netpolicy").With("job", cfg.ID)
+	dests := cfg.Destinations
+	if dests == nil {
+		var err error
+		if dests, err = cfg.Policy.Destinations(ctx, cfg.Resolver); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrRules, err)
+		}
+	}
+	for _, d := range dests {
+		if _, err := checkDestination(d); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrRules, err)
+		}
+	}
+	if cfg.Mode == ModeForward {
+		var v string
+		err := doInNS(cfg.HostNS, func() (err error) { v, err = readSysctl("net/ipv4/ip_forward"); return })
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrRules, err)
+		}
+		if strings.TrimSpace(v) != "1" {
+			return nil, fmt.Errorf("%w: %w", ErrRules, ErrForwardingDisabled)
+		}
+	}
+	pool := cfg.Pool
+	if pool == nil {
+		var err error
+		if pool, err = NewPool("", cfg.StateDir); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrNamespace, err)
+		}
+	}
+	nsName := "cr-" + cfg.ID
+	lease, err := pool.Allocate(cfg.ID, nsName)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNamespace, err)
+	}
+	nw := &Network{
+		ID: cfg.ID, Name: nsName, HostIP: lease.HostIP, SandboxIP: lease.PeerIP,
+		HostIP6: lease.HostIP6, SandboxIP6: lease.PeerIP6,
+		cfg: cfg, lease: lease, pool: pool, n: namesFor(cfg.ID, lease.Slot), log: log,
+	}
+	nw.HostIf = nw.n.hostIf
+	defer func() {
+		if retErr != nil {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+			defer cancel()
+			if err := nw.Close(cctx); err != nil {
+				log.Error("tearing down after failed setup", "error", err)
+			}
+		}
+	}()
+	// Substitute the host end for HostEnd now that it is known.
+	for _, d := range dests {
+		d2 := Destination{Host: d.Host, Port: d.Port}
+		for _, ip := range d.IPs {
+			if ip.Equal(HostEnd) {
+				ip = lease.HostIP
+			}
+			d2.IPs = append(d2.IPs, ip)
+		}
+		nw.Destinations = append(nw.Destinations, d2)
+	}
+	if nw.sink, err = newSink(cfg, nsName); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrAudit, err)
+	}
+
+	if nw.nsPath, err = createNamedNS(nsName); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNamespace, err)
+	}
+	err = doInNS(nw.nsPath, func() error {
+		for k, v := range map[string]string{
+			"net/ipv4/ping_group_range":                  "0 2147483647",
+			"net/ipv6/conf/default/accept_ra":            "0",
+			"net/ipv6/conf/default/router_solicitations": "0",
+			"net/ipv6/conf/default/accept_dad":           "0",
+		} {
+			if err := writeSysctl(k, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNamespace, err)
+	}
+
+	if nw.nf, err = startNflog(nw.nsPath, nw.n.nflogGroup, nw.sink); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrAudit, err)
+	}
+	if nw.ct, err = startConntrack(nw.nsPath, nw.allowedRule, nw.sink); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrAudit, err)
+	}
+
+	// The four rule sets (sandbox/host × v4/v6) are independent: apply them
+	// concurrently, since each is one iptables-restore exec.
+	for i, v6 := range []bool{false, true} {
+		nw.hostRules[i] = hostRules(v6, nw.n, lease.HostIP, lease.PeerIP, cfg.Mode, nw.Destinations, cfg.Masquerade)
+	}
+	type job struct {
+		ns    string
+		v6    bool
+		rs    *ruleSet
+		where string
+	}
+	jobs := []job{
+		{nw.nsPath, false, sandboxRules(false, nw.n, lease.HostIP, nw.Destinations), "sandbox ipv4"},
+		{nw.nsPath, true, sandboxRules(true, nw.n, lease.HostIP, nw.Destinations), "sandbox ipv6"},
+		{cfg.HostNS, false, nw.hostRules[0], "host ipv4"},
+		{cfg.HostNS, true, nw.hostRules[1], "host ipv6"},
+	}
+	errs := make([]error, len(jobs))
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = doInNS(j.ns, func() error {
+				fw, err := newIPT(cfg.Backend, j.v6)
+				if err != nil {
+					return err
+				}
+				if err := j.rs.apply(fw); err != nil {
+					return fmt.Errorf("applying %s rules: %w", j.where, err)
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRules, err)
+	}
+
+	if err := nw.setupLinks(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNamespace, err)
+	}
+
+	nw.dns = newResponder(nw.Destinations, nw.sink)
+	if err := nw.dns.start(cfg.HostNS, lease.HostIP); err != nil {
+		nw.dns = nil
+		return nil, fmt.Errorf("%w: %w", ErrDNS, err)
+	}
+	dir := filepath.Join(cfg.StateDir, "sandboxes", cfg.ID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("%w: creating sandbox state dir: %w", ErrDNS, err)
+	}
+	nw.resolv = filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(nw.resolv, nw.ResolvConf(), 0o644); err != nil {
+		return nil, fmt.Errorf("%w: writing resolv.conf: %w", ErrDNS, err)
+	}
+	log.Debug("sandbox network ready", "netns", nw.nsPath, "ip", lease.PeerIP, "host_if", nw.HostIf)
+	return nw, nil
+}
+
+// allowedRule says whether a conntrack flow to dst:port is one of ours to
+// report, and under which rule.
+func (n *Network) allowedRule(dst net.IP, port uint16) (string, bool) {
+	for _, d := range n.Destinations {
+		if int(port) != d.Port {
+			continue
+		}
+		for _, ip := range d.IPs {
+			if ip.Equal(dst) {
+				return RuleAllowRegistry, true
+			}
+		}
+	}
+	return "", false
+}
+
+// netlinkIn returns a netlink handle whose sockets live in the namespace at
+// path ("" = current).
+func netlinkIn(path string) (*netlink.Handle, error) {
+	var h *netlink.Handle
+	err := doInNS(path, func() (err error) { h, err = netlink.NewHandle(); return })
+	if err != nil {
+		return nil, fmt.Errorf("opening netlink in %s: %w", path, err)
+	}
+	return h, nil
+}
+
+// setupLinks creates the veth pair inside the sandbox namespace with its
+// peer created directly in the host namespace (so no end ever appears
+// anywhere else), then addresses, routes and links up.
+func (n *Network) setupLinks() error {
+	sh, err := netlinkIn(n.nsPath)
+	if err != nil {
+		return err
+	}
+	defer sh.Close()
+	hh, err := netlinkIn(n.cfg.HostNS)
+	if err != nil {
+		return err
+	}
+	defer hh.Close()
+	hostNSFile := n.cfg.HostNS
+	if hostNSFile == "" {
+		hostNSFile = "/proc/self/ns/net"
+	}
+	hf, err := os.Open(hostNSFile)
+	if err != nil {
+		return fmt.Errorf("opening host namespace: %w", err)
+	}
+	defer hf.Close()
+
+	lo, err := sh.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("finding lo: %w", err)
+	}
+	if err := sh.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("setting lo up: %w", err)
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: n.n.peerIf},
+		PeerName:      n.n.hostIf,
+		PeerNamespace: netlink.NsFd(int(hf.Fd())),
+	}
+	if err := sh.LinkAdd(veth); err != nil {
+		return fmt.Errorf("creating veth %s: %w", n.n.hostIf, err)
+	}
+	peer, err := sh.LinkByName(n.n.peerIf)
+	if err != nil {
+		return fmt.Errorf("finding sandbox end: %w", err)
+	}
+	host, err := hh.LinkByName(n.n.hostIf)
+	if err != nil {
+		return fmt.Errorf("finding host end: %w", err)
+	}
+	if err := hh.LinkSetAlias(host, n.n.comment); err != nil {
+		return fmt.Errorf("labelling host end: %w", err)
+	}
+	addrs := []struct {
+		h    *netlink.Handle
+		l    netlink.Link
+		ip   net.IP
+		bits int
+		all  int
+	}{
+		{hh, host, n.HostIP, 30, 32}, {hh, host, n.HostIP6, 64, 128},
+		{sh, peer, n.SandboxIP, 30, 32}, {sh, peer, n.SandboxIP6, 64, 128},
+	}
+	for _, a := range addrs {
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.ip, Mask: net.CIDRMask(a.bits, a.all)}, Flags: unix.IFA_F_NODAD}
+		if err := a.h.AddrAdd(a.l, addr); err != nil {
+			return fmt.Errorf("adding address %s: %w", a.ip, err)
+		}
+	}
+	if err := hh.LinkSetUp(host); err != nil {
+		return fmt.Errorf("setting host end up: %w", err)
+	}
+	if err := sh.LinkSetUp(peer); err != nil {
+		return fmt.Errorf("setting sandbox end up: %w", err)
+	}
+	for _, gw := range []net.IP{n.HostIP, n.HostIP6} {
+		if err := sh.RouteAdd(&netlink.Route{LinkIndex: peer.Attrs().Index, Gw: gw}); err != nil {
+			return fmt.Errorf("adding default route via %s: %w", gw, err)
+		}
+	}
+	return nil
+}
+
+// Close tears everything down: DNS responder, audit readers, host-side
+// chains, veth, namespace, per-sandbox files, pool address. It always runs
+// every step (collecting errors), is idempotent, and does not depend on ctx
+// being live: it only uses kernel calls and short execs.
+func (n *Network) Close(ctx context.Context) error {
+	n.closeOnce.Do(func() { n.closeErr = n.teardown() })
+	return n.closeErr
+}
+
+func (n *Network) teardown() error {
+	var errs []error
+	if n.dns != nil {
+		errs = append(errs, n.dns.close())
+	}
+	errs = append(errs, n.nf.close(), n.ct.close())
+	// Host rules (per family) and the veth go concurrently: each is an
+	// exec or a kernel call that mostly waits.
+	par := make([]error, 3)
+	var wg sync.WaitGroup
+	for i, v6 := range []bool{false, true} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			par[i] = doInNS(n.cfg.HostNS, func() error {
+				rs := n.hostRules[i]
+				if rs == nil {
+					rs = hostRules(v6, n.n, n.HostIP, n.SandboxIP, n.cfg.Mode, n.Destinations, n.cfg.Masquerade)
+				}
+				fw, err := newIPT(n.cfg.Backend, v6)
+				if err != nil {
+					return err
+				}
+				return rs.remove(fw)
+			})
+		}()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); par[2] = deleteLink(n.cfg.HostNS, n.n.hostIf) }()
+	wg.Wait()
+	errs = append(errs, par...)
+	if n.nsPath != "" {
+		errs = append(errs, deleteNamedNS(n.nsPath))
+	}
+	if n.resolv != "" {
+		errs = append(errs, os.RemoveAll(filepath.Dir(n.resolv)))
+	}
+	errs = append(errs, n.pool.Release(n.lease.Slot, n.ID))
+	if n.sink != nil {
+		errs = append(errs, n.sink.close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("tearing down network of %s: %w", n.ID, err)
+	}
+	return nil
+}
+
+// deleteLink removes a link in the namespace at nsPath; a missing link is fine.
+func deleteLink(nsPath, name string) error {
+	h, err := netlinkIn(nsPath)
+	if err != nil {
+		if nsPath != "" && errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("finding link %s: %w", name, err)
+	}
+	if err := h.LinkDel(l); err != nil {
+		return fmt.Errorf("deleting link %s: %w", name, err)
+	}
+	return nil
+}
+
+// cleanupTimeout bounds teardown after a failed setup.
+const cleanupTimeout = 10 * time.Second

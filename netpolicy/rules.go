@@ -1,0 +1,183 @@
+package netpolicy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net"
+	"strconv"
+)
+
+// Rule names carried in NFLOG prefixes and audit events.
+const (
+	RuleDefaultDeny   = "default-deny"
+	RuleMetadataDeny  = "metadata-deny"
+	RuleAllowRegistry = "allow-registry"
+	RuleDNSAllow      = "dns-allow"
+	RuleDNSRefused    = "dns-refused"
+	nflogPrefix       = "cr "
+	chainDeny         = "CR-DENY"
+	chainMeta         = "CR-META"
+	hostChainPrefix   = "CR-"
+	commentPrefix     = "cleanroom job="
+)
+
+// metadataNet is refused as a destination whatever the configuration says.
+var metadataNet = &net.IPNet{IP: net.IPv4(169, 254, 0, 0).To4(), Mask: net.CIDRMask(16, 32)}
+
+// idHash is the bounded hash of a job id used in link and chain names.
+func idHash(id string) string {
+	s := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(s[:])[:12]
+}
+
+// names derives every kernel object name from the job id.
+type names struct {
+	netns, hostIf, peerIf       string
+	inChain, fwdChain, natChain string
+	comment                     string
+	nflogGroup                  uint16
+}
+
+func namesFor(id string, slot int) names {
+	h := idHash(id)
+	return names{
+		netns:    "cr-" + id,
+		hostIf:   "crv" + h, // 15 chars, the IFNAMSIZ limit
+		peerIf:   "eth0",
+		inChain:  hostChainPrefix + h + "-I",
+		fwdChain: hostChainPrefix + h + "-F",
+		natChain: hostChainPrefix + h + "-N",
+		comment:  commentPrefix + id,
+		// Groups are per namespace; a per-sandbox number still helps when
+		// reading `tcpdump -i nflog:N` by hand.
+		nflogGroup: uint16(100 + slot),
+	}
+}
+
+// sandboxRules is the allow-list inside the sandbox namespace for one family.
+// Built-in chains end in explicit terminal rules rather than policies, so the
+// ruleset is a plain list of rules.
+func sandboxRules(v6 bool, n names, hostIP net.IP, dests []Destination) *ruleSet {
+	const t = "filter"
+	s := &ruleSet{}
+	group := strconv.Itoa(int(n.nflogGroup))
+	reject := "icmp-port-unreachable"
+	if v6 {
+		reject = "icmp6-port-unreachable"
+	}
+	denyChain := func(chain, rule string) {
+		s.chain(t, chain)
+		s.add(t, chain, "-j", "NFLOG", "--nflog-group", group, "--nflog-prefix", nflogPrefix+rule)
+		s.add(t, chain, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
+		s.add(t, chain, "-j", "REJECT", "--reject-with", reject)
+	}
+	denyChain(chainDeny, RuleDefaultDeny)
+	if !v6 {
+		denyChain(chainMeta, RuleMetadataDeny)
+	}
+
+	s.add(t, "INPUT", "-i", "lo", "-j", "ACCEPT")
+	s.add(t, "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+	if v6 {
+		s.add(t, "INPUT", "-p", "ipv6-icmp", "--icmpv6-type", "neighbour-solicitation", "-j", "ACCEPT")
+		s.add(t, "INPUT", "-p", "ipv6-icmp", "--icmpv6-type", "neighbour-advertisement", "-j", "ACCEPT")
+	}
+	s.add(t, "INPUT", "-j", "DROP")
+	s.add(t, "FORWARD", "-j", "DROP")
+
+	s.add(t, "OUTPUT", "-o", "lo", "-j", "ACCEPT")
+	s.add(t, "OUTPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+	if v6 {
+		// The kernel's own link housekeeping is not an egress attempt:
+		// neighbour discovery is needed, router solicitations and MLD
+		// reports are dropped without an audit event.
+		s.add(t, "OUTPUT", "-p", "ipv6-icmp", "--icmpv6-type", "neighbour-solicitation", "-j", "ACCEPT")
+		s.add(t, "OUTPUT", "-p", "ipv6-icmp", "--icmpv6-type", "neighbour-advertisement", "-j", "ACCEPT")
+		s.add(t, "OUTPUT", "-p", "ipv6-icmp", "--icmpv6-type", "router-solicitation", "-j", "DROP")
+		s.add(t, "OUTPUT", "-p", "ipv6-icmp", "--icmpv6-type", "143", "-j", "DROP")
+		s.add(t, "OUTPUT", "-p", "ipv6-icmp", "--icmpv6-type", "131", "-j", "DROP")
+	} else {
+		s.add(t, "OUTPUT", "-d", metadataNet.String(), "-j", chainMeta)
+		s.add(t, "OUTPUT", "-d", hostIP.String()+"/32", "-p", "udp", "--dport", "53", "-j", "ACCEPT")
+		s.add(t, "OUTPUT", "-d", hostIP.String()+"/32", "-p", "tcp", "--dport", "53", "-j", "ACCEPT")
+	}
+	for _, d := range dests {
+		for _, ip := range d.IPs {
+			if (ip.To4() == nil) != v6 {
+				continue
+			}
+			s.add(t, "OUTPUT", "-d", hostPrefix(ip), "-p", "tcp", "--dport", strconv.Itoa(d.Port),
+				"-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
+		}
+	}
+	s.add(t, "OUTPUT", "-j", chainDeny)
+	return s
+}
+
+// hostRules are the rules in the host namespace: an INPUT guard on the host
+// end (DNS to the responder, direct-mode destinations on the host end, replies),
+// a FORWARD chain (forward mode: only sandbox → destination and replies;
+// direct mode: nothing), and optionally masquerade. Every rule carries the
+// job comment so GC can find it.
+func hostRules(v6 bool, n names, hostIP, peerIP net.IP, mode Mode, dests []Destination, masq bool) *ruleSet {
+	s := &ruleSet{}
+	c := []string{"-m", "comment", "--comment", n.comment}
+	add := func(table, chain string, spec ...string) { s.add(table, chain, append(spec, c...)...) }
+
+	s.chain("filter", n.inChain)
+	s.insert("filter", "INPUT", append([]string{"-i", n.hostIf}, append(c, "-j", n.inChain)...)...)
+	add("filter", n.inChain, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+	if v6 {
+		add("filter", n.inChain, "-p", "ipv6-icmp", "--icmpv6-type", "neighbour-solicitation", "-j", "ACCEPT")
+		add("filter", n.inChain, "-p", "ipv6-icmp", "--icmpv6-type", "neighbour-advertisement", "-j", "ACCEPT")
+	} else {
+		add("filter", n.inChain, "-d", hostIP.String()+"/32", "-p", "udp", "--dport", "53", "-j", "ACCEPT")
+		add("filter", n.inChain, "-d", hostIP.String()+"/32", "-p", "tcp", "--dport", "53", "-j", "ACCEPT")
+		for _, d := range dests {
+			for _, ip := range d.IPs {
+				if ip.Equal(hostIP) {
+					add("filter", n.inChain, "-d", hostPrefix(ip), "-p", "tcp", "--dport", strconv.Itoa(d.Port), "-j", "ACCEPT")
+				}
+			}
+		}
+	}
+	add("filter", n.inChain, "-j", "DROP")
+
+	s.chain("filter", n.fwdChain)
+	s.insert("filter", "FORWARD", append([]string{"-i", n.hostIf}, append(c, "-j", n.fwdChain)...)...)
+	s.insert("filter", "FORWARD", append([]string{"-o", n.hostIf}, append(c, "-j", n.fwdChain)...)...)
+	if mode == ModeForward && !v6 {
+		add("filter", n.fwdChain, "-o", n.hostIf, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+		for _, d := range dests {
+			for _, ip := range d.IPs {
+				if ip.To4() == nil || ip.Equal(hostIP) {
+					continue
+				}
+				add("filter", n.fwdChain, "-i", n.hostIf, "-s", peerIP.String()+"/32", "-d", hostPrefix(ip),
+					"-p", "tcp", "--dport", strconv.Itoa(d.Port), "-j", "ACCEPT")
+			}
+		}
+	}
+	add("filter", n.fwdChain, "-j", "DROP")
+
+	if mode == ModeForward && masq && !v6 {
+		s.chain("nat", n.natChain)
+		s.insert("nat", "POSTROUTING", append([]string{"-s", peerIP.String() + "/32"}, append(c, "-j", n.natChain)...)...)
+		for _, d := range dests {
+			for _, ip := range d.IPs {
+				if ip.To4() == nil || ip.Equal(hostIP) {
+					continue
+				}
+				add("nat", n.natChain, "-d", hostPrefix(ip), "-p", "tcp", "--dport", strconv.Itoa(d.Port), "-j", "MASQUERADE")
+			}
+		}
+	}
+	return s
+}
+
+func hostPrefix(ip net.IP) string {
+	if ip4 := ip.To4(); ip4 != nil {
+		return ip4.String() + "/32"
+	}
+	return ip.String() + "/128"
+}

@@ -1,0 +1,321 @@
+package netpolicy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func TestNarrow(t *testing.T) {
+	runner := Policy{Registries: []string{"http://registry.cleanroom.test:4873/", "https://npm.corp"}, Extra: []string{"git.corp:22"}, OnViolation: "deny"}
+	tests := []struct {
+		name    string
+		job     Policy
+		want    Policy
+		wantErr error
+	}{
+		{"empty inherits", Policy{}, runner, nil},
+		{"subset of registries", Policy{Registries: []string{"http://registry.cleanroom.test:4873"}},
+			Policy{Registries: []string{"http://registry.cleanroom.test:4873"}, Extra: runner.Extra, OnViolation: "deny"}, nil},
+		{"drop extras", Policy{Extra: []string{}}, Policy{Registries: runner.Registries, Extra: []string{}, OnViolation: "deny"}, nil},
+		{"tighten to kill", Policy{OnViolation: "kill"}, Policy{Registries: runner.Registries, Extra: runner.Extra, OnViolation: "kill"}, nil},
+		{"new registry widens", Policy{Registries: []string{"https://registry.npmjs.org"}}, Policy{}, ErrWidening},
+		{"same host other port widens", Policy{Registries: []string{"http://registry.cleanroom.test:4874"}}, Policy{}, ErrWidening},
+		{"new extra widens", Policy{Extra: []string{"evil.example:443"}}, Policy{}, ErrWidening},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := runner.Narrow(tc.job)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if err == nil && (strings.Join(got.Registries, ",") != strings.Join(tc.want.Registries, ",") ||
+				strings.Join(got.Extra, ",") != strings.Join(tc.want.Extra, ",") || got.OnViolation != tc.want.OnViolation) {
+				t.Fatalf("got %+v want %+v", got, tc.want)
+			}
+		})
+	}
+	kill := Policy{Registries: runner.Registries, OnViolation: "kill"}
+	if _, err := kill.Narrow(Policy{OnViolation: "deny"}); !errors.Is(err, ErrWidening) {
+		t.Fatalf("kill → deny: err = %v, want ErrWidening", err)
+	}
+}
+
+func TestDestinationsRefuseMetadata(t *testing.T) {
+	r := StaticResolver{Hosts: map[string][]net.IP{
+		"registry.cleanroom.test": {net.IPv4(10, 231, 254, 2)},
+		"metadata.internal":       {net.IPv4(169, 254, 169, 254)},
+	}}
+	tests := []struct {
+		name    string
+		p       Policy
+		wantErr error
+		want    string
+	}{
+		{"registry resolves statically", Policy{Registries: []string{"http://registry.cleanroom.test:4873"}}, nil, "10.231.254.2:4873"},
+		{"default https port", Policy{Registries: []string{"https://registry.cleanroom.test"}}, nil, "10.231.254.2:443"},
+		{"metadata by name", Policy{Registries: []string{"http://metadata.internal"}}, ErrBadDestination, ""},
+		{"metadata by ip", Policy{Extra: []string{"169.254.169.254:80"}}, ErrBadDestination, ""},
+		{"link-local v6", Policy{Extra: []string{"[fe80::1]:80"}}, ErrBadDestination, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := tc.p.Destinations(context.Background(), r)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if err == nil && net.JoinHostPort(d[0].IPs[0].String(), itoa(d[0].Port)) != tc.want {
+				t.Fatalf("got %+v", d)
+			}
+		})
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestPoolConcurrentAllocationsAreDistinctAndPersist(t *testing.T) {
+	dir := t.TempDir()
+	p, err := NewPool("10.231.0.0/26", dir) // 16 slots
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A second Pool value on the same file stands in for another process.
+			q, _ := NewPool("10.231.0.0/26", dir)
+			l, err := q.Allocate("job"+string(rune('a'+i)), "ns")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if seen[l.PeerIP.String()] {
+				t.Errorf("duplicate %s", l.PeerIP)
+			}
+			seen[l.PeerIP.String()] = true
+		}()
+	}
+	wg.Wait()
+	if _, err := p.Allocate("one-too-many", "ns"); !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("err = %v, want ErrPoolExhausted", err)
+	}
+	leases, _ := p.Leases()
+	if len(leases) != 16 {
+		t.Fatalf("%d leases persisted, want 16", len(leases))
+	}
+	if err := p.Release(leases[3].Slot, leases[3].Job); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Release(leases[3].Slot, leases[3].Job); err != nil {
+		t.Fatal("second release:", err)
+	}
+	l, err := p.Allocate("reuse", "ns")
+	if err != nil || l.Slot != leases[3].Slot {
+		t.Fatalf("reuse got slot %d err %v, want %d", l.Slot, err, leases[3].Slot)
+	}
+	if l.HostIP.String() != "10.231.0.13" || l.PeerIP.String() != "10.231.0.14" || l.PeerIP6.String() != "fd8c:1ea7:0:3::2" {
+		t.Fatalf("addresses %s %s %s", l.HostIP, l.PeerIP, l.PeerIP6)
+	}
+}
+
+func TestDecodePacket(t *testing.T) {
+	v4tcp := make([]byte, 24)
+	v4tcp[0], v4tcp[9] = 0x45, 6
+	copy(v4tcp[12:], []byte{10, 231, 0, 2, 10, 231, 253, 2})
+	copy(v4tcp[20:], []byte{0x9c, 0x40, 0, 80})
+	v6udp := make([]byte, 44)
+	v6udp[0], v6udp[6] = 0x60, 17
+	copy(v6udp[8:], net.ParseIP("fd8c:1ea7::2"))
+	copy(v6udp[24:], net.ParseIP("fd00:bad::2"))
+	copy(v6udp[40:], []byte{0, 53, 0, 53})
+	v4icmp := make([]byte, 28)
+	v4icmp[0], v4icmp[9] = 0x45, 1
+	copy(v4icmp[12:], []byte{10, 231, 0, 2, 169, 254, 169, 254})
+	tests := []struct {
+		name            string
+		b               []byte
+		proto, src, dst string
+		ok              bool
+	}{
+		{"ipv4 tcp", v4tcp, "tcp", "10.231.0.2:40000", "10.231.253.2:80", true},
+		{"ipv6 udp", v6udp, "udp", "[fd8c:1ea7::2]:53", "[fd00:bad::2]:53", true},
+		{"ipv4 icmp", v4icmp, "icmp", "10.231.0.2", "169.254.169.254", true},
+		{"truncated", []byte{0x45, 0}, "", "", "", false},
+		{"not ip", []byte{0x10, 0, 0, 0}, "", "", "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, s, d, ok := decodePacket(tc.b)
+			if p != tc.proto || s != tc.src || d != tc.dst || ok != tc.ok {
+				t.Fatalf("got %q %q %q %v", p, s, d, ok)
+			}
+		})
+	}
+}
+
+func TestSplitRuleAndCommentJob(t *testing.T) {
+	line := `-A INPUT -i crv0123456789ab -m comment --comment "cleanroom job=j-42" -j CR-0123456789ab-I`
+	args := splitRule(line)
+	if len(args) != 10 || args[7] != "cleanroom job=j-42" || args[9] != "CR-0123456789ab-I" {
+		t.Fatalf("args %q", args)
+	}
+	if job, ok := commentJob(line); !ok || job != "j-42" {
+		t.Fatalf("job %q %v", job, ok)
+	}
+	if _, ok := commentJob("-A INPUT -j ACCEPT"); ok {
+		t.Fatal("foreign rule attributed to a job")
+	}
+}
+
+// fakeFW is an in-memory Firewall for rule-set unit tests.
+type fakeFW struct {
+	chains map[string][]string // "table/chain" → rules
+}
+
+func newFake() *fakeFW {
+	return &fakeFW{chains: map[string][]string{"filter/INPUT": nil, "filter/FORWARD": nil, "filter/OUTPUT": nil, "nat/POSTROUTING": nil}}
+}
+func key(t, c string) string { return t + "/" + c }
+func (f *fakeFW) Add(r Rule, first bool) error {
+	k := key(r.Table, r.Chain)
+	if _, ok := f.chains[k]; !ok {
+		return errors.New("no chain " + k)
+	}
+	s := strings.Join(r.Spec, " ")
+	if first {
+		f.chains[k] = append([]string{s}, f.chains[k]...)
+	} else {
+		f.chains[k] = append(f.chains[k], s)
+	}
+	return nil
+}
+func (f *fakeFW) Del(r Rule) error {
+	k := key(r.Table, r.Chain)
+	s := strings.Join(r.Spec, " ")
+	for i, x := range f.chains[k] {
+		if x == s {
+			f.chains[k] = append(f.chains[k][:i], f.chains[k][i+1:]...)
+			return nil
+		}
+	}
+	return nil
+}
+func (f *fakeFW) Check(r Rule) (bool, error) {
+	for _, x := range f.chains[key(r.Table, r.Chain)] {
+		if x == strings.Join(r.Spec, " ") {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+func (f *fakeFW) NewChain(t, c string) error    { f.chains[key(t, c)] = nil; return nil }
+func (f *fakeFW) DeleteChain(t, c string) error { delete(f.chains, key(t, c)); return nil }
+func (f *fakeFW) Chains(t string) ([]string, error) {
+	var out []string
+	for k := range f.chains {
+		if tt, c, _ := strings.Cut(k, "/"); tt == t {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+func (f *fakeFW) Rules(t, c string) ([]string, error) {
+	var out []string
+	for _, r := range f.chains[key(t, c)] {
+		// iptables -S quotes the comment.
+		out = append(out, "-A "+c+" "+commentRE.ReplaceAllString(r, `"$1"`))
+	}
+	return out, nil
+}
+
+func TestHostRulesApplyRemoveAndGC(t *testing.T) {
+	n := namesFor("j-1", 3)
+	dests := []Destination{{Host: "registry.cleanroom.test", IPs: []net.IP{net.IPv4(10, 231, 254, 2)}, Port: 4873}}
+	host, peer := net.IPv4(10, 231, 0, 13), net.IPv4(10, 231, 0, 14)
+	fw := newFake()
+	rs := hostRules(false, n, host, peer, ModeForward, dests, true)
+	if err := rs.apply(fw); err != nil {
+		t.Fatal(err)
+	}
+	fwd := strings.Join(fw.chains[key("filter", n.fwdChain)], "\n")
+	if !strings.Contains(fwd, "-d 10.231.254.2/32 -p tcp --dport 4873 -j ACCEPT") || !strings.HasSuffix(fwd, "-j DROP -m comment --comment cleanroom job=j-1") {
+		t.Fatalf("forward chain:\n%s", fwd)
+	}
+	for _, rules := range fw.chains {
+		for _, r := range rules {
+			if !strings.Contains(r, "cleanroom job=j-1") {
+				t.Fatalf("rule without owner comment: %s", r)
+			}
+		}
+	}
+	if err := rs.remove(fw); err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.remove(fw); err != nil {
+		t.Fatal("second remove:", err)
+	}
+	if len(fw.chains) != 4 || len(fw.chains["filter/INPUT"]) != 0 || len(fw.chains["nat/POSTROUTING"]) != 0 {
+		t.Fatalf("leftovers: %v", fw.chains)
+	}
+
+	// GC: two jobs' rules present, one kept.
+	_ = hostRules(false, n, host, peer, ModeForward, dests, true).apply(fw)
+	n2 := namesFor("j-2", 4)
+	_ = hostRules(false, n2, host, peer, ModeDirect, nil, false).apply(fw)
+	var rep Report
+	if err := gcRules(fw, func(j string) bool { return j == "j-2" }, map[string]bool{}, &rep, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := fw.chains[key("filter", n.inChain)]; ok {
+		t.Fatal("dead job's chain survived GC")
+	}
+	if _, ok := fw.chains[key("filter", n2.inChain)]; !ok {
+		t.Fatal("kept job's chain removed by GC")
+	}
+	for _, r := range fw.chains["filter/INPUT"] {
+		if strings.Contains(r, "job=j-1") {
+			t.Fatal("dead job's jump survived GC")
+		}
+	}
+}
+
+func TestSandboxRulesDenyByDefault(t *testing.T) {
+	n := namesFor("j-1", 0)
+	dests := []Destination{{Host: "r", IPs: []net.IP{net.IPv4(10, 231, 254, 2), net.ParseIP("fd00::5")}, Port: 4873}}
+	for _, v6 := range []bool{false, true} {
+		doc := string(sandboxRules(v6, n, net.IPv4(10, 231, 0, 1), dests).restoreDoc())
+		lines := strings.Split(strings.TrimSpace(doc), "\n")
+		var out []string
+		for _, l := range lines {
+			if strings.HasPrefix(l, "-A OUTPUT") {
+				out = append(out, l)
+			}
+		}
+		if out[len(out)-1] != "-A OUTPUT -j CR-DENY" {
+			t.Fatalf("v6=%v: OUTPUT does not end in deny:\n%s", v6, doc)
+		}
+		wantAllow := "-d 10.231.254.2/32 -p tcp --dport 4873"
+		if v6 {
+			wantAllow = "-d fd00::5/128 -p tcp --dport 4873"
+		}
+		if !strings.Contains(doc, wantAllow) || !strings.Contains(doc, `--nflog-prefix "cr default-deny"`) {
+			t.Fatalf("v6=%v: missing allow or log:\n%s", v6, doc)
+		}
+		if !v6 && !strings.Contains(doc, "-A OUTPUT -d 169.254.0.0/16 -j CR-META") {
+			t.Fatalf("no metadata rule:\n%s", doc)
+		}
+	}
+}
+
+var commentRE = regexp.MustCompile(`(cleanroom job=[^ ]+)`)
