@@ -1,0 +1,157 @@
+// Command sidebyside measures cleanroom's sandbox lifecycle next to its
+// baselines, interleaved in one run so machine noise hits both alike:
+//
+//	sandbox:  create → run `true` → destroy (no network)  vs  ctr run --rm IMAGE id true
+//	full:     netpolicy setup (netns, veth, rules, DNS, audit) + sandbox in it
+//	          → run `true` → destroy everything            vs  ctr run --rm + ip netns add/del
+//
+// The network half runs in a throwaway lab (internal/lab); nothing touches
+// the root namespace. Root only; `make bench` runs it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/cleanroom-ci/cleanroom/internal/lab"
+	"github.com/cleanroom-ci/cleanroom/netpolicy"
+	"github.com/cleanroom-ci/cleanroom/sandbox"
+)
+
+func main() {
+	n := flag.Int("n", 20, "iterations of each measurement")
+	addr := flag.String("containerd", os.Getenv("CLEANROOM_CONTAINERD_ADDRESS"), "containerd socket")
+	image := flag.String("image", "cleanroom.local/node:22", "image")
+	flag.Parse()
+	if err := run(*n, *addr, *image); err != nil {
+		fmt.Fprintln(os.Stderr, "sidebyside:", err)
+		os.Exit(1)
+	}
+}
+
+func run(n int, addr, image string) error {
+	ctx := context.Background()
+	state, err := os.MkdirTemp("", "cr-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(state)
+	c, err := sandbox.New(ctx, sandbox.Config{Address: addr, Agent: "bench", StateDir: filepath.Join(state, "sb")})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	l, err := lab.New(ctx, "bench")
+	if err != nil {
+		return fmt.Errorf("creating lab: %w", err)
+	}
+	defer l.Close()
+	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/home/build"}
+	var ours, ctr, full, base []time.Duration
+
+	sandboxOnce := func(id, netns string, mounts []sandbox.Mount) error {
+		sb, err := c.Create(ctx, sandbox.Options{JobID: id, Image: image, Env: env, NetNS: netns, Mounts: mounts})
+		if err != nil {
+			return err
+		}
+		res, err := sb.Run(ctx, sandbox.Step{Args: []string{"true"}})
+		if derr := sb.Destroy(ctx); derr != nil {
+			return derr
+		}
+		if err != nil {
+			return err
+		}
+		if res.Failed() {
+			return fmt.Errorf("true failed: %s", res)
+		}
+		return nil
+	}
+	ctrOnce := func(i int) error {
+		out, err := exec.Command("ctr", "--address", addr, "-n", sandbox.DefaultNamespace, "run", "--rm", image, fmt.Sprintf("bench-ctr-%d-%d", os.Getpid(), i), "true").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ctr run: %v: %s", err, out)
+		}
+		return nil
+	}
+	for i := 0; i < n; i++ {
+		// sandbox alone vs ctr run --rm
+		t := time.Now()
+		if err := sandboxOnce(fmt.Sprintf("bench-%d", i), "", nil); err != nil {
+			return err
+		}
+		ours = append(ours, time.Since(t))
+		t = time.Now()
+		if err := ctrOnce(i); err != nil {
+			return err
+		}
+		ctr = append(ctr, time.Since(t))
+
+		// full lifecycle vs ctr run --rm + bare netns add/del
+		t = time.Now()
+		id := fmt.Sprintf("benchfull-%d", i)
+		nw, err := netpolicy.Setup(ctx, netpolicy.Config{
+			ID: id, Runner: "bench", HostNS: l.HostNSPath(), Mode: netpolicy.ModeForward,
+			Policy:   netpolicy.Policy{Registries: []string{"http://registry.cleanroom.test:4873/"}},
+			Resolver: netpolicy.StaticResolver{Hosts: map[string][]net.IP{"registry.cleanroom.test": {lab.RegistryIP}}},
+			StateDir: filepath.Join(state, "net"),
+		})
+		if err != nil {
+			return fmt.Errorf("network setup: %w", err)
+		}
+		err = sandboxOnce(id, nw.NetNSPath(), []sandbox.Mount{{Source: nw.ResolvConfPath(), Destination: "/etc/resolv.conf"}})
+		if cerr := nw.Close(ctx); cerr != nil && err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		full = append(full, time.Since(t))
+		t = time.Now()
+		nsName := fmt.Sprintf("crlab-benchns-%d", os.Getpid())
+		if out, err := exec.Command("ip", "netns", "add", nsName).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip netns add: %v: %s", err, out)
+		}
+		if err := ctrOnce(n + i); err != nil {
+			return err
+		}
+		if out, err := exec.Command("ip", "netns", "del", nsName).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip netns del: %v: %s", err, out)
+		}
+		base = append(base, time.Since(t))
+	}
+	mo, mc, mf, mb := median(ours), median(ctr), median(full), median(base)
+	fmt.Printf("iterations: %d   load average: %s", n, loadavg())
+	fmt.Printf("sandbox create→true→destroy     median %7.1f ms\n", ms(mo))
+	fmt.Printf("ctr run --rm IMAGE id true       median %7.1f ms   ratio %.2f (target ≤ 1.00)\n", ms(mc), ratio(mo, mc))
+	fmt.Printf("full: netpolicy + sandbox        median %7.1f ms\n", ms(mf))
+	fmt.Printf("ctr run --rm + ip netns add/del  median %7.1f ms   ratio %.2f (target ≤ 1.00)\n", ms(mb), ratio(mf, mb))
+	return nil
+}
+
+func median(d []time.Duration) time.Duration {
+	s := append([]time.Duration{}, d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return string(b)
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# make bench: every benchmark the issues name, each side by side with its
+# baseline in one run (these machines are noisy: compare ratios, not times).
+# Root only: it starts a private containerd (stopped on exit) and builds the
+# cached node image; network benchmarks run inside throwaway lab namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "make bench needs root" >&2; exit 1; }
+N=${BENCH_N:-20}
+
+SOCK=$(scripts/containerd.sh start | tail -1)
+trap 'scripts/containerd.sh stop' EXIT
+export CLEANROOM_CONTAINERD_ADDRESS="$SOCK"
+bin/cleanroom image build >/dev/null
+
+echo "== sandbox lifecycle, side by side with ctr run --rm (n=$N)"
+go run ./bench/sidebyside -n "$N" -containerd "$SOCK"
+
+echo
+echo "== network setup+teardown, side by side with ip netns add/del"
+bench/netpolicy.sh "$N"
+
+echo
+echo "== Go benchmarks (redactor, lockfile gate + SBOM, claim latency)"
+go test -run '^$' -bench . -benchmem -count 1 ./secrets/ ./supplychain/ ./coordinator/... ./agent/... 2>&1 | grep -E '^(Benchmark|ok|FAIL|goos|cpu)' || true
+
+if [ -x scripts/bench-job.sh ]; then
+	echo
+	echo "== full job vs host-side npm ci && npm run build"
+	scripts/bench-job.sh
+fi
