@@ -1,0 +1,107 @@
+package api_test
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+)
+
+func TestSpecParsesTheSameFromYAMLAndJSON(t *testing.T) {
+	yml := `
+image: cleanroom.local/node:22
+build: npm run build
+artifacts: [dist/**]
+secrets: [NPM_TOKEN]
+timeout: 10m
+resources: {memory: 2GiB, cpus: 2, pids: 512, disk: 4g}
+labels: {arch: amd64}
+install_scripts: {allow: [esbuild], all: false}
+network: {extra: ["registry.lab:4873"], on_violation: fail}
+`
+	var fromYAML api.JobSpec
+	if err := yaml.Unmarshal([]byte(yml), &fromYAML); err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(fromYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromJSON api.JobSpec
+	if err := json.Unmarshal(b, &fromJSON); err != nil {
+		t.Fatalf("%v in %s", err, b)
+	}
+	if fromJSON.Timeout.D() != 10*time.Minute || fromJSON.Resources.Memory != 2<<30 || fromJSON.Resources.Disk != 4<<30 ||
+		fromJSON.Build.Script != "npm run build" || fromJSON.Labels["arch"] != "amd64" || fromJSON.Network.OnViolation != "fail" {
+		t.Fatalf("round trip lost fields: %s", b)
+	}
+	if err := fromJSON.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBuildAcceptsScriptOrArgv(t *testing.T) {
+	tests := []struct {
+		in         string
+		wantScript string
+		wantArgv   []string
+		wantErr    bool
+	}{
+		{`"npm test"`, "npm test", nil, false},
+		{`["npm","run","build"]`, "", []string{"npm", "run", "build"}, false},
+		{`{"x":1}`, "", nil, true},
+	}
+	for _, tc := range tests {
+		var b api.Build
+		err := json.Unmarshal([]byte(tc.in), &b)
+		if (err != nil) != tc.wantErr || b.Script != tc.wantScript || strings.Join(b.Argv, " ") != strings.Join(tc.wantArgv, " ") {
+			t.Errorf("%s: got %+v, %v", tc.in, b, err)
+		}
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want api.ByteSize
+		err  bool
+	}{
+		{"512MiB", 512 << 20, false}, {"2g", 2 << 30, false}, {"1GB", 1e9, false}, {"1024", 1024, false},
+		{"1.5GiB", 3 << 29, false}, {"lots", 0, true}, {"-1m", 0, true},
+	}
+	for _, tc := range tests {
+		got, err := api.ParseByteSize(tc.in)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("ParseByteSize(%q) = %d, %v", tc.in, got, err)
+		}
+	}
+}
+
+func TestValidateReportsEveryFieldAtOnce(t *testing.T) {
+	s := api.JobSpec{Timeout: api.Duration(-time.Second), Secrets: []string{"a b"}, Network: api.NetworkSpec{OnViolation: "x"}}
+	err := s.Validate()
+	var fe api.FieldErrors
+	if !errors.As(err, &fe) || len(fe) != 4 {
+		t.Fatalf("got %v, want 4 field errors (build, timeout, secrets[0], network.on_violation)", err)
+	}
+}
+
+func TestErrorMatchesSentinelsByStatus(t *testing.T) {
+	tests := []struct {
+		status int
+		want   error
+	}{{404, api.ErrNotFound}, {401, api.ErrUnauthorized}, {409, api.ErrConflict}, {400, api.ErrInvalid}, {413, api.ErrTooLarge}, {403, api.ErrForbidden}}
+	for _, tc := range tests {
+		if err := error(&api.Error{Status: tc.status}); !errors.Is(err, tc.want) {
+			t.Errorf("status %d does not match %v", tc.status, tc.want)
+		}
+	}
+	if api.Retryable(&api.Error{Status: 409}) || !api.Retryable(&api.Error{Status: 503}) || !api.Retryable(errors.New("connection refused")) {
+		t.Error("Retryable misclassifies")
+	}
+}

@@ -1,0 +1,495 @@
+// Package api owns the wire types shared by the coordinator, the agent and the
+// CLI, the validation of job specs (so every side agrees on what a valid job
+// is), and the HTTP client for the coordinator's /v1 API (docs/api.md).
+//
+// The JSON field names here are also the YAML field names of cleanroom.yaml,
+// so a job spec reads the same in a project file and on the wire.
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Job states. A job moves queued → running → one of the terminal states; a
+// running job whose lease expires goes back to queued until MaxAttempts, then
+// to lost.
+const (
+	StateQueued    = "queued"
+	StateRunning   = "running"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+	StateCanceled  = "canceled"
+	StateLost      = "lost"
+)
+
+// Terminal reports whether a job in this state will never change again, which
+// is when log followers stop and results are refused.
+func Terminal(state string) bool {
+	switch state {
+	case StateSucceeded, StateFailed, StateCanceled, StateLost:
+		return true
+	}
+	return false
+}
+
+// Token kinds, used by POST /v1/tokens. Registration tokens are exchanged once
+// (or a few times) for a runner token; submit tokens let a pipeline submit and
+// read jobs without holding the admin token.
+const (
+	TokenRegistration = "registration"
+	TokenSubmit       = "submit"
+)
+
+// Artifact kinds. SBOM and provenance are plain artifacts with a kind, so the
+// coordinator stores them like any other file and verify can find them.
+const (
+	KindFile       = "file"
+	KindSBOM       = "sbom"
+	KindProvenance = "provenance"
+)
+
+// Egress verdicts, as in DESIGN.md's egress event format.
+const (
+	VerdictAllow = "allow"
+	VerdictDeny  = "deny"
+)
+
+// Network violation policies for NetworkSpec.OnViolation: "fail" ends the job
+// on the first denied egress attempt, "log" only records it.
+const (
+	OnViolationFail = "fail"
+	OnViolationLog  = "log"
+)
+
+// Duration is a time.Duration written as a Go duration string ("10m", "90s")
+// in JSON and YAML, because people write specs by hand. A bare number means
+// seconds.
+type Duration time.Duration
+
+// D returns the standard library duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// String formats like time.Duration.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// UnmarshalJSON accepts "10m" or a number of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		var n float64
+		if err2 := json.Unmarshal(b, &n); err2 != nil {
+			return fmt.Errorf("parsing duration: want a string like \"10m\" or seconds")
+		}
+		*d = Duration(n * float64(time.Second))
+		return nil
+	}
+	return d.parse(s)
+}
+
+// MarshalYAML writes the duration as a string.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// UnmarshalYAML accepts "10m" or a number of seconds.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error { return d.parse(n.Value) }
+
+func (d *Duration) parse(s string) error {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		*d = 0
+		return nil
+	}
+	if n, err := strconv.ParseFloat(s, 64); err == nil {
+		*d = Duration(n * float64(time.Second))
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("parsing duration %q: %w", s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ByteSize is a size in bytes written as "512MiB", "2G", "100m" or a plain
+// number, because memory and disk limits are written by hand.
+type ByteSize int64
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"tib", 1 << 40},
+	{"kb", 1000}, {"mb", 1000 * 1000}, {"gb", 1000 * 1000 * 1000}, {"tb", 1000 * 1000 * 1000 * 1000},
+	{"k", 1 << 10}, {"m", 1 << 20}, {"g", 1 << 30}, {"t", 1 << 40}, {"b", 1},
+}
+
+// ParseByteSize parses "512MiB", "2g", "1.5GiB" or "1048576". Single-letter
+// suffixes are binary (as in docker and containerd).
+func ParseByteSize(s string) (ByteSize, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	if t == "" {
+		return 0, nil
+	}
+	mult := int64(1)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(t, u.suffix) {
+			mult = u.mult
+			t = strings.TrimSpace(strings.TrimSuffix(t, u.suffix))
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 {
+		return 0, fmt.Errorf("parsing size %q: want a number with an optional unit like 512MiB", s)
+	}
+	return ByteSize(f * float64(mult)), nil
+}
+
+// String formats the size with the largest binary unit that divides it.
+func (b ByteSize) String() string {
+	switch {
+	case b == 0:
+		return "0"
+	case b%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", b>>30)
+	case b%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", b>>20)
+	case b%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", b>>10)
+	}
+	return strconv.FormatInt(int64(b), 10)
+}
+
+// MarshalJSON writes the size as a string such as "512MiB".
+func (b ByteSize) MarshalJSON() ([]byte, error) { return json.Marshal(b.String()) }
+
+// UnmarshalJSON accepts a string with a unit or a number of bytes.
+func (b *ByteSize) UnmarshalJSON(d []byte) error {
+	var s string
+	if err := json.Unmarshal(d, &s); err != nil {
+		var n int64
+		if err2 := json.Unmarshal(d, &n); err2 != nil {
+			return errors.New("parsing size: want a string like \"512MiB\" or a number of bytes")
+		}
+		*b = ByteSize(n)
+		return nil
+	}
+	v, err := ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b = v
+	return nil
+}
+
+// MarshalYAML writes the size as a string.
+func (b ByteSize) MarshalYAML() (any, error) { return b.String(), nil }
+
+// UnmarshalYAML accepts a string with a unit or a number of bytes.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseByteSize(n.Value)
+	if err != nil {
+		return err
+	}
+	*b = v
+	return nil
+}
+
+// Build is the build step: either a shell script (run with sh -c) or an argv
+// run without a shell. In JSON and YAML it is a string or a list of strings.
+type Build struct {
+	Script string
+	Argv   []string
+}
+
+// IsZero reports whether no build step was given.
+func (b Build) IsZero() bool { return b.Script == "" && len(b.Argv) == 0 }
+
+// MarshalJSON writes a string for a script, a list for an argv.
+func (b Build) MarshalJSON() ([]byte, error) {
+	if len(b.Argv) > 0 {
+		return json.Marshal(b.Argv)
+	}
+	return json.Marshal(b.Script)
+}
+
+// UnmarshalJSON accepts a string or a list of strings.
+func (b *Build) UnmarshalJSON(d []byte) error {
+	*b = Build{}
+	if string(d) == "null" {
+		return nil
+	}
+	if err := json.Unmarshal(d, &b.Script); err == nil {
+		return nil
+	}
+	if err := json.Unmarshal(d, &b.Argv); err != nil {
+		return errors.New("parsing build: want a script string or a list of strings")
+	}
+	return nil
+}
+
+// MarshalYAML writes a string for a script, a list for an argv.
+func (b Build) MarshalYAML() (any, error) {
+	if len(b.Argv) > 0 {
+		return b.Argv, nil
+	}
+	return b.Script, nil
+}
+
+// UnmarshalYAML accepts a string or a list of strings.
+func (b *Build) UnmarshalYAML(n *yaml.Node) error {
+	*b = Build{}
+	switch n.Kind {
+	case yaml.ScalarNode:
+		b.Script = n.Value
+		return nil
+	case yaml.SequenceNode:
+		return n.Decode(&b.Argv)
+	}
+	return errors.New("parsing build: want a script string or a list of strings")
+}
+
+// Resources are the sandbox limits of a job. Zero means "the agent's default".
+type Resources struct {
+	Memory ByteSize `json:"memory,omitempty" yaml:"memory,omitempty"`
+	CPUs   float64  `json:"cpus,omitempty" yaml:"cpus,omitempty"`
+	PIDs   int64    `json:"pids,omitempty" yaml:"pids,omitempty"`
+	Disk   ByteSize `json:"disk,omitempty" yaml:"disk,omitempty"`
+}
+
+// InstallScripts is the npm install-script policy: by default no package's
+// lifecycle scripts run; Allow names packages whose scripts may run, All lets
+// every package run them (discouraged; recorded in provenance).
+type InstallScripts struct {
+	Allow []string `json:"allow,omitempty" yaml:"allow,omitempty"`
+	All   bool     `json:"all,omitempty" yaml:"all,omitempty"`
+}
+
+// NetworkSpec widens the sandbox's egress allow-list for one job (Extra is a
+// list of host:port destinations the agent's policy must also permit) and says
+// what a denied attempt does to the job (OnViolationFail or OnViolationLog).
+type NetworkSpec struct {
+	Extra       []string `json:"extra,omitempty" yaml:"extra,omitempty"`
+	OnViolation string   `json:"on_violation,omitempty" yaml:"on_violation,omitempty"`
+}
+
+// JobSpec is what a developer asks for: the same structure in cleanroom.yaml
+// and in POST /v1/jobs.
+type JobSpec struct {
+	Image          string            `json:"image,omitempty" yaml:"image,omitempty"`
+	Build          Build             `json:"build" yaml:"build"`
+	Artifacts      []string          `json:"artifacts,omitempty" yaml:"artifacts,omitempty"`
+	Secrets        []string          `json:"secrets,omitempty" yaml:"secrets,omitempty"`
+	Timeout        Duration          `json:"timeout,omitempty" yaml:"timeout,omitempty"`
+	Resources      Resources         `json:"resources,omitzero" yaml:"resources,omitempty"`
+	Labels         map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
+	InstallScripts InstallScripts    `json:"install_scripts,omitzero" yaml:"install_scripts,omitempty"`
+	Network        NetworkSpec       `json:"network,omitzero" yaml:"network,omitempty"`
+	// MaxAttempts bounds how often a job whose lease expired is re-queued
+	// (default 3). Not usually set by hand.
+	MaxAttempts int `json:"max_attempts,omitempty" yaml:"max_attempts,omitempty"`
+}
+
+// Source kinds.
+const (
+	SourceUpload = "upload"
+	SourceGit    = "git"
+)
+
+// Source says where a job's files come from: an uploaded tar.gz (kept by the
+// coordinator, identified by its sha256) or a git URL and an exact commit.
+type Source struct {
+	Kind   string `json:"kind"`
+	SHA256 string `json:"sha256,omitempty"`
+	Size   int64  `json:"size,omitempty"`
+	URL    string `json:"url,omitempty"`
+	Commit string `json:"commit,omitempty"`
+}
+
+// Job is a build job as the coordinator reports it.
+type Job struct {
+	ID          string     `json:"id"`
+	State       string     `json:"state"`
+	Spec        JobSpec    `json:"spec"`
+	Source      Source     `json:"source"`
+	RunnerID    string     `json:"runner_id,omitempty"`
+	Attempts    int        `json:"attempts"`
+	MaxAttempts int        `json:"max_attempts"`
+	ExitCode    *int       `json:"exit_code,omitempty"`
+	Reason      string     `json:"reason,omitempty"`
+	Cancel      bool       `json:"cancel_requested,omitempty"`
+	LogSize     int64      `json:"log_size"`
+	CreatedAt   time.Time  `json:"created_at"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+	FinishedAt  *time.Time `json:"finished_at,omitempty"`
+}
+
+// Lease is a runner's right to work on a job until Expires. Token is the
+// fencing token: it increases with every claim of the job, and every write
+// for the job must carry the current one, so a runner that lost its lease
+// cannot overwrite the work of the runner that has it now.
+type Lease struct {
+	Token   int64     `json:"token"`
+	Expires time.Time `json:"expires"`
+	TTL     Duration  `json:"ttl"`
+	// LogOffset is where this attempt's log starts: earlier attempts of a
+	// re-queued job keep their bytes, and offsets are job-wide.
+	LogOffset int64 `json:"log_offset"`
+}
+
+// ClaimRequest asks for up to Slots jobs, waiting up to Wait for one to arrive.
+type ClaimRequest struct {
+	Slots int      `json:"slots"`
+	Wait  Duration `json:"wait,omitempty"`
+}
+
+// Claim is one job handed to a runner with its lease.
+type Claim struct {
+	Job   Job   `json:"job"`
+	Lease Lease `json:"lease"`
+}
+
+// ClaimResponse is empty when the wait ended without a job.
+type ClaimResponse struct {
+	Claims []Claim `json:"claims"`
+}
+
+// HeartbeatRequest renews a lease. Wait lets the coordinator hold the answer
+// until a cancel is requested or Wait passes, so a cancel reaches the agent at
+// once rather than at the next heartbeat.
+type HeartbeatRequest struct {
+	Token int64    `json:"token"`
+	Wait  Duration `json:"wait,omitempty"`
+}
+
+// HeartbeatResponse tells the agent its new lease and whether to cancel.
+type HeartbeatResponse struct {
+	Cancel bool  `json:"cancel"`
+	Lease  Lease `json:"lease"`
+}
+
+// ResultRequest ends a job. LogSize is the number of log bytes the agent
+// produced: the coordinator refuses the result (409 with the expected offset)
+// until it holds all of them, so a result never overtakes its log.
+type ResultRequest struct {
+	Token    int64  `json:"token"`
+	State    string `json:"state"`
+	ExitCode int    `json:"exit_code"`
+	Reason   string `json:"reason,omitempty"`
+	LogSize  int64  `json:"log_size"`
+}
+
+// LogAppendResponse tells the agent the next offset the coordinator expects.
+type LogAppendResponse struct {
+	NextOffset int64 `json:"next_offset"`
+}
+
+// EgressEvent is one egress attempt (DESIGN.md "Egress audit event"). DNS
+// queries have Proto "dns", the queried name in Domain and the answer given in
+// Answer.
+type EgressEvent struct {
+	Time    time.Time `json:"time"`
+	Runner  string    `json:"runner"`
+	Job     string    `json:"job"`
+	Sandbox string    `json:"sandbox"`
+	Proto   string    `json:"proto"`
+	Src     string    `json:"src,omitempty"`
+	Dst     string    `json:"dst,omitempty"`
+	Domain  string    `json:"domain,omitempty"`
+	Answer  string    `json:"answer,omitempty"`
+	Verdict string    `json:"verdict"`
+	Rule    string    `json:"rule,omitempty"`
+	Process *string   `json:"process"`
+}
+
+// EgressFilter selects events for GET /v1/egress. Zero fields match all.
+type EgressFilter struct {
+	Job     string
+	Runner  string
+	Verdict string
+	Since   time.Time
+	Until   time.Time
+	Limit   int
+}
+
+// Artifact describes a stored artifact file of a job.
+type Artifact struct {
+	Name      string    `json:"name"`
+	Kind      string    `json:"kind"`
+	SHA256    string    `json:"sha256"`
+	Size      int64     `json:"size"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Runner is a registered agent as the admin sees it.
+type Runner struct {
+	ID          string            `json:"id"`
+	Name        string            `json:"name"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Concurrency int               `json:"concurrency"`
+	CreatedAt   time.Time         `json:"created_at"`
+	LastSeen    *time.Time        `json:"last_seen,omitempty"`
+	RevokedAt   *time.Time        `json:"revoked_at,omitempty"`
+}
+
+// RegisterRequest exchanges a registration token for a runner token. PublicKey
+// is the runner's ed25519 signing key (32 bytes, base64 in JSON), published by
+// GET /v1/runners/{id}/key so provenance it signs can be verified.
+type RegisterRequest struct {
+	Token       string            `json:"token"`
+	Name        string            `json:"name"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Concurrency int               `json:"concurrency,omitempty"`
+	PublicKey   []byte            `json:"public_key"`
+}
+
+// RegisterResponse carries the runner's identity and its secret token, which
+// the coordinator never shows again.
+type RegisterResponse struct {
+	RunnerID    string `json:"runner_id"`
+	RunnerToken string `json:"runner_token"`
+}
+
+// RunnerKey is a runner's public signing key.
+type RunnerKey struct {
+	RunnerID  string     `json:"runner_id"`
+	Name      string     `json:"name"`
+	Algorithm string     `json:"algorithm"`
+	PublicKey []byte     `json:"public_key"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+// TokenRequest creates a registration or submit token. Uses 0 means
+// unlimited; Expires 0 means never.
+type TokenRequest struct {
+	Kind    string   `json:"kind"`
+	Expires Duration `json:"expires,omitempty"`
+	Uses    int      `json:"uses,omitempty"`
+	Note    string   `json:"note,omitempty"`
+}
+
+// TokenResponse carries the new token, shown once.
+type TokenResponse struct {
+	ID        string     `json:"id"`
+	Kind      string     `json:"kind"`
+	Token     string     `json:"token"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	Uses      int        `json:"uses,omitempty"`
+}
+
+// SubmitRequest is the JSON form of POST /v1/jobs (git sources); uploads use
+// multipart with a "spec" part (JSON) and a "source" part (tar.gz).
+type SubmitRequest struct {
+	Spec   JobSpec `json:"spec"`
+	Source Source  `json:"source"`
+}

@@ -1,0 +1,202 @@
+package api
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// FieldError names one invalid field of a request. Validation collects all of
+// them so a user fixes a spec in one round trip.
+type FieldError struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+// FieldErrors is a list of field errors; as an error it reads as one line.
+type FieldErrors []FieldError
+
+func (fe FieldErrors) Error() string {
+	parts := make([]string, len(fe))
+	for i, f := range fe {
+		parts[i] = f.Field + ": " + f.Message
+	}
+	return "invalid request: " + strings.Join(parts, "; ")
+}
+
+func (fe *FieldErrors) add(field, format string, args ...any) {
+	*fe = append(*fe, FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+// Limits the coordinator enforces on every spec.
+const (
+	MaxTimeout     = 24 * time.Hour
+	MaxLabels      = 32
+	MaxArtifacts   = 256
+	maxScriptBytes = 64 << 10
+)
+
+var (
+	labelKeyRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
+	secretRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+	commitRE    = regexp.MustCompile(`^[0-9a-f]{40}([0-9a-f]{24})?$`)
+	sha256RE    = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	npmPackRE   = regexp.MustCompile(`^(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*$`)
+	imageBadChr = regexp.MustCompile(`[\s]`)
+)
+
+// ValidLabelKey reports whether k can be a runner or job label key.
+func ValidLabelKey(k string) bool { return labelKeyRE.MatchString(k) }
+
+// Validate checks a spec and returns every problem at once as FieldErrors, or
+// nil.
+func (s *JobSpec) Validate() error {
+	var fe FieldErrors
+	if s.Build.IsZero() {
+		fe.add("build", "required: a script string or an argv list")
+	}
+	if len(s.Build.Script) > maxScriptBytes {
+		fe.add("build", "script longer than %d bytes", maxScriptBytes)
+	}
+	for i, a := range s.Build.Argv {
+		if a == "" && i == 0 {
+			fe.add("build[0]", "the program name must not be empty")
+		}
+		if strings.ContainsRune(a, 0) {
+			fe.add(fmt.Sprintf("build[%d]", i), "contains a NUL byte")
+		}
+	}
+	if imageBadChr.MatchString(s.Image) {
+		fe.add("image", "must be an image reference without spaces")
+	}
+	if s.Timeout < 0 {
+		fe.add("timeout", "must not be negative")
+	} else if s.Timeout.D() > MaxTimeout {
+		fe.add("timeout", "must be at most %s", MaxTimeout)
+	}
+	if len(s.Artifacts) > MaxArtifacts {
+		fe.add("artifacts", "at most %d patterns", MaxArtifacts)
+	}
+	for i, a := range s.Artifacts {
+		f := fmt.Sprintf("artifacts[%d]", i)
+		switch {
+		case a == "":
+			fe.add(f, "must not be empty")
+		case strings.HasPrefix(a, "/"):
+			fe.add(f, "must be relative to the workspace")
+		case hasDotDot(a):
+			fe.add(f, "must not contain '..'")
+		}
+	}
+	for i, sec := range s.Secrets {
+		if !secretRE.MatchString(sec) {
+			fe.add(fmt.Sprintf("secrets[%d]", i), "must be a secret name like NPM_TOKEN")
+		}
+	}
+	if s.Resources.Memory < 0 {
+		fe.add("resources.memory", "must not be negative")
+	} else if s.Resources.Memory != 0 && s.Resources.Memory < 16<<20 {
+		fe.add("resources.memory", "must be at least 16MiB")
+	}
+	if s.Resources.CPUs < 0 || s.Resources.CPUs > 1024 {
+		fe.add("resources.cpus", "must be between 0 and 1024")
+	}
+	if s.Resources.PIDs < 0 {
+		fe.add("resources.pids", "must not be negative")
+	} else if s.Resources.PIDs != 0 && s.Resources.PIDs < 16 {
+		fe.add("resources.pids", "must be at least 16")
+	}
+	if s.Resources.Disk < 0 {
+		fe.add("resources.disk", "must not be negative")
+	}
+	if len(s.Labels) > MaxLabels {
+		fe.add("labels", "at most %d labels", MaxLabels)
+	}
+	for k, v := range s.Labels {
+		if !labelKeyRE.MatchString(k) {
+			fe.add("labels."+k, "invalid label key")
+		}
+		if len(v) > 128 {
+			fe.add("labels."+k, "value longer than 128 bytes")
+		}
+	}
+	for i, p := range s.InstallScripts.Allow {
+		if !npmPackRE.MatchString(p) {
+			fe.add(fmt.Sprintf("install_scripts.allow[%d]", i), "must be an npm package name")
+		}
+	}
+	for i, e := range s.Network.Extra {
+		if err := validHostPort(e); err != nil {
+			fe.add(fmt.Sprintf("network.extra[%d]", i), "%v", err)
+		}
+	}
+	switch s.Network.OnViolation {
+	case "", OnViolationFail, OnViolationLog:
+	default:
+		fe.add("network.on_violation", "must be %q or %q", OnViolationFail, OnViolationLog)
+	}
+	if s.MaxAttempts < 0 || s.MaxAttempts > 10 {
+		fe.add("max_attempts", "must be between 1 and 10")
+	}
+	if len(fe) > 0 {
+		return fe
+	}
+	return nil
+}
+
+// Validate checks a source description (for a git source, or the declared
+// fields of an upload).
+func (s *Source) Validate() error {
+	var fe FieldErrors
+	switch s.Kind {
+	case SourceGit:
+		switch {
+		case s.URL == "":
+			fe.add("source.url", "required for a git source")
+		case strings.HasPrefix(s.URL, "-"):
+			fe.add("source.url", "must not start with '-'")
+		case strings.HasPrefix(s.URL, "ext::") || strings.HasPrefix(s.URL, "fd::"):
+			fe.add("source.url", "transport not allowed")
+		}
+		if !commitRE.MatchString(s.Commit) {
+			fe.add("source.commit", "must be a full lowercase hex commit id (40 or 64 characters)")
+		}
+	case SourceUpload:
+		if !sha256RE.MatchString(s.SHA256) {
+			fe.add("source.sha256", "must be 64 lowercase hex characters")
+		}
+	default:
+		fe.add("source.kind", "must be %q or %q", SourceUpload, SourceGit)
+	}
+	if len(fe) > 0 {
+		return fe
+	}
+	return nil
+}
+
+func hasDotDot(p string) bool {
+	for _, part := range strings.Split(p, "/") {
+		if part == ".." {
+			return true
+		}
+	}
+	return false
+}
+
+func validHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("must be host:port")
+	}
+	if host == "" {
+		return fmt.Errorf("host must not be empty")
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port must be 1-65535")
+	}
+	return nil
+}

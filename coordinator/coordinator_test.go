@@ -1,0 +1,654 @@
+package coordinator_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator"
+)
+
+func TestRegistrationRefusesExpiredUsedAndRevokedTokens(t *testing.T) {
+	checkGoroutines(t)
+	clk := &clock{}
+	c := startCoord(t, func(cfg *coordinator.Config) { cfg.Now = clk.Now })
+	ctx := context.Background()
+	admin := c.AdminClient()
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	register := func(tok, name string) error {
+		_, err := c.client("").Register(ctx, api.RegisterRequest{Token: tok, Name: name, PublicKey: pub})
+		return err
+	}
+
+	once, err := admin.CreateToken(ctx, api.TokenRequest{Uses: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expiring, err := admin.CreateToken(ctx, api.TokenRequest{Expires: api.Duration(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	submit, err := admin.CreateToken(ctx, api.TokenRequest{Kind: api.TokenSubmit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := register(once.Token, "first"); err != nil {
+		t.Fatalf("registering with a fresh one-use token: %v", err)
+	}
+	clk.Advance(2 * time.Hour)
+
+	tests := []struct {
+		name  string
+		token string
+	}{
+		{"used up", once.Token},
+		{"expired", expiring.Token},
+		{"wrong secret", once.Token[:len(once.Token)-4] + "AAAA"},
+		{"submit token is not a registration token", submit.Token},
+		{"admin token is not a registration token", c.Admin},
+		{"garbage", "crg_nothing"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			wantStatus(t, register(tc.token, "r-"+strings.ReplaceAll(tc.name, " ", "-")), api.ErrUnauthorized)
+		})
+	}
+}
+
+func TestRevokedRunnerGetsUnauthorizedOnEveryCall(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t)
+	ctx := context.Background()
+	runner, id := c.Register("build-1", nil)
+	j := c.Submit(nil)
+	cl, ok := claimOne(t, runner, time.Second)
+	if !ok || cl.Job.ID != j.ID {
+		t.Fatalf("claim before revoke: got %+v", cl)
+	}
+	if _, err := c.AdminClient().RemoveRunner(ctx, "build-1"); err != nil {
+		t.Fatalf("removing runner by name: %v", err)
+	}
+	calls := map[string]func() error{
+		"claim": func() error { _, err := runner.Claim(ctx, api.ClaimRequest{Slots: 1}); return err },
+		"heartbeat": func() error {
+			_, err := runner.Heartbeat(ctx, j.ID, api.HeartbeatRequest{Token: cl.Lease.Token})
+			return err
+		},
+		"log": func() error { _, err := runner.AppendLog(ctx, j.ID, cl.Lease.Token, 0, []byte("x")); return err },
+		"result": func() error {
+			return runner.Result(ctx, j.ID, api.ResultRequest{Token: cl.Lease.Token, State: api.StateSucceeded})
+		},
+		"egress": func() error {
+			return runner.PostEgress(ctx, j.ID, cl.Lease.Token, 0, []api.EgressEvent{{Proto: "tcp", Verdict: "deny"}})
+		},
+	}
+	for name, call := range calls {
+		t.Run(name, func(t *testing.T) { wantStatus(t, call(), api.ErrUnauthorized) })
+	}
+	key, err := c.client("").RunnerKey(ctx, id)
+	if err != nil || key.RevokedAt == nil || len(key.PublicKey) != ed25519.PublicKeySize {
+		t.Fatalf("runner key after revoke: %+v, %v", key, err)
+	}
+	// The revoked runner's job goes back to the queue for someone else.
+	other, _ := c.Register("build-2", nil)
+	got, ok := claimOne(t, other, 10*time.Second)
+	if !ok || got.Job.ID != j.ID || got.Lease.Token != cl.Lease.Token+1 {
+		t.Fatalf("re-claim after revoke: got %+v ok=%v", got, ok)
+	}
+}
+
+func TestRunnerTokenCannotUseAdminEndpoints(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t)
+	runner, _ := c.Register("r1", nil)
+	_, err := runner.CreateToken(context.Background(), api.TokenRequest{})
+	wantStatus(t, err, api.ErrForbidden)
+	_, err = c.client("").ListJobs(context.Background(), api.JobFilter{})
+	wantStatus(t, err, api.ErrUnauthorized)
+}
+
+func TestClaimHandsSubmittedJobToWaitingRunnerAtOnce(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t)
+	runner, _ := c.Register("r1", nil)
+	type res struct {
+		cl api.Claim
+		ok bool
+		at time.Time
+	}
+	ch := make(chan res, 1)
+	go func() {
+		cl, ok := claimOne(t, runner, 20*time.Second)
+		ch <- res{cl, ok, time.Now()}
+	}()
+	time.Sleep(200 * time.Millisecond) // let the claim start waiting
+	submitted := time.Now()
+	j := c.Submit(nil)
+	r := <-ch
+	if !r.ok || r.cl.Job.ID != j.ID {
+		t.Fatalf("claim: got %+v", r)
+	}
+	if d := r.at.Sub(submitted); d > time.Second {
+		t.Fatalf("submit to claim took %v; a waiting runner must get the job at once", d)
+	}
+	if r.cl.Lease.Token != 1 || r.cl.Job.State != api.StateRunning {
+		t.Fatalf("lease = %+v state=%s", r.cl.Lease, r.cl.Job.State)
+	}
+}
+
+func TestClaimIsFairBetweenTwoRunnersAndMatchesLabels(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t)
+	a, idA := c.Register("a", map[string]string{"arch": "amd64"})
+	b, idB := c.Register("b", map[string]string{"arch": "amd64", "gpu": "yes"})
+	counts := map[string]int{}
+	for round := 0; round < 5; round++ {
+		var wg sync.WaitGroup
+		got := make([]api.Claim, 2)
+		for i, cl := range []*api.Client{a, b} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got[i], _ = claimOne(t, cl, 10*time.Second)
+			}()
+		}
+		time.Sleep(100 * time.Millisecond)
+		c.Submit(map[string]string{"arch": "amd64"})
+		c.Submit(map[string]string{"arch": "amd64"})
+		wg.Wait()
+		for _, g := range got {
+			counts[g.Job.RunnerID]++
+		}
+	}
+	if counts[idA] != 5 || counts[idB] != 5 {
+		t.Fatalf("jobs per runner = %v, want 5 each", counts)
+	}
+	// A job that needs gpu=yes only goes to b, even though a waits first.
+	done := make(chan api.Claim, 1)
+	go func() { cl, _ := claimOne(t, a, 700*time.Millisecond); done <- cl }()
+	time.Sleep(100 * time.Millisecond)
+	gpu := c.Submit(map[string]string{"gpu": "yes"})
+	if cl := <-done; cl.Job.ID != "" {
+		t.Fatalf("runner without gpu label claimed %s", cl.Job.ID)
+	}
+	cl, ok := claimOne(t, b, time.Second)
+	if !ok || cl.Job.ID != gpu.ID {
+		t.Fatalf("gpu runner claim = %+v", cl)
+	}
+}
+
+func TestExpiredLeaseRequeuesJobAndFencesOutTheOldRunner(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t, withTTL(600*time.Millisecond))
+	ctx := context.Background()
+	a, _ := c.Register("a", nil)
+	b, idB := c.Register("b", nil)
+	j := c.Submit(nil)
+	ca, _ := claimOne(t, a, time.Second)
+	if _, err := a.AppendLog(ctx, j.ID, ca.Lease.Token, 0, []byte("attempt one\n")); err != nil {
+		t.Fatal(err)
+	}
+	// a stops heartbeating; b is waiting and gets the job after expiry.
+	cb, ok := claimOne(t, b, 10*time.Second)
+	if !ok || cb.Job.ID != j.ID || cb.Job.RunnerID != idB || cb.Lease.Token <= ca.Lease.Token || cb.Job.Attempts != 2 {
+		t.Fatalf("re-claim = %+v", cb)
+	}
+	if cb.Lease.LogOffset <= int64(len("attempt one\n")) {
+		t.Fatalf("second attempt's log starts at %d, want after the first attempt and the re-queue note", cb.Lease.LogOffset)
+	}
+	stale := map[string]func() error{
+		"heartbeat": func() error {
+			_, err := a.Heartbeat(ctx, j.ID, api.HeartbeatRequest{Token: ca.Lease.Token})
+			return err
+		},
+		"log": func() error { _, err := a.AppendLog(ctx, j.ID, ca.Lease.Token, 12, []byte("late")); return err },
+		"egress": func() error {
+			return a.PostEgress(ctx, j.ID, ca.Lease.Token, 0, []api.EgressEvent{{Proto: "dns", Verdict: "deny"}})
+		},
+		"artifact": func() error {
+			_, err := a.UploadArtifact(ctx, j.ID, ca.Lease.Token, "x", "file", sha(nil), bytes.NewReader(nil))
+			return err
+		},
+		"result": func() error {
+			return a.Result(ctx, j.ID, api.ResultRequest{Token: ca.Lease.Token, State: api.StateSucceeded})
+		},
+		"stale token from the new runner": func() error {
+			_, err := b.Heartbeat(ctx, j.ID, api.HeartbeatRequest{Token: ca.Lease.Token})
+			return err
+		},
+	}
+	for name, call := range stale {
+		t.Run(name, func(t *testing.T) { wantStatus(t, call(), api.ErrConflict) })
+	}
+	if err := b.Result(ctx, j.ID, api.ResultRequest{Token: cb.Lease.Token, State: api.StateSucceeded, LogSize: cb.Lease.LogOffset}); err != nil {
+		t.Fatalf("result from current lease: %v", err)
+	}
+	got, _ := c.AdminClient().GetJob(ctx, j.ID)
+	if got.State != api.StateSucceeded || got.Attempts != 2 {
+		t.Fatalf("job = %+v", got)
+	}
+}
+
+func TestJobIsLostAfterMaxAttempts(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t, withTTL(300*time.Millisecond))
+	ctx := context.Background()
+	a, _ := c.Register("a", nil)
+	spec, src := gitSpec()
+	spec.MaxAttempts = 1
+	j, err := c.AdminClient().SubmitGit(ctx, spec, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimOne(t, a, time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, _ := c.AdminClient().GetJob(ctx, j.ID)
+		if got.State == api.StateLost {
+			if !strings.Contains(got.Reason, "lease expired") {
+				t.Fatalf("lost reason = %q", got.Reason)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job state %s, want lost", got.State)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestCancelReachesQueuedAndRunningJobs(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t)
+	ctx := context.Background()
+	admin := c.AdminClient()
+	queued := c.Submit(map[string]string{"never": "matched"})
+	got, err := admin.CancelJob(ctx, queued.ID)
+	if err != nil || got.State != api.StateCanceled {
+		t.Fatalf("cancel queued: %+v %v", got, err)
+	}
+
+	r, _ := c.Register("r", nil)
+	j := c.Submit(nil)
+	cl, _ := claimOne(t, r, time.Second)
+	hb := make(chan api.HeartbeatResponse, 1)
+	go func() {
+		resp, err := r.Heartbeat(ctx, j.ID, api.HeartbeatRequest{Token: cl.Lease.Token, Wait: api.Duration(2 * time.Second)})
+		if err != nil {
+			t.Errorf("heartbeat: %v", err)
+		}
+		hb <- resp
+	}()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	if _, err := admin.CancelJob(ctx, j.ID); err != nil {
+		t.Fatal(err)
+	}
+	resp := <-hb
+	if !resp.Cancel {
+		t.Fatal("waiting heartbeat did not report the cancel")
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("cancel took %v to reach the heartbeat", d)
+	}
+	if err := r.Result(ctx, j.ID, api.ResultRequest{Token: cl.Lease.Token, State: api.StateCanceled, ExitCode: -1}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLogAppendIsIdempotentAndRefusesGaps(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t, func(cfg *coordinator.Config) { cfg.MaxLog = 64 })
+	ctx := context.Background()
+	r, _ := c.Register("r", nil)
+	j := c.Submit(nil)
+	cl, _ := claimOne(t, r, time.Second)
+	tok := cl.Lease.Token
+	steps := []struct {
+		name     string
+		offset   int64
+		data     string
+		wantNext int64
+		wantGap  int64 // expected offset in a 409, or -1
+	}{
+		{"first chunk", 0, "hello ", 6, -1},
+		{"same chunk again", 0, "hello ", 6, -1},
+		{"overlapping chunk", 3, "lo world\n", 12, -1},
+		{"gap", 20, "late", 0, 12},
+		{"prefix of stored bytes", 0, "hel", 12, -1},
+	}
+	for _, st := range steps {
+		next, err := r.AppendLog(ctx, j.ID, tok, st.offset, []byte(st.data))
+		if st.wantGap >= 0 {
+			exp, ok := api.ExpectedOffset(err)
+			if !errors.Is(err, api.ErrConflict) || !ok || exp != st.wantGap {
+				t.Fatalf("%s: err=%v expected=%d, want 409 with %d", st.name, err, exp, st.wantGap)
+			}
+			continue
+		}
+		if err != nil || next != st.wantNext {
+			t.Fatalf("%s: next=%d err=%v, want %d", st.name, next, err, st.wantNext)
+		}
+	}
+	var buf bytes.Buffer
+	if _, err := c.AdminClient().ReadLog(ctx, j.ID, 0, false, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if buf.String() != "hello world\n" {
+		t.Fatalf("log = %q", buf.String())
+	}
+	// Past the 64-byte cap: a marker, later bytes acknowledged and dropped.
+	big := strings.Repeat("x", 100)
+	next, err := r.AppendLog(ctx, j.ID, tok, 12, []byte(big))
+	if err != nil || next != 112 {
+		t.Fatalf("append past cap: next=%d err=%v", next, err)
+	}
+	if next, err = r.AppendLog(ctx, j.ID, tok, 112, []byte("more")); err != nil || next != 116 {
+		t.Fatalf("append after cap: next=%d err=%v", next, err)
+	}
+	// The result is refused until the coordinator holds every byte.
+	err = r.Result(ctx, j.ID, api.ResultRequest{Token: tok, State: api.StateSucceeded, LogSize: 200})
+	if exp, _ := api.ExpectedOffset(err); !errors.Is(err, api.ErrConflict) || exp != 116 {
+		t.Fatalf("result with missing log: %v", err)
+	}
+	if err := r.Result(ctx, j.ID, api.ResultRequest{Token: tok, State: api.StateSucceeded, LogSize: 116}); err != nil {
+		t.Fatal(err)
+	}
+	buf.Reset()
+	c.AdminClient().ReadLog(ctx, j.ID, 0, true, &buf)
+	if !strings.HasPrefix(buf.String(), "hello world\n"+strings.Repeat("x", 52)) || !strings.Contains(buf.String(), "log truncated") || !strings.HasSuffix(buf.String(), "dropped]\n") {
+		t.Fatalf("truncated log = %q", buf.String())
+	}
+}
+
+func TestLogFollowStreamsUntilJobEnds(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t)
+	ctx := context.Background()
+	r, _ := c.Register("r", nil)
+	j := c.Submit(nil)
+	cl, _ := claimOne(t, r, time.Second)
+	var buf bytes.Buffer
+	done := make(chan error, 1)
+	go func() { _, err := c.AdminClient().ReadLog(ctx, j.ID, 0, true, &buf); done <- err }()
+	var off int64
+	for i := 0; i < 5; i++ {
+		off, _ = r.AppendLog(ctx, j.ID, cl.Lease.Token, off, []byte("line\n"))
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case <-done:
+		t.Fatal("follow ended before the job did")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := r.Result(ctx, j.ID, api.ResultRequest{Token: cl.Lease.Token, State: api.StateFailed, ExitCode: 2, LogSize: off}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil || buf.String() != strings.Repeat("line\n", 5) {
+			t.Fatalf("followed log = %q, %v", buf.String(), err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("follow did not end with the job")
+	}
+}
+
+func TestCoordinatorRestartMidJobLosesNothing(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t, withTTL(2*time.Second))
+	ctx := context.Background()
+	r, _ := c.Register("r", nil)
+	j := c.Submit(nil)
+	cl, _ := claimOne(t, r, time.Second)
+	tok := cl.Lease.Token
+	if _, err := r.AppendLog(ctx, j.ID, tok, 0, []byte("before restart\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.PostEgress(ctx, j.ID, tok, 0, []api.EgressEvent{{Proto: "tcp", Verdict: "deny", Dst: "10.0.0.1:443"}}); err != nil {
+		t.Fatal(err)
+	}
+	c.Restart()
+	// The lease survives (the outage is not counted), writes continue.
+	if _, err := r.Heartbeat(ctx, j.ID, api.HeartbeatRequest{Token: tok}); err != nil {
+		t.Fatalf("heartbeat after restart: %v", err)
+	}
+	next, err := r.AppendLog(ctx, j.ID, tok, 0, []byte("before restart\nafter restart\n"))
+	if err != nil || next != 29 {
+		t.Fatalf("append after restart: %d %v", next, err)
+	}
+	if err := r.PostEgress(ctx, j.ID, tok, 0, []api.EgressEvent{{Proto: "tcp", Verdict: "deny", Dst: "10.0.0.1:443"}, {Proto: "dns", Verdict: "deny", Domain: "exfil.example"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Result(ctx, j.ID, api.ResultRequest{Token: tok, State: api.StateSucceeded, LogSize: next}); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	c.AdminClient().ReadLog(ctx, j.ID, 0, false, &buf)
+	if buf.String() != "before restart\nafter restart\n" {
+		t.Fatalf("log after restart = %q", buf.String())
+	}
+	var n int
+	c.AdminClient().QueryEgress(ctx, api.EgressFilter{Job: j.ID}, func(api.EgressEvent) error { n++; return nil })
+	if n != 2 {
+		t.Fatalf("egress events = %d, want 2 (a retried batch is stored once)", n)
+	}
+}
+
+func sha(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+func gz(t *testing.T, b []byte) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(b)
+	zw.Close()
+	return buf.Bytes()
+}
+
+func TestSubmitRefusesMalformedSpecsWithEveryFieldError(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t, func(cfg *coordinator.Config) { cfg.MaxUpload = 64 << 10 })
+	ctx := context.Background()
+	admin := c.AdminClient()
+	tests := []struct {
+		name       string
+		body       string
+		wantFields []string
+	}{
+		{"many bad fields",
+			`{"spec":{"timeout":"-5s","secrets":["bad name"],"network":{"on_violation":"ignore","extra":["nohost"]},"resources":{"memory":"1k","pids":3},"artifacts":["../x","/abs"]},
+			  "source":{"kind":"git","url":"","commit":"abc"}}`,
+			[]string{"spec.build", "spec.timeout", "spec.secrets[0]", "spec.network.on_violation", "spec.network.extra[0]", "spec.resources.memory", "spec.resources.pids", "spec.artifacts[0]", "spec.artifacts[1]", "source.url", "source.commit"}},
+		{"unknown field", `{"spec":{"build":"x","timout":"5m"},"source":{"kind":"git"}}`, []string{"spec.timout"}},
+		{"wrong type", `{"spec":{"build":"x","labels":["a"]},"source":{"kind":"git"}}`, []string{"spec.labels"}},
+		{"upload as json", `{"spec":{"build":"x"},"source":{"kind":"upload","sha256":"` + strings.Repeat("a", 64) + `"}}`, []string{"source.kind"}},
+		{"git url option injection", `{"spec":{"build":"x"},"source":{"kind":"git","url":"--upload-pack=x","commit":"` + strings.Repeat("a", 40) + `"}}`, []string{"source.url"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", c.URL+"/v1/jobs", strings.NewReader(tc.body))
+			req.Header.Set("Authorization", "Bearer "+c.Admin)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := (&http.Client{Transport: c.tr}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 400 {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			for _, f := range tc.wantFields {
+				if !strings.Contains(string(body), `"field":"`+f+`"`) {
+					t.Errorf("no error for field %s in %s", f, body)
+				}
+			}
+		})
+	}
+
+	t.Run("oversized upload", func(t *testing.T) {
+		big := make([]byte, 256<<10)
+		rand.Read(big)
+		data := gz(t, big)
+		_, err := admin.SubmitUpload(ctx, api.JobSpec{Build: api.Build{Script: "x"}}, sha(data), bytes.NewReader(data))
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status != 400 || len(ae.Fields) == 0 || ae.Fields[0].Field != "source" {
+			t.Fatalf("oversized upload: %v", err)
+		}
+	})
+	t.Run("upload with wrong sha256", func(t *testing.T) {
+		data := gz(t, []byte("tar"))
+		_, err := admin.SubmitUpload(ctx, api.JobSpec{Build: api.Build{Script: "x"}}, sha([]byte("other")), bytes.NewReader(data))
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status != 400 || ae.Fields[0].Field != "sha256" {
+			t.Fatalf("wrong sha256: %v", err)
+		}
+	})
+	t.Run("upload that is not gzip", func(t *testing.T) {
+		data := []byte("plain text")
+		_, err := admin.SubmitUpload(ctx, api.JobSpec{Build: api.Build{Script: "x"}}, sha(data), bytes.NewReader(data))
+		wantStatus(t, err, api.ErrInvalid)
+	})
+	t.Run("valid upload records sha256 and serves it to the lease holder", func(t *testing.T) {
+		data := gz(t, []byte("tar bytes"))
+		j, err := admin.SubmitUpload(ctx, api.JobSpec{Build: api.Build{Argv: []string{"npm", "run", "build"}}}, sha(data), bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.Source.SHA256 != sha(data) || j.Source.Size != int64(len(data)) || j.MaxAttempts != 3 {
+			t.Fatalf("job source = %+v", j.Source)
+		}
+		r, _ := c.Register("r", nil)
+		cl, _ := claimOne(t, r, time.Second)
+		var buf bytes.Buffer
+		if _, err := r.DownloadSource(ctx, j.ID, cl.Lease.Token, &buf); err != nil || !bytes.Equal(buf.Bytes(), data) {
+			t.Fatalf("download: %v", err)
+		}
+		_, err = r.DownloadSource(ctx, j.ID, cl.Lease.Token+1, io.Discard)
+		wantStatus(t, err, api.ErrConflict)
+	})
+}
+
+func TestEgressEventsAreStoredOnceAndQueryable(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t)
+	ctx := context.Background()
+	r, rid := c.Register("r", nil)
+	j := c.Submit(nil)
+	cl, _ := claimOne(t, r, time.Second)
+	t0 := time.Now().UTC().Truncate(time.Millisecond)
+	evs := []api.EgressEvent{
+		{Time: t0, Proto: "dns", Domain: "registry.lab", Answer: "10.0.0.2", Verdict: "allow", Rule: "registry", Runner: "spoofed"},
+		{Time: t0.Add(time.Second), Proto: "tcp", Dst: "169.254.169.254:80", Verdict: "deny", Rule: "default-deny"},
+		{Time: t0.Add(2 * time.Second), Proto: "dns", Domain: "exfil.example", Verdict: "deny", Rule: "dns-not-allowed"},
+	}
+	for i := 0; i < 2; i++ { // the retry must not duplicate
+		if err := r.PostEgress(ctx, j.ID, cl.Lease.Token, 0, evs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := []api.EgressEvent{{Proto: "tcp", Verdict: "maybe"}}
+	wantStatus(t, r.PostEgress(ctx, j.ID, cl.Lease.Token, 3, bad), api.ErrInvalid)
+
+	tests := []struct {
+		name string
+		f    api.EgressFilter
+		want int
+	}{
+		{"all of the job", api.EgressFilter{Job: j.ID}, 3},
+		{"denied only", api.EgressFilter{Verdict: "deny"}, 2},
+		{"by runner", api.EgressFilter{Runner: rid}, 3},
+		{"spoofed runner field ignored", api.EgressFilter{Runner: "spoofed"}, 0},
+		{"since", api.EgressFilter{Since: t0.Add(500 * time.Millisecond)}, 2},
+		{"until", api.EgressFilter{Until: t0.Add(500 * time.Millisecond)}, 1},
+		{"other job", api.EgressFilter{Job: "j-none"}, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []api.EgressEvent
+			err := c.AdminClient().QueryEgress(ctx, tc.f, func(e api.EgressEvent) error { got = append(got, e); return nil })
+			if err != nil || len(got) != tc.want {
+				t.Fatalf("got %d events (%v), want %d", len(got), err, tc.want)
+			}
+			for _, e := range got {
+				if e.Runner != rid || e.Job != j.ID {
+					t.Fatalf("event runner/job = %s/%s", e.Runner, e.Job)
+				}
+			}
+		})
+	}
+}
+
+func TestArtifactsAreVerifiedListedAndDownloaded(t *testing.T) {
+	checkGoroutines(t)
+	c := startCoord(t)
+	ctx := context.Background()
+	r, _ := c.Register("r", nil)
+	j := c.Submit(nil)
+	cl, _ := claimOne(t, r, time.Second)
+	data := []byte(`{"bomFormat":"CycloneDX"}`)
+	_, err := r.UploadArtifact(ctx, j.ID, cl.Lease.Token, "sbom.cdx.json", api.KindSBOM, sha([]byte("x")), bytes.NewReader(data))
+	wantStatus(t, err, api.ErrInvalid)
+	_, err = r.UploadArtifact(ctx, j.ID, cl.Lease.Token, "../../etc/passwd", api.KindFile, sha(data), bytes.NewReader(data))
+	if err == nil {
+		t.Fatal("artifact name with .. accepted")
+	}
+	a, err := r.UploadArtifact(ctx, j.ID, cl.Lease.Token, "sbom.cdx.json", api.KindSBOM, sha(data), bytes.NewReader(data))
+	if err != nil || a.SHA256 != sha(data) || a.Kind != api.KindSBOM {
+		t.Fatalf("upload: %+v %v", a, err)
+	}
+	if _, err := r.UploadArtifact(ctx, j.ID, cl.Lease.Token, "dist/app.js", api.KindFile, sha([]byte("js")), strings.NewReader("js")); err != nil {
+		t.Fatal(err)
+	}
+	list, err := c.AdminClient().ListArtifacts(ctx, j.ID)
+	if err != nil || len(list) != 2 || list[0].Name != "dist/app.js" {
+		t.Fatalf("list = %+v %v", list, err)
+	}
+	var buf bytes.Buffer
+	if _, err := c.AdminClient().DownloadArtifact(ctx, j.ID, "dist/app.js", &buf); err != nil || buf.String() != "js" {
+		t.Fatalf("download = %q %v", buf.String(), err)
+	}
+	_, err = c.AdminClient().DownloadArtifact(ctx, j.ID, "missing", io.Discard)
+	wantStatus(t, err, api.ErrNotFound)
+}
+
+func TestCheckListenRefusesPlainHTTPOffLoopback(t *testing.T) {
+	tests := []struct {
+		addr          string
+		tls, insecure bool
+		ok            bool
+	}{
+		{"127.0.0.1:7070", false, false, true},
+		{"[::1]:7070", false, false, true},
+		{"localhost:7070", false, false, true},
+		{"0.0.0.0:7070", false, false, false},
+		{":7070", false, false, false},
+		{"192.0.2.10:7070", false, false, false},
+		{"0.0.0.0:7070", true, false, true},
+		{"0.0.0.0:7070", false, true, true},
+	}
+	for _, tc := range tests {
+		err := coordinator.CheckListen(tc.addr, tc.tls, tc.insecure)
+		if (err == nil) != tc.ok {
+			t.Errorf("CheckListen(%q, tls=%v, insecure=%v) = %v, want ok=%v", tc.addr, tc.tls, tc.insecure, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, coordinator.ErrInsecureListen) {
+			t.Errorf("error %v is not ErrInsecureListen", err)
+		}
+	}
+}

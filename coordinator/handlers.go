@@ -1,0 +1,948 @@
+package coordinator
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store"
+)
+
+var errForbidden = errors.New("forbidden")
+
+// errBadRequest marks a malformed request that is not a field error.
+var errBadRequest = errors.New("bad request")
+
+func (s *Server) routes() {
+	m := s.mux
+	m.HandleFunc("GET /v1/healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	m.HandleFunc("POST /v1/runners/register", s.handleRegister)
+	m.HandleFunc("GET /v1/runners", s.auth(adminOnly, s.handleListRunners))
+	m.HandleFunc("DELETE /v1/runners/{id}", s.auth(adminOnly, s.handleRemoveRunner))
+	m.HandleFunc("GET /v1/runners/{id}/key", s.handleRunnerKey)
+	m.HandleFunc("POST /v1/tokens", s.auth(adminOnly, s.handleCreateToken))
+
+	m.HandleFunc("POST /v1/jobs", s.auth(readers, s.handleSubmit))
+	m.HandleFunc("GET /v1/jobs", s.auth(readers, s.handleListJobs))
+	m.HandleFunc("GET /v1/jobs/{id}", s.auth(readers, s.handleGetJob))
+	m.HandleFunc("POST /v1/jobs/{id}/cancel", s.auth(readers, s.handleCancel))
+	m.HandleFunc("GET /v1/jobs/{id}/log", s.auth(readers, s.handleReadLog))
+	m.HandleFunc("GET /v1/jobs/{id}/artifacts", s.auth(readers, s.handleListArtifacts))
+	m.HandleFunc("GET /v1/jobs/{id}/artifacts/{name...}", s.auth(readers, s.handleGetArtifact))
+	m.HandleFunc("GET /v1/egress", s.auth(readers, s.handleQueryEgress))
+
+	m.HandleFunc("POST /v1/jobs/claim", s.auth(runnerOnly, s.handleClaim))
+	m.HandleFunc("POST /v1/jobs/{id}/heartbeat", s.auth(runnerOnly, s.handleHeartbeat))
+	m.HandleFunc("POST /v1/jobs/{id}/log", s.auth(runnerOnly, s.handleAppendLog))
+	m.HandleFunc("GET /v1/jobs/{id}/source", s.auth(runnerOnly, s.handleSource))
+	m.HandleFunc("POST /v1/jobs/{id}/egress", s.auth(runnerOnly, s.handlePostEgress))
+	m.HandleFunc("PUT /v1/jobs/{id}/artifacts/{name...}", s.auth(runnerOnly, s.handlePutArtifact))
+	m.HandleFunc("POST /v1/jobs/{id}/result", s.auth(runnerOnly, s.handleResult))
+}
+
+// --- helpers -----------------------------------------------------------------
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeErr maps an error onto a status and the api.Error body.
+func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
+	ae := &api.Error{Message: err.Error()}
+	var fe api.FieldErrors
+	var oe *store.OffsetError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &fe):
+		ae.Status, ae.Message, ae.Fields = http.StatusBadRequest, "invalid request", fe
+	case errors.As(err, &oe):
+		ae.Status, ae.ExpectedOffset = http.StatusConflict, &oe.Expected
+	case errors.Is(err, errTooLarge), errors.As(err, &mbe):
+		ae.Status = http.StatusRequestEntityTooLarge
+	case errors.Is(err, errBadRequest), errors.Is(err, errDigestMismatch):
+		ae.Status = http.StatusBadRequest
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, os.ErrNotExist):
+		ae.Status = http.StatusNotFound
+	case errors.Is(err, store.ErrStaleLease), errors.Is(err, store.ErrConflict):
+		ae.Status = http.StatusConflict
+	case errors.Is(err, errUnauthorized), errors.Is(err, store.ErrTokenInvalid):
+		ae.Status, ae.Message = http.StatusUnauthorized, "unauthorized: missing, invalid, expired or revoked token"
+		s.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "reason", err)
+	case errors.Is(err, errForbidden):
+		ae.Status = http.StatusForbidden
+	default:
+		if r.Context().Err() != nil {
+			return // client gone; nothing to answer
+		}
+		ae.Status, ae.Message = http.StatusInternalServerError, "internal error"
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+	}
+	writeJSON(w, ae.Status, ae)
+}
+
+// decodeJSON reads a JSON body of at most limit bytes, rejecting unknown
+// fields (a typo in a spec must not be silently ignored).
+func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonFieldError(err)
+	}
+	return nil
+}
+
+// jsonFieldError turns a decoding error into field errors where it can.
+func jsonFieldError(err error) error {
+	var ute *json.UnmarshalTypeError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return fmt.Errorf("decoding request body: %w", err)
+	case errors.As(err, &ute):
+		return api.FieldErrors{{Field: ute.Field, Message: "wrong type: want " + ute.Type.String()}}
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return api.FieldErrors{{Field: f, Message: "unknown field"}}
+	}
+	return api.FieldErrors{{Field: "body", Message: err.Error()}}
+}
+
+// fence builds the lease of a runner request from the job id in the path and
+// the token in LeaseHeader (or tok when the body carried it).
+func fence(r *http.Request, tok int64) (store.Fence, error) {
+	p := principalFrom(r.Context())
+	f := store.Fence{JobID: r.PathValue("id"), RunnerID: p.runner.ID, Token: tok}
+	if tok == 0 {
+		v, err := strconv.ParseInt(r.Header.Get(api.LeaseHeader), 10, 64)
+		if err != nil || v <= 0 {
+			return f, api.FieldErrors{{Field: api.LeaseHeader, Message: "required: the lease's fencing token"}}
+		}
+		f.Token = v
+	}
+	return f, nil
+}
+
+func toAPIRunner(r store.Runner) api.Runner { return r.Runner }
+
+// --- registration, tokens, runners -------------------------------------------
+
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+	var req api.RegisterRequest
+	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	var fe api.FieldErrors
+	if req.Name == "" || len(req.Name) > 64 || !api.ValidLabelKey(req.Name) {
+		fe = append(fe, api.FieldError{Field: "name", Message: "required: letters, digits, '.', '_', '-', '/' (at most 64)"})
+	}
+	if len(req.PublicKey) != ed25519.PublicKeySize {
+		fe = append(fe, api.FieldError{Field: "public_key", Message: "must be a 32-byte ed25519 public key"})
+	}
+	for k, v := range req.Labels {
+		if !api.ValidLabelKey(k) || len(v) > 128 {
+			fe = append(fe, api.FieldError{Field: "labels." + k, Message: "invalid label"})
+		}
+	}
+	if req.Concurrency < 0 || req.Concurrency > 256 {
+		fe = append(fe, api.FieldError{Field: "concurrency", Message: "must be between 1 and 256"})
+	}
+	if len(fe) > 0 {
+		s.writeErr(w, r, fe)
+		return
+	}
+	regID, regSecret, ok := splitToken(req.Token, PrefixRegistration)
+	if !ok {
+		s.writeErr(w, r, fmt.Errorf("reading registration token: %w", errUnauthorized))
+		return
+	}
+	secret := newSecret()
+	rn := store.Runner{
+		Runner: api.Runner{
+			ID: newID("r-", 6), Name: req.Name, Labels: req.Labels,
+			Concurrency: max(req.Concurrency, 1), CreatedAt: s.now().UTC(),
+		},
+		TokenHash: hashSecret(secret), PublicKey: req.PublicKey,
+	}
+	if err := s.store.RegisterRunner(r.Context(), regID, hashSecret(regSecret), rn, s.now()); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	s.log.Info("runner registered", "runner", rn.ID, "name", rn.Name, "labels", rn.Labels)
+	writeJSON(w, http.StatusCreated, api.RegisterResponse{RunnerID: rn.ID, RunnerToken: PrefixRunner + rn.ID + "." + secret})
+}
+
+func (s *Server) handleListRunners(w http.ResponseWriter, r *http.Request) {
+	rs, err := s.store.ListRunners(r.Context())
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	out := make([]api.Runner, 0, len(rs))
+	for _, rn := range rs {
+		out = append(out, toAPIRunner(rn))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// runnerByIDOrName resolves a path value that is a runner id or name.
+func (s *Server) runnerByIDOrName(r *http.Request, v string) (store.Runner, error) {
+	rn, err := s.store.Runner(r.Context(), v)
+	if errors.Is(err, store.ErrNotFound) {
+		return s.store.RunnerByName(r.Context(), v)
+	}
+	return rn, err
+}
+
+func (s *Server) handleRemoveRunner(w http.ResponseWriter, r *http.Request) {
+	rn, err := s.runnerByIDOrName(r, r.PathValue("id"))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	rn, err = s.store.RevokeRunner(r.Context(), rn.ID, s.now())
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	s.log.Info("runner revoked", "runner", rn.ID, "name", rn.Name)
+	writeJSON(w, http.StatusOK, toAPIRunner(rn))
+}
+
+func (s *Server) handleRunnerKey(w http.ResponseWriter, r *http.Request) {
+	rn, err := s.store.Runner(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.RunnerKey{RunnerID: rn.ID, Name: rn.Name, Algorithm: "ed25519", PublicKey: rn.PublicKey, RevokedAt: rn.RevokedAt})
+}
+
+func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+	var req api.TokenRequest
+	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	var fe api.FieldErrors
+	prefix := ""
+	switch req.Kind {
+	case "", api.TokenRegistration:
+		req.Kind, prefix = api.TokenRegistration, PrefixRegistration
+	case api.TokenSubmit:
+		prefix = PrefixSubmit
+	default:
+		fe = append(fe, api.FieldError{Field: "kind", Message: "must be registration or submit"})
+	}
+	if req.Expires < 0 {
+		fe = append(fe, api.FieldError{Field: "expires", Message: "must not be negative"})
+	}
+	if req.Uses < 0 {
+		fe = append(fe, api.FieldError{Field: "uses", Message: "must not be negative"})
+	}
+	if len(fe) > 0 {
+		s.writeErr(w, r, fe)
+		return
+	}
+	now := s.now().UTC()
+	t := store.Token{ID: newID("t-", 6), Kind: req.Kind, CreatedAt: now, Note: req.Note}
+	secret := newSecret()
+	t.Hash = hashSecret(secret)
+	if req.Expires > 0 {
+		e := now.Add(req.Expires.D())
+		t.ExpiresAt = &e
+	}
+	if req.Uses > 0 {
+		u := req.Uses
+		t.UsesLeft = &u
+	}
+	if err := s.store.CreateToken(r.Context(), t); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	s.log.Info("token created", "id", t.ID, "kind", t.Kind, "expires", t.ExpiresAt, "uses", req.Uses)
+	writeJSON(w, http.StatusCreated, api.TokenResponse{ID: t.ID, Kind: t.Kind, Token: prefix + t.ID + "." + secret, ExpiresAt: t.ExpiresAt, Uses: req.Uses})
+}
+
+// --- jobs --------------------------------------------------------------------
+
+func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
+	var spec api.JobSpec
+	var src api.Source
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch ct {
+	case "multipart/form-data":
+		var err error
+		spec, src, err = s.readUpload(w, r)
+		if err != nil {
+			s.writeErr(w, r, err)
+			return
+		}
+	default:
+		var req struct {
+			Spec   json.RawMessage `json:"spec"`
+			Source api.Source      `json:"source"`
+		}
+		if err := decodeJSON(w, r, 1<<20, &req); err != nil {
+			s.writeErr(w, r, err)
+			return
+		}
+		dec := json.NewDecoder(bytes.NewReader(req.Spec))
+		dec.DisallowUnknownFields()
+		if len(req.Spec) == 0 {
+			s.writeErr(w, r, api.FieldErrors{{Field: "spec", Message: "required"}})
+			return
+		}
+		if err := dec.Decode(&spec); err != nil {
+			s.writeErr(w, r, prefixFields("spec.", jsonFieldError(err)))
+			return
+		}
+		src = req.Source
+		if src.Kind == api.SourceUpload {
+			s.writeErr(w, r, api.FieldErrors{{Field: "source.kind", Message: "an upload must be sent as multipart/form-data with a source part"}})
+			return
+		}
+	}
+	var fe api.FieldErrors
+	if err := spec.Validate(); err != nil {
+		fe = append(fe, prefixFields("spec.", err)...)
+	}
+	if err := src.Validate(); err != nil {
+		fe = append(fe, prefixFields("", err)...)
+	}
+	if len(fe) > 0 {
+		s.writeErr(w, r, fe)
+		return
+	}
+	if spec.MaxAttempts == 0 {
+		spec.MaxAttempts = s.cfg.MaxAttempts
+	}
+	j := store.Job{Job: api.Job{ID: newID("j-", 8), State: api.StateQueued, Spec: spec, Source: src,
+		MaxAttempts: spec.MaxAttempts, CreatedAt: s.now().UTC()}}
+	if err := s.store.CreateJob(r.Context(), j); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	s.disp.kick()
+	s.log.Info("job submitted", "job", j.ID, "source", src.Kind, "labels", spec.Labels)
+	writeJSON(w, http.StatusCreated, j.Job)
+}
+
+func prefixFields(prefix string, err error) api.FieldErrors {
+	var fe api.FieldErrors
+	if !errors.As(err, &fe) {
+		return api.FieldErrors{{Field: strings.TrimSuffix(prefix, "."), Message: err.Error()}}
+	}
+	out := make(api.FieldErrors, len(fe))
+	for i, f := range fe {
+		out[i] = api.FieldError{Field: prefix + f.Field, Message: f.Message}
+	}
+	return out
+}
+
+// readUpload streams a multipart submit: "spec" (JSON), optional "sha256",
+// and "source" (tar.gz, capped at MaxUpload).
+func (s *Server) readUpload(w http.ResponseWriter, r *http.Request) (api.JobSpec, api.Source, error) {
+	var spec api.JobSpec
+	src := api.Source{Kind: api.SourceUpload}
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxUpload+2<<20)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return spec, src, api.FieldErrors{{Field: "body", Message: "reading multipart: " + err.Error()}}
+	}
+	var fe api.FieldErrors
+	var declared string
+	var gotSpec, gotSource bool
+	for {
+		p, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				return spec, src, api.FieldErrors{{Field: "source", Message: fmt.Sprintf("upload larger than %d bytes", s.cfg.MaxUpload)}}
+			}
+			return spec, src, api.FieldErrors{{Field: "body", Message: "reading multipart: " + err.Error()}}
+		}
+		switch p.FormName() {
+		case "spec":
+			gotSpec = true
+			dec := json.NewDecoder(io.LimitReader(p, 1<<20))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&spec); err != nil {
+				fe = append(fe, prefixFields("spec.", jsonFieldError(err))...)
+			}
+		case "sha256":
+			b, _ := io.ReadAll(io.LimitReader(p, 128))
+			declared = strings.TrimSpace(string(b))
+		case "source":
+			gotSource = true
+			digest, size, err := s.blobs.put(p, s.cfg.MaxUpload, declared)
+			var mbe *http.MaxBytesError
+			switch {
+			case errors.Is(err, errTooLarge), errors.As(err, &mbe):
+				return spec, src, api.FieldErrors{{Field: "source", Message: fmt.Sprintf("upload larger than %d bytes", s.cfg.MaxUpload)}}
+			case errors.Is(err, errDigestMismatch):
+				fe = append(fe, api.FieldError{Field: "sha256", Message: err.Error()})
+			case err != nil:
+				return spec, src, err
+			default:
+				src.SHA256, src.Size = digest, size
+				if err := s.checkGzip(digest); err != nil {
+					fe = append(fe, api.FieldError{Field: "source", Message: err.Error()})
+				}
+			}
+		default:
+			fe = append(fe, api.FieldError{Field: p.FormName(), Message: "unknown part"})
+		}
+		p.Close()
+	}
+	if !gotSpec {
+		fe = append(fe, api.FieldError{Field: "spec", Message: "required part"})
+	}
+	if !gotSource {
+		fe = append(fe, api.FieldError{Field: "source", Message: "required part (tar.gz)"})
+	}
+	if len(fe) > 0 {
+		if err := spec.Validate(); err != nil {
+			fe = append(fe, prefixFields("spec.", err)...)
+		}
+		return spec, src, fe
+	}
+	return spec, src, nil
+}
+
+func (s *Server) checkGzip(digest string) error {
+	f, err := s.blobs.open(digest)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var magic [2]byte
+	if _, err := io.ReadFull(f, magic[:]); err != nil || magic != [2]byte{0x1f, 0x8b} {
+		return errors.New("not a gzip-compressed tar archive")
+	}
+	return nil
+}
+
+func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
+	f := store.JobFilter{State: r.URL.Query().Get("state"), Limit: 100}
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			s.writeErr(w, r, api.FieldErrors{{Field: "limit", Message: "must be 1-10000"}})
+			return
+		}
+		f.Limit = n
+	}
+	js, err := s.store.ListJobs(r.Context(), f)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	out := make([]api.Job, 0, len(js))
+	for _, j := range js {
+		out = append(out, j.Job)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
+	j, err := s.store.Job(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, j.Job)
+}
+
+func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
+	j, err := s.store.RequestCancel(r.Context(), r.PathValue("id"), s.now())
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	s.hub.notify("job:" + j.ID)
+	s.hub.notify("log:" + j.ID)
+	s.log.Info("job cancel requested", "job", j.ID, "state", j.State)
+	writeJSON(w, http.StatusOK, j.Job)
+}
+
+// --- claim and lease ---------------------------------------------------------
+
+func (s *Server) lease(j store.Job) api.Lease {
+	return api.Lease{Token: j.LeaseToken, Expires: j.LeaseExpires, TTL: api.Duration(s.cfg.LeaseTTL), LogOffset: j.LogOffset}
+}
+
+func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) {
+	var req api.ClaimRequest
+	if err := decodeJSON(w, r, 4<<10, &req); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	if req.Slots < 1 || req.Slots > 256 {
+		s.writeErr(w, r, api.FieldErrors{{Field: "slots", Message: "must be 1-256"}})
+		return
+	}
+	p := principalFrom(r.Context())
+	if err := s.store.TouchRunner(r.Context(), p.runner.ID, s.now()); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	wait := min(max(req.Wait.D(), 0), s.cfg.MaxClaimWait)
+	wt := &waiter{ctx: r.Context(), runner: p.runner, slots: req.Slots, ch: make(chan claimResult, 1)}
+	s.disp.add(wt)
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	var res claimResult
+	select {
+	case res = <-wt.ch:
+	case <-timer.C:
+	case <-r.Context().Done():
+	case <-s.stopCtx.Done():
+	}
+	if res.claims == nil && res.err == nil && !s.disp.remove(wt) {
+		res = <-wt.ch // the dispatcher picked us meanwhile
+	}
+	if res.err != nil {
+		s.writeErr(w, r, res.err)
+		return
+	}
+	if r.Context().Err() != nil {
+		s.release(res.claims)
+		return
+	}
+	out := api.ClaimResponse{Claims: []api.Claim{}}
+	for _, c := range res.claims {
+		out.Claims = append(out.Claims, api.Claim{Job: c.Job.Job, Lease: s.lease(c.Job)})
+		s.log.Info("job claimed", "job", c.Job.ID, "runner", p.runner.ID, "attempt", c.Job.Attempts, "token", c.Token)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
+	var req api.HeartbeatRequest
+	if err := decodeJSON(w, r, 4<<10, &req); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	f, err := fence(r, req.Token)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	changed := s.hub.wait("job:" + f.JobID)
+	j, err := s.store.Heartbeat(r.Context(), f, s.cfg.LeaseTTL, s.now())
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	if wait := min(req.Wait.D(), s.cfg.LeaseTTL/2); !j.Cancel && wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-changed:
+			if j2, err := s.store.CheckLease(r.Context(), f); err == nil {
+				j.Cancel = j2.Cancel
+			} else if errors.Is(err, store.ErrStaleLease) {
+				t.Stop()
+				s.writeErr(w, r, err)
+				return
+			}
+		case <-t.C:
+		case <-r.Context().Done():
+		}
+		t.Stop()
+	}
+	writeJSON(w, http.StatusOK, api.HeartbeatResponse{Cancel: j.Cancel, Lease: s.lease(j)})
+}
+
+func (s *Server) handleResult(w http.ResponseWriter, r *http.Request) {
+	var req api.ResultRequest
+	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	switch req.State {
+	case api.StateSucceeded, api.StateFailed, api.StateCanceled:
+	default:
+		s.writeErr(w, r, api.FieldErrors{{Field: "state", Message: "must be succeeded, failed or canceled"}})
+		return
+	}
+	if len(req.Reason) > 4096 || !utf8.ValidString(req.Reason) {
+		req.Reason = strings.ToValidUTF8(req.Reason[:min(len(req.Reason), 4096)], "?")
+	}
+	f, err := fence(r, req.Token)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	j, err := s.store.Finish(r.Context(), f, req.State, req.ExitCode, req.Reason, req.LogSize, s.now())
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	s.hub.notify("job:" + j.ID)
+	s.hub.notify("log:" + j.ID)
+	s.log.Info("job finished", "job", j.ID, "state", j.State, "exit_code", req.ExitCode, "runner", f.RunnerID)
+	writeJSON(w, http.StatusOK, j.Job)
+}
+
+func (s *Server) handleSource(w http.ResponseWriter, r *http.Request) {
+	f, err := fence(r, 0)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	j, err := s.store.CheckLease(r.Context(), f)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	if j.Source.Kind != api.SourceUpload {
+		s.writeErr(w, r, fmt.Errorf("job %s has a %s source, nothing uploaded: %w", j.ID, j.Source.Kind, store.ErrNotFound))
+		return
+	}
+	s.serveBlob(w, r, j.Source.SHA256, "application/gzip")
+}
+
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, digest, ctype string) {
+	fh, err := s.blobs.open(digest)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	defer fh.Close()
+	st, err := fh.Stat()
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", ctype)
+	w.Header().Set("Content-Length", strconv.FormatInt(st.Size(), 10))
+	w.Header().Set("X-Cleanroom-SHA256", digest)
+	w.WriteHeader(http.StatusOK)
+	_, _ = io.Copy(w, fh)
+}
+
+// --- logs --------------------------------------------------------------------
+
+// MaxLogChunk caps one log append request.
+const MaxLogChunk = 1 << 20
+
+func (s *Server) handleAppendLog(w http.ResponseWriter, r *http.Request) {
+	f, err := fence(r, 0)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	off, err := strconv.ParseInt(r.URL.Query().Get("offset"), 10, 64)
+	if err != nil || off < 0 {
+		s.writeErr(w, r, api.FieldErrors{{Field: "offset", Message: "required: a non-negative byte offset"}})
+		return
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxLogChunk))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	next, err := s.store.AppendLog(r.Context(), f, off, data)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	s.hub.notify("log:" + f.JobID)
+	writeJSON(w, http.StatusOK, api.LogAppendResponse{NextOffset: next})
+}
+
+func (s *Server) handleReadLog(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	q := r.URL.Query()
+	var off int64
+	if v := q.Get("offset"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			s.writeErr(w, r, api.FieldErrors{{Field: "offset", Message: "must be a non-negative byte offset"}})
+			return
+		}
+		off = n
+	}
+	follow := q.Get("follow") == "1" || q.Get("follow") == "true"
+	if _, err := s.store.Job(r.Context(), id); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	fl, _ := w.(http.Flusher)
+	ctx := r.Context()
+	for {
+		changed := s.hub.wait("log:" + id)
+		data, err := s.store.ReadLog(ctx, id, off, 256<<10)
+		if err != nil {
+			return // headers are out; the client sees a short body
+		}
+		if len(data) > 0 {
+			if _, err := w.Write(data); err != nil {
+				return
+			}
+			off += int64(len(data))
+			if fl != nil && follow {
+				fl.Flush()
+			}
+			continue
+		}
+		if !follow {
+			return
+		}
+		j, err := s.store.Job(ctx, id)
+		if err != nil {
+			return
+		}
+		if api.Terminal(j.State) && off >= j.LogSize {
+			return
+		}
+		if api.Terminal(j.State) {
+			continue
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		case <-s.stopCtx.Done():
+			return
+		}
+	}
+}
+
+// --- egress ------------------------------------------------------------------
+
+// MaxEgressBatch caps the events in one POST.
+const MaxEgressBatch = 10000
+
+func (s *Server) handlePostEgress(w http.ResponseWriter, r *http.Request) {
+	f, err := fence(r, 0)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	seq, err := strconv.ParseInt(r.URL.Query().Get("seq"), 10, 64)
+	if err != nil || seq < 0 {
+		s.writeErr(w, r, api.FieldErrors{{Field: "seq", Message: "required: the job-wide number of the first event"}})
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<20))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	events, err := parseEvents(body)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	if err := s.store.AddEgress(r.Context(), f, seq, events); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"stored": len(events)})
+}
+
+// parseEvents accepts a JSON array or JSON lines and validates each event.
+func parseEvents(body []byte) ([]api.EgressEvent, error) {
+	var events []api.EgressEvent
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		if err := json.Unmarshal(trimmed, &events); err != nil {
+			return nil, api.FieldErrors{{Field: "body", Message: "decoding event array: " + err.Error()}}
+		}
+	} else {
+		sc := bufio.NewScanner(bytes.NewReader(body))
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for i := 0; sc.Scan(); i++ {
+			line := bytes.TrimSpace(sc.Bytes())
+			if len(line) == 0 {
+				continue
+			}
+			var e api.EgressEvent
+			if err := json.Unmarshal(line, &e); err != nil {
+				return nil, api.FieldErrors{{Field: fmt.Sprintf("events[%d]", len(events)), Message: err.Error()}}
+			}
+			events = append(events, e)
+		}
+		if err := sc.Err(); err != nil {
+			return nil, api.FieldErrors{{Field: "body", Message: err.Error()}}
+		}
+	}
+	if len(events) > MaxEgressBatch {
+		return nil, api.FieldErrors{{Field: "body", Message: fmt.Sprintf("at most %d events per request", MaxEgressBatch)}}
+	}
+	var fe api.FieldErrors
+	for i, e := range events {
+		if e.Verdict != api.VerdictAllow && e.Verdict != api.VerdictDeny {
+			fe = append(fe, api.FieldError{Field: fmt.Sprintf("events[%d].verdict", i), Message: "must be allow or deny"})
+		}
+		if e.Proto == "" {
+			fe = append(fe, api.FieldError{Field: fmt.Sprintf("events[%d].proto", i), Message: "required"})
+		}
+	}
+	if len(fe) > 0 {
+		return nil, fe
+	}
+	return events, nil
+}
+
+func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := api.EgressFilter{Job: q.Get("job"), Runner: q.Get("runner"), Verdict: q.Get("verdict")}
+	var fe api.FieldErrors
+	for _, tf := range []struct {
+		name string
+		dst  *time.Time
+	}{{"since", &f.Since}, {"until", &f.Until}} {
+		if v := q.Get(tf.name); v != "" {
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				fe = append(fe, api.FieldError{Field: tf.name, Message: "must be an RFC 3339 time"})
+			}
+			*tf.dst = t
+		}
+	}
+	if f.Verdict != "" && f.Verdict != api.VerdictAllow && f.Verdict != api.VerdictDeny {
+		fe = append(fe, api.FieldError{Field: "verdict", Message: "must be allow or deny"})
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			fe = append(fe, api.FieldError{Field: "limit", Message: "must be a positive number"})
+		}
+		f.Limit = n
+	}
+	if len(fe) > 0 {
+		s.writeErr(w, r, fe)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	started := false
+	err := s.store.QueryEgress(r.Context(), f, func(e api.EgressEvent) error {
+		if !started {
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		return enc.Encode(e)
+	})
+	if err != nil && !started {
+		s.writeErr(w, r, err)
+		return
+	}
+	if !started {
+		w.WriteHeader(http.StatusOK)
+	}
+}
+
+// --- artifacts ---------------------------------------------------------------
+
+// validArtifactName: a relative slash path without '..', NUL or backslash.
+func validArtifactName(n string) bool {
+	if n == "" || len(n) > 255 || strings.HasPrefix(n, "/") || strings.ContainsAny(n, "\\\x00") || !utf8.ValidString(n) {
+		return false
+	}
+	for _, p := range strings.Split(n, "/") {
+		if p == "" || p == "." || p == ".." {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) handlePutArtifact(w http.ResponseWriter, r *http.Request) {
+	f, err := fence(r, 0)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	name := r.PathValue("name")
+	q := r.URL.Query()
+	kind := q.Get("kind")
+	if kind == "" {
+		kind = api.KindFile
+	}
+	want := q.Get("sha256")
+	var fe api.FieldErrors
+	if !validArtifactName(name) {
+		fe = append(fe, api.FieldError{Field: "name", Message: "must be a relative path without '..'"})
+	}
+	if kind != api.KindFile && kind != api.KindSBOM && kind != api.KindProvenance {
+		fe = append(fe, api.FieldError{Field: "kind", Message: "must be file, sbom or provenance"})
+	}
+	if !hexDigest.MatchString(want) {
+		fe = append(fe, api.FieldError{Field: "sha256", Message: "required: 64 lowercase hex characters"})
+	}
+	if len(fe) > 0 {
+		s.writeErr(w, r, fe)
+		return
+	}
+	if _, err := s.store.CheckLease(r.Context(), f); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	digest, size, err := s.blobs.put(http.MaxBytesReader(w, r.Body, s.cfg.MaxArtifact+1), s.cfg.MaxArtifact, want)
+	if errors.Is(err, errDigestMismatch) {
+		s.writeErr(w, r, api.FieldErrors{{Field: "sha256", Message: err.Error()}})
+		return
+	}
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	a := api.Artifact{Name: name, Kind: kind, SHA256: digest, Size: size, CreatedAt: s.now().UTC()}
+	if err := s.store.AddArtifact(r.Context(), f, a); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, a)
+}
+
+func (s *Server) handleListArtifacts(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, err := s.store.Job(r.Context(), id); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	as, err := s.store.ListArtifacts(r.Context(), id)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	if as == nil {
+		as = []api.Artifact{}
+	}
+	writeJSON(w, http.StatusOK, as)
+}
+
+func (s *Server) handleGetArtifact(w http.ResponseWriter, r *http.Request) {
+	a, err := s.store.Artifact(r.Context(), r.PathValue("id"), r.PathValue("name"))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	s.serveBlob(w, r, a.SHA256, "application/octet-stream")
+}

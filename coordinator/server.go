@@ -1,0 +1,257 @@
+// Package coordinator owns the coordinator: the HTTP JSON API under /v1
+// (docs/api.md), authentication of admin, submit and runner tokens, the
+// claim dispatcher (long-poll with in-process wake-ups), the lease reaper,
+// and the blob directory for uploaded sources and artifacts. Persistent state
+// lives behind coordinator/store.
+package coordinator
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/cleanroom-ci/cleanroom/coordinator/store"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store/sqlite"
+)
+
+// Config configures a Server. Zero values take the defaults below.
+type Config struct {
+	// DataDir holds cleanroom.db and blobs/ (sources, artifacts).
+	DataDir string
+	// AdminToken is the admin bearer token (see EnsureAdminToken).
+	AdminToken string
+	// LeaseTTL is how long a claim or heartbeat keeps a job (default 30s).
+	LeaseTTL time.Duration
+	// MaxAttempts is the default number of leases a job gets before it is
+	// lost (default 3).
+	MaxAttempts int
+	// MaxUpload caps an uploaded source tarball (default 100 MiB).
+	MaxUpload int64
+	// MaxArtifact caps one artifact (default 1 GiB).
+	MaxArtifact int64
+	// MaxLog caps the stored log of one job (default 16 MiB).
+	MaxLog int64
+	// MaxClaimWait caps a claim's long-poll (default 30s).
+	MaxClaimWait time.Duration
+	// ReapInterval is how often expired leases are looked for (default
+	// LeaseTTL/4, at most 5s).
+	ReapInterval time.Duration
+	// Store overrides the SQLite store in DataDir (tests, PostgreSQL).
+	Store store.Store
+	// Logger receives the server's logs (default: discard).
+	Logger hclog.Logger
+	// Now is the clock (tests).
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = 30 * time.Second
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 3
+	}
+	if c.MaxUpload <= 0 {
+		c.MaxUpload = 100 << 20
+	}
+	if c.MaxArtifact <= 0 {
+		c.MaxArtifact = 1 << 30
+	}
+	if c.MaxLog <= 0 {
+		c.MaxLog = sqlite.DefaultLogMax
+	}
+	if c.MaxClaimWait <= 0 {
+		c.MaxClaimWait = 30 * time.Second
+	}
+	if c.ReapInterval <= 0 {
+		c.ReapInterval = min(c.LeaseTTL/4, 5*time.Second)
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Server is a running coordinator: store, dispatcher and reaper. Serve it
+// with Handler (any http.Server) or Serve.
+type Server struct {
+	cfg       Config
+	store     store.Store
+	ownStore  bool
+	blobs     *blobs
+	adminHash []byte
+	log       hclog.Logger
+	hub       *hub
+	disp      *dispatcher
+	mux       *http.ServeMux
+
+	// stopCtx ends long-polls and log follows when the server closes, so a
+	// shutdown never waits 30 s for them.
+	stopCtx  context.Context
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
+	closeMu  sync.Once
+	closeErr error
+}
+
+// New opens the store (migrating its schema), gives running leases a fresh
+// TTL (the time the coordinator was down does not count against agents),
+// and starts the dispatcher and the reaper.
+func New(ctx context.Context, cfg Config) (_ *Server, retErr error) {
+	cfg.setDefaults()
+	if cfg.AdminToken == "" {
+		return nil, errors.New("configuring coordinator: no admin token")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("configuring coordinator: no data directory")
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, hub: newHub(), adminHash: hashSecret(cfg.AdminToken)}
+	var err error
+	if s.blobs, err = newBlobs(filepath.Join(cfg.DataDir, "blobs")); err != nil {
+		return nil, err
+	}
+	s.store = cfg.Store
+	if s.store == nil {
+		st, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "cleanroom.db"), sqlite.Options{Log: store.LogLimits{MaxBytes: cfg.MaxLog}})
+		if err != nil {
+			return nil, fmt.Errorf("opening store: %w", err)
+		}
+		s.store, s.ownStore = st, true
+	}
+	defer func() {
+		if retErr != nil && s.ownStore {
+			s.store.Close()
+		}
+	}()
+	if err := s.store.ExtendLeases(ctx, s.now().Add(cfg.LeaseTTL)); err != nil {
+		return nil, err
+	}
+	s.disp = newDispatcher(s)
+	s.stopCtx, s.stop = context.WithCancel(context.Background())
+	s.mux = http.NewServeMux()
+	s.routes()
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.disp.run(s.stopCtx, 2*time.Second) }()
+	go func() { defer s.wg.Done(); s.reapLoop(s.stopCtx) }()
+	return s, nil
+}
+
+func (s *Server) now() time.Time { return s.cfg.Now() }
+
+// Handler returns the HTTP API.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Close stops long-polls, the dispatcher and the reaper, and closes the
+// store if the server opened it. Stop the http.Server first.
+func (s *Server) Close() error {
+	s.closeMu.Do(func() {
+		s.stop()
+		s.wg.Wait()
+		if s.ownStore {
+			s.closeErr = s.store.Close()
+		}
+	})
+	return s.closeErr
+}
+
+func (s *Server) reapLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ReapInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		reaped, err := s.store.ReapExpired(ctx, s.now())
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("reaping expired leases", "error", err)
+			}
+			continue
+		}
+		for _, r := range reaped {
+			s.log.Warn("lease expired", "job", r.JobID, "new_state", r.State)
+			s.hub.notify("job:" + r.JobID)
+			s.hub.notify("log:" + r.JobID)
+		}
+		if len(reaped) > 0 {
+			s.disp.kick()
+		}
+	}
+}
+
+// ErrInsecureListen is returned by CheckListen for plain HTTP on an address
+// other machines can reach.
+var ErrInsecureListen = errors.New("refusing plain HTTP on a non-loopback address: use --tls-cert/--tls-key, or --insecure-http if a proxy terminates TLS")
+
+// CheckListen refuses plain HTTP on a non-loopback listen address unless
+// insecure is set: tokens and build logs must not cross a network in clear.
+func CheckListen(addr string, useTLS, insecure bool) error {
+	if useTLS || insecure {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("parsing listen address %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("listening on %q: %w", addr, ErrInsecureListen)
+	}
+	return nil
+}
+
+// Serve serves the API on ln until ctx is done, then shuts down gracefully
+// (long-polls end at once) and closes the server. With cert and key set it
+// serves TLS.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, certFile, keyFile string) error {
+	hs := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return s.stopCtx },
+		ErrorLog:          s.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
+	if certFile != "" {
+		hs.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	errCh := make(chan error, 1)
+	go func() {
+		if certFile != "" {
+			errCh <- hs.ServeTLS(ln, certFile, keyFile)
+		} else {
+			errCh <- hs.Serve(ln)
+		}
+	}()
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errCh:
+	}
+	s.stop() // end long-polls and follows
+	shCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(shCtx); err != nil && serveErr == nil {
+		serveErr = fmt.Errorf("shutting down http server: %w", err)
+	}
+	if err := s.Close(); err != nil && serveErr == nil {
+		serveErr = err
+	}
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		serveErr = nil
+	}
+	return serveErr
+}

@@ -1,0 +1,936 @@
+// Package sqlite owns the embedded SQLite implementation of store.Store: the
+// schema and its migrations, and the transactions that make claims, fenced
+// writes and re-queues atomic. It uses modernc.org/sqlite (pure Go), WAL
+// mode and a busy timeout, so one coordinator process needs no database
+// server.
+package sqlite
+
+import (
+	"context"
+	"crypto/subtle"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Options tune a Store.
+type Options struct {
+	// Log bounds the stored log per job. Zero MaxBytes means 16 MiB.
+	Log store.LogLimits
+}
+
+// DefaultLogMax is the per-job log cap when Options leave it zero.
+const DefaultLogMax = 16 << 20
+
+// Store is the SQLite store. Create it with Open.
+type Store struct {
+	db  *sql.DB
+	log store.LogLimits
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database file path and applies pending
+// schema migrations.
+func Open(ctx context.Context, path string, opts Options) (_ *Store, retErr error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating database directory: %w", err)
+	}
+	dsn := "file:" + path + "?_txlock=immediate" +
+		"&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)" +
+		"&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	defer func() {
+		if retErr != nil {
+			db.Close()
+		}
+	}()
+	db.SetMaxOpenConns(8)
+	db.SetMaxIdleConns(8)
+	if err := migrate(ctx, db); err != nil {
+		return nil, err
+	}
+	if opts.Log.MaxBytes <= 0 {
+		opts.Log.MaxBytes = DefaultLogMax
+	}
+	if opts.Log.Marker == "" {
+		opts.Log.Marker = fmt.Sprintf("\n[cleanroom: log truncated: more than %d bytes; the rest of this job's output was dropped]\n", opts.Log.MaxBytes)
+	}
+	return &Store{db: db, log: opts.Log}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// migrations are applied in order; index+1 is the schema version.
+var migrations = []string{
+	`CREATE TABLE tokens (
+		id TEXT PRIMARY KEY, kind TEXT NOT NULL, hash BLOB NOT NULL,
+		created_at INTEGER NOT NULL, expires_at INTEGER, uses_left INTEGER,
+		revoked_at INTEGER, note TEXT NOT NULL DEFAULT '');
+	CREATE TABLE runners (
+		id TEXT PRIMARY KEY, name TEXT NOT NULL, token_hash BLOB NOT NULL,
+		public_key BLOB NOT NULL, labels TEXT NOT NULL DEFAULT '{}',
+		concurrency INTEGER NOT NULL DEFAULT 1, created_at INTEGER NOT NULL,
+		last_seen INTEGER, revoked_at INTEGER);
+	CREATE UNIQUE INDEX runners_active_name ON runners(name) WHERE revoked_at IS NULL;
+	CREATE TABLE jobs (
+		seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+		state TEXT NOT NULL, spec TEXT NOT NULL, source TEXT NOT NULL,
+		labels TEXT NOT NULL DEFAULT '{}', created_at INTEGER NOT NULL,
+		started_at INTEGER, finished_at INTEGER, runner_id TEXT,
+		lease_token INTEGER NOT NULL DEFAULT 0, lease_expires INTEGER,
+		attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL,
+		cancel_requested INTEGER NOT NULL DEFAULT 0, exit_code INTEGER,
+		reason TEXT NOT NULL DEFAULT '', log_offset INTEGER NOT NULL DEFAULT 0,
+		log_stored INTEGER NOT NULL DEFAULT 0, log_truncated INTEGER NOT NULL DEFAULT 0);
+	CREATE INDEX jobs_state ON jobs(state, seq);
+	CREATE TABLE log_chunks (
+		job_id TEXT NOT NULL, off INTEGER NOT NULL, data BLOB NOT NULL,
+		PRIMARY KEY (job_id, off)) WITHOUT ROWID;
+	CREATE TABLE egress (
+		id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, runner_id TEXT NOT NULL,
+		seq INTEGER NOT NULL, time INTEGER NOT NULL, verdict TEXT NOT NULL,
+		event TEXT NOT NULL, UNIQUE (job_id, seq));
+	CREATE INDEX egress_time ON egress(time);
+	CREATE INDEX egress_runner ON egress(runner_id, time);
+	CREATE TABLE artifacts (
+		job_id TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+		sha256 TEXT NOT NULL, size INTEGER NOT NULL, created_at INTEGER NOT NULL,
+		PRIMARY KEY (job_id, name)) WITHOUT ROWID;`,
+}
+
+// SchemaVersion is the version this build migrates to.
+var SchemaVersion = len(migrations)
+
+func migrate(ctx context.Context, db *sql.DB) (retErr error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("starting migration: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("creating schema_version: %w", err)
+	}
+	var v int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_version`).Scan(&v); err != nil {
+		return fmt.Errorf("reading schema version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("checking schema version: database is at version %d, this build knows %d", v, len(migrations))
+	}
+	for i := v; i < len(migrations); i++ {
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("applying migration %d: %w", i+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version, applied_at) VALUES (?, ?)`, i+1, time.Now().UnixNano()); err != nil {
+			return fmt.Errorf("recording migration %d: %w", i+1, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("committing migrations: %w", err)
+	}
+	return nil
+}
+
+// Version returns the database's schema version.
+func (s *Store) Version(ctx context.Context) (int, error) {
+	var v int
+	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_version`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("reading schema version: %w", err)
+	}
+	return v, nil
+}
+
+// inTx runs fn in an IMMEDIATE transaction (the DSN's _txlock), so the
+// read-then-write sequences inside are atomic against other writers.
+func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) (retErr error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("starting transaction: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("committing transaction: %w", err)
+	}
+	return nil
+}
+
+func nanos(t time.Time) int64 { return t.UnixNano() }
+
+func nullNanos(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n sql.NullInt64) *time.Time {
+	if !n.Valid {
+		return nil
+	}
+	t := time.Unix(0, n.Int64).UTC()
+	return &t
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("encoding %T: %v", v, err))
+	}
+	return string(b)
+}
+
+// --- tokens ------------------------------------------------------------------
+
+// CreateToken stores a token's hash and limits.
+func (s *Store) CreateToken(ctx context.Context, t store.Token) error {
+	var uses any
+	if t.UsesLeft != nil {
+		uses = *t.UsesLeft
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (id, kind, hash, created_at, expires_at, uses_left, note) VALUES (?,?,?,?,?,?,?)`,
+		t.ID, t.Kind, t.Hash, nanos(t.CreatedAt), nullNanos(t.ExpiresAt), uses, t.Note)
+	if err != nil {
+		return fmt.Errorf("creating token: %w", err)
+	}
+	return nil
+}
+
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func checkToken(ctx context.Context, q querier, kind, id string, hash []byte, now time.Time) (store.Token, error) {
+	var t store.Token
+	var exp, revoked sql.NullInt64
+	var uses sql.NullInt64
+	var created int64
+	err := q.QueryRowContext(ctx, `SELECT id, kind, hash, created_at, expires_at, uses_left, revoked_at, note FROM tokens WHERE id = ?`, id).
+		Scan(&t.ID, &t.Kind, &t.Hash, &created, &exp, &uses, &revoked, &t.Note)
+	if errors.Is(err, sql.ErrNoRows) {
+		return t, fmt.Errorf("looking up token %s: %w", id, store.ErrTokenInvalid)
+	}
+	if err != nil {
+		return t, fmt.Errorf("looking up token %s: %w", id, err)
+	}
+	t.CreatedAt = time.Unix(0, created).UTC()
+	t.ExpiresAt = fromNanos(exp)
+	t.RevokedAt = fromNanos(revoked)
+	if uses.Valid {
+		n := int(uses.Int64)
+		t.UsesLeft = &n
+	}
+	switch {
+	case subtle.ConstantTimeCompare(t.Hash, hash) != 1:
+		return t, fmt.Errorf("checking token %s: wrong secret: %w", id, store.ErrTokenInvalid)
+	case t.Kind != kind:
+		return t, fmt.Errorf("checking token %s: a %s token, not %s: %w", id, t.Kind, kind, store.ErrTokenInvalid)
+	case t.RevokedAt != nil:
+		return t, fmt.Errorf("checking token %s: revoked: %w", id, store.ErrTokenInvalid)
+	case t.ExpiresAt != nil && !now.Before(*t.ExpiresAt):
+		return t, fmt.Errorf("checking token %s: expired: %w", id, store.ErrTokenInvalid)
+	case t.UsesLeft != nil && *t.UsesLeft <= 0:
+		return t, fmt.Errorf("checking token %s: used up: %w", id, store.ErrTokenInvalid)
+	}
+	return t, nil
+}
+
+// CheckToken verifies a token without consuming a use.
+func (s *Store) CheckToken(ctx context.Context, kind, id string, hash []byte, now time.Time) (store.Token, error) {
+	return checkToken(ctx, s.db, kind, id, hash, now)
+}
+
+// --- runners -----------------------------------------------------------------
+
+// RegisterRunner consumes a registration token use and creates the runner.
+func (s *Store) RegisterRunner(ctx context.Context, regID string, regHash []byte, r store.Runner, now time.Time) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		t, err := checkToken(ctx, tx, api.TokenRegistration, regID, regHash, now)
+		if err != nil {
+			return err
+		}
+		if t.UsesLeft != nil {
+			if _, err := tx.ExecContext(ctx, `UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?`, regID); err != nil {
+				return fmt.Errorf("consuming registration token: %w", err)
+			}
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM runners WHERE name = ? AND revoked_at IS NULL`, r.Name).Scan(&n); err != nil {
+			return fmt.Errorf("checking runner name: %w", err)
+		}
+		if n > 0 {
+			return fmt.Errorf("registering runner %q: name in use: %w", r.Name, store.ErrConflict)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO runners (id, name, token_hash, public_key, labels, concurrency, created_at) VALUES (?,?,?,?,?,?,?)`,
+			r.ID, r.Name, r.TokenHash, r.PublicKey, mustJSON(r.Labels), r.Concurrency, nanos(r.CreatedAt))
+		if err != nil {
+			return fmt.Errorf("registering runner %q: %w", r.Name, err)
+		}
+		return nil
+	})
+}
+
+const runnerCols = `id, name, token_hash, public_key, labels, concurrency, created_at, last_seen, revoked_at`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanRunner(sc scanner) (store.Runner, error) {
+	var r store.Runner
+	var labels string
+	var created int64
+	var seen, revoked sql.NullInt64
+	if err := sc.Scan(&r.ID, &r.Name, &r.TokenHash, &r.PublicKey, &labels, &r.Concurrency, &created, &seen, &revoked); err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal([]byte(labels), &r.Labels); err != nil {
+		return r, fmt.Errorf("decoding runner labels: %w", err)
+	}
+	r.CreatedAt = time.Unix(0, created).UTC()
+	r.LastSeen = fromNanos(seen)
+	r.RevokedAt = fromNanos(revoked)
+	return r, nil
+}
+
+func (s *Store) runnerWhere(ctx context.Context, where string, arg any) (store.Runner, error) {
+	r, err := scanRunner(s.db.QueryRowContext(ctx, `SELECT `+runnerCols+` FROM runners WHERE `+where, arg))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, fmt.Errorf("looking up runner %v: %w", arg, store.ErrNotFound)
+	}
+	if err != nil {
+		return r, fmt.Errorf("looking up runner %v: %w", arg, err)
+	}
+	return r, nil
+}
+
+// Runner returns a runner by id, revoked or not.
+func (s *Store) Runner(ctx context.Context, id string) (store.Runner, error) {
+	return s.runnerWhere(ctx, `id = ?`, id)
+}
+
+// RunnerByName returns the active runner with that name, else the most
+// recently revoked one.
+func (s *Store) RunnerByName(ctx context.Context, name string) (store.Runner, error) {
+	return s.runnerWhere(ctx, `name = ? ORDER BY revoked_at IS NULL DESC, created_at DESC LIMIT 1`, name)
+}
+
+// ListRunners lists all runners, oldest first.
+func (s *Store) ListRunners(ctx context.Context) ([]store.Runner, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+runnerCols+` FROM runners ORDER BY created_at`)
+	if err != nil {
+		return nil, fmt.Errorf("listing runners: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Runner
+	for rows.Next() {
+		r, err := scanRunner(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing runners: %w", err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing runners: %w", err)
+	}
+	return out, nil
+}
+
+// RevokeRunner revokes a runner and expires its leases.
+func (s *Store) RevokeRunner(ctx context.Context, id string, now time.Time) (store.Runner, error) {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE runners SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL`, nanos(now), id)
+		if err != nil {
+			return fmt.Errorf("revoking runner %s: %w", id, err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			var x int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM runners WHERE id = ?`, id).Scan(&x); err != nil {
+				return fmt.Errorf("revoking runner %s: %w", id, err)
+			}
+			if x == 0 {
+				return fmt.Errorf("revoking runner %s: %w", id, store.ErrNotFound)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET lease_expires = ? WHERE runner_id = ? AND state = 'running'`, nanos(now)-1, id); err != nil {
+			return fmt.Errorf("expiring leases of runner %s: %w", id, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return store.Runner{}, err
+	}
+	return s.Runner(ctx, id)
+}
+
+// TouchRunner records that the runner was seen.
+func (s *Store) TouchRunner(ctx context.Context, id string, now time.Time) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE runners SET last_seen = ? WHERE id = ?`, nanos(now), id); err != nil {
+		return fmt.Errorf("touching runner %s: %w", id, err)
+	}
+	return nil
+}
+
+// --- jobs --------------------------------------------------------------------
+
+const jobCols = `id, state, spec, source, created_at, started_at, finished_at, runner_id, lease_token,
+	lease_expires, attempts, max_attempts, cancel_requested, exit_code, reason, log_offset, log_stored, log_truncated`
+
+func scanJob(sc scanner) (store.Job, error) {
+	var j store.Job
+	var spec, source string
+	var created int64
+	var started, finished, leaseExp, exit sql.NullInt64
+	var runner sql.NullString
+	if err := sc.Scan(&j.ID, &j.State, &spec, &source, &created, &started, &finished, &runner, &j.LeaseToken,
+		&leaseExp, &j.Attempts, &j.MaxAttempts, &j.Cancel, &exit, &j.Reason, &j.LogOffset, &j.LogSize, &j.LogTruncated); err != nil {
+		return j, err
+	}
+	if err := json.Unmarshal([]byte(spec), &j.Spec); err != nil {
+		return j, fmt.Errorf("decoding job spec: %w", err)
+	}
+	if err := json.Unmarshal([]byte(source), &j.Source); err != nil {
+		return j, fmt.Errorf("decoding job source: %w", err)
+	}
+	j.CreatedAt = time.Unix(0, created).UTC()
+	j.StartedAt = fromNanos(started)
+	j.FinishedAt = fromNanos(finished)
+	j.RunnerID = runner.String
+	if leaseExp.Valid {
+		j.LeaseExpires = time.Unix(0, leaseExp.Int64).UTC()
+	}
+	if exit.Valid {
+		n := int(exit.Int64)
+		j.ExitCode = &n
+	}
+	return j, nil
+}
+
+// CreateJob inserts a queued job.
+func (s *Store) CreateJob(ctx context.Context, j store.Job) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO jobs (id, state, spec, source, labels, created_at, max_attempts) VALUES (?,?,?,?,?,?,?)`,
+		j.ID, api.StateQueued, mustJSON(j.Spec), mustJSON(j.Source), mustJSON(j.Spec.Labels), nanos(j.CreatedAt), j.MaxAttempts)
+	if err != nil {
+		return fmt.Errorf("creating job: %w", err)
+	}
+	return nil
+}
+
+func jobTx(ctx context.Context, q querier, id string) (store.Job, error) {
+	j, err := scanJob(q.QueryRowContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return j, fmt.Errorf("looking up job %s: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return j, fmt.Errorf("looking up job %s: %w", id, err)
+	}
+	return j, nil
+}
+
+// Job returns one job.
+func (s *Store) Job(ctx context.Context, id string) (store.Job, error) { return jobTx(ctx, s.db, id) }
+
+// ListJobs lists jobs, newest first.
+func (s *Store) ListJobs(ctx context.Context, f store.JobFilter) ([]store.Job, error) {
+	q := `SELECT ` + jobCols + ` FROM jobs`
+	var args []any
+	if f.State != "" {
+		q += ` WHERE state = ?`
+		args = append(args, f.State)
+	}
+	q += ` ORDER BY seq DESC`
+	if f.Limit > 0 {
+		q += ` LIMIT ?`
+		args = append(args, f.Limit)
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing jobs: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing jobs: %w", err)
+		}
+		out = append(out, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing jobs: %w", err)
+	}
+	return out, nil
+}
+
+// labelsMatch reports whether the runner's labels contain every job label.
+func labelsMatch(runner, job map[string]string) bool {
+	for k, v := range job {
+		if rv, ok := runner[k]; !ok || rv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// ClaimJobs leases up to max matching queued jobs in one transaction.
+func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, max int, ttl time.Duration, now time.Time) ([]store.Claim, error) {
+	if max <= 0 {
+		return nil, nil
+	}
+	var claims []store.Claim
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT id, labels FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1000`)
+		if err != nil {
+			return fmt.Errorf("finding queued jobs: %w", err)
+		}
+		var ids []string
+		for rows.Next() && len(ids) < max {
+			var id, labels string
+			if err := rows.Scan(&id, &labels); err != nil {
+				rows.Close()
+				return fmt.Errorf("finding queued jobs: %w", err)
+			}
+			var jl map[string]string
+			if err := json.Unmarshal([]byte(labels), &jl); err != nil {
+				rows.Close()
+				return fmt.Errorf("decoding labels of job %s: %w", id, err)
+			}
+			if labelsMatch(r.Labels, jl) {
+				ids = append(ids, id)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("finding queued jobs: %w", err)
+		}
+		for _, id := range ids {
+			res, err := tx.ExecContext(ctx, `UPDATE jobs SET state = 'running', runner_id = ?, lease_token = lease_token + 1,
+				lease_expires = ?, attempts = attempts + 1, started_at = ?, reason = '' WHERE id = ? AND state = 'queued'`,
+				r.ID, nanos(now.Add(ttl)), nanos(now), id)
+			if err != nil {
+				return fmt.Errorf("claiming job %s: %w", id, err)
+			}
+			if n, _ := res.RowsAffected(); n != 1 {
+				continue
+			}
+			j, err := jobTx(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			claims = append(claims, store.Claim{Job: j, Token: j.LeaseToken})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return claims, nil
+}
+
+// ReleaseClaim undoes a claim whose answer never reached the runner.
+func (s *Store) ReleaseClaim(ctx context.Context, f store.Fence) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE jobs SET state = 'queued', runner_id = NULL, lease_expires = NULL, attempts = attempts - 1
+		WHERE id = ? AND runner_id = ? AND lease_token = ? AND state = 'running'`, f.JobID, f.RunnerID, f.Token)
+	if err != nil {
+		return fmt.Errorf("releasing claim of job %s: %w", f.JobID, err)
+	}
+	return nil
+}
+
+// checkLeaseTx loads the job and verifies the fence is its current lease.
+func checkLeaseTx(ctx context.Context, q querier, f store.Fence) (store.Job, error) {
+	j, err := jobTx(ctx, q, f.JobID)
+	if err != nil {
+		return j, err
+	}
+	if j.State != api.StateRunning || j.RunnerID != f.RunnerID || j.LeaseToken != f.Token {
+		return j, fmt.Errorf("checking lease of job %s (token %d, current %d, state %s): %w",
+			f.JobID, f.Token, j.LeaseToken, j.State, store.ErrStaleLease)
+	}
+	return j, nil
+}
+
+// CheckLease verifies the fence.
+func (s *Store) CheckLease(ctx context.Context, f store.Fence) (store.Job, error) {
+	return checkLeaseTx(ctx, s.db, f)
+}
+
+// Heartbeat renews a lease.
+func (s *Store) Heartbeat(ctx context.Context, f store.Fence, ttl time.Duration, now time.Time) (store.Job, error) {
+	var j store.Job
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if j, err = checkLeaseTx(ctx, tx, f); err != nil {
+			return err
+		}
+		exp := now.Add(ttl)
+		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET lease_expires = ? WHERE id = ?`, nanos(exp), f.JobID); err != nil {
+			return fmt.Errorf("renewing lease of job %s: %w", f.JobID, err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE runners SET last_seen = ? WHERE id = ?`, nanos(now), f.RunnerID); err != nil {
+			return fmt.Errorf("touching runner %s: %w", f.RunnerID, err)
+		}
+		j.LeaseExpires = exp.UTC()
+		return nil
+	})
+	return j, err
+}
+
+// RequestCancel cancels or flags a job.
+func (s *Store) RequestCancel(ctx context.Context, id string, now time.Time) (store.Job, error) {
+	var j store.Job
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if j, err = jobTx(ctx, tx, id); err != nil {
+			return err
+		}
+		switch j.State {
+		case api.StateQueued:
+			_, err = tx.ExecContext(ctx, `UPDATE jobs SET state = 'canceled', cancel_requested = 1, finished_at = ?, reason = 'canceled before it started' WHERE id = ?`, nanos(now), id)
+		case api.StateRunning:
+			_, err = tx.ExecContext(ctx, `UPDATE jobs SET cancel_requested = 1 WHERE id = ?`, id)
+		default:
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("canceling job %s: %w", id, err)
+		}
+		j, err = jobTx(ctx, tx, id)
+		return err
+	})
+	return j, err
+}
+
+// Finish records a job's result.
+func (s *Store) Finish(ctx context.Context, f store.Fence, state string, exitCode int, reason string, logSize int64, now time.Time) (store.Job, error) {
+	var j store.Job
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if j, err = jobTx(ctx, tx, f.JobID); err != nil {
+			return err
+		}
+		if api.Terminal(j.State) && j.RunnerID == f.RunnerID && j.LeaseToken == f.Token {
+			if j.State == state {
+				return nil // a retried result
+			}
+			return fmt.Errorf("finishing job %s: already %s: %w", f.JobID, j.State, store.ErrConflict)
+		}
+		if _, err := checkLeaseTx(ctx, tx, f); err != nil {
+			return err
+		}
+		if logSize > j.LogOffset {
+			return &store.OffsetError{Expected: j.LogOffset}
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, exit_code = ?, reason = ?, finished_at = ?, lease_expires = NULL WHERE id = ?`,
+			state, exitCode, reason, nanos(now), f.JobID); err != nil {
+			return fmt.Errorf("finishing job %s: %w", f.JobID, err)
+		}
+		j, err = jobTx(ctx, tx, f.JobID)
+		return err
+	})
+	return j, err
+}
+
+// ReapExpired re-queues or loses jobs whose lease expired.
+func (s *Store) ReapExpired(ctx context.Context, now time.Time) ([]store.Reaped, error) {
+	var out []store.Reaped
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT id, runner_id, attempts, max_attempts, cancel_requested FROM jobs
+			WHERE state = 'running' AND lease_expires < ?`, nanos(now))
+		if err != nil {
+			return fmt.Errorf("finding expired leases: %w", err)
+		}
+		type exp struct {
+			id, runner      string
+			attempts, max   int
+			cancelRequested bool
+		}
+		var list []exp
+		for rows.Next() {
+			var e exp
+			var runner sql.NullString
+			if err := rows.Scan(&e.id, &runner, &e.attempts, &e.max, &e.cancelRequested); err != nil {
+				rows.Close()
+				return fmt.Errorf("finding expired leases: %w", err)
+			}
+			e.runner = runner.String
+			list = append(list, e)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("finding expired leases: %w", err)
+		}
+		for _, e := range list {
+			var state, reason string
+			switch {
+			case e.cancelRequested:
+				state, reason = api.StateCanceled, fmt.Sprintf("canceled; runner %s stopped renewing its lease", e.runner)
+			case e.attempts >= e.max:
+				state, reason = api.StateLost, fmt.Sprintf("lease expired on runner %s after %d of %d attempts", e.runner, e.attempts, e.max)
+			default:
+				state, reason = api.StateQueued, fmt.Sprintf("lease expired on runner %s; re-queued (attempt %d of %d done)", e.runner, e.attempts, e.max)
+			}
+			if api.Terminal(state) {
+				_, err = tx.ExecContext(ctx, `UPDATE jobs SET state = ?, reason = ?, finished_at = ?, lease_expires = NULL WHERE id = ?`, state, reason, nanos(now), e.id)
+			} else {
+				_, err = tx.ExecContext(ctx, `UPDATE jobs SET state = ?, reason = ?, runner_id = NULL, lease_expires = NULL WHERE id = ?`, state, reason, e.id)
+			}
+			if err != nil {
+				return fmt.Errorf("reaping job %s: %w", e.id, err)
+			}
+			if err := s.appendTx(ctx, tx, e.id, []byte("\n[cleanroom: "+reason+"]\n")); err != nil {
+				return err
+			}
+			out = append(out, store.Reaped{JobID: e.id, State: state})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ExtendLeases gives every running lease at least until.
+func (s *Store) ExtendLeases(ctx context.Context, until time.Time) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE jobs SET lease_expires = ? WHERE state = 'running' AND lease_expires < ?`, nanos(until), nanos(until)); err != nil {
+		return fmt.Errorf("extending leases: %w", err)
+	}
+	return nil
+}
+
+// --- logs --------------------------------------------------------------------
+
+// appendTx appends data at the job's current end (both counters), honouring
+// the cap. The caller has checked offsets.
+func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, jobID string, data []byte) error {
+	var offset, stored int64
+	var truncated bool
+	if err := tx.QueryRowContext(ctx, `SELECT log_offset, log_stored, log_truncated FROM jobs WHERE id = ?`, jobID).Scan(&offset, &stored, &truncated); err != nil {
+		return fmt.Errorf("reading log state of job %s: %w", jobID, err)
+	}
+	keep := data
+	if !truncated && stored+int64(len(data)) > s.log.MaxBytes {
+		room := max(s.log.MaxBytes-stored, 0)
+		keep = append(append([]byte{}, data[:room]...), s.log.Marker...)
+		truncated = true
+	} else if truncated {
+		keep = nil
+	}
+	if len(keep) > 0 {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO log_chunks (job_id, off, data) VALUES (?,?,?)`, jobID, stored, keep); err != nil {
+			return fmt.Errorf("storing log chunk of job %s: %w", jobID, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE jobs SET log_offset = ?, log_stored = ?, log_truncated = ? WHERE id = ?`,
+		offset+int64(len(data)), stored+int64(len(keep)), truncated, jobID); err != nil {
+		return fmt.Errorf("updating log state of job %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// AppendLog stores a chunk idempotently.
+func (s *Store) AppendLog(ctx context.Context, f store.Fence, offset int64, data []byte) (int64, error) {
+	var next int64
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		j, err := checkLeaseTx(ctx, tx, f)
+		if err != nil {
+			return err
+		}
+		end := j.LogOffset
+		switch {
+		case offset > end:
+			return &store.OffsetError{Expected: end}
+		case offset+int64(len(data)) <= end:
+			next = end // already stored
+			return nil
+		}
+		fresh := data[end-offset:]
+		next = end + int64(len(fresh))
+		return s.appendTx(ctx, tx, f.JobID, fresh)
+	})
+	return next, err
+}
+
+// ReadLog returns stored log bytes from offset.
+func (s *Store) ReadLog(ctx context.Context, jobID string, offset int64, maxBytes int) ([]byte, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT off, data FROM log_chunks WHERE job_id = ? AND off + length(data) > ? ORDER BY off`, jobID, offset)
+	if err != nil {
+		return nil, fmt.Errorf("reading log of job %s: %w", jobID, err)
+	}
+	defer rows.Close()
+	var out []byte
+	for rows.Next() && len(out) < maxBytes {
+		var off int64
+		var data []byte
+		if err := rows.Scan(&off, &data); err != nil {
+			return nil, fmt.Errorf("reading log of job %s: %w", jobID, err)
+		}
+		if off < offset {
+			data = data[offset-off:]
+		}
+		out = append(out, data...)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading log of job %s: %w", jobID, err)
+	}
+	if len(out) > maxBytes {
+		out = out[:maxBytes]
+	}
+	return out, nil
+}
+
+// --- egress ------------------------------------------------------------------
+
+// AddEgress stores events under the lease, skipping sequence numbers already
+// stored. Runner and job come from the lease, not from the agent's events.
+func (s *Store) AddEgress(ctx context.Context, f store.Fence, firstSeq int64, events []api.EgressEvent) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := checkLeaseTx(ctx, tx, f); err != nil {
+			return err
+		}
+		for i, e := range events {
+			e.Runner, e.Job = f.RunnerID, f.JobID
+			if e.Time.IsZero() {
+				e.Time = time.Now()
+			}
+			e.Time = e.Time.UTC()
+			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO egress (job_id, runner_id, seq, time, verdict, event) VALUES (?,?,?,?,?,?)`,
+				f.JobID, f.RunnerID, firstSeq+int64(i), nanos(e.Time), e.Verdict, mustJSON(e)); err != nil {
+				return fmt.Errorf("storing egress event: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// QueryEgress streams matching events oldest first.
+func (s *Store) QueryEgress(ctx context.Context, f api.EgressFilter, fn func(api.EgressEvent) error) error {
+	var where []string
+	var args []any
+	if f.Job != "" {
+		where, args = append(where, "job_id = ?"), append(args, f.Job)
+	}
+	if f.Runner != "" {
+		where, args = append(where, "runner_id = ?"), append(args, f.Runner)
+	}
+	if f.Verdict != "" {
+		where, args = append(where, "verdict = ?"), append(args, f.Verdict)
+	}
+	if !f.Since.IsZero() {
+		where, args = append(where, "time >= ?"), append(args, nanos(f.Since))
+	}
+	if !f.Until.IsZero() {
+		where, args = append(where, "time < ?"), append(args, nanos(f.Until))
+	}
+	q := `SELECT event FROM egress`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	q += ` ORDER BY time, id`
+	if f.Limit > 0 {
+		q += ` LIMIT ?`
+		args = append(args, f.Limit)
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("querying egress events: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var raw string
+		if err := rows.Scan(&raw); err != nil {
+			return fmt.Errorf("querying egress events: %w", err)
+		}
+		var e api.EgressEvent
+		if err := json.Unmarshal([]byte(raw), &e); err != nil {
+			return fmt.Errorf("decoding egress event: %w", err)
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("querying egress events: %w", err)
+	}
+	return nil
+}
+
+// --- artifacts ---------------------------------------------------------------
+
+// AddArtifact records an artifact under the lease.
+func (s *Store) AddArtifact(ctx context.Context, f store.Fence, a store.Artifact) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := checkLeaseTx(ctx, tx, f); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO artifacts (job_id, name, kind, sha256, size, created_at) VALUES (?,?,?,?,?,?)`,
+			f.JobID, a.Name, a.Kind, a.SHA256, a.Size, nanos(a.CreatedAt)); err != nil {
+			return fmt.Errorf("recording artifact %s: %w", a.Name, err)
+		}
+		return nil
+	})
+}
+
+func scanArtifact(sc scanner) (store.Artifact, error) {
+	var a store.Artifact
+	var created int64
+	if err := sc.Scan(&a.Name, &a.Kind, &a.SHA256, &a.Size, &created); err != nil {
+		return a, err
+	}
+	a.CreatedAt = time.Unix(0, created).UTC()
+	return a, nil
+}
+
+// ListArtifacts lists a job's artifacts by name.
+func (s *Store) ListArtifacts(ctx context.Context, jobID string) ([]store.Artifact, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, kind, sha256, size, created_at FROM artifacts WHERE job_id = ? ORDER BY name`, jobID)
+	if err != nil {
+		return nil, fmt.Errorf("listing artifacts of job %s: %w", jobID, err)
+	}
+	defer rows.Close()
+	var out []store.Artifact
+	for rows.Next() {
+		a, err := scanArtifact(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing artifacts of job %s: %w", jobID, err)
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing artifacts of job %s: %w", jobID, err)
+	}
+	return out, nil
+}
+
+// Artifact returns one artifact's metadata.
+func (s *Store) Artifact(ctx context.Context, jobID, name string) (store.Artifact, error) {
+	a, err := scanArtifact(s.db.QueryRowContext(ctx, `SELECT name, kind, sha256, size, created_at FROM artifacts WHERE job_id = ? AND name = ?`, jobID, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return a, fmt.Errorf("looking up artifact %s of job %s: %w", name, jobID, store.ErrNotFound)
+	}
+	if err != nil {
+		return a, fmt.Errorf("looking up artifact %s of job %s: %w", name, jobID, err)
+	}
+	return a, nil
+}

@@ -1,0 +1,180 @@
+// Package store owns the coordinator's persistent state behind one interface:
+// tokens, runners, the job queue with its leases and fencing tokens, logs,
+// egress events and artifact metadata. Every state change that must be
+// atomic (a claim, a fenced write, a re-queue) is one call here, so a second
+// implementation (PostgreSQL, with FOR UPDATE SKIP LOCKED) can follow the
+// SQLite one without touching the HTTP layer.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+)
+
+// Sentinel errors. The HTTP layer maps them onto status codes.
+var (
+	// ErrNotFound: no such job, runner, token or artifact.
+	ErrNotFound = errors.New("not found")
+	// ErrStaleLease: the fencing token is not the job's current one, or the
+	// job is no longer running on that runner (HTTP 409).
+	ErrStaleLease = errors.New("stale lease")
+	// ErrTokenInvalid: a registration or submit token that is unknown,
+	// expired, used up or revoked (HTTP 401).
+	ErrTokenInvalid = errors.New("token invalid")
+	// ErrConflict: the request contradicts the current state (HTTP 409), e.g.
+	// a runner name already in use or a different result for a finished job.
+	ErrConflict = errors.New("conflict")
+)
+
+// OffsetError is returned by AppendLog for a chunk that starts after the
+// stored end (a gap) and by Finish when the log is incomplete; Expected is
+// the offset the coordinator wants next. It matches ErrConflict.
+type OffsetError struct{ Expected int64 }
+
+func (e *OffsetError) Error() string {
+	return fmt.Sprintf("log offset gap: expected offset %d", e.Expected)
+}
+
+// Is makes an OffsetError an ErrConflict.
+func (e *OffsetError) Is(target error) bool { return target == ErrConflict }
+
+// Token is a registration or submit token; only its sha256 is stored.
+type Token struct {
+	ID        string
+	Kind      string
+	Hash      []byte
+	CreatedAt time.Time
+	ExpiresAt *time.Time
+	// UsesLeft is nil for unlimited.
+	UsesLeft  *int
+	RevokedAt *time.Time
+	Note      string
+}
+
+// Runner is a registered agent.
+type Runner struct {
+	api.Runner
+	TokenHash []byte
+	PublicKey []byte
+}
+
+// Job is a job with the coordinator-side fields the API does not show.
+type Job struct {
+	api.Job
+	LeaseToken   int64
+	LeaseExpires time.Time
+	// LogOffset is the next byte offset expected from the agent; LogStored
+	// is how many bytes are kept (less once the cap truncated the log).
+	LogOffset    int64
+	LogTruncated bool
+}
+
+// Claim is a job handed to a runner with its new fencing token. The job's
+// LogOffset is where this attempt's log starts (after earlier attempts).
+type Claim struct {
+	Job   Job
+	Token int64
+}
+
+// Fence identifies a write made under a lease.
+type Fence struct {
+	JobID    string
+	RunnerID string
+	Token    int64
+}
+
+// JobFilter selects jobs for ListJobs.
+type JobFilter struct {
+	State string
+	Limit int
+}
+
+// Reaped is a job whose lease expired: re-queued, or lost after its last
+// attempt.
+type Reaped struct {
+	JobID string
+	State string
+}
+
+// Artifact is the metadata of a stored artifact; its bytes live in the blob
+// directory under their sha256.
+type Artifact = api.Artifact
+
+// LogLimits bounds what AppendLog keeps per job.
+type LogLimits struct {
+	// MaxBytes is the per-job cap; past it a truncation marker is stored
+	// once and later bytes are acknowledged but dropped.
+	MaxBytes int64
+	// Marker is the text stored when the cap is reached.
+	Marker string
+}
+
+// Store is the coordinator's state. All methods are safe for concurrent use.
+type Store interface {
+	CreateToken(ctx context.Context, t Token) error
+	// CheckToken verifies a token of kind by id and secret hash (compared in
+	// constant time): known, not expired, not revoked, uses left. It does not
+	// consume a use (submit tokens).
+	CheckToken(ctx context.Context, kind, id string, hash []byte, now time.Time) (Token, error)
+
+	// RegisterRunner consumes one use of the registration token and creates
+	// the runner in the same transaction.
+	RegisterRunner(ctx context.Context, regID string, regHash []byte, r Runner, now time.Time) error
+	Runner(ctx context.Context, id string) (Runner, error)
+	RunnerByName(ctx context.Context, name string) (Runner, error)
+	ListRunners(ctx context.Context) ([]Runner, error)
+	// RevokeRunner marks the runner revoked and expires the leases of its
+	// running jobs so the reaper re-queues them.
+	RevokeRunner(ctx context.Context, id string, now time.Time) (Runner, error)
+	TouchRunner(ctx context.Context, id string, now time.Time) error
+
+	CreateJob(ctx context.Context, j Job) error
+	Job(ctx context.Context, id string) (Job, error)
+	ListJobs(ctx context.Context, f JobFilter) ([]Job, error)
+	// ClaimJobs atomically leases up to max queued jobs whose labels are a
+	// subset of the runner's, oldest first.
+	ClaimJobs(ctx context.Context, r Runner, max int, ttl time.Duration, now time.Time) ([]Claim, error)
+	// ReleaseClaim puts a job just claimed back in the queue without
+	// counting the attempt (the claimer's connection was gone).
+	ReleaseClaim(ctx context.Context, f Fence) error
+	// Heartbeat renews the lease and reports whether cancel was requested.
+	Heartbeat(ctx context.Context, f Fence, ttl time.Duration, now time.Time) (Job, error)
+	// CheckLease verifies f is the job's current lease.
+	CheckLease(ctx context.Context, f Fence) (Job, error)
+	// RequestCancel cancels a queued job at once, or flags a running one.
+	RequestCancel(ctx context.Context, id string, now time.Time) (Job, error)
+	// Finish records the result under the lease. logSize must not exceed
+	// the log received (OffsetError otherwise). Repeating the same result is
+	// not an error.
+	Finish(ctx context.Context, f Fence, state string, exitCode int, reason string, logSize int64, now time.Time) (Job, error)
+	// ReapExpired re-queues or loses running jobs whose lease ended before now.
+	ReapExpired(ctx context.Context, now time.Time) ([]Reaped, error)
+	// ExtendLeases moves every running lease to at least until, so the time
+	// the coordinator was down does not count against agents.
+	ExtendLeases(ctx context.Context, until time.Time) error
+
+	// AppendLog stores data at offset under the lease (idempotent; a gap is
+	// an *OffsetError) and returns the next expected offset. Past the
+	// store's LogLimits the bytes are acknowledged but not kept.
+	AppendLog(ctx context.Context, f Fence, offset int64, data []byte) (int64, error)
+	// ReadLog returns up to max stored bytes from offset.
+	ReadLog(ctx context.Context, jobID string, offset int64, max int) ([]byte, error)
+
+	// AddEgress stores events numbered firstSeq.. under the lease; numbers
+	// already stored are skipped.
+	AddEgress(ctx context.Context, f Fence, firstSeq int64, events []api.EgressEvent) error
+	// QueryEgress calls fn for each matching event, oldest first.
+	QueryEgress(ctx context.Context, f api.EgressFilter, fn func(api.EgressEvent) error) error
+
+	// AddArtifact records an artifact under the lease (replacing one of the
+	// same name).
+	AddArtifact(ctx context.Context, f Fence, a Artifact) error
+	ListArtifacts(ctx context.Context, jobID string) ([]Artifact, error)
+	Artifact(ctx context.Context, jobID, name string) (Artifact, error)
+
+	Close() error
+}
