@@ -1,0 +1,509 @@
+package agent_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cleanroom-ci/cleanroom/agent"
+	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator"
+)
+
+func checkGoroutines(t *testing.T) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Errorf("goroutine leak: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
+
+// env is a real coordinator on 127.0.0.1 (SQLite in a temp dir) plus
+// helpers to register and run agents against it.
+type env struct {
+	t     testing.TB
+	dir   string
+	addr  string
+	URL   string
+	admin *api.Client
+	cfg   coordinator.Config
+	stop  context.CancelFunc
+	done  chan error
+	tr    *http.Transport
+}
+
+func newEnv(t testing.TB, ttl time.Duration) *env {
+	t.Helper()
+	e := &env{t: t, dir: t.TempDir(), tr: &http.Transport{}}
+	tok := coordinator.NewAdminToken()
+	e.cfg = coordinator.Config{DataDir: filepath.Join(e.dir, "coord"), AdminToken: tok, LeaseTTL: ttl, ReapInterval: ttl / 5}
+	e.start("127.0.0.1:0")
+	e.admin = api.NewClient(e.URL, tok)
+	e.admin.HTTP = &http.Client{Transport: e.tr}
+	t.Cleanup(func() { e.Stop(); e.tr.CloseIdleConnections() })
+	return e
+}
+
+func (e *env) start(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		e.t.Fatalf("listening: %v", err)
+	}
+	e.addr, e.URL = ln.Addr().String(), "http://"+ln.Addr().String()
+	srv, err := coordinator.New(context.Background(), e.cfg)
+	if err != nil {
+		ln.Close()
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.stop, e.done = cancel, make(chan error, 1)
+	go func() { e.done <- srv.Serve(ctx, ln, "", "") }()
+}
+
+func (e *env) Stop() {
+	if e.stop != nil {
+		e.stop()
+		<-e.done
+		e.stop = nil
+	}
+}
+
+// register runs agent.Register and returns the written config.
+func (e *env) register(name string, concurrency int, labels map[string]string) *agent.Config {
+	e.t.Helper()
+	ctx := context.Background()
+	tok, err := e.admin.CreateToken(ctx, api.TokenRequest{Uses: 1, Expires: api.Duration(time.Hour)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfgPath := filepath.Join(e.dir, name, "agent.yaml")
+	cfg, err := agent.Register(ctx, agent.RegisterOptions{URL: e.URL, Token: tok.Token, Name: name, Labels: labels,
+		Concurrency: concurrency, ConfigPath: cfgPath, HTTP: &http.Client{Transport: e.tr}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	loaded, err := agent.LoadConfig(cfgPath)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if loaded.RunnerID != cfg.RunnerID {
+		e.t.Fatalf("config round trip: %+v", loaded)
+	}
+	return loaded
+}
+
+// runAgent starts an agent; the returned stop function stops it gracefully
+// and returns Run's error.
+func (e *env) runAgent(cfg *agent.Config, ex agent.Executor, tweak func(*agent.Agent)) (*agent.Agent, func() error) {
+	e.t.Helper()
+	a, err := agent.New(cfg, ex, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	a.Client().HTTP = &http.Client{Transport: e.tr}
+	a.ClaimWait = 2 * time.Second
+	a.ReportTimeout = 20 * time.Second
+	if tweak != nil {
+		tweak(a)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
+	e.t.Cleanup(func() { stop() })
+	return a, stop
+}
+
+func (e *env) upload(files map[string]string, spec api.JobSpec) api.Job {
+	e.t.Helper()
+	var ents []entry
+	for n, b := range files {
+		ents = append(ents, entry{name: n, typ: tar.TypeReg, body: b})
+	}
+	data := tarGz(e.t, ents)
+	h := sha256.Sum256(data)
+	j, err := e.admin.SubmitUpload(context.Background(), spec, hex.EncodeToString(h[:]), bytes.NewReader(data))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return j
+}
+
+func (e *env) waitState(id string, timeout time.Duration, states ...string) api.Job {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		j, err := e.admin.GetJob(context.Background(), id)
+		if err == nil {
+			for _, s := range states {
+				if j.State == s {
+					return j
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("job %s is %s (%v), want %v", id, j.State, err, states)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (e *env) logOf(id string) string {
+	var buf bytes.Buffer
+	e.admin.ReadLog(context.Background(), id, 0, false, &buf)
+	return buf.String()
+}
+
+var spec = api.JobSpec{Build: api.Build{Script: "npm run build"}}
+
+func TestAgentRunsAnUploadedJobAndReportsEverything(t *testing.T) {
+	checkGoroutines(t)
+	e := newEnv(t, 5*time.Second)
+	cfg := e.register("a1", 1, nil)
+	var wsSeen string
+	ex := agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
+		wsSeen = ws
+		b, err := os.ReadFile(filepath.Join(ws, "package.json"))
+		if err != nil {
+			return agent.Result{}, err
+		}
+		fmt.Fprintf(out, "building %s\n", b)
+		rep.Event(api.EgressEvent{Proto: "dns", Domain: "exfil.example", Verdict: api.VerdictDeny, Rule: "default-deny"})
+		os.WriteFile(filepath.Join(ws, "app.js"), []byte("built"), 0o644)
+		os.Symlink("/etc/passwd", filepath.Join(ws, "link"))
+		return agent.Result{Artifacts: []agent.Artifact{
+			{Name: "dist/app.js", Path: filepath.Join(ws, "app.js")},
+			{Name: "evil", Path: filepath.Join(ws, "link")},
+		}}, nil
+	})
+	_, stop := e.runAgent(cfg, ex, nil)
+	j := e.upload(map[string]string{"package.json": `{"name":"app"}`}, spec)
+	got := e.waitState(j.ID, 10*time.Second, api.StateSucceeded, api.StateFailed)
+	if got.State != api.StateSucceeded || got.RunnerID != cfg.RunnerID {
+		t.Fatalf("job = %+v\nlog:\n%s", got, e.logOf(j.ID))
+	}
+	if log := e.logOf(j.ID); !strings.Contains(log, `building {"name":"app"}`) || !strings.Contains(log, "artifact evil skipped") {
+		t.Fatalf("log = %q", log)
+	}
+	arts, _ := e.admin.ListArtifacts(context.Background(), j.ID)
+	if len(arts) != 1 || arts[0].Name != "dist/app.js" {
+		t.Fatalf("artifacts = %+v (a symlink must not be uploaded)", arts)
+	}
+	var evs []api.EgressEvent
+	e.admin.QueryEgress(context.Background(), api.EgressFilter{Job: j.ID}, func(ev api.EgressEvent) error { evs = append(evs, ev); return nil })
+	if len(evs) != 1 || evs[0].Domain != "exfil.example" || evs[0].Runner != cfg.RunnerID {
+		t.Fatalf("events = %+v", evs)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(wsSeen); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("workspace %s left behind: %v", wsSeen, err)
+	}
+}
+
+func TestAgentChecksOutAGitCommit(t *testing.T) {
+	checkGoroutines(t)
+	repo := t.TempDir()
+	git := func(args ...string) string {
+		cmd := exec.Command("git", append([]string{"-C", repo, "-c", "user.email=t@t", "-c", "user.name=t"}, args...)...)
+		cmd.Env = append(os.Environ(), "GIT_CONFIG_GLOBAL=/dev/null")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v %s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	git("init", "-q")
+	os.WriteFile(filepath.Join(repo, "v.txt"), []byte("one"), 0o644)
+	git("add", ".")
+	git("commit", "-qm", "one")
+	first := git("rev-parse", "HEAD")
+	os.WriteFile(filepath.Join(repo, "v.txt"), []byte("two"), 0o644)
+	git("commit", "-qam", "two")
+
+	e := newEnv(t, 5*time.Second)
+	cfg := e.register("g", 1, nil)
+	ex := agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
+		b, _ := os.ReadFile(filepath.Join(ws, "v.txt"))
+		fmt.Fprintf(out, "v=%s\n", b)
+		return agent.Result{}, nil
+	})
+	e.runAgent(cfg, ex, nil)
+	j, err := e.admin.SubmitGit(context.Background(), spec, api.Source{Kind: api.SourceGit, URL: repo, Commit: first})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(j.ID, 20*time.Second, api.StateSucceeded)
+	if log := e.logOf(j.ID); !strings.Contains(log, "v=one") {
+		t.Fatalf("log = %q", log)
+	}
+}
+
+func TestAgentRefusesAnArchiveThatEscapes(t *testing.T) {
+	checkGoroutines(t)
+	e := newEnv(t, 5*time.Second)
+	cfg := e.register("x", 1, nil)
+	var ran atomic.Bool
+	ex := agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
+		ran.Store(true)
+		return agent.Result{}, nil
+	})
+	e.runAgent(cfg, ex, nil)
+	data := tarGz(t, []entry{{name: "../../evil", typ: tar.TypeReg, body: "x"}})
+	h := sha256.Sum256(data)
+	j, err := e.admin.SubmitUpload(context.Background(), spec, hex.EncodeToString(h[:]), bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := e.waitState(j.ID, 10*time.Second, api.StateFailed, api.StateSucceeded)
+	if got.State != api.StateFailed || !strings.Contains(got.Reason, "unsafe archive") || ran.Load() {
+		t.Fatalf("job = %+v, executor ran = %v", got, ran.Load())
+	}
+}
+
+// blocking is an executor that writes a line and waits for ctx.
+func blocking(started chan<- string) agent.Executor {
+	return agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
+		fmt.Fprintln(out, "started")
+		if started != nil {
+			started <- job.ID
+		}
+		<-ctx.Done()
+		return agent.Result{ExitCode: 143}, nil
+	})
+}
+
+func TestCancelReachesARunningJobAtOnce(t *testing.T) {
+	checkGoroutines(t)
+	e := newEnv(t, 5*time.Second)
+	cfg := e.register("c", 1, nil)
+	started := make(chan string, 1)
+	e.runAgent(cfg, blocking(started), nil)
+	j := e.upload(map[string]string{"a": "b"}, spec)
+	<-started
+	t0 := time.Now()
+	if _, err := e.admin.CancelJob(context.Background(), j.ID); err != nil {
+		t.Fatal(err)
+	}
+	got := e.waitState(j.ID, 5*time.Second, api.StateCanceled)
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Fatalf("cancel took %v", d)
+	}
+	if got.Reason != "canceled on request" {
+		t.Fatalf("reason = %q", got.Reason)
+	}
+}
+
+func TestJobTimeoutFailsTheJob(t *testing.T) {
+	checkGoroutines(t)
+	e := newEnv(t, 5*time.Second)
+	cfg := e.register("t", 1, nil)
+	e.runAgent(cfg, blocking(nil), nil)
+	s := spec
+	s.Timeout = api.Duration(300 * time.Millisecond)
+	j := e.upload(map[string]string{"a": "b"}, s)
+	got := e.waitState(j.ID, 5*time.Second, api.StateFailed)
+	if !strings.Contains(got.Reason, "timed out") {
+		t.Fatalf("reason = %q", got.Reason)
+	}
+}
+
+func TestAgentRunsAtMostItsConcurrency(t *testing.T) {
+	checkGoroutines(t)
+	e := newEnv(t, 5*time.Second)
+	cfg := e.register("p", 2, nil)
+	var cur, peak atomic.Int64
+	ex := agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
+		n := cur.Add(1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		time.Sleep(150 * time.Millisecond)
+		cur.Add(-1)
+		return agent.Result{}, nil
+	})
+	e.runAgent(cfg, ex, nil)
+	var ids []string
+	for i := 0; i < 6; i++ {
+		ids = append(ids, e.upload(map[string]string{"i": fmt.Sprint(i)}, spec).ID)
+	}
+	for _, id := range ids {
+		e.waitState(id, 10*time.Second, api.StateSucceeded)
+	}
+	if peak.Load() != 2 {
+		t.Fatalf("peak concurrency %d, want 2", peak.Load())
+	}
+}
+
+func TestGracefulStopLetsJobsFinishThenCancelsAfterGrace(t *testing.T) {
+	checkGoroutines(t)
+	e := newEnv(t, 5*time.Second)
+	tests := []struct {
+		name      string
+		jobTakes  time.Duration
+		grace     time.Duration
+		wantState string
+	}{
+		{"finishes within grace", 300 * time.Millisecond, 5 * time.Second, api.StateSucceeded},
+		{"canceled after grace", time.Hour, 300 * time.Millisecond, api.StateCanceled},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := e.register(fmt.Sprintf("g%d", i), 1, nil)
+			started := make(chan string, 1)
+			ex := agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
+				started <- job.ID
+				select {
+				case <-time.After(tc.jobTakes):
+					return agent.Result{}, nil
+				case <-ctx.Done():
+					return agent.Result{ExitCode: 143}, nil
+				}
+			})
+			_, stop := e.runAgent(cfg, ex, func(a *agent.Agent) { a.GracePeriod = tc.grace })
+			j := e.upload(map[string]string{"a": "b"}, spec)
+			<-started
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := e.admin.GetJob(context.Background(), j.ID)
+			if got.State != tc.wantState {
+				t.Fatalf("state after stop = %s (%s), want %s", got.State, got.Reason, tc.wantState)
+			}
+		})
+	}
+}
+
+func TestAgentRidesOutACoordinatorRestartWithoutLosingLog(t *testing.T) {
+	checkGoroutines(t)
+	e := newEnv(t, 3*time.Second)
+	cfg := e.register("r", 1, nil)
+	release := make(chan struct{})
+	started := make(chan string, 1)
+	ex := agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
+		started <- job.ID
+		for i := 0; i < 20; i++ {
+			fmt.Fprintf(out, "line %02d\n", i)
+			if i == 10 {
+				<-release
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		rep.Event(api.EgressEvent{Proto: "tcp", Dst: "10.0.0.9:443", Verdict: api.VerdictDeny})
+		return agent.Result{}, nil
+	})
+	e.runAgent(cfg, ex, nil)
+	j := e.upload(map[string]string{"a": "b"}, spec)
+	<-started
+	time.Sleep(200 * time.Millisecond)
+	e.Stop()
+	close(release) // the job keeps writing while the coordinator is down
+	time.Sleep(1 * time.Second)
+	e.tr.CloseIdleConnections()
+	e.start(e.addr)
+	got := e.waitState(j.ID, 20*time.Second, api.StateSucceeded, api.StateFailed)
+	if got.State != api.StateSucceeded || got.Attempts != 1 {
+		t.Fatalf("job = %+v", got)
+	}
+	log := e.logOf(j.ID)
+	for i := 0; i < 20; i++ {
+		if n := strings.Count(log, fmt.Sprintf("line %02d\n", i)); n != 1 {
+			t.Fatalf("line %d appears %d times in log:\n%s", i, n, log)
+		}
+	}
+	var n int
+	e.admin.QueryEgress(context.Background(), api.EgressFilter{Job: j.ID}, func(api.EgressEvent) error { n++; return nil })
+	if n != 1 {
+		t.Fatalf("events = %d", n)
+	}
+}
+
+func TestRevokedRunnerStopsItsAgent(t *testing.T) {
+	checkGoroutines(t)
+	e := newEnv(t, 5*time.Second)
+	cfg := e.register("rv", 1, nil)
+	a, err := agent.New(cfg, blocking(nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Client().HTTP = &http.Client{Transport: e.tr}
+	a.ClaimWait = 500 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	time.Sleep(100 * time.Millisecond)
+	if _, err := e.admin.RemoveRunner(context.Background(), "rv"); err != nil {
+		t.Fatal(err)
+	}
+	// The waiting claim returns, the next one is refused: Run ends by itself.
+	select {
+	case err := <-done:
+		if !errors.Is(err, agent.ErrRevoked) {
+			t.Fatalf("Run = %v, want ErrRevoked", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent kept running after its runner was removed")
+	}
+}
+
+func TestRegisterWritesConfigAndKeyPrivately(t *testing.T) {
+	checkGoroutines(t)
+	e := newEnv(t, 5*time.Second)
+	cfg := e.register("k", 3, map[string]string{"arch": "amd64"})
+	for _, p := range []string{filepath.Join(e.dir, "k", "agent.yaml"), cfg.SigningKey} {
+		fi, err := os.Stat(p)
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: mode %v, %v", p, fi.Mode(), err)
+		}
+	}
+	priv, err := agent.LoadSigningKey(cfg.SigningKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := e.admin.RunnerKey(context.Background(), cfg.RunnerID)
+	if err != nil || !bytes.Equal(key.PublicKey, priv.Public().(ed25519.PublicKey)) {
+		t.Fatalf("registered key differs: %v", err)
+	}
+	if cfg.Concurrency != 3 || cfg.Labels["arch"] != "amd64" {
+		t.Fatalf("config = %+v", cfg)
+	}
+	_, err = agent.Register(context.Background(), agent.RegisterOptions{URL: e.URL, Token: "crg_x.y", Name: "k2", ConfigPath: filepath.Join(e.dir, "k", "agent.yaml")})
+	if !errors.Is(err, agent.ErrConfigExists) {
+		t.Fatalf("second register over the same config: %v", err)
+	}
+}

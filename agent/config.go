@@ -1,0 +1,324 @@
+// Package agent owns the build agent: registration with a coordinator (key
+// pair, runner token, config file), and the job loop — claim with N slots
+// (long-poll), fetch and safely extract the source on the host side, run the
+// job through an Executor, stream the log through an on-disk spool, send
+// heartbeats (cancel arrives through them), upload egress events, artifacts
+// and the result, remove the workspace — and graceful stop. The sandbox,
+// network policy and secrets are composed by the Executor the lead wires in
+// (cmd/cleanroom/executor.go); this package does not import them.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+)
+
+// Config is the agent's YAML config file, written by `agent register` with
+// mode 0600 (it holds the runner token) and read by `agent run`.
+type Config struct {
+	// Coordinator is the coordinator's base URL (https://…, or http:// on
+	// loopback).
+	Coordinator string `yaml:"coordinator"`
+	// CAFile, if set, is a PEM bundle trusted for the coordinator's TLS
+	// certificate (a private CA).
+	CAFile string `yaml:"ca_file,omitempty"`
+	// RunnerID and RunnerToken identify the agent; the token may live in
+	// RunnerTokenFile instead, so the config can be shared without it.
+	RunnerID        string `yaml:"runner_id"`
+	RunnerToken     string `yaml:"runner_token,omitempty"`
+	RunnerTokenFile string `yaml:"runner_token_file,omitempty"`
+	Name            string `yaml:"name"`
+	// Labels are matched against job labels (runner ⊇ job).
+	Labels map[string]string `yaml:"labels,omitempty"`
+	// SigningKey is the ed25519 private key (PKCS#8 PEM, mode 0600) used to
+	// sign provenance; its public half is registered with the coordinator.
+	SigningKey string `yaml:"signing_key"`
+	// DataDir holds workspaces/ and spool/.
+	DataDir string `yaml:"data_dir"`
+	// Concurrency is the number of jobs run at once (default 1).
+	Concurrency int `yaml:"concurrency,omitempty"`
+	// GracePeriod is how long running jobs may finish after a stop signal
+	// before they are canceled (default 5m).
+	GracePeriod api.Duration `yaml:"grace_period,omitempty"`
+	// DefaultTimeout applies to jobs whose spec has none (default 1h).
+	DefaultTimeout api.Duration `yaml:"default_timeout,omitempty"`
+
+	// The sections below are parsed and validated here and mapped by the
+	// executor onto the sandbox, netpolicy, secrets and supplychain packages.
+	Containerd ContainerdConfig `yaml:"containerd,omitempty"`
+	// Limits are the sandbox limits for jobs whose spec sets none.
+	Limits         api.Resources      `yaml:"limits,omitempty"`
+	Image          string             `yaml:"image,omitempty"`
+	Network        NetworkConfig      `yaml:"network,omitempty"`
+	SecretsFile    string             `yaml:"secrets_file,omitempty"`
+	InstallScripts api.InstallScripts `yaml:"install_scripts,omitempty"`
+}
+
+// ContainerdConfig locates the containerd daemon the sandboxes run in.
+type ContainerdConfig struct {
+	Address   string `yaml:"address,omitempty"`
+	Namespace string `yaml:"namespace,omitempty"`
+}
+
+// NetworkConfig is the agent-wide egress policy: the internal registries
+// every job may reach, extra destinations, what a violation does, the
+// policy mode, and static host→IP answers for the DNS responder.
+type NetworkConfig struct {
+	Registries  []string          `yaml:"registries,omitempty"`
+	Extra       []string          `yaml:"extra,omitempty"`
+	OnViolation string            `yaml:"on_violation,omitempty"`
+	Mode        string            `yaml:"mode,omitempty"`
+	Hosts       map[string]string `yaml:"hosts,omitempty"`
+	// Masquerade source-NATs forwarded flows (forward mode only).
+	Masquerade bool `yaml:"masquerade,omitempty"`
+	// HostNetNS is the path of the namespace the host ends of the veths
+	// live in (empty: the agent's own), e.g. a lab namespace in tests.
+	HostNetNS string `yaml:"host_netns,omitempty"`
+}
+
+// Network modes (netpolicy.ModeDirect / ModeForward). "direct" (default):
+// the registry is reachable from the agent's namespace itself; "forward":
+// the registry is elsewhere and the host namespace forwards the sandbox's
+// allowed flows to it (needs ip_forward=1, which cleanroom never sets).
+const (
+	NetworkModeDirect  = "direct"
+	NetworkModeForward = "forward"
+)
+
+// Defaults filled in by Load.
+const (
+	DefaultContainerdAddress   = "/run/containerd/containerd.sock"
+	DefaultContainerdNamespace = "cleanroom"
+	DefaultGracePeriod         = 5 * time.Minute
+	DefaultJobTimeout          = time.Hour
+)
+
+// LoadConfig reads, defaults and validates the config at path. Relative
+// paths inside are resolved against the config's directory.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading agent config: %w", err)
+	}
+	var c Config
+	dec := yaml.NewDecoder(strings.NewReader(string(b)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("parsing agent config %s: %w", path, err)
+	}
+	c.resolvePaths(filepath.Dir(path))
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("validating agent config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+func (c *Config) resolvePaths(dir string) {
+	for _, p := range []*string{&c.SigningKey, &c.DataDir, &c.RunnerTokenFile, &c.SecretsFile, &c.CAFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+}
+
+// SetDefaults fills zero fields.
+func (c *Config) SetDefaults() {
+	if c.Concurrency == 0 {
+		c.Concurrency = 1
+	}
+	if c.GracePeriod == 0 {
+		c.GracePeriod = api.Duration(DefaultGracePeriod)
+	}
+	if c.DefaultTimeout == 0 {
+		c.DefaultTimeout = api.Duration(DefaultJobTimeout)
+	}
+	if c.Containerd.Address == "" {
+		c.Containerd.Address = DefaultContainerdAddress
+	}
+	if c.Containerd.Namespace == "" {
+		c.Containerd.Namespace = DefaultContainerdNamespace
+	}
+	if c.Network.OnViolation == "" {
+		c.Network.OnViolation = api.OnViolationFail
+	}
+	if c.Network.Mode == "" {
+		c.Network.Mode = NetworkModeDirect
+	}
+}
+
+// Validate returns every problem at once as api.FieldErrors.
+func (c *Config) Validate() error {
+	var fe api.FieldErrors
+	add := func(f, m string) { fe = append(fe, api.FieldError{Field: f, Message: m}) }
+	if u, err := url.Parse(c.Coordinator); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		add("coordinator", "must be an http:// or https:// URL")
+	}
+	if c.RunnerID == "" {
+		add("runner_id", "required (written by agent register)")
+	}
+	if c.RunnerToken == "" && c.RunnerTokenFile == "" {
+		add("runner_token", "required, or runner_token_file")
+	}
+	if c.RunnerToken != "" && c.RunnerTokenFile != "" {
+		add("runner_token_file", "set runner_token or runner_token_file, not both")
+	}
+	if c.Name == "" {
+		add("name", "required")
+	}
+	for k := range c.Labels {
+		if !api.ValidLabelKey(k) {
+			add("labels."+k, "invalid label key")
+		}
+	}
+	if c.SigningKey == "" {
+		add("signing_key", "required")
+	}
+	if c.DataDir == "" {
+		add("data_dir", "required")
+	}
+	if c.Concurrency < 1 || c.Concurrency > 256 {
+		add("concurrency", "must be 1-256")
+	}
+	if c.GracePeriod < 0 {
+		add("grace_period", "must not be negative")
+	}
+	if c.DefaultTimeout < 0 || c.DefaultTimeout.D() > api.MaxTimeout {
+		add("default_timeout", "must be between 0 and 24h")
+	}
+	if c.Containerd.Address == "" {
+		add("containerd.address", "required")
+	}
+	for i, r := range c.Network.Registries {
+		if err := validDest(r); err != nil {
+			add(fmt.Sprintf("network.registries[%d]", i), err.Error())
+		}
+	}
+	for i, r := range c.Network.Extra {
+		if err := validDest(r); err != nil {
+			add(fmt.Sprintf("network.extra[%d]", i), err.Error())
+		}
+	}
+	switch c.Network.OnViolation {
+	case api.OnViolationFail, api.OnViolationLog:
+	default:
+		add("network.on_violation", "must be fail or log")
+	}
+	switch c.Network.Mode {
+	case NetworkModeDirect, NetworkModeForward:
+	default:
+		add("network.mode", "must be direct or forward")
+	}
+	if c.Network.Masquerade && c.Network.Mode != NetworkModeForward {
+		add("network.masquerade", "only applies to forward mode")
+	}
+	if c.Network.HostNetNS != "" && !filepath.IsAbs(c.Network.HostNetNS) {
+		add("network.host_netns", "must be an absolute path such as /run/netns/lab")
+	}
+	spec := api.JobSpec{Build: api.Build{Script: "x"}, Resources: c.Limits}
+	if err := spec.Validate(); err != nil {
+		var sfe api.FieldErrors
+		if errors.As(err, &sfe) {
+			for _, f := range sfe {
+				fe = append(fe, api.FieldError{Field: strings.Replace(f.Field, "resources.", "limits.", 1), Message: f.Message})
+			}
+		}
+	}
+	for h, ip := range c.Network.Hosts {
+		if net.ParseIP(ip) == nil {
+			add("network.hosts."+h, "must map a host name to an IP address")
+		}
+	}
+	spec = api.JobSpec{Build: api.Build{Script: "x"}, InstallScripts: c.InstallScripts}
+	if err := spec.Validate(); err != nil {
+		var sfe api.FieldErrors
+		if errors.As(err, &sfe) {
+			fe = append(fe, sfe...)
+		}
+	}
+	if len(fe) > 0 {
+		return fe
+	}
+	return nil
+}
+
+// validDest accepts host:port or a URL with a host (a registry URL).
+func validDest(s string) error {
+	if strings.Contains(s, "://") {
+		u, err := url.Parse(s)
+		if err != nil || u.Host == "" {
+			return errors.New("must be host:port or a URL")
+		}
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		return errors.New("must be host:port or a URL")
+	}
+	return nil
+}
+
+// Token returns the runner token, from the config or its file.
+func (c *Config) Token() (string, error) {
+	if c.RunnerToken != "" {
+		return c.RunnerToken, nil
+	}
+	b, err := os.ReadFile(c.RunnerTokenFile)
+	if err != nil {
+		return "", fmt.Errorf("reading runner token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// Save writes the config to path with mode 0600, atomically.
+func (c *Config) Save(path string) error {
+	b, err := yaml.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("encoding agent config: %w", err)
+	}
+	header := "# cleanroom agent config, written by `cleanroom agent register`.\n# It contains the runner token: keep it mode 0600.\n"
+	return writeFileAtomic(path, append([]byte(header), b...), 0o600)
+}
+
+// writeFileAtomic writes data to a temp file with perm and renames it over
+// path, so a crash never leaves a half-written secret.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) (retErr error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("creating directory of %s: %w", path, err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("creating %s: %w", path, err)
+	}
+	defer func() {
+		if retErr != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(perm); err != nil {
+		return fmt.Errorf("setting mode of %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("closing %s: %w", path, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("renaming into %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,58 @@
+package agent
+
+import (
+	"context"
+	"io"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+)
+
+// Executor runs one claimed job. It is the seam between the job loop (this
+// package: claiming, leases, source, log, upload, result) and the sandbox
+// (supply-chain gate, secrets, network policy, containerd), which the lead
+// wires in from cmd/cleanroom/executor.go.
+type Executor interface {
+	// Run executes job in workspace ws (the source is already extracted
+	// there). Build output goes to out (the executor redacts secrets before
+	// writing); egress events are reported through rep.Event; artifact files
+	// to upload are returned. Cancel, timeout and agent shutdown arrive as
+	// cancellation of ctx; Run must still tear everything down before it
+	// returns. A non-nil error means the job could not be run (the job fails
+	// with the error as its reason).
+	Run(ctx context.Context, job *api.Job, ws string, out io.Writer, rep Reporter) (Result, error)
+}
+
+// Reporter receives egress events while a job runs. Event never blocks on
+// the network: events are spooled and uploaded in batches.
+type Reporter interface {
+	Event(api.EgressEvent)
+}
+
+// Result is what an Executor reports.
+type Result struct {
+	// ExitCode of the build (or of the step that failed).
+	ExitCode int
+	// State is api.StateSucceeded, StateFailed or StateCanceled; empty
+	// means "from ExitCode" (0 succeeded, else failed).
+	State string
+	// Reason explains a failure in one line ("npm ci: lockfile missing").
+	Reason string
+	// Artifacts are files to upload, SBOM and provenance included.
+	Artifacts []Artifact
+}
+
+// Artifact is a file to upload. Path must be a regular file (symlinks are
+// refused); Kind is api.KindFile, KindSBOM or KindProvenance.
+type Artifact struct {
+	Name string
+	Path string
+	Kind string
+}
+
+// ExecutorFunc adapts a function to Executor (tests, simple executors).
+type ExecutorFunc func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep Reporter) (Result, error)
+
+// Run calls f.
+func (f ExecutorFunc) Run(ctx context.Context, job *api.Job, ws string, out io.Writer, rep Reporter) (Result, error) {
+	return f(ctx, job, ws, out, rep)
+}

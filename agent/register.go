@@ -1,0 +1,140 @@
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+)
+
+// RegisterOptions are the inputs of `cleanroom agent register`.
+type RegisterOptions struct {
+	URL         string
+	Token       string // registration token
+	Name        string
+	Labels      map[string]string
+	Concurrency int
+	// ConfigPath is where the config is written (0600); the signing key goes
+	// next to it as agent.key (0600) and agent.pub.
+	ConfigPath string
+	// DataDir defaults to a "data" folder next to the config.
+	DataDir string
+	CAFile  string
+	// Force overwrites an existing config and key.
+	Force bool
+	// HTTP overrides the client (tests).
+	HTTP *http.Client
+}
+
+// ErrConfigExists: registering would overwrite a config (use Force).
+var ErrConfigExists = errors.New("agent config already exists")
+
+// Register generates the agent's ed25519 signing key, exchanges the
+// registration token for a runner token (sending the public key), and writes
+// the key and the config. The private key never leaves the host.
+func Register(ctx context.Context, o RegisterOptions) (_ *Config, retErr error) {
+	if !o.Force {
+		if _, err := os.Stat(o.ConfigPath); err == nil {
+			return nil, fmt.Errorf("registering into %s: %w", o.ConfigPath, ErrConfigExists)
+		}
+	}
+	dir := filepath.Dir(o.ConfigPath)
+	keyPath := filepath.Join(dir, "agent.key")
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generating signing key: %w", err)
+	}
+	cfg := &Config{Coordinator: o.URL, CAFile: o.CAFile, Name: o.Name, Labels: o.Labels, SigningKey: keyPath,
+		DataDir: o.DataDir, Concurrency: o.Concurrency}
+	if cfg.DataDir == "" {
+		cfg.DataDir = filepath.Join(dir, "data")
+	}
+	cfg.SetDefaults()
+	cl, err := newClient(cfg, "")
+	if err != nil {
+		return nil, err
+	}
+	if o.HTTP != nil {
+		cl.HTTP = o.HTTP
+	}
+	resp, err := cl.Register(ctx, api.RegisterRequest{Token: o.Token, Name: o.Name, Labels: o.Labels,
+		Concurrency: cfg.Concurrency, PublicKey: pub})
+	if err != nil {
+		return nil, fmt.Errorf("registering with %s: %w", o.URL, err)
+	}
+	cfg.RunnerID, cfg.RunnerToken = resp.RunnerID, resp.RunnerToken
+	if err := SaveSigningKey(keyPath, priv); err != nil {
+		return nil, err
+	}
+	if err := cfg.Save(o.ConfigPath); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// SaveSigningKey writes priv as PKCS#8 PEM (0600) and its public half as
+// PKIX PEM next to it (path + ".pub" with the extension replaced).
+func SaveSigningKey(path string, priv ed25519.PrivateKey) error {
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return fmt.Errorf("encoding signing key: %w", err)
+	}
+	if err := writeFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(priv.Public())
+	if err != nil {
+		return fmt.Errorf("encoding public key: %w", err)
+	}
+	pubPath := path[:len(path)-len(filepath.Ext(path))] + ".pub"
+	return writeFileAtomic(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644)
+}
+
+// LoadSigningKey reads the agent's ed25519 private key (PKCS#8 PEM).
+func LoadSigningKey(path string) (ed25519.PrivateKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading signing key: %w", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "PRIVATE KEY" {
+		return nil, fmt.Errorf("reading signing key %s: not a PEM private key", path)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parsing signing key %s: %w", path, err)
+	}
+	priv, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("parsing signing key %s: not ed25519", path)
+	}
+	return priv, nil
+}
+
+// newClient builds an API client for the config (with its CA, if any).
+func newClient(cfg *Config, token string) (*api.Client, error) {
+	cl := api.NewClient(cfg.Coordinator, token)
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("reading CA file %s: no certificates", cfg.CAFile)
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		cl.HTTP = &http.Client{Transport: tr}
+	}
+	return cl, nil
+}

@@ -1,0 +1,294 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+)
+
+// logChunk is the largest log request the agent sends.
+const logChunk = 256 << 10
+
+// logShipper is the job's output writer. Writes go to a spool file on disk
+// (never blocking on the network); a goroutine sends the bytes to the
+// coordinator in chunks with job-wide offsets, retrying with backoff and
+// jitter while it is unreachable. A chunk sent twice is stored once, and a
+// 409 with an expected offset re-synchronises the sender.
+type logShipper struct {
+	jr   *jobRun
+	f    *os.File
+	base int64 // job-wide offset of the spool's first byte
+
+	mu      sync.Mutex
+	written int64 // bytes in the spool
+	sent    int64 // spool bytes the coordinator acknowledged
+	closing bool
+	lost    error // final error: lease lost, revoked, report deadline
+
+	kick chan struct{}
+	done chan struct{}
+	ctx  context.Context // ended by close's deadline
+	stop context.CancelFunc
+	// closeCtx ends when close is called, cutting the batching pause short.
+	closeCtx context.Context
+	closeNow context.CancelFunc
+}
+
+func newLogShipper(jr *jobRun, path string) (*logShipper, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating spool: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating log spool: %w", err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	l := &logShipper{jr: jr, f: f, base: jr.lease.LogOffset, kick: make(chan struct{}, 1), done: make(chan struct{}), ctx: ctx, stop: stop}
+	l.closeCtx, l.closeNow = context.WithCancel(ctx)
+	go l.run()
+	return l, nil
+}
+
+// Write appends to the spool and wakes the sender.
+func (l *logShipper) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	n, err := l.f.WriteAt(p, l.written)
+	l.written += int64(n)
+	l.mu.Unlock()
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+	if err != nil {
+		return n, fmt.Errorf("writing log spool: %w", err)
+	}
+	return n, nil
+}
+
+func (l *logShipper) run() {
+	defer close(l.done)
+	a := l.jr.a
+	bo := backoff{min: 100 * time.Millisecond, max: 10 * time.Second}
+	buf := make([]byte, logChunk)
+	for {
+		l.mu.Lock()
+		pending, closing, sent := l.written-l.sent, l.closing, l.sent
+		l.mu.Unlock()
+		if pending == 0 {
+			if closing {
+				return
+			}
+			select {
+			case <-l.kick:
+				sleep(l.closeCtx, 50*time.Millisecond) // gather small writes
+			case <-l.ctx.Done():
+				l.setLost(l.ctx.Err())
+				return
+			}
+			continue
+		}
+		n, err := l.f.ReadAt(buf[:min(pending, logChunk)], sent)
+		if err != nil && !errors.Is(err, io.EOF) {
+			l.setLost(fmt.Errorf("reading log spool: %w", err))
+			return
+		}
+		next, err := a.client.AppendLog(l.ctx, l.jr.job.ID, l.jr.lease.Token, l.base+sent, buf[:n])
+		switch {
+		case err == nil:
+			bo.reset()
+			l.ack(next - l.base)
+		case l.ctx.Err() != nil:
+			l.setLost(fmt.Errorf("sending log: %w (last error: %v)", l.ctx.Err(), err))
+			return
+		default:
+			if exp, ok := api.ExpectedOffset(err); ok {
+				l.ack(exp - l.base)
+				continue
+			}
+			if !api.Retryable(err) {
+				l.setLost(fmt.Errorf("sending log: %w", err))
+				if errors.Is(err, api.ErrConflict) || errors.Is(err, api.ErrNotFound) {
+					l.jr.cancel(ErrLeaseLost)
+				} else if errors.Is(err, api.ErrUnauthorized) {
+					l.jr.cancel(ErrRevoked)
+				}
+				return
+			}
+			sleep(l.ctx, bo.next())
+		}
+	}
+}
+
+// ack records that the coordinator holds spool bytes up to n.
+func (l *logShipper) ack(n int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sent = max(0, min(n, l.written))
+}
+
+func (l *logShipper) setLost(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lost == nil {
+		l.lost = err
+	}
+}
+
+// close sends what is left (until ctx ends) and returns the job-wide log
+// size the result must carry.
+func (l *logShipper) close(ctx context.Context) (int64, error) {
+	l.mu.Lock()
+	l.closing = true
+	l.mu.Unlock()
+	l.closeNow()
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+		l.stop()
+		<-l.done
+	}
+	l.stop()
+	l.f.Close()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.sent < l.written && l.lost == nil {
+		l.lost = fmt.Errorf("sending log: %d bytes undelivered", l.written-l.sent)
+	}
+	return l.base + l.written, l.lost
+}
+
+// eventShipper implements Reporter: events are appended to memory (and a
+// spool file for inspection) and sent in numbered batches; the numbers make
+// a retried batch idempotent.
+type eventShipper struct {
+	jr *jobRun
+
+	mu       sync.Mutex
+	events   []api.EgressEvent
+	sent     int
+	closing  bool
+	lost     error
+	kick     chan struct{}
+	done     chan struct{}
+	ctx      context.Context
+	stop     context.CancelFunc
+	closeCtx context.Context
+	closeNow context.CancelFunc
+	spool    *os.File
+}
+
+func newEventShipper(jr *jobRun) *eventShipper {
+	ctx, stop := context.WithCancel(context.Background())
+	e := &eventShipper{jr: jr, kick: make(chan struct{}, 1), done: make(chan struct{}), ctx: ctx, stop: stop}
+	e.closeCtx, e.closeNow = context.WithCancel(ctx)
+	if err := os.MkdirAll(jr.spool, 0o700); err == nil {
+		e.spool, _ = os.OpenFile(filepath.Join(jr.spool, "egress.jsonl"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	}
+	go e.run()
+	return e
+}
+
+// Event queues one egress event.
+func (e *eventShipper) Event(ev api.EgressEvent) {
+	ev.Job, ev.Runner = e.jr.job.ID, e.jr.a.cfg.RunnerID
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	e.mu.Lock()
+	e.events = append(e.events, ev)
+	if e.spool != nil {
+		_ = json.NewEncoder(e.spool).Encode(ev)
+	}
+	e.mu.Unlock()
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (e *eventShipper) run() {
+	defer close(e.done)
+	bo := backoff{min: 100 * time.Millisecond, max: 10 * time.Second}
+	for {
+		e.mu.Lock()
+		batch := e.events[e.sent:min(len(e.events), e.sent+500)]
+		first, closing := e.sent, e.closing
+		e.mu.Unlock()
+		if len(batch) == 0 {
+			if closing {
+				return
+			}
+			select {
+			case <-e.kick:
+				sleep(e.closeCtx, 100*time.Millisecond) // gather events into batches
+			case <-e.ctx.Done():
+				return
+			}
+			continue
+		}
+		err := e.jr.a.client.PostEgress(e.ctx, e.jr.job.ID, e.jr.lease.Token, int64(first), batch)
+		switch {
+		case err == nil:
+			bo.reset()
+			e.mu.Lock()
+			e.sent = first + len(batch)
+			e.mu.Unlock()
+		case e.ctx.Err() != nil:
+			e.setLost(fmt.Errorf("sending egress events: %w (last error: %v)", e.ctx.Err(), err))
+			return
+		case !api.Retryable(err):
+			e.setLost(fmt.Errorf("sending egress events: %w", err))
+			return
+		default:
+			sleep(e.ctx, bo.next())
+		}
+	}
+}
+
+func (e *eventShipper) setLost(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.lost == nil {
+		e.lost = err
+	}
+}
+
+// close sends the remaining events until ctx ends.
+func (e *eventShipper) close(ctx context.Context) error {
+	e.mu.Lock()
+	e.closing = true
+	e.mu.Unlock()
+	e.closeNow()
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+		e.stop()
+		<-e.done
+	}
+	e.stop()
+	if e.spool != nil {
+		e.spool.Close()
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.sent < len(e.events) && e.lost == nil {
+		e.lost = fmt.Errorf("sending egress events: %d undelivered", len(e.events)-e.sent)
+	}
+	return e.lost
+}
