@@ -216,3 +216,9 @@ func CgroupsOf(jobID string) []string {
 	}
 	return out
 }
+
+// Exists reports whether a container with this id exists (any owner).
+func (c *Client) Exists(ctx context.Context, id string) bool {
+	_, err := c.cd.ContainerService().Get(c.ctx(ctx), id)
+	return err == nil
+}

@@ -704,3 +704,16 @@ func lastLine(s string) string {
 	}
 	return s
 }
+
+// ImageDigest returns the manifest digest of an image reference, for
+// provenance ("which image did this build run in").
+func (c *Client) ImageDigest(ctx context.Context, ref string) (string, error) {
+	img, err := c.cd.ImageService().Get(c.ctx(ctx), ref)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return "", fmt.Errorf("%w: %s", ErrImageNotFound, ref)
+		}
+		return "", fmt.Errorf("looking up image %s: %w", ref, err)
+	}
+	return img.Target.Digest.String(), nil
+}

@@ -34,6 +34,8 @@ const (
 	PayloadTypeInToto = "application/vnd.in-toto+json"
 	// ProvenanceFile is the conventional file name of the signed envelope.
 	ProvenanceFile = "provenance.intoto.jsonl"
+	// SBOMFile is the conventional file name of a job's CycloneDX SBOM.
+	SBOMFile = "sbom.cdx.json"
 )
 
 // Provenance errors. Verification failures are distinct so cleanroom verify

@@ -1,0 +1,586 @@
+// Package buildexec owns the composition of one job on the build host: the
+// supply-chain gate, the secret grant and the job environment, the network
+// policy, the sandbox and its steps (npm ci, allowed install scripts, the
+// build), artifact collection, the SBOM and the signed provenance — and the
+// teardown of all of it, whatever happens. It is the agent.Executor that
+// `cleanroom agent run` uses; the agent package itself knows none of this.
+//
+// Order matters and is the security argument: nothing that could be refused
+// (lockfile, secrets, network policy) is left for after a sandbox exists, and
+// a failure to set up any part of the policy ends the job (fail closed).
+package buildexec
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/cleanroom-ci/cleanroom/agent"
+	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/netpolicy"
+	"github.com/cleanroom-ci/cleanroom/sandbox"
+	"github.com/cleanroom-ci/cleanroom/secrets"
+	"github.com/cleanroom-ci/cleanroom/supplychain"
+)
+
+// Config is what the executor needs from the agent's configuration.
+type Config struct {
+	RunnerID   string
+	RunnerName string
+	// BuilderID is the provenance builder id (a URI naming this runner).
+	BuilderID string
+	Image     string
+	// Registries are the internal registry URLs; the first one is npm's
+	// registry. Every job may reach them and nothing else by default.
+	Registries []string
+	// Extra host:port destinations jobs may ask for (the agent's ceiling).
+	Extra       []string
+	OnViolation string // deny | kill
+	Forward     bool   // netpolicy.ModeForward (registry elsewhere) vs ModeDirect
+	Masquerade  bool
+	// Hosts are static name → IP answers (names not in any DNS, labs).
+	Hosts    map[string][]net.IP
+	HostNS   string // network namespace the veths live in; "" = ours
+	DataDir  string // holds net/ state, egress.jsonl, job outputs
+	Limits   sandbox.Limits
+	Secrets  *secrets.Store
+	Signing  ed25519.PrivateKey
+	Sandbox  *sandbox.Client
+	Logger   hclog.Logger
+	StepStop time.Duration // grace between SIGTERM and SIGKILL
+}
+
+// Executor runs jobs; safe for concurrent use.
+type Executor struct {
+	cfg     Config
+	matcher *secrets.Matcher
+	imageMu sync.Mutex
+	digests map[string]string
+}
+
+// New checks the configuration (fail closed: no registry, no signing key or
+// no secret store is a configuration error, not a silently weaker job).
+func New(cfg Config) (*Executor, error) {
+	var errs []string
+	if len(cfg.Registries) == 0 {
+		errs = append(errs, "no internal registry configured (network.registries)")
+	}
+	for _, r := range cfg.Registries {
+		u, err := url.Parse(r)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Sprintf("registry %q: want an http(s) URL", r))
+		}
+	}
+	if cfg.Signing == nil {
+		errs = append(errs, "no signing key")
+	}
+	if cfg.Secrets == nil {
+		errs = append(errs, "no secret store")
+	}
+	if cfg.Sandbox == nil {
+		errs = append(errs, "no containerd client")
+	}
+	switch cfg.OnViolation {
+	case "", "deny", "kill":
+	default:
+		errs = append(errs, fmt.Sprintf("on_violation %q: want deny or kill", cfg.OnViolation))
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("configuring the build executor: %s", strings.Join(errs, "; "))
+	}
+	if cfg.Image == "" {
+		cfg.Image = "cleanroom.local/node:22"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.StepStop == 0 {
+		cfg.StepStop = 10 * time.Second
+	}
+	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), digests: map[string]string{}}, nil
+}
+
+// NormalizeViolation maps the spellings accepted in configs and job specs
+// (deny|kill, and the API's log|fail) onto netpolicy's.
+func NormalizeViolation(s string) (string, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", "deny", "log":
+		return "deny", nil
+	case "kill", "fail":
+		return "kill", nil
+	}
+	return "", fmt.Errorf("on_violation %q: want deny (log and refuse) or kill (end the job at the first attempt)", s)
+}
+
+// errEgressViolation is the cancel cause when on_violation is kill.
+var errEgressViolation = errors.New("egress violation")
+
+type jobLog struct {
+	w io.Writer
+}
+
+func (l jobLog) say(format string, args ...any) {
+	fmt.Fprintf(l.w, "[cleanroom] "+format+"\n", args...)
+}
+
+// Run implements agent.Executor.
+func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (res agent.Result, retErr error) {
+	started := time.Now().UTC()
+	red := e.matcher.NewRedactor(out)
+	defer red.Flush()
+	lg := jobLog{red}
+	fail := func(reason string) (agent.Result, error) {
+		lg.say("refused: %s", reason)
+		return agent.Result{State: api.StateFailed, ExitCode: 1, Reason: reason}, nil
+	}
+
+	// 1. Supply-chain gate, before anything else exists.
+	lf, err := supplychain.CheckLockfile(ws, supplychain.LockPolicy{Registries: e.cfg.Registries})
+	if err != nil {
+		lg.say("lockfile gate: %v", err)
+		var ge *supplychain.GateError
+		if errors.As(err, &ge) {
+			first := ge.Violations[0]
+			return fail(fmt.Sprintf("lockfile rejected: %d violation(s), first: %s: %s %s", len(ge.Violations), first.Path, first.Rule, first.Value))
+		}
+		return fail(fmt.Sprintf("lockfile rejected: %v", err))
+	}
+	lg.say("lockfile %s: %d packages, every one from the internal registry with sha512 integrity", lf.File, len(lf.Packages))
+	plan := supplychain.PlanScripts(lf, supplychain.ScriptPolicy{AllowAll: job.Spec.InstallScripts.All, Allow: job.Spec.InstallScripts.Allow})
+	for _, p := range plan.Blocked {
+		lg.say("install scripts of %s@%s NOT run (not on the job's install_scripts allow-list)", p.Name, p.Version)
+	}
+	for _, p := range plan.Allowed {
+		lg.say("install scripts of %s@%s allowed by the job spec: they run inside the sandbox", p.Name, p.Version)
+	}
+
+	// 2. Secrets: refuse deploy-scope or unknown names before anything runs.
+	granted, err := e.cfg.Secrets.Grant(job.Spec.Secrets)
+	if err != nil {
+		return fail(err.Error())
+	}
+	env, err := secrets.BuildEnv(secrets.Base{RegistryURL: e.cfg.Registries[0], NPMRC: "/run/cleanroom/npmrc"}, granted)
+	if err != nil {
+		return fail(err.Error())
+	}
+	if len(granted) > 0 {
+		names := make([]string, len(granted))
+		for i, s := range granted {
+			names[i] = s.Name
+		}
+		lg.say("build secrets granted: %s (redacted from all output)", strings.Join(names, ", "))
+	}
+
+	jobDir := filepath.Join(e.cfg.DataDir, "jobs", job.ID)
+	if err := os.MkdirAll(jobDir, 0o700); err != nil {
+		return agent.Result{}, fmt.Errorf("creating job dir: %w", err)
+	}
+	npmrcPath := filepath.Join(jobDir, "npmrc")
+	if err := os.WriteFile(npmrcPath, secrets.NPMRC(e.cfg.Registries[0], nil), 0o644); err != nil {
+		return agent.Result{}, fmt.Errorf("writing job npmrc: %w", err)
+	}
+
+	// 3. Network policy (fail closed: any part missing ends the job here).
+	onViolation := e.cfg.OnViolation
+	if job.Spec.Network.OnViolation != "" {
+		v, err := NormalizeViolation(job.Spec.Network.OnViolation)
+		if err != nil {
+			return fail(err.Error())
+		}
+		if onViolation != "kill" { // a job may make the policy stricter, never looser
+			onViolation = v
+		}
+	}
+	agentPolicy := netpolicy.Policy{Registries: e.cfg.Registries, Extra: e.cfg.Extra, OnViolation: onViolation}
+	policy, err := agentPolicy.Narrow(netpolicy.Policy{Registries: e.cfg.Registries, Extra: job.Spec.Network.Extra, OnViolation: onViolation})
+	if err != nil {
+		return fail(fmt.Sprintf("network policy: %v", err))
+	}
+	mode := netpolicy.ModeDirect
+	if e.cfg.Forward {
+		mode = netpolicy.ModeForward
+	}
+	resolver := netpolicy.Resolver(netpolicy.SystemResolver{})
+	if len(e.cfg.Hosts) > 0 {
+		resolver = netpolicy.StaticResolver{Hosts: e.cfg.Hosts, Fallback: netpolicy.SystemResolver{}}
+	}
+	nw, err := netpolicy.Setup(ctx, netpolicy.Config{
+		ID: job.ID, Runner: e.cfg.RunnerID, HostNS: e.cfg.HostNS, Mode: mode, Masquerade: e.cfg.Masquerade,
+		Policy: policy, Resolver: resolver,
+		StateDir: filepath.Join(e.cfg.DataDir, "net"),
+		AuditLog: filepath.Join(e.cfg.DataDir, "egress.jsonl"),
+		OnEvent:  func(ev netpolicy.Event) { rep.Event(toAPI(ev)) },
+		Redact:   e.matcher.RedactDomain,
+		Logger:   e.cfg.Logger,
+	})
+	if err != nil {
+		lg.say("network policy could not be enforced, so the job does not run: %v", err)
+		return agent.Result{State: api.StateFailed, ExitCode: 1, Reason: fmt.Sprintf("network policy could not be enforced: %v", err)}, nil
+	}
+	defer func() {
+		if err := nw.Close(context.WithoutCancel(ctx)); err != nil {
+			e.cfg.Logger.Error("tearing down job network", "job", job.ID, "error", err)
+			retErr = errors.Join(retErr, fmt.Errorf("tearing down job network: %w", err))
+		}
+	}()
+	var dsts []string
+	for _, d := range nw.Destinations {
+		for _, ip := range d.IPs {
+			dsts = append(dsts, net.JoinHostPort(ip.String(), strconv.Itoa(d.Port))+" ("+d.Host+")")
+		}
+	}
+	lg.say("egress allowed only to: %s; DNS answers only those names; every attempt is audited (on_violation: %s)", strings.Join(dsts, ", "), onViolation)
+
+	runCtx, cancelRun := context.WithCancelCause(ctx)
+	defer cancelRun(nil)
+	if onViolation == "kill" {
+		go func() {
+			select {
+			case ev := <-nw.Violations():
+				lg.say("egress violation: %s %s → %s%s: ending the job (on_violation: kill)", ev.Proto, ev.Src, ev.Dst, domainNote(ev.Domain))
+				cancelRun(errEgressViolation)
+			case <-runCtx.Done():
+			}
+		}()
+	}
+
+	// 4. Sandbox.
+	image := job.Spec.Image
+	if image == "" {
+		image = e.cfg.Image
+	}
+	lim := e.cfg.Limits
+	if r := job.Spec.Resources; true {
+		if r.Memory > 0 {
+			lim.MemoryBytes = int64(r.Memory)
+		}
+		if r.CPUs > 0 {
+			lim.CPUs = r.CPUs
+		}
+		if r.PIDs > 0 {
+			lim.Pids = r.PIDs
+		}
+		if r.Disk > 0 {
+			lim.DiskBytes = int64(r.Disk)
+		}
+	}
+	sb, err := e.cfg.Sandbox.Create(runCtx, sandbox.Options{
+		JobID: sandboxID(job.ID), Image: image, Workspace: ws, NetNS: nw.NetNSPath(), Env: env, Limits: lim,
+		Mounts: []sandbox.Mount{
+			{Source: nw.ResolvConfPath(), Destination: "/etc/resolv.conf"},
+			{Source: npmrcPath, Destination: "/run/cleanroom/npmrc"},
+		},
+		Labels: map[string]string{"cleanroom.runner": e.cfg.RunnerID},
+	})
+	if err != nil {
+		lg.say("creating the sandbox: %v", err)
+		return agent.Result{State: api.StateFailed, ExitCode: 1, Reason: fmt.Sprintf("creating the sandbox: %v", err)}, nil
+	}
+	defer func() {
+		if err := sb.Destroy(context.WithoutCancel(ctx)); err != nil {
+			e.cfg.Logger.Error("destroying sandbox", "job", job.ID, "error", err)
+			retErr = errors.Join(retErr, fmt.Errorf("destroying sandbox: %w", err))
+		}
+	}()
+	lg.say("sandbox %s: image %s, memory %s, cpus %g, pids %d, no capabilities, read-only root, non-root user", sb.ID(), image, human(lim.MemoryBytes), lim.CPUs, lim.Pids)
+
+	// 5. Steps.
+	build := job.Spec.Build.Argv
+	if len(build) == 0 {
+		build = []string{"/bin/sh", "-c", job.Spec.Build.Script}
+	}
+	steps := []struct {
+		name string
+		argv []string
+	}{{"install", plan.Install}}
+	if len(plan.Rebuild) > 0 {
+		steps = append(steps, struct {
+			name string
+			argv []string
+		}{"install scripts", plan.Rebuild})
+	}
+	steps = append(steps, struct {
+		name string
+		argv []string
+	}{"build", build})
+	for _, st := range steps {
+		lg.say("$ %s", strings.Join(st.argv, " "))
+		r, err := sb.Run(runCtx, sandbox.Step{Args: st.argv, Stdout: red, Grace: e.cfg.StepStop})
+		if err != nil {
+			lg.say("%s: %v", st.name, err)
+			return agent.Result{State: api.StateFailed, ExitCode: 127, Reason: fmt.Sprintf("%s: %v", st.name, err)}, nil
+		}
+		if errors.Is(context.Cause(runCtx), errEgressViolation) {
+			return agent.Result{State: api.StateFailed, ExitCode: exitOr(r.ExitCode, 1), Reason: "egress violation"}, nil
+		}
+		if r.Failed() {
+			reason := fmt.Sprintf("%s step failed: %s", st.name, r)
+			if r.Reason == sandbox.ReasonCanceled || r.Reason == sandbox.ReasonTimeout {
+				reason = fmt.Sprintf("%s step ended: %s", st.name, r.Reason)
+			}
+			return agent.Result{State: api.StateFailed, ExitCode: exitOr(r.ExitCode, 1), Reason: reason}, nil
+		}
+		lg.say("%s step done in %s", st.name, r.Duration.Round(10*time.Millisecond))
+	}
+
+	// 6. Artifacts, SBOM, provenance.
+	outDir := filepath.Join(jobDir, "out")
+	arts, err := collectArtifacts(sb.WorkspacePath(), job.Spec.Artifacts, outDir)
+	if err != nil {
+		lg.say("collecting artifacts: %v", err)
+		return agent.Result{State: api.StateFailed, ExitCode: 1, Reason: fmt.Sprintf("collecting artifacts: %v", err)}, nil
+	}
+	sbomPath := filepath.Join(jobDir, supplychain.SBOMFile)
+	if err := writeSBOM(ws, lf, sbomPath); err != nil {
+		return agent.Result{State: api.StateFailed, ExitCode: 1, Reason: fmt.Sprintf("writing SBOM: %v", err)}, nil
+	}
+	var subjects []supplychain.Artifact
+	for _, a := range arts {
+		h, err := supplychain.HashFile(a.Path)
+		if err != nil {
+			return agent.Result{}, fmt.Errorf("hashing artifact %s: %w", a.Name, err)
+		}
+		h.Name = a.Name
+		subjects = append(subjects, h)
+	}
+	if len(subjects) == 0 {
+		lg.say("no artifacts matched %v: provenance covers the SBOM only", job.Spec.Artifacts)
+	}
+	sbomSubj, err := supplychain.HashFile(sbomPath)
+	if err != nil {
+		return agent.Result{}, err
+	}
+	sbomSubj.Name = supplychain.SBOMFile
+	subjects = append(subjects, sbomSubj)
+	provPath := filepath.Join(jobDir, supplychain.ProvenanceFile)
+	if err := e.writeProvenance(ctx, job, image, lf, subjects, started, provPath); err != nil {
+		return agent.Result{State: api.StateFailed, ExitCode: 1, Reason: fmt.Sprintf("signing provenance: %v", err)}, nil
+	}
+	arts = append(arts,
+		agent.Artifact{Name: supplychain.SBOMFile, Path: sbomPath, Kind: api.KindSBOM},
+		agent.Artifact{Name: supplychain.ProvenanceFile, Path: provPath, Kind: api.KindProvenance})
+	lg.say("%d artifact(s), SBOM (%d components) and signed provenance ready", len(arts)-2, len(lf.Packages))
+	return agent.Result{State: api.StateSucceeded, ExitCode: 0, Artifacts: arts}, nil
+}
+
+func (e *Executor) writeProvenance(ctx context.Context, job *api.Job, image string, lf *supplychain.Lockfile, subjects []supplychain.Artifact, started time.Time, path string) error {
+	spec := map[string]any{
+		"build":           job.Spec.Build,
+		"artifacts":       job.Spec.Artifacts,
+		"secrets":         job.Spec.Secrets,
+		"install_scripts": job.Spec.InstallScripts,
+		"network":         job.Spec.Network,
+		"image":           image,
+	}
+	src := supplychain.Source{}
+	switch job.Source.Kind {
+	case api.SourceGit:
+		src.GitURL, src.Commit = job.Source.URL, job.Source.Commit
+	default:
+		src.UploadSHA256 = job.Source.SHA256
+	}
+	stmt, err := supplychain.Provenance(supplychain.ProvenanceInput{
+		Artifacts:       subjects,
+		Source:          src,
+		JobSpec:         normalize(spec),
+		NodeImage:       image,
+		NodeImageDigest: e.imageDigest(ctx, image),
+		LockfileName:    filepath.Base(lf.File),
+		LockfileSHA256:  lf.SHA256,
+		BuilderID:       e.cfg.BuilderID,
+		JobID:           job.ID,
+		StartedOn:       started,
+		FinishedOn:      time.Now().UTC(),
+	})
+	if err != nil {
+		return err
+	}
+	env, err := supplychain.SignProvenance(stmt, e.cfg.Signing, supplychain.KeyID(e.cfg.Signing.Public().(ed25519.PublicKey)))
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, env, 0o644)
+}
+
+func (e *Executor) imageDigest(ctx context.Context, ref string) string {
+	e.imageMu.Lock()
+	defer e.imageMu.Unlock()
+	if d, ok := e.digests[ref]; ok {
+		return d
+	}
+	d, err := e.cfg.Sandbox.ImageDigest(ctx, ref)
+	if err != nil {
+		return ""
+	}
+	e.digests[ref] = d
+	return d
+}
+
+func writeSBOM(ws string, lf *supplychain.Lockfile, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := supplychain.SBOM(ws, lf, f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// collectArtifacts copies the regular files at or below each pattern
+// (workspace-relative paths, shell globs allowed) into outDir. Symlinks are
+// never followed and nothing outside the workspace is read: a build cannot
+// smuggle a host file out as an artifact.
+func collectArtifacts(ws string, patterns []string, outDir string) ([]agent.Artifact, error) {
+	if err := os.MkdirAll(outDir, 0o700); err != nil {
+		return nil, err
+	}
+	root, err := os.OpenRoot(ws)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	seen := map[string]bool{}
+	var out []agent.Artifact
+	for _, pat := range patterns {
+		clean := filepath.Clean(strings.TrimSuffix(pat, "/"))
+		if filepath.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
+			return nil, fmt.Errorf("artifact path %q leaves the workspace", pat)
+		}
+		matches, err := fs.Glob(root.FS(), clean)
+		if err != nil {
+			return nil, fmt.Errorf("artifact pattern %q: %w", pat, err)
+		}
+		for _, m := range matches {
+			err := fs.WalkDir(root.FS(), m, func(p string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				if !d.Type().IsRegular() || seen[p] {
+					return nil // directories are walked; symlinks, devices skipped
+				}
+				seen[p] = true
+				src, err := root.Open(p)
+				if err != nil {
+					return err
+				}
+				defer src.Close()
+				dst := filepath.Join(outDir, p)
+				if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+					return err
+				}
+				f, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+				if err != nil {
+					return err
+				}
+				if _, err := io.Copy(f, src); err != nil {
+					f.Close()
+					return err
+				}
+				if err := f.Close(); err != nil {
+					return err
+				}
+				out = append(out, agent.Artifact{Name: filepath.ToSlash(p), Path: dst, Kind: api.KindFile})
+				return nil
+			})
+			if err != nil {
+				return nil, fmt.Errorf("collecting %s: %w", m, err)
+			}
+		}
+	}
+	return out, nil
+}
+
+func toAPI(ev netpolicy.Event) api.EgressEvent {
+	return api.EgressEvent{Time: ev.Time, Runner: ev.Runner, Job: ev.Job, Sandbox: ev.Sandbox, Proto: ev.Proto,
+		Src: ev.Src, Dst: ev.Dst, Domain: ev.Domain, Answer: ev.Answer, Verdict: ev.Verdict, Rule: ev.Rule, Process: ev.Process}
+}
+
+// sandboxID maps a coordinator job id onto the sandbox's id alphabet.
+func sandboxID(jobID string) string {
+	return strings.ToLower(strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		return '-'
+	}, jobID))
+}
+
+func domainNote(d string) string {
+	if d == "" {
+		return ""
+	}
+	return " (" + d + ")"
+}
+
+func exitOr(code, def int) int {
+	if code != 0 {
+		return code
+	}
+	return def
+}
+
+func human(b int64) string {
+	switch {
+	case b >= 1<<30 && b%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", b>>30)
+	case b >= 1<<20:
+		return fmt.Sprintf("%dMiB", b>>20)
+	}
+	return fmt.Sprintf("%dB", b)
+}
+
+// normalize turns typed values into plain JSON values for the provenance's
+// external parameters (structpb accepts only those).
+func normalize(v map[string]any) map[string]any {
+	out := map[string]any{}
+	for k, x := range v {
+		switch t := x.(type) {
+		case []string:
+			l := make([]any, len(t))
+			for i := range t {
+				l[i] = t[i]
+			}
+			out[k] = l
+		case api.Build:
+			if len(t.Argv) > 0 {
+				l := make([]any, len(t.Argv))
+				for i := range t.Argv {
+					l[i] = t.Argv[i]
+				}
+				out[k] = l
+			} else {
+				out[k] = t.Script
+			}
+		case api.InstallScripts:
+			allow := make([]any, len(t.Allow))
+			for i := range t.Allow {
+				allow[i] = t.Allow[i]
+			}
+			out[k] = map[string]any{"allow": allow, "all": t.All}
+		case api.NetworkSpec:
+			extra := make([]any, len(t.Extra))
+			for i := range t.Extra {
+				extra[i] = t.Extra[i]
+			}
+			out[k] = map[string]any{"extra": extra, "on_violation": t.OnViolation}
+		default:
+			out[k] = x
+		}
+	}
+	return out
+}
