@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+
+	"github.com/cleanroom-ci/cleanroom/agent"
+)
+
+const defaultAgentConfig = "/etc/cleanroom/agent.yaml"
+
+func init() {
+	agentCmd := &cobra.Command{Use: "agent", Short: "Register and run a build agent"}
+
+	var o agent.RegisterOptions
+	var labels string
+	reg := &cobra.Command{
+		Use:   "register",
+		Short: "Register this host as a runner and write its config",
+		Long: `Exchange a registration token (from "cleanroom token create") for a runner token.
+An ed25519 signing key is generated here (agent.key, mode 0600, next to the
+config; its public half is sent to the coordinator so provenance signed by
+this runner can be verified). The config (YAML, mode 0600) is written to
+--config; add the containerd, image, network and secrets sections before
+"cleanroom agent run".`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := parseLabels(labels)
+			if err != nil {
+				return err
+			}
+			o.Labels = l
+			if o.Name == "" {
+				if o.Name, err = os.Hostname(); err != nil {
+					return fmt.Errorf("reading host name: %w", err)
+				}
+			}
+			cfg, err := agent.Register(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("registered runner %s (%s); config written to %s\n", cfg.Name, cfg.RunnerID, o.ConfigPath)
+			return nil
+		},
+	}
+	rf := reg.Flags()
+	rf.StringVar(&o.URL, "url", "", "coordinator URL")
+	rf.StringVar(&o.Token, "token", "", "registration token")
+	rf.StringVar(&o.Name, "name", "", "runner name (default: host name)")
+	rf.StringVar(&labels, "labels", "", "labels jobs can select, as k=v,k2=v2")
+	rf.IntVar(&o.Concurrency, "concurrency", 1, "jobs this runner runs at once")
+	rf.StringVar(&o.ConfigPath, "config", defaultAgentConfig, "where to write the agent config")
+	rf.StringVar(&o.DataDir, "data-dir", "", "workspaces and spool (default: data/ next to the config)")
+	rf.StringVar(&o.CAFile, "ca-file", "", "PEM CA bundle for the coordinator's certificate")
+	rf.BoolVar(&o.Force, "force", false, "overwrite an existing config and key")
+	_ = reg.MarkFlagRequired("url")
+	_ = reg.MarkFlagRequired("token")
+
+	var cfgPath, logFormat string
+	run := &cobra.Command{
+		Use:   "run",
+		Short: "Claim and run jobs until stopped",
+		Long: `Run the agent: claim jobs (long-poll, --concurrency slots from the config), run
+each in a fresh sandbox, stream logs and egress events, upload artifacts and
+report results. SIGTERM or SIGINT stops gracefully: no new claims, running
+jobs get grace_period, then they are canceled and reported. A second signal
+cancels running jobs at once (they are still torn down).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := newLogger("agent", logFormat)
+			cfg, err := agent.LoadConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			ex, err := newExecutor(cfg, log)
+			if err != nil {
+				return err
+			}
+			a, err := agent.New(cfg, ex, log)
+			if err != nil {
+				return err
+			}
+			// An executor that must reclaim a crashed run's leftovers (sandboxes,
+			// namespaces, rules) does so before the first claim.
+			if s, ok := ex.(interface {
+				Startup(context.Context, hclog.Logger) error
+			}); ok {
+				a.OnStart = func(ctx context.Context) error { return s.Startup(ctx, log) }
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			sigs := make(chan os.Signal, 2)
+			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			go func() {
+				select {
+				case <-sigs:
+				case <-ctx.Done():
+					return
+				}
+				log.Info("stop signal: finishing running jobs (send again to cancel them)")
+				cancel()
+				select {
+				case <-sigs:
+					log.Warn("second stop signal: canceling running jobs")
+					a.StopNow()
+				case <-a.Done():
+				}
+			}()
+			return a.Run(ctx)
+		},
+	}
+	run.Flags().StringVar(&cfgPath, "config", defaultAgentConfig, "agent config file (written by agent register)")
+	run.Flags().StringVar(&logFormat, "log-format", "text", "log format: text (for people) or json (for machines)")
+	agentCmd.AddCommand(reg, run)
+	rootCmd.AddCommand(agentCmd)
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/cleanroom-ci/cleanroom/agent"
+	"github.com/cleanroom-ci/cleanroom/agent/buildexec"
+	"github.com/cleanroom-ci/cleanroom/sandbox"
+	"github.com/cleanroom-ci/cleanroom/secrets"
+	"github.com/cleanroom-ci/cleanroom/supplychain"
+)
+
+// sandboxExecutor is the real executor plus what the agent runs at start-up.
+type sandboxExecutor struct {
+	*buildexec.Executor
+	sb  *sandbox.Client
+	cfg *agent.Config
+}
+
+// newExecutor composes the supply-chain gate, secrets, network policy and
+// sandbox for `agent run`. Any part that cannot be set up stops the agent
+// with a reason: an agent that cannot enforce the policy must not claim jobs.
+var newExecutor = func(cfg *agent.Config, log hclog.Logger) (agent.Executor, error) {
+	keyPEM, err := os.ReadFile(cfg.SigningKey)
+	if err != nil {
+		return nil, fmt.Errorf("reading signing key: %w", err)
+	}
+	priv, err := supplychain.ParsePrivateKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("parsing signing key %s: %w", cfg.SigningKey, err)
+	}
+	store := secrets.NewStore()
+	if cfg.SecretsFile != "" {
+		if store, err = secrets.LoadFile(cfg.SecretsFile); err != nil {
+			return nil, err
+		}
+	}
+	// The agent's own credentials are redacted everywhere and can never be
+	// granted to a job.
+	tok, err := cfg.Token()
+	if err != nil {
+		return nil, err
+	}
+	store.AddAgentCredential("runner token", []byte(tok))
+	store.AddAgentCredential("signing key", keyPEM)
+
+	addr := cfg.Containerd.Address
+	if env := os.Getenv("CLEANROOM_CONTAINERD_ADDRESS"); env != "" && addr == agent.DefaultContainerdAddress {
+		addr = env
+	}
+	sb, err := sandbox.New(context.Background(), sandbox.Config{
+		Address: addr, Namespace: cfg.Containerd.Namespace, Agent: cfg.Name,
+		StateDir: filepath.Join(cfg.DataDir, "sandbox"), Logger: log.Named("sandbox"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	hosts := map[string][]net.IP{}
+	for h, ip := range cfg.Network.Hosts {
+		hosts[h] = append(hosts[h], net.ParseIP(ip))
+	}
+	onViolation, err := buildexec.NormalizeViolation(cfg.Network.OnViolation)
+	if err != nil {
+		sb.Close()
+		return nil, err
+	}
+	lim := sandbox.Limits{
+		MemoryBytes: int64(cfg.Limits.Memory), CPUs: cfg.Limits.CPUs, Pids: cfg.Limits.PIDs, DiskBytes: int64(cfg.Limits.Disk),
+	}
+	ex, err := buildexec.New(buildexec.Config{
+		RunnerID: cfg.RunnerID, RunnerName: cfg.Name,
+		BuilderID:  builderID(cfg),
+		Image:      cfg.Image,
+		Registries: cfg.Network.Registries, Extra: cfg.Network.Extra, OnViolation: onViolation,
+		Forward: cfg.Network.Mode == agent.NetworkModeForward, Masquerade: cfg.Network.Masquerade,
+		Hosts: hosts, HostNS: cfg.Network.HostNetNS,
+		DataDir: cfg.DataDir, Limits: lim, Secrets: store, Signing: priv, Sandbox: sb,
+		Logger: log.Named("job"),
+	})
+	if err != nil {
+		sb.Close()
+		return nil, err
+	}
+	return &sandboxExecutor{Executor: ex, sb: sb, cfg: cfg}, nil
+}
+
+// builderID names this runner in provenance; verify --coordinator resolves
+// it back to the runner's registered public key.
+func builderID(cfg *agent.Config) string {
+	return fmt.Sprintf("%s/runners/%s", cfg.Coordinator, cfg.RunnerID)
+}
+
+// Startup reclaims what a crashed run of this agent left behind, before the
+// first claim.
+func (e *sandboxExecutor) Startup(ctx context.Context, log hclog.Logger) error {
+	rep, err := buildexec.GC(ctx, e.sb, buildexec.GCOptions{
+		Agent: e.cfg.Name, All: true, HostNS: e.cfg.Network.HostNetNS,
+		NetStateDir: filepath.Join(e.cfg.DataDir, "net"),
+	})
+	if !rep.Empty() {
+		log.Warn("reclaimed what a previous run left behind", "containers", rep.Sandbox.Containers,
+			"namespaces", rep.Network.Namespaces, "links", rep.Network.Links, "chains", rep.Network.Chains)
+	}
+	if err != nil {
+		return fmt.Errorf("cleaning up after a previous run: %w", err)
+	}
+	return nil
+}

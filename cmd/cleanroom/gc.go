@@ -1,0 +1,121 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cleanroom-ci/cleanroom/agent"
+	"github.com/cleanroom-ci/cleanroom/agent/buildexec"
+)
+
+func init() {
+	var cf containerdFlags
+	var (
+		configPath, agentName, hostNS, netState string
+		all, dryRun, asJSON, check              bool
+	)
+	cmd := &cobra.Command{
+		Use:   "gc",
+		Short: "Remove sandboxes, networks and rules that crashed jobs left behind",
+		Long: `Finds what a crashed or killed agent left on this host and removes it:
+containers, tasks, snapshots, workspace mounts and cgroups labelled by cleanroom
+whose creating process is gone, then the network namespaces (cr-*), veths, host
+firewall chains (CR-*) and address-pool leases of jobs that no longer have a
+sandbox. Objects without cleanroom's labels or names are never touched, and a
+sandbox whose agent still runs is left alone unless --all is given.
+
+With --config, the agent's config file supplies containerd, namespace and data
+directory. The agent runs the same collection at start-up.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath != "" {
+				cfg, err := agent.LoadConfig(configPath)
+				if err != nil {
+					return err
+				}
+				if !cmd.Flags().Changed("containerd") {
+					cf.address = cfg.Containerd.Address
+				}
+				if !cmd.Flags().Changed("namespace") {
+					cf.namespace = cfg.Containerd.Namespace
+				}
+				if !cmd.Flags().Changed("state-dir") {
+					cf.stateDir = filepath.Join(cfg.DataDir, "sandbox")
+				}
+				if !cmd.Flags().Changed("net-state-dir") {
+					netState = filepath.Join(cfg.DataDir, "net")
+				}
+				if !cmd.Flags().Changed("agent") {
+					agentName = cfg.Name
+				}
+				if !cmd.Flags().Changed("host-netns") {
+					hostNS = cfg.Network.HostNetNS
+				}
+			}
+			c, err := cf.client(cmd.Context(), "gc", cliLogger())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if check {
+				res, err := c.Residue(cmd.Context(), agentName)
+				if err != nil {
+					return err
+				}
+				for _, r := range res {
+					fmt.Println(r)
+				}
+				if len(res) > 0 {
+					return &exitError{code: 1, msg: fmt.Sprintf("%d object(s) of cleanroom remain", len(res))}
+				}
+				fmt.Println("nothing of cleanroom's remains")
+				return nil
+			}
+			rep, err := buildexec.GC(cmd.Context(), c, buildexec.GCOptions{Agent: agentName, All: all, HostNS: hostNS, NetStateDir: netState, DryRun: dryRun})
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				_ = enc.Encode(rep)
+			} else {
+				verb := "removed"
+				if dryRun {
+					verb = "would remove"
+				}
+				for _, line := range []struct {
+					what  string
+					items []string
+				}{
+					{"containers", rep.Sandbox.Containers}, {"snapshots", rep.Sandbox.Snapshots},
+					{"workspaces", rep.Sandbox.StateDirs}, {"cgroups", rep.Sandbox.Cgroups},
+					{"network namespaces", rep.Network.Namespaces}, {"veths", rep.Network.Links},
+					{"firewall rules", rep.Network.Rules}, {"firewall chains", rep.Network.Chains},
+					{"address leases", rep.Network.Leases},
+				} {
+					if len(line.items) > 0 {
+						fmt.Printf("%s %d %s: %s\n", verb, len(line.items), line.what, strings.Join(line.items, ", "))
+					}
+				}
+				if rep.Empty() {
+					fmt.Println("nothing to collect")
+				}
+			}
+			return err
+		},
+	}
+	cf.register(cmd.Flags())
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "agent config file to take containerd, namespace and data dir from")
+	f.StringVar(&agentName, "agent", "", "only objects of this agent (default: any agent's)")
+	f.StringVar(&hostNS, "host-netns", "", "network namespace holding the sandboxes' host ends (default: this one)")
+	f.StringVar(&netState, "net-state-dir", "/var/lib/cleanroom/net", "network state dir (address pool)")
+	f.BoolVar(&all, "all", false, "also remove sandboxes whose agent is still running")
+	f.BoolVar(&dryRun, "dry-run", false, "only report what would be removed (sandboxes only)")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.BoolVar(&check, "check", false, "only list what of cleanroom's remains; exit 1 if anything does")
+	rootCmd.AddCommand(cmd)
+}

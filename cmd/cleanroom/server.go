@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator"
+)
+
+// serverConfig is the optional YAML file of `cleanroom server --config`;
+// flags given on the command line win over it.
+type serverConfig struct {
+	Listen         string       `yaml:"listen"`
+	DataDir        string       `yaml:"data_dir"`
+	AdminTokenFile string       `yaml:"admin_token_file"`
+	TLSCert        string       `yaml:"tls_cert"`
+	TLSKey         string       `yaml:"tls_key"`
+	InsecureHTTP   bool         `yaml:"insecure_http"`
+	LeaseTTL       api.Duration `yaml:"lease_ttl"`
+	MaxAttempts    int          `yaml:"max_attempts"`
+	MaxUpload      api.ByteSize `yaml:"max_upload"`
+	MaxArtifact    api.ByteSize `yaml:"max_artifact"`
+	MaxLog         api.ByteSize `yaml:"max_log"`
+	LogFormat      string       `yaml:"log_format"`
+}
+
+func newLogger(name, format string) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: name, JSONFormat: format == "json", Output: os.Stderr, Level: hclog.Info})
+}
+
+func init() {
+	var configPath string
+	c := serverConfig{Listen: "127.0.0.1:7070", DataDir: "/var/lib/cleanroom", LeaseTTL: api.Duration(30 * time.Second),
+		MaxAttempts: 3, MaxUpload: 100 << 20, MaxArtifact: 1 << 30, MaxLog: 16 << 20, LogFormat: "text"}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the coordinator (job queue, runner registry, logs, egress audit, artifacts)",
+		Long: `Run the coordinator: the HTTP JSON API under /v1 that agents claim jobs from and
+that the CLI talks to (see docs/api.md). State lives in SQLite under --data-dir.
+
+On first start an admin token is generated into DATA_DIR/admin.token (mode 0600)
+and printed once; use it with "cleanroom token create" to make registration and
+submit tokens. Plain HTTP is refused on a non-loopback address unless
+--insecure-http is given (for a TLS-terminating proxy in front).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath != "" {
+				b, err := os.ReadFile(configPath)
+				if err != nil {
+					return fmt.Errorf("reading server config: %w", err)
+				}
+				var fc serverConfig
+				dec := yaml.NewDecoder(bytes.NewReader(b))
+				dec.KnownFields(true)
+				if err := dec.Decode(&fc); err != nil {
+					return fmt.Errorf("parsing server config %s: %w", configPath, err)
+				}
+				mergeServerConfig(cmd, &c, fc)
+			}
+			return runServer(cmd.Context(), c)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "YAML config file with the same keys as the flags (listen, data_dir, tls_cert, …)")
+	f.StringVar(&c.Listen, "listen", c.Listen, "address to listen on (host:port)")
+	f.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the SQLite database, uploaded sources and artifacts")
+	f.StringVar(&c.AdminTokenFile, "admin-token-file", "", "file holding the admin token (default DATA_DIR/admin.token, created if missing)")
+	f.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate (PEM); with --tls-key serves HTTPS")
+	f.StringVar(&c.TLSKey, "tls-key", "", "TLS private key (PEM)")
+	f.BoolVar(&c.InsecureHTTP, "insecure-http", false, "allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy)")
+	f.Var(durationFlag{&c.LeaseTTL}, "lease-ttl", "how long a claim or heartbeat keeps a job before it is re-queued")
+	f.IntVar(&c.MaxAttempts, "max-attempts", c.MaxAttempts, "leases a job gets before it is marked lost (default for jobs that set none)")
+	f.Var(sizeFlag{&c.MaxUpload}, "max-upload", "largest accepted source tarball")
+	f.Var(sizeFlag{&c.MaxArtifact}, "max-artifact", "largest accepted artifact")
+	f.Var(sizeFlag{&c.MaxLog}, "max-log", "log bytes kept per job; past it a truncation marker is stored")
+	f.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text (for people) or json (for machines)")
+	rootCmd.AddCommand(cmd)
+}
+
+// mergeServerConfig copies file values for the flags not set explicitly.
+func mergeServerConfig(cmd *cobra.Command, c *serverConfig, fc serverConfig) {
+	set := func(flag string) bool { return cmd.Flags().Changed(flag) }
+	if !set("listen") && fc.Listen != "" {
+		c.Listen = fc.Listen
+	}
+	if !set("data-dir") && fc.DataDir != "" {
+		c.DataDir = fc.DataDir
+	}
+	if !set("admin-token-file") && fc.AdminTokenFile != "" {
+		c.AdminTokenFile = fc.AdminTokenFile
+	}
+	if !set("tls-cert") && fc.TLSCert != "" {
+		c.TLSCert = fc.TLSCert
+	}
+	if !set("tls-key") && fc.TLSKey != "" {
+		c.TLSKey = fc.TLSKey
+	}
+	if !set("insecure-http") && fc.InsecureHTTP {
+		c.InsecureHTTP = true
+	}
+	if !set("lease-ttl") && fc.LeaseTTL > 0 {
+		c.LeaseTTL = fc.LeaseTTL
+	}
+	if !set("max-attempts") && fc.MaxAttempts > 0 {
+		c.MaxAttempts = fc.MaxAttempts
+	}
+	if !set("max-upload") && fc.MaxUpload > 0 {
+		c.MaxUpload = fc.MaxUpload
+	}
+	if !set("max-artifact") && fc.MaxArtifact > 0 {
+		c.MaxArtifact = fc.MaxArtifact
+	}
+	if !set("max-log") && fc.MaxLog > 0 {
+		c.MaxLog = fc.MaxLog
+	}
+	if !set("log-format") && fc.LogFormat != "" {
+		c.LogFormat = fc.LogFormat
+	}
+}
+
+func runServer(ctx context.Context, c serverConfig) error {
+	log := newLogger("coordinator", c.LogFormat)
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("starting server: --tls-cert and --tls-key go together")
+	}
+	if err := coordinator.CheckListen(c.Listen, c.TLSCert != "", c.InsecureHTTP); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return fmt.Errorf("creating data directory: %w", err)
+	}
+	tokFile := c.AdminTokenFile
+	if tokFile == "" {
+		tokFile = filepath.Join(c.DataDir, "admin.token")
+	}
+	tok, created, err := coordinator.EnsureAdminToken(tokFile)
+	if err != nil {
+		return err
+	}
+	if created {
+		fmt.Fprintf(os.Stderr, "Admin token (shown once; also saved in %s, mode 0600):\n\n    %s\n\n", tokFile, tok)
+	}
+	srv, err := coordinator.New(ctx, coordinator.Config{DataDir: c.DataDir, AdminToken: tok, LeaseTTL: c.LeaseTTL.D(),
+		MaxAttempts: c.MaxAttempts, MaxUpload: int64(c.MaxUpload), MaxArtifact: int64(c.MaxArtifact), MaxLog: int64(c.MaxLog), Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		srv.Close()
+		return fmt.Errorf("listening on %s: %w", c.Listen, err)
+	}
+	scheme := "http"
+	if c.TLSCert != "" {
+		scheme = "https"
+	}
+	log.Info("coordinator listening", "url", scheme+"://"+ln.Addr().String(), "data_dir", c.DataDir)
+	sctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return srv.Serve(sctx, ln, c.TLSCert, c.TLSKey)
+}
+
+// durationFlag and sizeFlag let pflag parse api.Duration and api.ByteSize.
+type durationFlag struct{ d *api.Duration }
+
+func (f durationFlag) String() string {
+	if f.d == nil {
+		return ""
+	}
+	return f.d.String()
+}
+func (f durationFlag) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*f.d = api.Duration(v)
+	return nil
+}
+func (f durationFlag) Type() string { return "duration" }
+
+type sizeFlag struct{ s *api.ByteSize }
+
+func (f sizeFlag) String() string {
+	if f.s == nil {
+		return ""
+	}
+	return f.s.String()
+}
+func (f sizeFlag) Set(s string) error {
+	v, err := api.ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*f.s = v
+	return nil
+}
+func (f sizeFlag) Type() string { return "size" }
