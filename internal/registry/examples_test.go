@@ -1,0 +1,225 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+)
+
+var updateLockfiles = flag.Bool("update-lockfiles", false,
+	"regenerate the example lockfiles against a loopback Verdaccio (needs the npm registry once, to pack the seeds)")
+
+// LabRegistryURL is the registry URL the committed lockfiles resolve to: the
+// lab's registry name and port.
+const labRegistryURL = "http://registry.cleanroom.test:4873/"
+
+// evilURLPrefix is where the foreign-lockfile example's tampered entry points.
+const evilURLPrefix = "https://evil.example.com/"
+
+// exampleProjects are the example folders with a lockfile; foreign is the one
+// whose lockfile is tampered on purpose.
+var exampleProjects = []struct {
+	dir     string
+	foreign bool
+}{
+	{dir: "hello"},
+	{dir: "deploy-secret"},
+	{dir: "evil-postinstall"},
+	{dir: "foreign-lockfile", foreign: true},
+}
+
+// lockfile is the part of package-lock.json v3 the checks read.
+type lockfile struct {
+	LockfileVersion int                     `json:"lockfileVersion"`
+	Packages        map[string]lockedPackge `json:"packages"`
+}
+
+type lockedPackge struct {
+	Name      string `json:"name"`
+	Version   string `json:"version"`
+	Resolved  string `json:"resolved"`
+	Integrity string `json:"integrity"`
+	Link      bool   `json:"link"`
+}
+
+// lockedSpecs returns name@version → entry for every installed package.
+func lockedSpecs(t *testing.T, lf lockfile) map[string]lockedPackge {
+	t.Helper()
+	out := map[string]lockedPackge{}
+	for key, p := range lf.Packages {
+		if key == "" || p.Link {
+			continue
+		}
+		name := p.Name
+		if name == "" {
+			i := strings.LastIndex(key, "node_modules/")
+			name = key[i+len("node_modules/"):]
+		}
+		out[name+"@"+p.Version] = p
+	}
+	return out
+}
+
+func readLockfile(t *testing.T, path string) lockfile {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lf lockfile
+	if err := json.Unmarshal(b, &lf); err != nil {
+		t.Fatalf("parsing %s: %v", path, err)
+	}
+	return lf
+}
+
+// TestExampleLockfiles checks the committed lockfiles: version 3, every
+// package resolved at the lab registry with an integrity value (except the
+// one tampered entry of foreign-lockfile), local packages' integrity equal to
+// the committed tarball's, and registry-packages.txt exactly the closure of
+// what the lockfiles resolve. With -update-lockfiles it first regenerates
+// them against a loopback Verdaccio.
+func TestExampleLockfiles(t *testing.T) {
+	dir := examplesDir(t)
+	if *updateLockfiles {
+		generateLockfiles(t, dir)
+	}
+	manifest, err := ExamplePackages(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tarballs, err := ExampleTarballs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := map[string]string{} // spec → integrity
+	for _, p := range tarballs {
+		tb, err := readTarball(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		local[tb.name+"@"+tb.version] = Integrity(tb.data)
+	}
+	if len(local) == 0 {
+		t.Fatal("no local example tarballs found")
+	}
+
+	used := map[string]bool{}
+	for _, ex := range exampleProjects {
+		lf := readLockfile(t, filepath.Join(dir, ex.dir, "package-lock.json"))
+		if lf.LockfileVersion != 3 {
+			t.Errorf("%s: lockfileVersion %d, want 3", ex.dir, lf.LockfileVersion)
+		}
+		foreign := 0
+		for spec, p := range lockedSpecs(t, lf) {
+			used[spec] = true
+			switch {
+			case p.Integrity == "":
+				t.Errorf("%s: %s has no integrity", ex.dir, spec)
+			case ex.foreign && strings.HasPrefix(p.Resolved, evilURLPrefix):
+				foreign++
+			case !strings.HasPrefix(p.Resolved, labRegistryURL):
+				t.Errorf("%s: %s resolved at %q, want under %s", ex.dir, spec, p.Resolved, labRegistryURL)
+			}
+			if want, ok := local[spec]; ok && p.Integrity != want {
+				t.Errorf("%s: %s integrity %s differs from the committed tarball's %s", ex.dir, spec, p.Integrity, want)
+			}
+			if _, ok := local[spec]; !ok && !slices.Contains(manifest, spec) {
+				t.Errorf("%s: %s is missing from %s", ex.dir, spec, ManifestFile)
+			}
+		}
+		if ex.foreign && foreign != 1 {
+			t.Errorf("%s: %d entries resolved at %s, want exactly 1", ex.dir, foreign, evilURLPrefix)
+		}
+	}
+	for _, spec := range manifest {
+		if !used[spec] {
+			t.Errorf("%s lists %s, which no example lockfile uses", ManifestFile, spec)
+		}
+	}
+	for spec := range local {
+		if !used[spec] {
+			t.Errorf("local tarball %s is used by no example lockfile", spec)
+		}
+	}
+}
+
+// generateLockfiles regenerates every example's package-lock.json against a
+// seeded loopback Verdaccio, then rewrites the registry part of the resolved
+// URLs to the lab registry name (integrity values are unchanged).
+func generateLockfiles(t *testing.T, dir string) {
+	r := startSeeded(t)
+	tmp := t.TempDir()
+	npmrc := filepath.Join(tmp, "npmrc")
+	if err := r.WriteNpmrc(npmrc, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, ex := range exampleProjects {
+		work := filepath.Join(tmp, ex.dir)
+		copyFiles(t, filepath.Join(dir, ex.dir), work, "package.json")
+		npm(t, work, "install", "--package-lock-only", "--ignore-scripts",
+			"--omit-lockfile-registry-resolved=false", "--lockfile-version=3",
+			"--userconfig", npmrc, "--cache", filepath.Join(tmp, "cache"))
+		b, err := os.ReadFile(filepath.Join(work, "package-lock.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = bytes.ReplaceAll(b, []byte(`"resolved": "`+r.URL), []byte(`"resolved": "`+labRegistryURL))
+		if ex.foreign {
+			// The tampered entry: picocolors from somewhere that is not the
+			// internal registry, integrity left as it was.
+			from := []byte(`"resolved": "` + labRegistryURL + `picocolors/`)
+			if !bytes.Contains(b, from) {
+				t.Fatalf("%s: no picocolors entry to tamper with", ex.dir)
+			}
+			b = bytes.Replace(b, from, []byte(`"resolved": "`+evilURLPrefix+`picocolors/`), 1)
+		}
+		if err := os.WriteFile(filepath.Join(dir, ex.dir, "package-lock.json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote %s/package-lock.json", ex.dir)
+	}
+}
+
+// TestExampleJobSpecs parses every example's cleanroom.yaml strictly as an
+// api.JobSpec and validates it.
+func TestExampleJobSpecs(t *testing.T) {
+	dir := examplesDir(t)
+	specs, err := filepath.Glob(filepath.Join(dir, "*", "cleanroom.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(specs) < 4 {
+		t.Fatalf("found %d job specs, want at least 4", len(specs))
+	}
+	for _, p := range specs {
+		name := filepath.Base(filepath.Dir(p))
+		t.Run(name, func(t *testing.T) {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dec := yaml.NewDecoder(bytes.NewReader(b))
+			dec.KnownFields(true)
+			var s api.JobSpec
+			if err := dec.Decode(&s); err != nil {
+				t.Fatalf("parsing: %v", err)
+			}
+			if err := s.Validate(); err != nil {
+				t.Fatalf("validating: %v", err)
+			}
+			if s.Timeout == 0 || s.Resources.Memory == 0 || len(s.Artifacts) == 0 {
+				t.Errorf("timeout, resources.memory and artifacts should be set: %+v", s)
+			}
+		})
+	}
+}
