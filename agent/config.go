@@ -150,7 +150,7 @@ func (c *Config) SetDefaults() {
 		c.Containerd.Namespace = DefaultContainerdNamespace
 	}
 	if c.Network.OnViolation == "" {
-		c.Network.OnViolation = api.OnViolationFail
+		c.Network.OnViolation = api.OnViolationDeny
 	}
 	if c.Network.Mode == "" {
 		c.Network.Mode = NetworkModeDirect
@@ -210,9 +210,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	switch c.Network.OnViolation {
-	case api.OnViolationFail, api.OnViolationLog:
+	case api.OnViolationDeny, api.OnViolationKill:
 	default:
-		add("network.on_violation", "must be fail or log")
+		add("network.on_violation", "must be deny or kill")
 	}
 	switch c.Network.Mode {
 	case NetworkModeDirect, NetworkModeForward:

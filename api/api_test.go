@@ -22,7 +22,7 @@ timeout: 10m
 resources: {memory: 2GiB, cpus: 2, pids: 512, disk: 4g}
 labels: {arch: amd64}
 install_scripts: {allow: [esbuild], all: false}
-network: {extra: ["registry.lab:4873"], on_violation: fail}
+network: {extra: ["registry.lab:4873"], on_violation: kill}
 `
 	var fromYAML api.JobSpec
 	if err := yaml.Unmarshal([]byte(yml), &fromYAML); err != nil {
@@ -37,7 +37,7 @@ network: {extra: ["registry.lab:4873"], on_violation: fail}
 		t.Fatalf("%v in %s", err, b)
 	}
 	if fromJSON.Timeout.D() != 10*time.Minute || fromJSON.Resources.Memory != 2<<30 || fromJSON.Resources.Disk != 4<<30 ||
-		fromJSON.Build.Script != "npm run build" || fromJSON.Labels["arch"] != "amd64" || fromJSON.Network.OnViolation != "fail" {
+		fromJSON.Build.Script != "npm run build" || fromJSON.Labels["arch"] != "amd64" || fromJSON.Network.OnViolation != "kill" {
 		t.Fatalf("round trip lost fields: %s", b)
 	}
 	if err := fromJSON.Validate(); err != nil {

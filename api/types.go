@@ -61,11 +61,14 @@ const (
 	VerdictDeny  = "deny"
 )
 
-// Network violation policies for NetworkSpec.OnViolation: "fail" ends the job
-// on the first denied egress attempt, "log" only records it.
+// Network violation policies for NetworkSpec.OnViolation and the agent's
+// network.on_violation: "deny" refuses and records every attempt and lets the
+// build go on; "kill" also ends the job at the first denied attempt with the
+// reason "egress violation". A job can make its agent's policy stricter (deny →
+// kill), never looser.
 const (
-	OnViolationFail = "fail"
-	OnViolationLog  = "log"
+	OnViolationDeny = "deny"
+	OnViolationKill = "kill"
 )
 
 // Duration is a time.Duration written as a Go duration string ("10m", "90s")
@@ -277,7 +280,7 @@ type InstallScripts struct {
 
 // NetworkSpec widens the sandbox's egress allow-list for one job (Extra is a
 // list of host:port destinations the agent's policy must also permit) and says
-// what a denied attempt does to the job (OnViolationFail or OnViolationLog).
+// what a denied attempt does to the job (OnViolationDeny or OnViolationKill).
 type NetworkSpec struct {
 	Extra       []string `json:"extra,omitempty" yaml:"extra,omitempty"`
 	OnViolation string   `json:"on_violation,omitempty" yaml:"on_violation,omitempty"`

@@ -134,9 +134,9 @@ func (s *JobSpec) Validate() error {
 		}
 	}
 	switch s.Network.OnViolation {
-	case "", OnViolationFail, OnViolationLog:
+	case "", OnViolationDeny, OnViolationKill:
 	default:
-		fe.add("network.on_violation", "must be %q or %q", OnViolationFail, OnViolationLog)
+		fe.add("network.on_violation", "must be %q or %q", OnViolationDeny, OnViolationKill)
 	}
 	if s.MaxAttempts < 0 || s.MaxAttempts > 10 {
 		fe.add("max_attempts", "must be between 1 and 10")

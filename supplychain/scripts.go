@@ -23,7 +23,8 @@ type ScriptPlan struct {
 	// "npm ci" when every script is allowed.
 	Install []string
 	// Rebuild is the follow-up argv that runs the lifecycle scripts of the
-	// allowed packages ("npm rebuild --ignore-scripts=false NAME..."), or
+	// allowed packages ("npm rebuild --ignore-scripts=false --foreground-scripts NAME...": the
+	// scripts' output goes to the job log), or
 	// nil when there is nothing to run. npm rebuild runs preinstall,
 	// install and postinstall of the named packages, every copy of them.
 	Rebuild []string
@@ -62,7 +63,7 @@ func PlanScripts(lf *Lockfile, p ScriptPolicy) ScriptPlan {
 			sorted = append(sorted, n)
 		}
 		sort.Strings(sorted)
-		plan.Rebuild = append([]string{"npm", "rebuild", "--ignore-scripts=false"}, sorted...)
+		plan.Rebuild = append([]string{"npm", "rebuild", "--ignore-scripts=false", "--foreground-scripts"}, sorted...)
 	}
 	return plan
 }

@@ -63,7 +63,7 @@ func TestPlanScripts(t *testing.T) {
 			[]string{"npm", "ci"}, nil, all, nil},
 		{"allowed names are rebuilt once each, others reported", ScriptPolicy{Allow: []string{"esbuild", "@swc/core", "not-installed"}},
 			[]string{"npm", "ci", "--ignore-scripts"},
-			[]string{"npm", "rebuild", "--ignore-scripts=false", "@swc/core", "esbuild"},
+			[]string{"npm", "rebuild", "--ignore-scripts=false", "--foreground-scripts", "@swc/core", "esbuild"},
 			[]string{"node_modules/@swc/core", "node_modules/esbuild", "node_modules/x/node_modules/esbuild"},
 			[]string{"node_modules/evil-postinstall", "node_modules/y/node_modules/evil-postinst"}},
 		{"allowing a package without scripts rebuilds nothing", ScriptPolicy{Allow: []string{"plain"}},

@@ -113,13 +113,12 @@ func New(cfg Config) (*Executor, error) {
 	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), digests: map[string]string{}}, nil
 }
 
-// NormalizeViolation maps the spellings accepted in configs and job specs
-// (deny|kill, and the API's log|fail) onto netpolicy's.
+// NormalizeViolation checks an on_violation value (empty means deny).
 func NormalizeViolation(s string) (string, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "", "deny", "log":
+	case "", "deny":
 		return "deny", nil
-	case "kill", "fail":
+	case "kill":
 		return "kill", nil
 	}
 	return "", fmt.Errorf("on_violation %q: want deny (log and refuse) or kill (end the job at the first attempt)", s)

@@ -1,0 +1,200 @@
+// Command demo is `make demo`: it brings up the whole product on this
+// machine — a lab network with no route out, the internal registry, a
+// coordinator and a registered agent — runs the four example scenarios
+// through the real CLI, shows what a user would see, checks each outcome,
+// and removes everything it made (unless KEEP=1).
+//
+// It expects a running containerd with the node image (make demo starts
+// them) and the cleanroom binary (-bin).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cleanroom-ci/cleanroom/integration/harness"
+)
+
+const (
+	deploySecret = "dpl_live_4f9d2c7be1a84d0f9c3e" // what the malware is after
+	buildSecret  = "npm_read_token_71c2e0a9b35f"
+)
+
+type phase struct {
+	name string
+	took time.Duration
+	ok   bool
+	note string
+}
+
+func main() {
+	bin := flag.String("bin", "bin/cleanroom", "cleanroom binary")
+	repo := flag.String("repo", ".", "checkout with examples/")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *bin, *repo); err != nil {
+		fmt.Fprintln(os.Stderr, "\ndemo failed:", err)
+		os.Exit(1)
+	}
+}
+
+func banner(s string) {
+	fmt.Printf("\n\033[1m== %s\033[0m\n", s)
+}
+
+func run(ctx context.Context, bin, repo string) (retErr error) {
+	bin, _ = filepath.Abs(bin)
+	repo, _ = filepath.Abs(repo)
+	var phases []phase
+	record := func(name string, start time.Time, ok bool, note string) {
+		phases = append(phases, phase{name, time.Since(start), ok, note})
+	}
+	defer func() {
+		banner("summary")
+		for _, p := range phases {
+			mark := "ok  "
+			if !p.ok {
+				mark = "FAIL"
+			}
+			fmt.Printf("  %s %-44s %6.1fs  %s\n", mark, p.name, p.took.Seconds(), p.note)
+		}
+	}()
+
+	banner("starting: lab network, internal registry, coordinator, agent")
+	t := time.Now()
+	env, err := harness.Start(ctx, harness.Options{
+		Bin: bin, Repo: repo, Containerd: os.Getenv("CLEANROOM_CONTAINERD_ADDRESS"), Name: "demo",
+		Progress: os.Stdout,
+		Secrets: fmt.Sprintf(`# demo secrets file (mode 0600): one build secret a job may use, one deploy secret none may
+secrets:
+  - name: NPM_READ_TOKEN
+    value: %q
+    scope: build
+  - name: DEPLOY_TOKEN
+    value: %q
+    scope: deploy
+`, buildSecret, deploySecret),
+		// The deploy secret is also in the agent's own environment: a build
+		// must still never see it.
+		AgentEnv: []string{"DEPLOY_TOKEN=" + deploySecret},
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if os.Getenv("KEEP") == "1" && retErr == nil {
+			fmt.Printf("\nKEEP=1: everything stays up. Coordinator: ip netns exec %s %s jobs --url %s --token %s\nPress Ctrl-C to stop and clean up.\n",
+				env.Lab.HostNS, bin, env.URL, env.Admin)
+			<-ctx.Done()
+		}
+		t := time.Now()
+		err := env.Close()
+		record("stop everything and clean up", t, err == nil, "")
+		if err != nil && retErr == nil {
+			retErr = err
+		}
+	}()
+	a, err := env.AddAgent(ctx, harness.AgentOptions{Name: "demo-agent"})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("agent %q registered and claiming (config %s)\n", a.Name, a.Config)
+	record("start lab, registry, coordinator, agent", t, true, "")
+
+	cli := func(args ...string) (string, string, int) {
+		fmt.Printf("\n$ cleanroom %s\n", strings.Join(args, " "))
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		out, errOut, code := env.CLI(cctx, args...)
+		fmt.Print(out)
+		fmt.Print(errOut)
+		return out, errOut, code
+	}
+	jobIDRe := regexp.MustCompile(`job (j-[0-9a-f]+)`)
+	submit := func(dir string) (string, string, int) {
+		out, errOut, code := cli("submit", filepath.Join(repo, "examples", dir), "--wait")
+		id := ""
+		if m := jobIDRe.FindStringSubmatch(errOut); m != nil {
+			id = m[1]
+		}
+		return id, out + errOut, code
+	}
+	var failures []string
+	check := func(ok bool, what string) bool {
+		if !ok {
+			failures = append(failures, what)
+			fmt.Printf("  ✗ %s\n", what)
+		} else {
+			fmt.Printf("  ✓ %s\n", what)
+		}
+		return ok
+	}
+
+	// 1. A clean build, its artifacts, SBOM and provenance verified.
+	banner("1. examples/hello: a real TypeScript build in a fresh sandbox")
+	t = time.Now()
+	id, log, code := submit("hello")
+	ok := check(code == 0 && id != "", "build succeeded")
+	outDir := filepath.Join(env.Dir, "hello-artifacts")
+	_, _, c2 := cli("artifacts", id, "-o", outDir)
+	ok = check(c2 == 0, "artifacts, SBOM and provenance downloaded") && ok
+	prov := filepath.Join(outDir, "provenance.intoto.jsonl")
+	pub := filepath.Join(filepath.Dir(a.Config), "agent.pub")
+	art := filepath.Join(outDir, "dist", "index.js")
+	_, _, c3 := cli("verify", art, filepath.Join(outDir, "sbom.cdx.json"), "--provenance", prov, "--key", pub)
+	ok = check(c3 == 0, "cleanroom verify passes on the artifacts") && ok
+	if b, err := os.ReadFile(art); err == nil {
+		_ = os.WriteFile(art, append(b, []byte("\n// tampered\n")...), 0o644)
+	}
+	_, _, c4 := cli("verify", art, "--provenance", prov, "--key", pub)
+	ok = check(c4 != 0, "cleanroom verify fails on a tampered artifact") && ok
+	_ = log
+	record("1. hello builds; verify passes, tamper fails", t, ok, id)
+
+	// 2. Malware in a dependency: every exfiltration attempt denied and logged.
+	banner("2. examples/evil-postinstall: a dependency's postinstall tries to steal and send secrets")
+	t = time.Now()
+	env.Lab.ResetForbiddenPackets()
+	id, log, code = submit("evil-postinstall")
+	fmt.Printf("(build exit code %d: the malware keeps quiet and the build itself succeeds; what matters is below)\n", code)
+	out, _, _ := cli("egress", "--job", id, "--denied")
+	ok = check(strings.Count(out, "deny") >= 5, "the egress log shows the attempts as denied")
+	for _, want := range []string{"exfil.example", "169.254.169.254", "198.51.100.53", "10.231.253.2"} {
+		ok = check(strings.Contains(out, want), "…including "+want) && ok
+	}
+	pk := env.Lab.ForbiddenPackets()
+	ok = check(len(pk) == 0, fmt.Sprintf("the forbidden host (attacker, metadata, public resolver) received %d packets", len(pk))) && ok
+	ok = check(!strings.Contains(log, deploySecret), "the deploy secret appears nowhere in the job log") && ok
+	evOut, _, _ := env.CLI(ctx, "egress", "--job", id, "--json")
+	ok = check(!strings.Contains(evOut, deploySecret), "…nor in the egress events") && ok
+	record("2. evil-postinstall: exfiltration denied, logged", t, ok, id)
+
+	// 3. A job asking for a deploy secret is refused before anything runs.
+	banner("3. examples/deploy-secret: a job asks for a deploy-scope secret")
+	t = time.Now()
+	id, log, code = submit("deploy-secret")
+	ok = check(code != 0 && strings.Contains(log, "DEPLOY_TOKEN") && strings.Contains(log, "deploy"), "refused, naming the secret and its scope")
+	ok = check(!strings.Contains(log, "$ npm ci"), "…before any sandbox ran") && ok
+	record("3. deploy secret refused", t, ok, id)
+
+	// 4. A lockfile that points at a foreign host is refused.
+	banner("4. examples/foreign-lockfile: a lockfile entry resolves from another host")
+	t = time.Now()
+	id, log, code = submit("foreign-lockfile")
+	ok = check(code != 0 && strings.Contains(log, "evil.example.com") && strings.Contains(log, "node_modules/picocolors"), "refused, naming the entry and the host")
+	record("4. foreign lockfile refused", t, ok, id)
+
+	if len(failures) > 0 {
+		return fmt.Errorf("%d check(s) failed: %s", len(failures), strings.Join(failures, "; "))
+	}
+	return nil
+}

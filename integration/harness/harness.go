@@ -1,0 +1,418 @@
+// Package harness owns the whole-product environment that the end-to-end
+// tests and `make demo` run in: a lab of network namespaces (internal/lab)
+// with the internal registry (Verdaccio, seeded with the examples'
+// dependencies) in its registry namespace, and the real cleanroom binary run
+// as a coordinator and as registered agents inside the lab's host namespace,
+// which has no route out. The caller provides a running containerd with the
+// node image (make test / make demo start one).
+//
+// Every process it starts is recorded by PID and stopped by Close; every
+// namespace, folder and file it makes is removed by Close.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/cleanroom-ci/cleanroom/agent"
+	"github.com/cleanroom-ci/cleanroom/internal/lab"
+	"github.com/cleanroom-ci/cleanroom/internal/registry"
+)
+
+// RegistryURL is the internal registry as jobs and lockfiles know it.
+var RegistryURL = fmt.Sprintf("http://%s:%d/", lab.RegistryName, lab.RegistryPort)
+
+// CoordinatorAddr is where the coordinator listens, on the lab host
+// namespace's own loopback.
+const CoordinatorAddr = "127.0.0.1:7070"
+
+// Options configure an environment.
+type Options struct {
+	// Bin is the cleanroom binary (required).
+	Bin string
+	// Repo is the checkout (examples/ lives there).
+	Repo string
+	// Containerd is the socket of the containerd the agents use.
+	Containerd string
+	// Secrets is the content of the agents' secrets file (YAML); empty: none.
+	Secrets string
+	// AgentEnv is added to the agents' environment (a deploy secret that a
+	// malicious build would love to find, in the agent's own env).
+	AgentEnv []string
+	// Progress receives one line per phase; nil discards.
+	Progress io.Writer
+	// Name prefixes the lab ("e2e", "demo").
+	Name string
+}
+
+// Env is a running environment.
+type Env struct {
+	Lab      *lab.Lab
+	Registry *registry.Registry
+	Dir      string
+	URL      string
+	Admin    string // admin token
+	opts     Options
+
+	mu     sync.Mutex
+	procs  []*Proc
+	closed bool
+}
+
+// Proc is a process the harness started.
+type Proc struct {
+	Name string
+	Cmd  *exec.Cmd
+	Log  string // its output file
+	done chan struct{}
+	err  error
+}
+
+// Wait returns when the process exits.
+func (p *Proc) Wait() error { <-p.done; return p.err }
+
+// Exited reports whether the process has ended.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Signal sends sig to the process (only ever to a PID we started).
+func (p *Proc) Signal(sig syscall.Signal) error {
+	if p.Exited() {
+		return nil
+	}
+	return p.Cmd.Process.Signal(sig)
+}
+
+// Output returns what the process printed so far.
+func (p *Proc) Output() string {
+	b, _ := os.ReadFile(p.Log)
+	return string(b)
+}
+
+func (e *Env) say(format string, args ...any) {
+	if e.opts.Progress != nil {
+		fmt.Fprintf(e.opts.Progress, format+"\n", args...)
+	}
+}
+
+// Start builds the lab, the registry and the coordinator. Agents are added
+// with AddAgent. On error everything made so far is removed.
+func Start(ctx context.Context, o Options) (_ *Env, retErr error) {
+	if o.Bin == "" || o.Repo == "" {
+		return nil, errors.New("harness: Bin and Repo are required")
+	}
+	if o.Name == "" {
+		o.Name = "e2e"
+	}
+	dir, err := os.MkdirTemp("", "cleanroom-"+o.Name+"-")
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{Dir: dir, opts: o, URL: "http://" + CoordinatorAddr}
+	defer func() {
+		if retErr != nil {
+			_ = e.Close()
+		}
+	}()
+	t := time.Now()
+	if e.Lab, err = lab.New(ctx, o.Name); err != nil {
+		return nil, fmt.Errorf("creating the lab network: %w", err)
+	}
+	e.say("lab network %s: agent host, registry host, forbidden host (%.1fs)", e.Lab.ID, time.Since(t).Seconds())
+
+	t = time.Now()
+	inst, err := registry.Install(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("installing verdaccio: %w", err)
+	}
+	e.Registry, err = registry.Start(ctx, registry.Options{Install: inst, NetNS: e.Lab.RegistryNS,
+		Listen: net.JoinHostPort(lab.RegistryIP.String(), fmt.Sprint(lab.RegistryPort))})
+	if err != nil {
+		return nil, fmt.Errorf("starting verdaccio: %w", err)
+	}
+	if err := e.Registry.SeedExamples(ctx, filepath.Join(o.Repo, "examples")); err != nil {
+		return nil, fmt.Errorf("seeding the registry: %w", err)
+	}
+	e.say("internal registry %s (Verdaccio, no uplinks) seeded with the examples' packages (%.1fs)", RegistryURL, time.Since(t).Seconds())
+
+	t = time.Now()
+	srvDir := filepath.Join(dir, "server")
+	if err := os.MkdirAll(srvDir, 0o700); err != nil {
+		return nil, err
+	}
+	if _, err := e.start(ctx, "coordinator", nil, "server", "--data-dir", srvDir, "--listen", CoordinatorAddr); err != nil {
+		return nil, err
+	}
+	tokFile := filepath.Join(srvDir, "admin.token")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if b, err := os.ReadFile(tokFile); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			if _, _, code := e.CLI(ctx, "jobs", "--token", string(bytes.TrimSpace(b))); code == 0 {
+				e.Admin = string(bytes.TrimSpace(b))
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("coordinator did not come up: %s", e.procs[0].Output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.say("coordinator on %s, SQLite in %s (%.1fs)", e.URL, srvDir, time.Since(t).Seconds())
+	return e, nil
+}
+
+// start runs the cleanroom binary with args inside the lab host namespace.
+func (e *Env) start(ctx context.Context, name string, env []string, args ...string) (*Proc, error) {
+	logPath := filepath.Join(e.Dir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("nsenter", append([]string{"--net=" + e.Lab.HostNSPath(), "--", e.opts.Bin}, args...)...)
+	cmd.Env = append(baseEnv(e.opts.Containerd), env...)
+	cmd.Stdout, cmd.Stderr = f, f
+	// nsenter execs the binary: the PID we record is cleanroom's. Only the
+	// network namespace changes (ip netns exec would also give the agent a
+	// mount namespace of its own, hiding the sandboxes' /run/netns bind
+	// mounts from containerd).
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &Proc{Name: name, Cmd: cmd, Log: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	e.mu.Lock()
+	e.procs = append(e.procs, p)
+	e.mu.Unlock()
+	return p, nil
+}
+
+func baseEnv(containerd string) []string {
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	if containerd != "" {
+		env = append(env, "CLEANROOM_CONTAINERD_ADDRESS="+containerd)
+	}
+	return env
+}
+
+// CLI runs `cleanroom ARGS` as a user would, inside the lab host namespace,
+// pointed at the coordinator with the admin token. It returns stdout, stderr
+// and the exit code.
+func (e *Env) CLI(ctx context.Context, args ...string) (string, string, int) {
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + e.Lab.HostNSPath(), "--", e.opts.Bin}, args...)...)
+	cmd.Env = append(baseEnv(e.opts.Containerd), "CLEANROOM_URL="+e.URL, "CLEANROOM_TOKEN="+e.Admin, "HOME="+e.Dir)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+		errb.WriteString(err.Error())
+	}
+	return out.String(), errb.String(), code
+}
+
+// AgentOptions configure one registered agent.
+type AgentOptions struct {
+	Name        string
+	Labels      string // k=v,...
+	Concurrency int
+	OnViolation string // deny (default) | kill
+	Mode        string // forward (default: the registry is another lab host) | direct
+}
+
+// Agent is a registered agent process.
+type Agent struct {
+	*Proc
+	Name   string
+	Config string
+	cfg    *agent.Config
+}
+
+// AddAgent registers an agent with a fresh registration token, writes its
+// policy (registry, static name, secrets file), and starts `agent run`.
+func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
+	if o.Concurrency == 0 {
+		o.Concurrency = 1
+	}
+	if o.OnViolation == "" {
+		o.OnViolation = "deny"
+	}
+	if o.Mode == "" {
+		o.Mode = agent.NetworkModeForward
+	}
+	out, errOut, code := e.CLI(ctx, "token", "create", "--uses", "1", "--expires", "10m", "--json")
+	if code != 0 {
+		return nil, fmt.Errorf("creating a registration token: %s", errOut)
+	}
+	tok := jsonField(out, "token")
+	if tok == "" {
+		return nil, fmt.Errorf("no token in %q", out)
+	}
+	adir := filepath.Join(e.Dir, "agent-"+o.Name)
+	cfgPath := filepath.Join(adir, "agent.yaml")
+	args := []string{"agent", "register", "--url", e.URL, "--token", tok, "--name", o.Name, "--config", cfgPath,
+		"--concurrency", fmt.Sprint(o.Concurrency)}
+	if o.Labels != "" {
+		args = append(args, "--labels", o.Labels)
+	}
+	if _, errOut, code := e.CLI(ctx, args...); code != 0 {
+		return nil, fmt.Errorf("registering agent %s: %s", o.Name, errOut)
+	}
+	cfg, err := agent.LoadConfig(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Network.Registries = []string{RegistryURL}
+	cfg.Network.Hosts = map[string]string{lab.RegistryName: lab.RegistryIP.String()}
+	cfg.Network.OnViolation = o.OnViolation
+	cfg.Network.Mode = o.Mode
+	cfg.GracePeriod = 0
+	if e.opts.Containerd != "" {
+		cfg.Containerd.Address = e.opts.Containerd
+	}
+	if e.opts.Secrets != "" {
+		sf := filepath.Join(adir, "secrets.yaml")
+		if err := os.WriteFile(sf, []byte(e.opts.Secrets), 0o600); err != nil {
+			return nil, err
+		}
+		cfg.SecretsFile = sf
+	}
+	cfg.SetDefaults()
+	if err := cfg.Save(cfgPath); err != nil {
+		return nil, err
+	}
+	p, err := e.start(ctx, "agent-"+o.Name, e.opts.AgentEnv, "agent", "run", "--config", cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{Proc: p, Name: o.Name, Config: cfgPath, cfg: cfg}
+	// Ready when it shows up in the runner list as seen recently, or when
+	// its log says it is claiming.
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(p.Output(), "agent started") {
+		if p.Exited() {
+			return nil, fmt.Errorf("agent %s exited: %s", o.Name, p.Output())
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("agent %s did not start claiming: %s", o.Name, p.Output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return a, nil
+}
+
+// Restart starts the agent's process again with the same config (after a
+// kill), as an operator's service manager would.
+func (e *Env) Restart(ctx context.Context, a *Agent) error {
+	p, err := e.start(ctx, "agent-"+a.Name, e.opts.AgentEnv, "agent", "run", "--config", a.Config)
+	if err != nil {
+		return err
+	}
+	a.Proc = p
+	return nil
+}
+
+// DataDir is the agent's data dir (workspaces, egress.jsonl, net state).
+func (a *Agent) DataDir() string { return a.cfg.DataDir }
+
+func jsonField(s, key string) string {
+	// Small and dependency-free: the CLI prints {"token":"…",…}.
+	i := strings.Index(s, `"`+key+`"`)
+	if i < 0 {
+		return ""
+	}
+	rest := s[i+len(key)+2:]
+	j := strings.Index(rest, `"`)
+	if j < 0 {
+		return ""
+	}
+	rest = rest[j+1:]
+	k := strings.Index(rest, `"`)
+	if k < 0 {
+		return ""
+	}
+	return rest[:k]
+}
+
+// Close stops every process the harness started (SIGTERM, then SIGKILL after
+// 15 s: agents destroy their sandboxes on the way out), stops the registry,
+// removes the lab and the temp dir.
+func (e *Env) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	procs := append([]*Proc{}, e.procs...)
+	e.mu.Unlock()
+	var errs []error
+	// Agents first, then the coordinator (they report to it on the way out).
+	for i := len(procs) - 1; i >= 0; i-- {
+		p := procs[i]
+		if p.Exited() {
+			continue
+		}
+		_ = p.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(15 * time.Second):
+			_ = p.Signal(syscall.SIGKILL)
+			<-p.done
+			errs = append(errs, fmt.Errorf("%s did not stop on SIGTERM within 15s", p.Name))
+		}
+	}
+	if e.Registry != nil {
+		if err := e.Registry.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if e.Lab != nil {
+		if err := e.Lab.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if os.Getenv("CLEANROOM_KEEP_LOGS") == "" {
+		if err := os.RemoveAll(e.Dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ReadSpec is a tiny helper for tests: the YAML of a job spec file as a map.
+func ReadSpec(path string) (map[string]any, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	return m, yaml.Unmarshal(b, &m)
+}
