@@ -12,8 +12,8 @@ TOOLS := $(CLEANROOM_CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)
 STATICCHECK_VERSION := v0.8.2
 export CLEANROOM_CACHE ?= /var/cache/cleanroom
 
-DEBIAN_PACKAGES := containerd runc iptables conntrack debootstrap e2fsprogs iproute2 iputils-ping util-linux git ca-certificates tcpdump
-DEBIAN_COMMANDS := containerd runc iptables conntrack debootstrap mkfs.ext4 ip ping nsenter git
+DEBIAN_PACKAGES := containerd runc iptables conntrack debootstrap e2fsprogs iproute2 iputils-ping util-linux git ca-certificates tcpdump bc
+DEBIAN_COMMANDS := containerd runc iptables conntrack debootstrap mkfs.ext4 ip ping nsenter git bc
 
 .PHONY: all build deps tools lint test test-unit bench image demo clean containerd-start containerd-stop help
 

@@ -119,7 +119,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.started = true
 	a.startedMu.Unlock()
 	defer close(a.done)
-	for _, d := range []string{a.wsRoot(), a.spoolRoot()} {
+	// Nothing here survives a run: a crashed run's workspaces and spools
+	// belong to jobs whose leases have expired (and which were re-queued).
+	for _, d := range []string{a.wsRoot(), a.spoolRoot(), a.scratchRoot()} {
+		if err := removeAll(d); err != nil {
+			return fmt.Errorf("clearing %s left by a previous run: %w", d, err)
+		}
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
 		}
@@ -170,6 +175,10 @@ func (a *Agent) Run(ctx context.Context) error {
 
 func (a *Agent) wsRoot() string    { return filepath.Join(a.cfg.DataDir, "workspaces") }
 func (a *Agent) spoolRoot() string { return filepath.Join(a.cfg.DataDir, "spool") }
+
+// scratchRoot holds executors' per-job output (artifact copies, SBOM,
+// provenance) until uploaded; see Result.Scratch.
+func (a *Agent) scratchRoot() string { return filepath.Join(a.cfg.DataDir, "jobs") }
 
 // claimLoop long-polls for as many jobs as there are free slots and starts
 // each in its own goroutine.

@@ -86,10 +86,12 @@ type NetworkConfig struct {
 	HostNetNS string `yaml:"host_netns,omitempty"`
 }
 
-// Network modes (netpolicy.ModeDirect / ModeForward). "direct" (default):
-// the registry is reachable from the agent's namespace itself; "forward":
+// Network modes (netpolicy.ModeForward / ModeDirect). "forward" (default):
 // the registry is elsewhere and the host namespace forwards the sandbox's
-// allowed flows to it (needs ip_forward=1, which cleanroom never sets).
+// allowed flows to it — only those — (needs net.ipv4.ip_forward=1 on the
+// host, which cleanroom checks and never sets); "direct": the only
+// destination is a service on the host end of the sandbox's veth (the
+// planned per-job registry proxy).
 const (
 	NetworkModeDirect  = "direct"
 	NetworkModeForward = "forward"
@@ -153,7 +155,7 @@ func (c *Config) SetDefaults() {
 		c.Network.OnViolation = api.OnViolationDeny
 	}
 	if c.Network.Mode == "" {
-		c.Network.Mode = NetworkModeDirect
+		c.Network.Mode = NetworkModeForward
 	}
 }
 
@@ -200,13 +202,13 @@ func (c *Config) Validate() error {
 		add("containerd.address", "required")
 	}
 	for i, r := range c.Network.Registries {
-		if err := validDest(r); err != nil {
-			add(fmt.Sprintf("network.registries[%d]", i), err.Error())
+		if u, err := url.Parse(r); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add(fmt.Sprintf("network.registries[%d]", i), "must be an http:// or https:// URL")
 		}
 	}
 	for i, r := range c.Network.Extra {
-		if err := validDest(r); err != nil {
-			add(fmt.Sprintf("network.extra[%d]", i), err.Error())
+		if _, _, err := net.SplitHostPort(r); err != nil || strings.Contains(r, "/") {
+			add(fmt.Sprintf("network.extra[%d]", i), "must be host:port")
 		}
 	}
 	switch c.Network.OnViolation {
@@ -252,20 +254,6 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// validDest accepts host:port or a URL with a host (a registry URL).
-func validDest(s string) error {
-	if strings.Contains(s, "://") {
-		u, err := url.Parse(s)
-		if err != nil || u.Host == "" {
-			return errors.New("must be host:port or a URL")
-		}
-		return nil
-	}
-	if _, _, err := net.SplitHostPort(s); err != nil {
-		return errors.New("must be host:port or a URL")
-	}
-	return nil
-}
 
 // Token returns the runner token, from the config or its file.
 func (c *Config) Token() (string, error) {

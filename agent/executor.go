@@ -39,6 +39,9 @@ type Result struct {
 	Reason string
 	// Artifacts are files to upload, SBOM and provenance included.
 	Artifacts []Artifact
+	// Scratch, if set, is a directory the agent removes once the artifacts
+	// are uploaded (where the executor kept them after its sandbox was gone).
+	Scratch string
 }
 
 // Artifact is a file to upload. Path must be a regular file (symlinks are

@@ -78,6 +78,13 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 		res = Result{State: api.StateFailed, ExitCode: -1, Reason: err.Error()}
 	}
 
+	if res.Scratch != "" {
+		defer func() {
+			if err := removeAll(res.Scratch); err != nil {
+				jr.log.Error("removing job scratch directory", "dir", res.Scratch, "error", err)
+			}
+		}()
+	}
 	// Upload what the executor produced unless the lease is gone.
 	if context.Cause(jobCtx) != ErrLeaseLost && context.Cause(jobCtx) != ErrRevoked {
 		jr.uploadArtifacts(reportCtx, res.Artifacts, logs)

@@ -29,6 +29,9 @@ type RegisterOptions struct {
 	// DataDir defaults to a "data" folder next to the config.
 	DataDir string
 	CAFile  string
+	// Registries are the internal npm registry URLs builds may install from
+	// (network.registries); more of the policy can be edited in the config.
+	Registries []string
 	// Force overwrites an existing config and key.
 	Force bool
 	// HTTP overrides the client (tests).
@@ -55,6 +58,7 @@ func Register(ctx context.Context, o RegisterOptions) (_ *Config, retErr error) 
 	}
 	cfg := &Config{Coordinator: o.URL, CAFile: o.CAFile, Name: o.Name, Labels: o.Labels, SigningKey: keyPath,
 		DataDir: o.DataDir, Concurrency: o.Concurrency}
+	cfg.Network.Registries = o.Registries
 	if cfg.DataDir == "" {
 		cfg.DataDir = filepath.Join(dir, "data")
 	}

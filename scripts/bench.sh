@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "make bench needs root" >&2; exit 1; }
 N=${BENCH_N:-20}
 
+# Stop containerd on exit only if this script started it.
+if scripts/containerd.sh running; then started=0; else started=1; fi
 SOCK=$(scripts/containerd.sh start | tail -1)
-trap 'scripts/containerd.sh stop' EXIT
+trap '[ "$started" = 1 ] && scripts/containerd.sh stop' EXIT
 export CLEANROOM_CONTAINERD_ADDRESS="$SOCK"
 bin/cleanroom image build >/dev/null
 

@@ -7,6 +7,7 @@
 #   scripts/containerd.sh start   # prints the socket path on the last line
 #   scripts/containerd.sh stop
 #   scripts/containerd.sh address
+#   scripts/containerd.sh running # exit 0 if our containerd runs
 set -euo pipefail
 
 WORK="${CLEANROOM_CONTAINERD_WORK:-$(pwd)/.work/containerd}"
@@ -81,6 +82,9 @@ stop)
 	;;
 address)
 	echo "$SOCK"
+	;;
+running)
+	running
 	;;
 *)
 	echo "usage: $0 start|stop|address" >&2

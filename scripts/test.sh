@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Stop containerd on exit only if this script started it.
+if scripts/containerd.sh running; then started=0; else started=1; fi
 SOCK=$(scripts/containerd.sh start | tail -1)
-trap 'scripts/containerd.sh stop' EXIT
+trap '[ "$started" = 1 ] && scripts/containerd.sh stop' EXIT
 export CLEANROOM_CONTAINERD_ADDRESS="$SOCK"
 export CLEANROOM_TEST_IMAGE="${CLEANROOM_TEST_IMAGE:-cleanroom.local/node:22}"
 export CI="${CI:-true}"

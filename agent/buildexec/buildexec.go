@@ -52,15 +52,18 @@ type Config struct {
 	Forward     bool   // netpolicy.ModeForward (registry elsewhere) vs ModeDirect
 	Masquerade  bool
 	// Hosts are static name → IP answers (names not in any DNS, labs).
-	Hosts    map[string][]net.IP
-	HostNS   string // network namespace the veths live in; "" = ours
-	DataDir  string // holds net/ state, egress.jsonl, job outputs
-	Limits   sandbox.Limits
-	Secrets  *secrets.Store
-	Signing  ed25519.PrivateKey
-	Sandbox  *sandbox.Client
-	Logger   hclog.Logger
-	StepStop time.Duration // grace between SIGTERM and SIGKILL
+	Hosts   map[string][]net.IP
+	HostNS  string // network namespace the veths live in; "" = ours
+	DataDir string // holds net/ state, egress.jsonl, job outputs
+	Limits  sandbox.Limits
+	Secrets *secrets.Store
+	Signing ed25519.PrivateKey
+	Sandbox *sandbox.Client
+	// InstallScripts allowed on every job of this agent (merged with the
+	// job's own allow-list).
+	InstallScripts api.InstallScripts
+	Logger         hclog.Logger
+	StepStop       time.Duration // grace between SIGTERM and SIGKILL
 }
 
 // Executor runs jobs; safe for concurrent use.
@@ -110,6 +113,19 @@ func New(cfg Config) (*Executor, error) {
 	if cfg.StepStop == 0 {
 		cfg.StepStop = 10 * time.Second
 	}
+	if cfg.Limits.DiskBytes == 0 {
+		// Every job gets a workspace filesystem of its own: a build that
+		// fills it fails with "disk limit reached", the host's disk is fine.
+		cfg.Limits.DiskBytes = DefaultDiskLimit
+	}
+	for k, v := range map[*int64]int64{&cfg.Limits.MemoryBytes: sandbox.DefaultLimits.MemoryBytes, &cfg.Limits.Pids: sandbox.DefaultLimits.Pids} {
+		if *k == 0 {
+			*k = v
+		}
+	}
+	if cfg.Limits.CPUs == 0 {
+		cfg.Limits.CPUs = sandbox.DefaultLimits.CPUs
+	}
 	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), digests: map[string]string{}}, nil
 }
 
@@ -123,6 +139,10 @@ func NormalizeViolation(s string) (string, error) {
 	}
 	return "", fmt.Errorf("on_violation %q: want deny (log and refuse) or kill (end the job at the first attempt)", s)
 }
+
+// DefaultDiskLimit is the size of a job's workspace filesystem when the
+// agent's limits set none.
+const DefaultDiskLimit = 4 << 30
 
 // errEgressViolation is the cancel cause when on_violation is kill.
 var errEgressViolation = errors.New("egress violation")
@@ -138,6 +158,11 @@ func (l jobLog) say(format string, args ...any) {
 // Run implements agent.Executor.
 func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (res agent.Result, retErr error) {
 	started := time.Now().UTC()
+	// Per-job files (npmrc, artifact copies, SBOM, provenance) live in the
+	// agent's scratch dir, which the agent removes once they are uploaded.
+	jobDir := filepath.Join(e.cfg.DataDir, "jobs", job.ID)
+	_ = os.RemoveAll(jobDir) // an earlier attempt of the same job on this agent
+	defer func() { res.Scratch = jobDir }()
 	red := e.matcher.NewRedactor(out)
 	defer red.Flush()
 	lg := jobLog{red}
@@ -158,7 +183,10 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 		return fail(fmt.Sprintf("lockfile rejected: %v", err))
 	}
 	lg.say("lockfile %s: %d packages, every one from the internal registry with sha512 integrity", lf.File, len(lf.Packages))
-	plan := supplychain.PlanScripts(lf, supplychain.ScriptPolicy{AllowAll: job.Spec.InstallScripts.All, Allow: job.Spec.InstallScripts.Allow})
+	plan := supplychain.PlanScripts(lf, supplychain.ScriptPolicy{
+		AllowAll: job.Spec.InstallScripts.All || e.cfg.InstallScripts.All,
+		Allow:    append(append([]string{}, e.cfg.InstallScripts.Allow...), job.Spec.InstallScripts.Allow...),
+	})
 	for _, p := range plan.Blocked {
 		lg.say("install scripts of %s@%s NOT run (not on the job's install_scripts allow-list)", p.Name, p.Version)
 	}
@@ -175,6 +203,10 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 	if err != nil {
 		return fail(err.Error())
 	}
+	lim, err := e.limitsFor(job.Spec.Resources)
+	if err != nil {
+		return fail(err.Error())
+	}
 	if len(granted) > 0 {
 		names := make([]string, len(granted))
 		for i, s := range granted {
@@ -183,7 +215,6 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 		lg.say("build secrets granted: %s (redacted from all output)", strings.Join(names, ", "))
 	}
 
-	jobDir := filepath.Join(e.cfg.DataDir, "jobs", job.ID)
 	if err := os.MkdirAll(jobDir, 0o700); err != nil {
 		return agent.Result{}, fmt.Errorf("creating job dir: %w", err)
 	}
@@ -207,6 +238,11 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 	policy, err := agentPolicy.Narrow(netpolicy.Policy{Registries: e.cfg.Registries, Extra: job.Spec.Network.Extra, OnViolation: onViolation})
 	if err != nil {
 		return fail(fmt.Sprintf("network policy: %v", err))
+	}
+	// Narrow keeps the agent's extras when the job names none; a job only
+	// gets the extra destinations it asks for.
+	if len(job.Spec.Network.Extra) == 0 {
+		policy.Extra = nil
 	}
 	mode := netpolicy.ModeDirect
 	if e.cfg.Forward {
@@ -260,21 +296,6 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 	image := job.Spec.Image
 	if image == "" {
 		image = e.cfg.Image
-	}
-	lim := e.cfg.Limits
-	if r := job.Spec.Resources; true {
-		if r.Memory > 0 {
-			lim.MemoryBytes = int64(r.Memory)
-		}
-		if r.CPUs > 0 {
-			lim.CPUs = r.CPUs
-		}
-		if r.PIDs > 0 {
-			lim.Pids = r.PIDs
-		}
-		if r.Disk > 0 {
-			lim.DiskBytes = int64(r.Disk)
-		}
 	}
 	sb, err := e.cfg.Sandbox.Create(runCtx, sandbox.Options{
 		JobID: sandboxID(job.ID), Image: image, Workspace: ws, NetNS: nw.NetNSPath(), Env: env, Limits: lim,
@@ -373,6 +394,38 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 		agent.Artifact{Name: supplychain.ProvenanceFile, Path: provPath, Kind: api.KindProvenance})
 	lg.say("%d artifact(s), SBOM (%d components) and signed provenance ready", len(arts)-2, len(lf.Packages))
 	return agent.Result{State: api.StateSucceeded, ExitCode: 0, Artifacts: arts}, nil
+}
+
+// limitsFor applies a job's resources within the agent's limits: a job may
+// ask for less, never for more.
+func (e *Executor) limitsFor(r api.Resources) (sandbox.Limits, error) {
+	lim := e.cfg.Limits
+	var over []string
+	set := func(name string, want, ceiling int64, dst *int64, unit func(int64) string) {
+		if want <= 0 {
+			return
+		}
+		if want > ceiling {
+			over = append(over, fmt.Sprintf("resources.%s %s exceeds this runner's limit %s", name, unit(want), unit(ceiling)))
+			return
+		}
+		*dst = want
+	}
+	count := func(n int64) string { return strconv.FormatInt(n, 10) }
+	set("memory", int64(r.Memory), e.cfg.Limits.MemoryBytes, &lim.MemoryBytes, human)
+	set("pids", r.PIDs, e.cfg.Limits.Pids, &lim.Pids, count)
+	set("disk", int64(r.Disk), e.cfg.Limits.DiskBytes, &lim.DiskBytes, human)
+	if r.CPUs > 0 {
+		if r.CPUs > e.cfg.Limits.CPUs {
+			over = append(over, fmt.Sprintf("resources.cpus %g exceeds this runner's limit %g", r.CPUs, e.cfg.Limits.CPUs))
+		} else {
+			lim.CPUs = r.CPUs
+		}
+	}
+	if len(over) > 0 {
+		return lim, fmt.Errorf("%s", strings.Join(over, "; "))
+	}
+	return lim, nil
 }
 
 func (e *Executor) writeProvenance(ctx context.Context, job *api.Job, image string, lf *supplychain.Lockfile, subjects []supplychain.Artifact, started time.Time, path string) error {

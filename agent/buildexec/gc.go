@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/cleanroom-ci/cleanroom/netpolicy"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
@@ -49,7 +52,18 @@ func GC(ctx context.Context, c *sandbox.Client, o GCOptions) (GCReport, error) {
 	if o.DryRun {
 		return rep, errors.Join(errs...)
 	}
-	alive := func(job string) bool { return c.Exists(ctx, sandbox.ContainerID(sandboxID(job))) }
+	alive := func(job string) bool {
+		if c.Exists(ctx, sandbox.ContainerID(sandboxID(job))) {
+			return true
+		}
+		// A job between its network setup and its sandbox creation has a
+		// namespace but no container yet: spare namespaces made in the last
+		// minute (a crashed job's are older by the time anyone collects).
+		if st, err := os.Stat(filepath.Join("/run/netns", "cr-"+job)); err == nil && time.Since(st.ModTime()) < time.Minute && !o.All {
+			return true
+		}
+		return false
+	}
 	nr, err := netpolicy.GC(ctx, netpolicy.GCOptions{HostNS: o.HostNS, StateDir: o.NetStateDir, Keep: alive})
 	rep.Network = nr
 	if err != nil {

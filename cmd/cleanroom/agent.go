@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -27,8 +28,11 @@ func init() {
 An ed25519 signing key is generated here (agent.key, mode 0600, next to the
 config; its public half is sent to the coordinator so provenance signed by
 this runner can be verified). The config (YAML, mode 0600) is written to
---config; add the containerd, image, network and secrets sections before
-"cleanroom agent run".`,
+--config. Give the internal registry with --registry (or add network.registries
+to the config later), and the secrets file, limits and other policy settings in
+the config before "cleanroom agent run" (docs/configuration.md lists them).`,
+		Example: `  cleanroom agent register --url https://ci.example:7070 --token crg_… \
+      --name build-01 --labels os=linux --registry https://npm.internal.example/`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := parseLabels(labels)
@@ -36,6 +40,16 @@ this runner can be verified). The config (YAML, mode 0600) is written to
 				return err
 			}
 			o.Labels = l
+			// Relative paths would be written relative to here but read
+			// relative to the config's folder: store absolute ones.
+			if o.ConfigPath, err = filepath.Abs(o.ConfigPath); err != nil {
+				return err
+			}
+			if o.DataDir != "" {
+				if o.DataDir, err = filepath.Abs(o.DataDir); err != nil {
+					return err
+				}
+			}
 			if o.Name == "" {
 				if o.Name, err = os.Hostname(); err != nil {
 					return fmt.Errorf("reading host name: %w", err)
@@ -59,6 +73,7 @@ this runner can be verified). The config (YAML, mode 0600) is written to
 	rf.StringVar(&o.DataDir, "data-dir", "", "workspaces and spool (default: data/ next to the config)")
 	rf.StringVar(&o.CAFile, "ca-file", "", "PEM CA bundle for the coordinator's certificate")
 	rf.BoolVar(&o.Force, "force", false, "overwrite an existing config and key")
+	rf.StringArrayVar(&o.Registries, "registry", nil, "internal npm registry URL builds may install from (repeatable)")
 	_ = reg.MarkFlagRequired("url")
 	_ = reg.MarkFlagRequired("token")
 

@@ -81,7 +81,8 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger) (agent.Executor, err
 		Forward: cfg.Network.Mode == agent.NetworkModeForward, Masquerade: cfg.Network.Masquerade,
 		Hosts: hosts, HostNS: cfg.Network.HostNetNS,
 		DataDir: cfg.DataDir, Limits: lim, Secrets: store, Signing: priv, Sandbox: sb,
-		Logger: log.Named("job"),
+		InstallScripts: cfg.InstallScripts,
+		Logger:         log.Named("job"),
 	})
 	if err != nil {
 		sb.Close()

@@ -33,6 +33,11 @@ With --config, the agent's config file supplies containerd, namespace and data
 directory. The agent runs the same collection at start-up.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath == "" && !cmd.Flags().Changed("state-dir") {
+				if _, err := os.Stat(defaultAgentConfig); err == nil {
+					configPath = defaultAgentConfig
+				}
+			}
 			if configPath != "" {
 				cfg, err := agent.LoadConfig(configPath)
 				if err != nil {
@@ -109,7 +114,7 @@ directory. The agent runs the same collection at start-up.`,
 	}
 	cf.register(cmd.Flags())
 	f := cmd.Flags()
-	f.StringVar(&configPath, "config", "", "agent config file to take containerd, namespace and data dir from")
+	f.StringVar(&configPath, "config", "", "agent config file to take containerd, namespace and data dir from (default "+defaultAgentConfig+" when it exists)")
 	f.StringVar(&agentName, "agent", "", "only objects of this agent (default: any agent's)")
 	f.StringVar(&hostNS, "host-netns", "", "network namespace holding the sandboxes' host ends (default: this one)")
 	f.StringVar(&netState, "net-state-dir", "/var/lib/cleanroom/net", "network state dir (address pool)")

@@ -1,16 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/supplychain"
 )
 
@@ -32,22 +36,28 @@ var fetchRunnerKey = func(ctx context.Context, builderID string) (ed25519.Public
 }
 
 type verifyFlags struct {
-	provenance string
-	key        string
-	source     string
-	builder    string
+	provenance  string
+	key         string
+	source      string
+	builder     string
+	coordinator *clientFlags
 }
 
 func init() {
 	var f verifyFlags
 	cmd := &cobra.Command{
-		Use:   "verify ARTIFACT... --provenance FILE --key PUB.pem [--source S] [--builder B]",
+		Use:   "verify ARTIFACT... --provenance FILE (--key PUB.pem | --coordinator URL) [--source S] [--builder B]",
 		Short: "Verify build artifacts against their signed SLSA provenance",
 		Long: `verify checks that each ARTIFACT is a subject of the signed provenance a
 cleanroom runner produced for it (provenance.intoto.jsonl): the DSSE signature
 must verify with the runner's public key, every artifact's sha256 must be a
 subject, and, when given, the source (git URL, URL@commit, commit, or the
 upload's sha256) and the builder id must match.
+
+Without --key, the key is fetched from the coordinator (--coordinator, or
+--url / $CLEANROOM_URL): the public key that the runner named as builder in the
+provenance registered with, refused if that runner has been revoked. The
+coordinator is then the trust root: pass --builder too to pin the runner.
 
 Exit status 0 when everything verifies, 1 with the precise reason otherwise.`,
 		Args: cobra.MinimumNArgs(1),
@@ -59,6 +69,8 @@ Exit status 0 when everything verifies, 1 with the precise reason otherwise.`,
 	cmd.Flags().StringVar(&f.key, "key", "", "runner public key, PEM (PKIX ed25519)")
 	cmd.Flags().StringVar(&f.source, "source", "", "expected source: git URL, URL@commit, commit, or upload sha256")
 	cmd.Flags().StringVar(&f.builder, "builder", "", "expected builder id, e.g. https://cleanroom.local/runners/r-7f3a")
+	f.coordinator = addClientFlags(cmd, false)
+	cmd.Flags().StringVar(&f.coordinator.url, "coordinator", "", "coordinator URL to fetch the runner's registered key from (instead of --key)")
 	_ = cmd.MarkFlagRequired("provenance")
 	rootCmd.AddCommand(cmd)
 }
@@ -128,12 +140,29 @@ func verifyKey(ctx context.Context, f verifyFlags) (ed25519.PublicKey, error) {
 		}
 		return pub, nil
 	}
-	if f.builder == "" {
-		return nil, errors.New("no key: pass --key PUB.pem (or --builder with a coordinator to fetch the runner's key)")
+	builder := f.builder
+	if builder == "" {
+		// The builder named in the (not yet verified) statement picks which
+		// registered key to try; a forged statement naming another runner
+		// still needs that runner's private key to verify.
+		b, err := unverifiedBuilder(f.provenance)
+		if err != nil {
+			return nil, fmt.Errorf("no key: pass --key PUB.pem or --coordinator URL (%v)", err)
+		}
+		builder = b
 	}
-	pub, err := fetchRunnerKey(ctx, f.builder)
+	if f.coordinator != nil {
+		if cl, err := f.coordinator.client(); err == nil {
+			fetchRunnerKey = func(ctx context.Context, builderID string) (ed25519.PublicKey, error) {
+				return coordinatorKey(ctx, cl, builderID)
+			}
+		} else if f.coordinator.url != "" || os.Getenv("CLEANROOM_URL") != "" {
+			return nil, err
+		}
+	}
+	pub, err := fetchRunnerKey(ctx, builder)
 	if err != nil {
-		return nil, fmt.Errorf("fetching key of %s: %w", f.builder, err)
+		return nil, fmt.Errorf("fetching key of %s: %w", builder, err)
 	}
 	return pub, nil
 }
@@ -152,4 +181,56 @@ func readLimited(path string, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s is larger than %d bytes", path, max)
 	}
 	return data, nil
+}
+
+// unverifiedBuilder reads the builder id from an envelope without checking
+// its signature (only to choose which registered key to verify it with).
+func unverifiedBuilder(path string) (string, error) {
+	data, err := readLimited(path, maxProvenanceBytes)
+	if err != nil {
+		return "", err
+	}
+	var env struct {
+		Payload []byte `json:"payload"`
+	}
+	if err := json.Unmarshal(bytes.TrimSpace(data), &env); err != nil {
+		return "", fmt.Errorf("reading envelope: %w", err)
+	}
+	var st struct {
+		Predicate struct {
+			RunDetails struct {
+				Builder struct {
+					ID string `json:"id"`
+				} `json:"builder"`
+			} `json:"runDetails"`
+		} `json:"predicate"`
+	}
+	if err := json.Unmarshal(env.Payload, &st); err != nil {
+		return "", fmt.Errorf("reading statement: %w", err)
+	}
+	if st.Predicate.RunDetails.Builder.ID == "" {
+		return "", errors.New("the provenance names no builder")
+	}
+	return st.Predicate.RunDetails.Builder.ID, nil
+}
+
+// coordinatorKey fetches the registered key of the runner a builder id
+// names ("<coordinator>/runners/<id>").
+func coordinatorKey(ctx context.Context, cl *api.Client, builderID string) (ed25519.PublicKey, error) {
+	i := strings.LastIndex(builderID, "/runners/")
+	if i < 0 {
+		return nil, fmt.Errorf("builder id %q does not name a cleanroom runner (…/runners/ID)", builderID)
+	}
+	id := builderID[i+len("/runners/"):]
+	rk, err := cl.RunnerKey(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if rk.RevokedAt != nil {
+		return nil, fmt.Errorf("runner %s (%s) was revoked at %s: its signatures are not trusted", rk.Name, rk.RunnerID, rk.RevokedAt.Format(time.RFC3339))
+	}
+	if rk.Algorithm != "ed25519" || len(rk.PublicKey) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("runner %s has no usable ed25519 key", id)
+	}
+	return ed25519.PublicKey(rk.PublicKey), nil
 }

@@ -10,8 +10,11 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -27,6 +30,16 @@ const (
 	deploySecret = "dpl_live_4f9d2c7be1a84d0f9c3e" // what the malware is after
 	buildSecret  = "npm_read_token_71c2e0a9b35f"
 )
+
+// encodings are the forms of a secret that must never appear in output.
+func encodings(v string) map[string]string {
+	return map[string]string{
+		"raw":    v,
+		"base64": strings.TrimRight(base64.StdEncoding.EncodeToString([]byte(v)), "="),
+		"url":    url.QueryEscape(v),
+		"hex":    hex.EncodeToString([]byte(v)),
+	}
+}
 
 type phase struct {
 	name string
@@ -150,8 +163,8 @@ secrets:
 	prov := filepath.Join(outDir, "provenance.intoto.jsonl")
 	pub := filepath.Join(filepath.Dir(a.Config), "agent.pub")
 	art := filepath.Join(outDir, "dist", "index.js")
-	_, _, c3 := cli("verify", art, filepath.Join(outDir, "sbom.cdx.json"), "--provenance", prov, "--key", pub)
-	ok = check(c3 == 0, "cleanroom verify passes on the artifacts") && ok
+	_, _, c3 := cli("verify", art, filepath.Join(outDir, "sbom.cdx.json"), "--provenance", prov, "--coordinator", env.URL)
+	ok = check(c3 == 0, "cleanroom verify passes on the artifacts (runner key fetched from the coordinator)") && ok
 	if b, err := os.ReadFile(art); err == nil {
 		_ = os.WriteFile(art, append(b, []byte("\n// tampered\n")...), 0o644)
 	}
@@ -176,6 +189,14 @@ secrets:
 	ok = check(!strings.Contains(log, deploySecret), "the deploy secret appears nowhere in the job log") && ok
 	evOut, _, _ := env.CLI(ctx, "egress", "--job", id, "--json")
 	ok = check(!strings.Contains(evOut, deploySecret), "…nor in the egress events") && ok
+	leaked := ""
+	for name, form := range encodings(buildSecret) {
+		if strings.Contains(log, form) || strings.Contains(evOut, form) {
+			leaked += " " + name
+		}
+	}
+	ok = check(leaked == "" && strings.Contains(log, "[REDACTED]"),
+		"the granted build secret NPM_READ_TOKEN, which the malware printed and sent, shows only as [REDACTED] (raw, base64, URL, hex)"+leaked) && ok
 	record("2. evil-postinstall: exfiltration denied, logged", t, ok, id)
 
 	// 3. A job asking for a deploy secret is refused before anything runs.
