@@ -85,7 +85,7 @@ func ExtractTarGz(r io.Reader, dest string, lim ExtractLimits) error {
 			if err := root.Chmod(name, mode|0o700); err != nil {
 				return fmt.Errorf("setting mode of %s: %w", name, err)
 			}
-		case tar.TypeReg, tar.TypeRegA:
+		case tar.TypeReg: // the reader reports the old TypeRegA as TypeReg
 			total += h.Size
 			if h.Size < 0 || total > lim.MaxBytes {
 				return fmt.Errorf("extracting %s: archive unpacks to more than %d bytes: %w", name, lim.MaxBytes, ErrUnsafeArchive)

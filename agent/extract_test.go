@@ -16,7 +16,6 @@ type entry struct {
 	name, link string
 	typ        byte
 	body       string
-	size       int64 // overrides len(body) in the header when set
 }
 
 func tarGz(t testing.TB, entries []entry) []byte {
