@@ -84,6 +84,9 @@ type NetworkConfig struct {
 	// HostNetNS is the path of the namespace the host ends of the veths
 	// live in (empty: the agent's own), e.g. a lab namespace in tests.
 	HostNetNS string `yaml:"host_netns,omitempty"`
+	// StateDir holds the host's sandbox address pool (default
+	// /var/lib/cleanroom/net). Agents sharing a host must share it.
+	StateDir string `yaml:"state_dir,omitempty"`
 }
 
 // Network modes (netpolicy.ModeForward / ModeDirect). "forward" (default):
@@ -103,6 +106,7 @@ const (
 	DefaultContainerdNamespace = "cleanroom"
 	DefaultGracePeriod         = 5 * time.Minute
 	DefaultJobTimeout          = time.Hour
+	DefaultNetStateDir         = "/var/lib/cleanroom/net"
 )
 
 // LoadConfig reads, defaults and validates the config at path. Relative
@@ -127,7 +131,7 @@ func LoadConfig(path string) (*Config, error) {
 }
 
 func (c *Config) resolvePaths(dir string) {
-	for _, p := range []*string{&c.SigningKey, &c.DataDir, &c.RunnerTokenFile, &c.SecretsFile, &c.CAFile} {
+	for _, p := range []*string{&c.SigningKey, &c.DataDir, &c.RunnerTokenFile, &c.SecretsFile, &c.CAFile, &c.Network.StateDir} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -156,6 +160,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Network.Mode == "" {
 		c.Network.Mode = NetworkModeForward
+	}
+	if c.Network.StateDir == "" {
+		c.Network.StateDir = DefaultNetStateDir
 	}
 }
 
@@ -253,7 +260,6 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
-
 
 // Token returns the runner token, from the config or its file.
 func (c *Config) Token() (string, error) {

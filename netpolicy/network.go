@@ -54,7 +54,11 @@ type Config struct {
 	Destinations []Destination
 	// Resolver resolves Policy names on the host side (nil = system).
 	Resolver Resolver
+	// Owner is recorded in the pool lease (see Lease.Owner).
+	Owner string
 	// StateDir holds the pool file and per-sandbox files (resolv.conf).
+	// Agents sharing a host namespace must share it: the pool is what keeps
+	// their sandboxes' addresses apart.
 	StateDir string
 	// Pool hands out addresses (nil = DefaultPoolCIDR under StateDir).
 	Pool *Pool
@@ -158,7 +162,7 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 		}
 	}
 	nsName := "cr-" + cfg.ID
-	lease, err := pool.Allocate(cfg.ID, nsName)
+	lease, err := pool.AllocateOwned(cfg.ID, nsName, cfg.Owner)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNamespace, err)
 	}

@@ -36,9 +36,13 @@ type Pool struct {
 
 // Lease is one allocation: a /30 and the matching IPv6 /64.
 type Lease struct {
-	Slot    int    `json:"slot"`
-	Job     string `json:"job"`
-	Netns   string `json:"netns"`
+	Slot  int    `json:"slot"`
+	Job   string `json:"job"`
+	Netns string `json:"netns"`
+	// Owner identifies the process holding the lease (free-form; the agent
+	// records "pid:starttime"), so GC on a host shared by several agents can
+	// tell a live job's network from a crashed one's.
+	Owner   string `json:"owner,omitempty"`
 	HostIP  net.IP `json:"-"`
 	PeerIP  net.IP `json:"-"`
 	HostIP6 net.IP `json:"-"`
@@ -132,11 +136,16 @@ func (p *Pool) locked(fn func(m map[int]Lease) (bool, error)) error {
 
 // Allocate reserves the lowest free slot for job.
 func (p *Pool) Allocate(job, netns string) (Lease, error) {
+	return p.AllocateOwned(job, netns, "")
+}
+
+// AllocateOwned is Allocate with the holder recorded in the lease.
+func (p *Pool) AllocateOwned(job, netns, owner string) (Lease, error) {
 	var got Lease
 	err := p.locked(func(m map[int]Lease) (bool, error) {
 		for i := 0; i < p.slots; i++ {
 			if _, used := m[i]; !used {
-				got = Lease{Slot: i, Job: job, Netns: netns}
+				got = Lease{Slot: i, Job: job, Netns: netns, Owner: owner}
 				m[i] = got
 				return true, nil
 			}

@@ -209,6 +209,14 @@ func removeCgroup(path string) error {
 	return errors.Join(errs...)
 }
 
+// ProcessOwner is this process's identity as recorded in owner labels and
+// leases ("pid:starttime"): unlike a bare pid it is never reused.
+func ProcessOwner() string { return selfOwner() }
+
+// OwnerAlive reports whether the process a ProcessOwner string names still
+// runs.
+func OwnerAlive(owner string) bool { return ownerAlive(owner) }
+
 // selfOwner is this process's identity for the cleanroom.owner label.
 func selfOwner() string {
 	pid := os.Getpid()

@@ -54,11 +54,14 @@ type Config struct {
 	// Hosts are static name → IP answers (names not in any DNS, labs).
 	Hosts   map[string][]net.IP
 	HostNS  string // network namespace the veths live in; "" = ours
-	DataDir string // holds net/ state, egress.jsonl, job outputs
-	Limits  sandbox.Limits
-	Secrets *secrets.Store
-	Signing ed25519.PrivateKey
-	Sandbox *sandbox.Client
+	DataDir string // holds egress.jsonl and job outputs
+	// NetStateDir holds the host's address pool: every agent sharing a host
+	// network namespace must use the same one.
+	NetStateDir string
+	Limits      sandbox.Limits
+	Secrets     *secrets.Store
+	Signing     ed25519.PrivateKey
+	Sandbox     *sandbox.Client
 	// InstallScripts allowed on every job of this agent (merged with the
 	// job's own allow-list).
 	InstallScripts api.InstallScripts
@@ -95,6 +98,9 @@ func New(cfg Config) (*Executor, error) {
 	}
 	if cfg.Sandbox == nil {
 		errs = append(errs, "no containerd client")
+	}
+	if cfg.NetStateDir == "" {
+		errs = append(errs, "no network state dir")
 	}
 	switch cfg.OnViolation {
 	case "", "deny", "kill":
@@ -255,7 +261,8 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 	nw, err := netpolicy.Setup(ctx, netpolicy.Config{
 		ID: job.ID, Runner: e.cfg.RunnerID, HostNS: e.cfg.HostNS, Mode: mode, Masquerade: e.cfg.Masquerade,
 		Policy: policy, Resolver: resolver,
-		StateDir: filepath.Join(e.cfg.DataDir, "net"),
+		StateDir: e.cfg.NetStateDir,
+		Owner:    sandbox.ProcessOwner(),
 		AuditLog: filepath.Join(e.cfg.DataDir, "egress.jsonl"),
 		OnEvent:  func(ev netpolicy.Event) { rep.Event(toAPI(ev)) },
 		Redact:   e.matcher.RedactDomain,

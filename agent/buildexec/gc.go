@@ -38,9 +38,9 @@ func (r GCReport) Empty() bool {
 
 // GC reclaims what crashed jobs left: first sandboxes (containers, tasks,
 // snapshots, workspace mounts, cgroups) whose owner is gone, then every
-// network namespace, veth, host chain and pool lease of a job that has no
-// sandbox left. A job whose container still exists is left alone, so GC is
-// safe beside a running agent.
+// network namespace, veth, host chain and pool lease of a job whose lease
+// holder is gone and that has no sandbox left. Live jobs — of this agent or
+// of another agent on the same host — are left alone.
 func GC(ctx context.Context, c *sandbox.Client, o GCOptions) (GCReport, error) {
 	var rep GCReport
 	var errs []error
@@ -52,13 +52,26 @@ func GC(ctx context.Context, c *sandbox.Client, o GCOptions) (GCReport, error) {
 	if o.DryRun {
 		return rep, errors.Join(errs...)
 	}
+	// Networks whose job still has a live holder stay: another agent's on
+	// the same host, or one between network setup and sandbox creation.
+	liveLease := map[string]bool{}
+	if o.NetStateDir != "" {
+		if pool, err := netpolicy.NewPool("", o.NetStateDir); err == nil {
+			if leases, err := pool.Leases(); err == nil {
+				for _, l := range leases {
+					if l.Owner != "" && sandbox.OwnerAlive(l.Owner) {
+						liveLease[l.Job] = true
+					}
+				}
+			}
+		}
+	}
 	alive := func(job string) bool {
-		if c.Exists(ctx, sandbox.ContainerID(sandboxID(job))) {
+		if liveLease[job] || c.Exists(ctx, sandbox.ContainerID(sandboxID(job))) {
 			return true
 		}
-		// A job between its network setup and its sandbox creation has a
-		// namespace but no container yet: spare namespaces made in the last
-		// minute (a crashed job's are older by the time anyone collects).
+		// No lease at all (made by something without one, or mid-setup):
+		// spare namespaces made in the last minute unless --all.
 		if st, err := os.Stat(filepath.Join("/run/netns", "cr-"+job)); err == nil && time.Since(st.ModTime()) < time.Minute && !o.All {
 			return true
 		}

@@ -80,7 +80,7 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger) (agent.Executor, err
 		Registries: cfg.Network.Registries, Extra: cfg.Network.Extra, OnViolation: onViolation,
 		Forward: cfg.Network.Mode == agent.NetworkModeForward, Masquerade: cfg.Network.Masquerade,
 		Hosts: hosts, HostNS: cfg.Network.HostNetNS,
-		DataDir: cfg.DataDir, Limits: lim, Secrets: store, Signing: priv, Sandbox: sb,
+		DataDir: cfg.DataDir, NetStateDir: cfg.Network.StateDir, Limits: lim, Secrets: store, Signing: priv, Sandbox: sb,
 		InstallScripts: cfg.InstallScripts,
 		Logger:         log.Named("job"),
 	})
@@ -102,7 +102,7 @@ func builderID(cfg *agent.Config) string {
 func (e *sandboxExecutor) Startup(ctx context.Context, log hclog.Logger) error {
 	rep, err := buildexec.GC(ctx, e.sb, buildexec.GCOptions{
 		Agent: e.cfg.Name, All: true, HostNS: e.cfg.Network.HostNetNS,
-		NetStateDir: filepath.Join(e.cfg.DataDir, "net"),
+		NetStateDir: e.cfg.Network.StateDir,
 	})
 	if !rep.Empty() {
 		log.Warn("reclaimed what a previous run left behind", "containers", rep.Sandbox.Containers,

@@ -53,7 +53,7 @@ directory. The agent runs the same collection at start-up.`,
 					cf.stateDir = filepath.Join(cfg.DataDir, "sandbox")
 				}
 				if !cmd.Flags().Changed("net-state-dir") {
-					netState = filepath.Join(cfg.DataDir, "net")
+					netState = cfg.Network.StateDir
 				}
 				if !cmd.Flags().Changed("agent") {
 					agentName = cfg.Name

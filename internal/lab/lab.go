@@ -280,6 +280,14 @@ func (l *Lab) startForbiddenServices() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
 			_ = s.ShutdownContext(ctx)
+			// Shutdown is a no-op for a server that has not marked itself
+			// started yet; closing the socket ends its serve loop either way.
+			if s.PacketConn != nil {
+				_ = s.PacketConn.Close()
+			}
+			if s.Listener != nil {
+				_ = s.Listener.Close()
+			}
 			return nil
 		}}, l.closers...)
 	}
