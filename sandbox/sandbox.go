@@ -26,9 +26,11 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/snapshots"
+	"github.com/containerd/typeurl/v2"
 	"github.com/hashicorp/go-hclog"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -138,11 +140,12 @@ type Config struct {
 
 // Client creates sandboxes in one containerd namespace.
 type Client struct {
-	cd     *containerd.Client
-	cfg    Config
-	log    hclog.Logger
-	owner  string
-	closer sync.Once
+	cd       *containerd.Client
+	cfg      Config
+	log      hclog.Logger
+	owner    string
+	closer   sync.Once
+	unpacked sync.Map // ref@digest → unpacked once
 }
 
 // New connects to containerd. It fails fast (5 s) with ErrContainerd and the
@@ -276,8 +279,9 @@ func (o *Options) validate() error {
 	return nil
 }
 
-// Sandbox is one running container: a sleeping init plus the steps exec'd
-// beside it. It must be destroyed with Destroy.
+// Sandbox is one container: its snapshot, workspace, network and limits
+// persist across steps; each step runs in turn as the container's task (PID 1
+// of a fresh pid namespace). It must be destroyed with Destroy.
 type Sandbox struct {
 	c        *Client
 	id       string
@@ -290,11 +294,10 @@ type Sandbox struct {
 	disk     bool   // ws is a loop-mounted filesystem
 	cgroup   string
 
-	mu       sync.Mutex
-	steps    int
-	lastPids int64 // pids.events max after the previous step; -1 before the first
-	stopped  bool
-	gone     bool
+	mu      sync.Mutex
+	steps   int
+	stopped bool
+	gone    bool
 }
 
 // Create makes a new sandbox: snapshot, hardened container, started init.
@@ -305,7 +308,7 @@ func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr erro
 	}
 	ctx = c.ctx(ctx)
 	id := ContainerID(o.JobID)
-	s := &Sandbox{c: c, id: id, jobID: o.JobID, lastPids: -1, stateDir: filepath.Join(c.cfg.StateDir, id), cgroup: "/cleanroom/" + id}
+	s := &Sandbox{c: c, id: id, jobID: o.JobID, stateDir: filepath.Join(c.cfg.StateDir, id), cgroup: "/cleanroom/" + id}
 	defer func() {
 		if retErr != nil {
 			if err := s.Destroy(context.WithoutCancel(ctx)); err != nil {
@@ -314,17 +317,9 @@ func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr erro
 		}
 	}()
 
-	img, err := c.cd.GetImage(ctx, o.Image)
+	img, err := c.image(ctx, o.Image)
 	if err != nil {
-		if errdefs.IsNotFound(err) {
-			return nil, fmt.Errorf("%w: %q is not in containerd namespace %q (build it with `cleanroom image build`, or import it)", ErrImageNotFound, o.Image, c.cfg.Namespace)
-		}
-		return nil, fmt.Errorf("looking up image %s: %w", o.Image, err)
-	}
-	if ok, err := img.IsUnpacked(ctx, containerd.DefaultSnapshotter); err != nil || !ok {
-		if err := img.Unpack(ctx, containerd.DefaultSnapshotter); err != nil {
-			return nil, fmt.Errorf("unpacking image %s: %w", o.Image, err)
-		}
+		return nil, err
 	}
 	if _, err := os.Stat(s.stateDir); err == nil {
 		return nil, fmt.Errorf("%w: a sandbox for job %s already exists on this host (state %s)", ErrInvalidOptions, o.JobID, s.stateDir)
@@ -362,16 +357,32 @@ func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr erro
 	if s.spec, err = ctr.Spec(ctx); err != nil {
 		return nil, fmt.Errorf("reading container spec: %w", err)
 	}
-	task, err := ctr.NewTask(ctx, cio.NullIO)
-	if err != nil {
-		return nil, fmt.Errorf("creating task: %w", err)
-	}
-	s.task = task
-	if err := task.Start(ctx); err != nil {
-		return nil, fmt.Errorf("starting sandbox init: %w", err)
-	}
 	c.log.Debug("sandbox created", "sandbox", id, "image", o.Image)
 	return s, nil
+}
+
+// image looks up an image and makes sure it is unpacked. The unpack check
+// is done once per image digest and client; a re-tagged image is checked
+// again.
+func (c *Client) image(ctx context.Context, ref string) (containerd.Image, error) {
+	img, err := c.cd.GetImage(ctx, ref)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("%w: %q is not in containerd namespace %q (build it with `cleanroom image build`, or import it)", ErrImageNotFound, ref, c.cfg.Namespace)
+		}
+		return nil, fmt.Errorf("looking up image %s: %w", ref, err)
+	}
+	key := ref + "@" + img.Target().Digest.String()
+	if _, ok := c.unpacked.Load(key); ok {
+		return img, nil
+	}
+	if ok, err := img.IsUnpacked(ctx, containerd.DefaultSnapshotter); err != nil || !ok {
+		if err := img.Unpack(ctx, containerd.DefaultSnapshotter); err != nil {
+			return nil, fmt.Errorf("unpacking image %s: %w", ref, err)
+		}
+	}
+	c.unpacked.Store(key, true)
+	return img, nil
 }
 
 // ID returns the container id ("cr-<job>").
@@ -421,11 +432,14 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// Run executes one step and waits for it. A timeout, a cancelled ctx, an
-// exhausted pids limit end the step: SIGTERM to every process in the
-// sandbox, then SIGKILL after the grace period; the sandbox is then stopped
-// and further steps fail with ErrStopped. The error is non-nil only when the
-// step could not be run at all (not for a non-zero exit).
+// Run executes one step and waits for it. Each step is the sandbox's own
+// task: PID 1 of a fresh pid namespace (and mount namespace over the same
+// root, workspace and limits), so nothing a step leaves running survives it.
+// A timeout, a cancelled ctx or an exhausted pids limit end the step:
+// SIGTERM to every process, then SIGKILL after the grace period; a sandbox
+// ended by timeout or cancel is stopped and further steps fail with
+// ErrStopped. The error is non-nil only when the step could not be run at all
+// (not for a non-zero exit).
 func (s *Sandbox) Run(ctx context.Context, st Step) (Result, error) {
 	if len(st.Args) == 0 {
 		return Result{}, fmt.Errorf("%w: a step needs a command", ErrInvalidOptions)
@@ -439,7 +453,7 @@ func (s *Sandbox) Run(ctx context.Context, st Step) (Result, error) {
 		return Result{}, fmt.Errorf("running %q: %w", st.Args[0], ErrStopped)
 	}
 	s.steps++
-	execID := fmt.Sprintf("step-%d", s.steps)
+	stepN := s.steps
 	s.mu.Unlock()
 
 	if st.Stdout == nil {
@@ -454,55 +468,61 @@ func (s *Sandbox) Run(ctx context.Context, st Step) (Result, error) {
 	if st.Grace <= 0 {
 		st.Grace = 5 * time.Second
 	}
-	pspec := *s.spec.Process
-	pspec.Args = st.Args
-	pspec.Terminal = false
-	pspec.Cwd = WorkspaceDir
+	spec := *s.spec
+	proc := *s.spec.Process
+	proc.Args = st.Args
+	proc.Terminal = false
+	proc.Cwd = WorkspaceDir
 	if st.Dir != "" {
-		pspec.Cwd = st.Dir
+		proc.Cwd = st.Dir
 	}
-	pspec.Env = append(append([]string{}, s.spec.Process.Env...), st.Env...)
+	proc.Env = append(append([]string{}, s.spec.Process.Env...), st.Env...)
+	spec.Process = &proc
 
 	// Everything below uses a context that the caller's cancellation does not
 	// end: a cancel must still let us kill, wait and clean up.
 	bg := s.c.ctx(context.WithoutCancel(ctx))
+	if err := s.ctr.Update(bg, func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
+		var err error
+		c.Spec, err = typeurl.MarshalAny(&spec)
+		return err
+	}); err != nil {
+		return Result{}, fmt.Errorf("preparing step %q: %w", st.Args[0], err)
+	}
 	fifoDir := filepath.Join(s.stateDir, "fifo")
 	if err := os.MkdirAll(fifoDir, 0o700); err != nil {
 		return Result{}, fmt.Errorf("creating fifo dir: %w", err)
 	}
 	start := time.Now()
-	proc, err := s.task.Exec(bg, execID, &pspec, cio.NewCreator(cio.WithStreams(nil, stdout, stderr), cio.WithFIFODir(fifoDir)))
+	task, err := s.ctr.NewTask(bg, cio.NewCreator(cio.WithStreams(nil, stdout, stderr), cio.WithFIFODir(fifoDir)))
 	if err != nil {
-		return Result{}, fmt.Errorf("creating step %q: %w", st.Args[0], err)
+		msg := err.Error()
+		switch {
+		case strings.Contains(msg, "executable file not found") || strings.Contains(msg, "no such file or directory") && strings.Contains(msg, "exec"):
+			return Result{}, fmt.Errorf("%w: %q does not exist in the sandbox image (or is not on PATH)", ErrStepNotFound, st.Args[0])
+		case strings.Contains(msg, "chdir"):
+			return Result{}, fmt.Errorf("%w: working directory %s does not exist in the sandbox", ErrInvalidOptions, proc.Cwd)
+		}
+		return Result{}, fmt.Errorf("creating step %d %q: %w", stepN, st.Args[0], err)
 	}
+	s.mu.Lock()
+	s.task = task
+	s.mu.Unlock()
 	defer func() {
 		dctx, cancel := context.WithTimeout(bg, 10*time.Second)
 		defer cancel()
-		if _, err := proc.Delete(dctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-			s.c.log.Warn("deleting step process", "sandbox", s.id, "step", execID, "error", err)
+		if _, err := task.Delete(dctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			s.c.log.Warn("deleting step task", "sandbox", s.id, "step", stepN, "error", err)
 		}
+		s.mu.Lock()
+		s.task = nil
+		s.mu.Unlock()
 	}()
-	statusC, err := proc.Wait(bg)
+	statusC, err := task.Wait(bg)
 	if err != nil {
 		return Result{}, fmt.Errorf("waiting for step %q: %w", st.Args[0], err)
 	}
-	oomBefore := s.cgroupCounter("memory", "oom_kill")
-	pidsBefore := s.cgroupCounter("pids", "max")
-	if s.lastPids >= 0 && pidsBefore > s.lastPids {
-		// Something a previous step left running (a backgrounded fork bomb)
-		// exhausted the pids limit since: this step cannot be trusted to run.
-		s.terminate(bg, nil, st.Grace)
-		return Result{ExitCode: 137, Reason: ReasonPidsLimit}, nil
-	}
-	defer func() { s.lastPids = s.cgroupCounter("pids", "max") }()
-	if err := proc.Start(bg); err != nil {
-		msg := err.Error()
-		if strings.Contains(msg, "executable file not found") || strings.Contains(msg, "no such file or directory") {
-			return Result{}, fmt.Errorf("%w: %q does not exist in the sandbox image (or is not on PATH)", ErrStepNotFound, st.Args[0])
-		}
-		if strings.Contains(msg, "chdir") {
-			return Result{}, fmt.Errorf("%w: working directory %s: %s", ErrInvalidOptions, pspec.Cwd, lastLine(msg))
-		}
+	if err := task.Start(bg); err != nil {
 		return Result{}, fmt.Errorf("starting step %q: %w", st.Args[0], err)
 	}
 
@@ -527,77 +547,57 @@ wait:
 		case <-ctx.Done():
 			reason = ReasonCanceled
 		case <-pidsTick.C:
-			if s.cgroupCounter("pids", "max") > pidsBefore {
+			if s.cgroupCounter("pids", "max") > 0 {
 				reason = ReasonPidsLimit
 			}
 		}
 		if reason != ReasonNone {
-			status = s.terminate(bg, statusC, st.Grace)
+			status = s.terminate(bg, task, statusC, st.Grace, reason != ReasonPidsLimit)
 			break wait
 		}
 	}
 	code := int(status.ExitCode())
+	// The cgroup is the task's: its counters start at zero with the step
+	// and are read before the task (and its cgroup) is deleted.
 	switch {
 	case reason != ReasonNone:
-	case s.cgroupCounter("pids", "max") > pidsBefore:
-		// Fork failures break a build even when its exit code hides them,
-		// and a fork bomb's processes outlive the step's own.
+	case s.cgroupCounter("pids", "max") > 0:
+		// Fork failures break a build even when its exit code hides them.
 		reason = ReasonPidsLimit
 	case code == 0:
-	case s.cgroupCounter("memory", "oom_kill") > oomBefore:
+	case s.cgroupCounter("memory", "oom_kill") > 0:
 		reason = ReasonOOM
 	case s.diskFull():
 		reason = ReasonDiskLimit
 	}
-	if reason == ReasonPidsLimit && !s.isStopped() {
-		// A step that exhausted the pids limit may leave a fork bomb behind:
-		// stop the sandbox, like a timeout.
-		s.terminate(bg, nil, st.Grace)
-	}
 	return Result{ExitCode: code, Reason: reason, Duration: time.Since(start)}, nil
 }
 
-// terminate sends SIGTERM to every process in the sandbox, waits up to grace
-// for the step to exit, then SIGKILLs everything. The sandbox is stopped.
-func (s *Sandbox) terminate(ctx context.Context, statusC <-chan containerd.ExitStatus, grace time.Duration) containerd.ExitStatus {
-	s.mu.Lock()
-	s.stopped = true
-	s.mu.Unlock()
-	if err := s.task.Kill(ctx, syscall.SIGTERM, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+// terminate sends SIGTERM to every process of the step, waits up to grace
+// for its PID 1 to exit, then SIGKILLs it (which ends its whole pid
+// namespace). With stop, the sandbox refuses further steps.
+func (s *Sandbox) terminate(ctx context.Context, task containerd.Task, statusC <-chan containerd.ExitStatus, grace time.Duration, stop bool) containerd.ExitStatus {
+	if stop {
+		s.mu.Lock()
+		s.stopped = true
+		s.mu.Unlock()
+	}
+	if err := task.Kill(ctx, syscall.SIGTERM, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
 		s.c.log.Warn("sending SIGTERM", "sandbox", s.id, "error", err)
 	}
-	if statusC != nil {
-		select {
-		case st := <-statusC:
-			// The step is gone; kill whatever it left running.
-			s.killAll(ctx)
-			return st
-		case <-time.After(grace):
-		}
+	select {
+	case st := <-statusC:
+		return st
+	case <-time.After(grace):
 	}
-	s.killAll(ctx)
-	if statusC == nil {
-		return containerd.ExitStatus{}
+	if err := task.Kill(ctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
+		s.c.log.Warn("sending SIGKILL", "sandbox", s.id, "error", err)
 	}
 	select {
 	case st := <-statusC:
 		return st
 	case <-time.After(10 * time.Second):
 		return *containerd.NewExitStatus(137, time.Now(), errors.New("step did not exit after SIGKILL"))
-	}
-}
-
-func (s *Sandbox) isStopped() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stopped
-}
-
-// killAll kills the sandbox's init; the kernel then kills every other
-// process of its pid namespace (cheaper than runc's freeze-and-kill-all).
-func (s *Sandbox) killAll(ctx context.Context) {
-	if err := s.task.Kill(ctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
-		s.c.log.Warn("sending SIGKILL", "sandbox", s.id, "error", err)
 	}
 }
 
@@ -611,12 +611,21 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	s.gone = true
 	s.mu.Unlock()
 	var errs []error
-	if s.task != nil {
-		if err := destroyTask(ctx, s.task); err != nil {
+	s.mu.Lock()
+	task := s.task
+	s.mu.Unlock()
+	if task != nil {
+		if err := destroyTask(ctx, task); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if s.ctr != nil {
+		// A task left by a step that is still being torn down elsewhere.
+		if t, err := s.ctr.Task(ctx, nil); err == nil {
+			if err := destroyTask(ctx, t); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		if err := s.ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("deleting container %s: %w", s.id, err))
 		}
@@ -697,13 +706,6 @@ func (s *Sandbox) cgroupCounter(ctrl, key string) int64 {
 	return -1
 }
 
-func lastLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndex(s, ": "); i >= 0 && i+2 < len(s) {
-		return s[i+2:]
-	}
-	return s
-}
 
 // ImageDigest returns the manifest digest of an image reference, for
 // provenance ("which image did this build run in").

@@ -219,7 +219,7 @@ func WithNoDeviceAccess() oci.SpecOpts {
 // ours.
 func hardeningOpts(o *Options, cgroupsPath string) []oci.SpecOpts {
 	opts := []oci.SpecOpts{
-		oci.WithProcessArgs(initArgs...), // the init: steps are exec'd beside it
+		oci.WithProcessArgs("true"), // each step replaces the process (Sandbox.Run)
 		oci.WithProcessCwd(WorkspaceDir),
 		oci.WithUIDGID(BuildUID, BuildGID),
 		WithoutCapabilities(),
@@ -264,10 +264,3 @@ func validEnv(env []string) error {
 	}
 	return nil
 }
-
-// initArgs is the sandbox's PID 1. Steps run beside it (exec), so it must
-// outlive them and reap the orphans they leave: dash's `wait` reaps any child
-// (orphans are reparented to PID 1), where a bare `sleep infinity` would let
-// zombies pile up until they exhaust the pids limit. Without a trap, PID 1
-// ignores SIGTERM, so terminating a step never ends the sandbox early.
-var initArgs = []string{"/bin/sh", "-c", "while :; do sleep 86400 & wait; done"}
