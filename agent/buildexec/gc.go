@@ -16,7 +16,9 @@ import (
 type GCOptions struct {
 	// Agent limits sandbox GC to one agent's objects ("" = every agent's).
 	Agent string
-	// All also removes sandboxes whose creating process still runs.
+	// All also removes sandboxes whose creating process still runs, and
+	// networks (cr-* namespaces, veths, chains) that no lease of this host's
+	// pool explains, once they are a minute old.
 	All bool
 	// HostNS and NetStateDir locate the network side (as in Config).
 	HostNS      string
@@ -52,30 +54,32 @@ func GC(ctx context.Context, c *sandbox.Client, o GCOptions) (GCReport, error) {
 	if o.DryRun {
 		return rep, errors.Join(errs...)
 	}
-	// Networks whose job still has a live holder stay: another agent's on
-	// the same host, or one between network setup and sandbox creation.
-	liveLease := map[string]bool{}
+	// Networks are collected only when they are attributable: a lease in
+	// this host's pool whose holder is gone. A network with no lease here
+	// belongs to another pool (another tool, a test) and is only taken with
+	// All, once it is a minute old.
+	leased := map[string]bool{} // job → holder alive
 	if o.NetStateDir != "" {
 		if pool, err := netpolicy.NewPool("", o.NetStateDir); err == nil {
 			if leases, err := pool.Leases(); err == nil {
 				for _, l := range leases {
-					if l.Owner != "" && sandbox.OwnerAlive(l.Owner) {
-						liveLease[l.Job] = true
-					}
+					leased[l.Job] = l.Owner != "" && sandbox.OwnerAlive(l.Owner)
 				}
 			}
 		}
 	}
 	alive := func(job string) bool {
-		if liveLease[job] || c.Exists(ctx, sandbox.ContainerID(sandboxID(job))) {
+		if c.Exists(ctx, sandbox.ContainerID(sandboxID(job))) {
 			return true
 		}
-		// No lease at all (made by something without one, or mid-setup):
-		// spare namespaces made in the last minute unless --all.
-		if st, err := os.Stat(filepath.Join("/run/netns", "cr-"+job)); err == nil && time.Since(st.ModTime()) < time.Minute && !o.All {
+		if holderAlive, ok := leased[job]; ok {
+			return holderAlive
+		}
+		if !o.All {
 			return true
 		}
-		return false
+		st, err := os.Stat(filepath.Join("/run/netns", "cr-"+job))
+		return err == nil && time.Since(st.ModTime()) < time.Minute
 	}
 	nr, err := netpolicy.GC(ctx, netpolicy.GCOptions{HostNS: o.HostNS, StateDir: o.NetStateDir, Keep: alive})
 	rep.Network = nr

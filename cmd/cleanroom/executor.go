@@ -100,8 +100,10 @@ func builderID(cfg *agent.Config) string {
 // Startup reclaims what a crashed run of this agent left behind, before the
 // first claim.
 func (e *sandboxExecutor) Startup(ctx context.Context, log hclog.Logger) error {
+	// This agent's sandboxes and the networks its pool leases explain; never
+	// another agent's (All would also take leaseless networks).
 	rep, err := buildexec.GC(ctx, e.sb, buildexec.GCOptions{
-		Agent: e.cfg.Name, All: true, HostNS: e.cfg.Network.HostNetNS,
+		Agent: e.cfg.Name, HostNS: e.cfg.Network.HostNetNS,
 		NetStateDir: e.cfg.Network.StateDir,
 	})
 	if !rep.Empty() {

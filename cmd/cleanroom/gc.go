@@ -118,7 +118,7 @@ directory. The agent runs the same collection at start-up.`,
 	f.StringVar(&agentName, "agent", "", "only objects of this agent (default: any agent's)")
 	f.StringVar(&hostNS, "host-netns", "", "network namespace holding the sandboxes' host ends (default: this one)")
 	f.StringVar(&netState, "net-state-dir", "/var/lib/cleanroom/net", "network state dir (address pool)")
-	f.BoolVar(&all, "all", false, "also remove sandboxes whose agent is still running")
+	f.BoolVar(&all, "all", false, "also remove sandboxes whose agent is still running, and networks no pool lease explains")
 	f.BoolVar(&dryRun, "dry-run", false, "only report what would be removed (sandboxes only)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.BoolVar(&check, "check", false, "only list what of cleanroom's remains; exit 1 if anything does")
