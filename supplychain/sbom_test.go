@@ -3,6 +3,7 @@ package supplychain
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,9 +72,7 @@ func decodeBOM(t *testing.T, data []byte) *cdx.BOM {
 // itself produces from the same lockfile: same name@version components,
 // purls, sha512 hashes and dependency graph.
 func TestSBOMMatchesNpmSbom(t *testing.T) {
-	if _, err := exec.LookPath("npm"); err != nil {
-		t.Skip("npm not installed")
-	}
+	testutil.RequiresCommands(t, "npm")
 	src := fixtureDir(t)
 	lf, err := CheckLockfile(src, LockPolicy{Registries: []string{"https://registry.npmjs.org/"}})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"fmt"
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,9 +122,7 @@ func writeScriptPackage(t *testing.T, path, name string) {
 // rebuild runs preinstall, install and postinstall of the allowed package
 // only.
 func TestScriptPlanRunsOnlyAllowedScriptsWithNpm(t *testing.T) {
-	if _, err := exec.LookPath("npm"); err != nil {
-		t.Skip("npm not installed")
-	}
+	testutil.RequiresCommands(t, "npm")
 	dir := t.TempDir()
 	home := t.TempDir()
 	empty := filepath.Join(home, "empty.npmrc")

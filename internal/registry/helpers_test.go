@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,11 +34,7 @@ func examplesDir(t *testing.T) string {
 // with the host's node.
 func needNode(t *testing.T) {
 	t.Helper()
-	for _, b := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("%s not on PATH: %v", b, err)
-		}
-	}
+	testutil.RequiresCommands(t, "node", "npm")
 }
 
 // startSeeded installs, starts a loopback registry seeded with the example

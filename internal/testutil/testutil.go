@@ -8,6 +8,7 @@ package testutil
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 )
 
@@ -50,4 +51,19 @@ func Image() string {
 		return v
 	}
 	return "cleanroom.local/node:22"
+}
+
+// RequiresCommands gates a test on programs being on PATH (node, npm, …).
+// Like RequiresRoot it fails instead of skipping when CI=true: CI installs
+// them, so their absence there is a broken setup, not a reason to skip.
+func RequiresCommands(t testing.TB, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s is not on PATH, and CI must run this test (make deps installs it)", n)
+			}
+			t.Skipf("%s is not on PATH", n)
+		}
+	}
 }
