@@ -11,6 +11,7 @@ import (
 
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/agent/buildexec"
+	"github.com/cleanroom-ci/cleanroom/netpolicy"
 )
 
 func init() {
@@ -72,6 +73,19 @@ directory. The agent runs the same collection at start-up.`,
 				if err != nil {
 					return err
 				}
+				// The network side: namespaces anyone's sandboxes may have
+				// left, and leases in this host's pool.
+				nss, _ := filepath.Glob("/run/netns/cr-*")
+				for _, ns := range nss {
+					res = append(res, "network namespace "+ns)
+				}
+				if pool, err := netpolicy.NewPool("", netState); err == nil {
+					if leases, err := pool.Leases(); err == nil {
+						for _, l := range leases {
+							res = append(res, fmt.Sprintf("address lease %s (job %s)", l.HostIP, l.Job))
+						}
+					}
+				}
 				for _, r := range res {
 					fmt.Println(r)
 				}
@@ -121,6 +135,6 @@ directory. The agent runs the same collection at start-up.`,
 	f.BoolVar(&all, "all", false, "also remove sandboxes whose agent is still running, and networks no pool lease explains")
 	f.BoolVar(&dryRun, "dry-run", false, "only report what would be removed (sandboxes only)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
-	f.BoolVar(&check, "check", false, "only list what of cleanroom's remains; exit 1 if anything does")
+	f.BoolVar(&check, "check", false, "only list what of cleanroom's remains (containers, snapshots, workspaces, cgroups, network namespaces, address leases); exit 1 if anything does")
 	rootCmd.AddCommand(cmd)
 }
