@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -27,6 +28,9 @@ type jobRun struct {
 	ws     string
 	spool  string
 	cancel context.CancelCauseFunc
+	// reporting is set once the result is being sent: the job ending under
+	// a waiting heartbeat is then expected, not a lost lease.
+	reporting atomic.Bool
 }
 
 // runJob carries one claim from workspace to result. Whatever happens, the
@@ -105,6 +109,7 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 	case evErr != nil:
 		jr.log.Error("egress events not all delivered", "error", evErr)
 	}
+	jr.reporting.Store(true)
 	err = a.retry(reportCtx, "reporting result", func() error {
 		return a.client.Result(reportCtx, jr.job.ID, api.ResultRequest{Token: jr.lease.Token, State: res.State,
 			ExitCode: res.ExitCode, Reason: res.Reason, LogSize: logSize})
@@ -198,6 +203,8 @@ func (jr *jobRun) heartbeat(ctx context.Context) {
 			}
 		case ctx.Err() != nil:
 			return
+		case (errors.Is(err, api.ErrConflict) || errors.Is(err, api.ErrNotFound)) && jr.reporting.Load():
+			return // the job ended with our own result
 		case errors.Is(err, api.ErrConflict), errors.Is(err, api.ErrNotFound):
 			jr.log.Warn("lease lost: another runner has the job or it ended", "error", err)
 			jr.cancel(ErrLeaseLost)
