@@ -1,6 +1,7 @@
 package netpolicy
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -66,7 +67,7 @@ type sink struct {
 
 func newSink(cfg Config, sandbox string) (*sink, error) {
 	s := &sink{
-		runner: cfg.Runner, job: cfg.ID, sandbox: sandbox,
+		runner: cfg.Runner, job: cmp.Or(cfg.Job, cfg.ID), sandbox: sandbox,
 		redact: cfg.Redact, onEvent: cfg.OnEvent,
 		kill:       cfg.Policy.OnViolation == OnViolationKill,
 		violations: make(chan Event, 1),
@@ -197,11 +198,17 @@ type nflogReader struct {
 	cancel context.CancelFunc
 }
 
+// nflogDrain is how long close waits for queued log messages to be read.
+const nflogDrain = 30 * time.Millisecond
+
 func startNflog(nsPath string, group uint16, s *sink) (*nflogReader, error) {
 	var nf *nflog.Nflog
 	err := doInNS(nsPath, func() error {
 		var err error
-		nf, err = nflog.Open(&nflog.Config{Group: group, Copymode: nflog.CopyPacket, Bufsize: 128})
+		// QThresh 1: every logged packet is pushed to us at once. The
+		// kernel's default batches them for up to a second, and a denied
+		// attempt in a job's last second would be lost at teardown.
+		nf, err = nflog.Open(&nflog.Config{Group: group, Copymode: nflog.CopyPacket, Bufsize: 128, QThresh: 1, Timeout: 1})
 		return err
 	})
 	if err != nil {
@@ -253,6 +260,9 @@ func (r *nflogReader) close() error {
 	if r == nil {
 		return nil
 	}
+	// Let the reader take what is already queued on the socket (the last
+	// denied packets of the job) before the hook is removed.
+	time.Sleep(nflogDrain)
 	r.cancel()
 	if err := r.nf.Close(); err != nil {
 		return fmt.Errorf("closing nflog socket: %w", err)

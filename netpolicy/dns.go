@@ -53,7 +53,9 @@ func (r *responder) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 		m.Rcode = dns.RcodeRefused
 		ev.Verdict, ev.Rule = VerdictDeny, RuleDNSRefused
 		r.sink.emit(ev)
-		_ = w.WriteMsg(m)
+		if !r.sink.kill {
+			_ = w.WriteMsg(m)
+		}
 		return
 	}
 	qq := q.Question[0]
@@ -81,6 +83,11 @@ func (r *responder) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 		ev.Verdict, ev.Rule, ev.Answer = VerdictAllow, RuleDNSAllow, dns.TypeToString[qq.Qtype]+":empty"
 	}
 	r.sink.emit(ev)
+	if ev.Verdict == VerdictDeny && r.sink.kill {
+		// In kill mode a refused lookup gets no answer: the job is being
+		// ended, and the asker learns nothing while it waits.
+		return
+	}
 	_ = w.WriteMsg(m)
 }
 

@@ -35,8 +35,11 @@ var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
 // Config describes one sandbox network.
 type Config struct {
-	// ID is the job id; every name, comment and lease derives from it.
+	// ID names the sandbox network (the job id, or job id and attempt);
+	// every name, comment and lease derives from it.
 	ID string
+	// Job is stamped on audit events; empty means ID.
+	Job string
 	// Runner is stamped on audit events.
 	Runner string
 	// HostNS is the path of the namespace the host end of the veth, the
@@ -234,9 +237,10 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 		rs    *ruleSet
 		where string
 	}
+	kill := cfg.Policy.OnViolation == OnViolationKill
 	jobs := []job{
-		{nw.nsPath, false, sandboxRules(false, nw.n, lease.HostIP, nw.Destinations), "sandbox ipv4"},
-		{nw.nsPath, true, sandboxRules(true, nw.n, lease.HostIP, nw.Destinations), "sandbox ipv6"},
+		{nw.nsPath, false, sandboxRules(false, nw.n, lease.HostIP, nw.Destinations, kill), "sandbox ipv4"},
+		{nw.nsPath, true, sandboxRules(true, nw.n, lease.HostIP, nw.Destinations, kill), "sandbox ipv6"},
 		{cfg.HostNS, false, nw.hostRules[0], "host ipv4"},
 		{cfg.HostNS, true, nw.hostRules[1], "host ipv6"},
 	}

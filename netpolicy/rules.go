@@ -57,7 +57,12 @@ func namesFor(id string, slot int) names {
 // sandboxRules is the allow-list inside the sandbox namespace for one family.
 // Built-in chains end in explicit terminal rules rather than policies, so the
 // ruleset is a plain list of rules.
-func sandboxRules(v6 bool, n names, hostIP net.IP, dests []Destination) *ruleSet {
+//
+// Denied packets are logged, then rejected so that connects fail fast — or,
+// with drop (on_violation: kill), silently dropped: the job is being ended
+// at its first attempt, and its other attempts hang until it is, learning
+// nothing.
+func sandboxRules(v6 bool, n names, hostIP net.IP, dests []Destination, drop bool) *ruleSet {
 	const t = "filter"
 	s := &ruleSet{}
 	group := strconv.Itoa(int(n.nflogGroup))
@@ -68,6 +73,10 @@ func sandboxRules(v6 bool, n names, hostIP net.IP, dests []Destination) *ruleSet
 	denyChain := func(chain, rule string) {
 		s.chain(t, chain)
 		s.add(t, chain, "-j", "NFLOG", "--nflog-group", group, "--nflog-prefix", nflogPrefix+rule)
+		if drop {
+			s.add(t, chain, "-j", "DROP")
+			return
+		}
 		s.add(t, chain, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
 		s.add(t, chain, "-j", "REJECT", "--reject-with", reject)
 	}

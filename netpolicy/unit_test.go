@@ -294,7 +294,7 @@ func TestSandboxRulesDenyByDefault(t *testing.T) {
 	n := namesFor("j-1", 0)
 	dests := []Destination{{Host: "r", IPs: []net.IP{net.IPv4(10, 231, 254, 2), net.ParseIP("fd00::5")}, Port: 4873}}
 	for _, v6 := range []bool{false, true} {
-		doc := string(sandboxRules(v6, n, net.IPv4(10, 231, 0, 1), dests).restoreDoc())
+		doc := string(sandboxRules(v6, n, net.IPv4(10, 231, 0, 1), dests, false).restoreDoc())
 		lines := strings.Split(strings.TrimSpace(doc), "\n")
 		var out []string
 		for _, l := range lines {

@@ -336,7 +336,9 @@ func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr erro
 	for k, v := range o.Labels {
 		labels[k] = v
 	}
-	labels[LabelJob] = o.JobID
+	if labels[LabelJob] == "" {
+		labels[LabelJob] = o.JobID // a caller may label with its own job id
+	}
 	labels[LabelAgent] = c.cfg.Agent
 	labels[LabelOwner] = c.owner
 
@@ -573,6 +575,24 @@ wait:
 	return Result{ExitCode: code, Reason: reason, Duration: time.Since(start)}, nil
 }
 
+// Kill ends the running step at once with SIGKILL (no grace period) and
+// stops the sandbox: for a build caught misbehaving, such as an egress
+// violation under on_violation: kill. The running Run returns with the
+// step's exit status; a sandbox with no running step is only stopped.
+func (s *Sandbox) Kill(ctx context.Context) error {
+	s.mu.Lock()
+	s.stopped = true
+	task := s.task
+	s.mu.Unlock()
+	if task == nil {
+		return nil
+	}
+	if err := task.Kill(s.c.ctx(context.WithoutCancel(ctx)), syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("killing the running step: %w", err)
+	}
+	return nil
+}
+
 // terminate sends SIGTERM to every process of the step, waits up to grace
 // for its PID 1 to exit, then SIGKILLs it (which ends its whole pid
 // namespace). With stop, the sandbox refuses further steps.
@@ -705,7 +725,6 @@ func (s *Sandbox) cgroupCounter(ctrl, key string) int64 {
 	}
 	return -1
 }
-
 
 // ImageDigest returns the manifest digest of an image reference, for
 // provenance ("which image did this build run in").

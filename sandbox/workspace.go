@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -202,7 +203,14 @@ func removeCgroup(path string) error {
 		if _, err := os.Stat(d); err != nil {
 			continue
 		}
-		if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
+		err := unix.Rmdir(d)
+		if errors.Is(err, unix.EBUSY) {
+			// Processes a crashed runtime left behind: they belong to
+			// the sandbox, so they go with it.
+			killCgroup(d)
+			err = unix.Rmdir(d)
+		}
+		if err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("removing cgroup %s: %w", d, err))
 		}
 	}
@@ -216,6 +224,29 @@ func ProcessOwner() string { return selfOwner() }
 // OwnerAlive reports whether the process a ProcessOwner string names still
 // runs.
 func OwnerAlive(owner string) bool { return ownerAlive(owner) }
+
+// killCgroup SIGKILLs every process in the cgroup directory d (thawing it
+// first if a freezer froze it) and waits up to 5 s for it to empty.
+func killCgroup(d string) {
+	_ = os.WriteFile(filepath.Join(d, "freezer.state"), []byte("THAWED"), 0o644)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil {
+			return
+		}
+		pids := strings.Fields(string(b))
+		if len(pids) == 0 {
+			return
+		}
+		for _, p := range pids {
+			if pid, err := strconv.Atoi(p); err == nil && pid > 1 {
+				_ = unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
 
 // selfOwner is this process's identity for the cleanroom.owner label.
 func selfOwner() string {

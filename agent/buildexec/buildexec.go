@@ -167,6 +167,9 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 	// Per-job files (npmrc, artifact copies, SBOM, provenance) live in the
 	// agent's scratch dir, which the agent removes once they are uploaded.
 	jobDir := filepath.Join(e.cfg.DataDir, "jobs", job.ID)
+	// Each attempt gets networks and a sandbox of its own: a re-queued job
+	// may land on this host while a lost earlier attempt's are still here.
+	runID := fmt.Sprintf("%s-%d", job.ID, max(job.Attempts, 1))
 	_ = os.RemoveAll(jobDir) // an earlier attempt of the same job on this agent
 	defer func() { res.Scratch = jobDir }()
 	red := e.matcher.NewRedactor(out)
@@ -259,7 +262,7 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 		resolver = netpolicy.StaticResolver{Hosts: e.cfg.Hosts, Fallback: netpolicy.SystemResolver{}}
 	}
 	nw, err := netpolicy.Setup(ctx, netpolicy.Config{
-		ID: job.ID, Runner: e.cfg.RunnerID, HostNS: e.cfg.HostNS, Mode: mode, Masquerade: e.cfg.Masquerade,
+		ID: runID, Job: job.ID, Runner: e.cfg.RunnerID, HostNS: e.cfg.HostNS, Mode: mode, Masquerade: e.cfg.Masquerade,
 		Policy: policy, Resolver: resolver,
 		StateDir: e.cfg.NetStateDir,
 		Owner:    sandbox.ProcessOwner(),
@@ -288,16 +291,6 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 
 	runCtx, cancelRun := context.WithCancelCause(ctx)
 	defer cancelRun(nil)
-	if onViolation == "kill" {
-		go func() {
-			select {
-			case ev := <-nw.Violations():
-				lg.say("egress violation: %s %s → %s%s: ending the job (on_violation: kill)", ev.Proto, ev.Src, ev.Dst, domainNote(ev.Domain))
-				cancelRun(errEgressViolation)
-			case <-runCtx.Done():
-			}
-		}()
-	}
 
 	// 4. Sandbox.
 	image := job.Spec.Image
@@ -305,12 +298,12 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 		image = e.cfg.Image
 	}
 	sb, err := e.cfg.Sandbox.Create(runCtx, sandbox.Options{
-		JobID: sandboxID(job.ID), Image: image, Workspace: ws, NetNS: nw.NetNSPath(), Env: env, Limits: lim,
+		JobID: sandboxID(runID), Image: image, Workspace: ws, NetNS: nw.NetNSPath(), Env: env, Limits: lim,
 		Mounts: []sandbox.Mount{
 			{Source: nw.ResolvConfPath(), Destination: "/etc/resolv.conf"},
 			{Source: npmrcPath, Destination: "/run/cleanroom/npmrc"},
 		},
-		Labels: map[string]string{"cleanroom.runner": e.cfg.RunnerID},
+		Labels: map[string]string{sandbox.LabelJob: job.ID, "cleanroom.runner": e.cfg.RunnerID, "cleanroom.attempt": strconv.Itoa(job.Attempts)},
 	})
 	if err != nil {
 		lg.say("creating the sandbox: %v", err)
@@ -323,6 +316,21 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 		}
 	}()
 	lg.say("sandbox %s: image %s, memory %s, cpus %g, pids %d, no capabilities, read-only root, non-root user", sb.ID(), image, human(lim.MemoryBytes), lim.CPUs, lim.Pids)
+	if onViolation == "kill" {
+		// Nothing runs before the sandbox exists, so nothing can violate
+		// the policy before this watcher starts.
+		go func() {
+			select {
+			case ev := <-nw.Violations():
+				lg.say("egress violation: %s %s → %s%s: ending the job now (on_violation: kill)", ev.Proto, ev.Src, ev.Dst, domainNote(ev.Domain))
+				cancelRun(errEgressViolation)
+				if err := sb.Kill(ctx); err != nil {
+					e.cfg.Logger.Error("killing the sandbox after an egress violation", "job", job.ID, "error", err)
+				}
+			case <-runCtx.Done():
+			}
+		}()
+	}
 
 	// 5. Steps.
 	build := job.Spec.Build.Argv

@@ -111,7 +111,10 @@ func (e *sandboxExecutor) Startup(ctx context.Context, log hclog.Logger) error {
 			"namespaces", rep.Network.Namespaces, "links", rep.Network.Links, "chains", rep.Network.Chains)
 	}
 	if err != nil {
-		return fmt.Errorf("cleaning up after a previous run: %w", err)
+		// Not fatal: every job's sandbox and network have names of their
+		// own, so leftovers cannot collide with new jobs; they are retried
+		// at the next start and by `cleanroom gc`.
+		log.Error("cleaning up after a previous run (continuing; retry with `cleanroom gc`)", "error", err)
 	}
 	return nil
 }

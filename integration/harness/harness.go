@@ -28,6 +28,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/cleanroom-ci/cleanroom/agent"
+	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/internal/lab"
 	"github.com/cleanroom-ci/cleanroom/internal/registry"
 )
@@ -56,6 +57,10 @@ type Options struct {
 	Progress io.Writer
 	// Name prefixes the lab ("e2e", "demo").
 	Name string
+	// LeaseTTL, if set, is passed to the coordinator as --lease-ttl (tests
+	// that kill an agent mid-job use a short one, so the lease expires in
+	// seconds rather than the default 30 s).
+	LeaseTTL time.Duration
 }
 
 // Env is a running environment.
@@ -159,7 +164,11 @@ func Start(ctx context.Context, o Options) (_ *Env, retErr error) {
 	if err := os.MkdirAll(srvDir, 0o700); err != nil {
 		return nil, err
 	}
-	if _, err := e.start(ctx, "coordinator", nil, "server", "--data-dir", srvDir, "--listen", CoordinatorAddr); err != nil {
+	srvArgs := []string{"server", "--data-dir", srvDir, "--listen", CoordinatorAddr}
+	if o.LeaseTTL > 0 {
+		srvArgs = append(srvArgs, "--lease-ttl", o.LeaseTTL.String())
+	}
+	if _, err := e.start(ctx, "coordinator", nil, srvArgs...); err != nil {
 		return nil, err
 	}
 	tokFile := filepath.Join(srvDir, "admin.token")
@@ -238,6 +247,9 @@ func (e *Env) CLI(ctx context.Context, args ...string) (string, string, int) {
 	return out.String(), errb.String(), code
 }
 
+// AgentGracePeriod is the grace_period of every agent the harness starts.
+const AgentGracePeriod = 2 * time.Second
+
 // AgentOptions configure one registered agent.
 type AgentOptions struct {
 	Name        string
@@ -293,7 +305,9 @@ func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 	cfg.Network.Hosts = map[string]string{lab.RegistryName: lab.RegistryIP.String()}
 	cfg.Network.OnViolation = o.OnViolation
 	cfg.Network.Mode = o.Mode
-	cfg.GracePeriod = 0
+	// A short grace period: Close (SIGTERM) then ends within its 15 s even
+	// if a job is still running. (Zero would mean the default, 5 minutes.)
+	cfg.GracePeriod = api.Duration(AgentGracePeriod)
 	if e.opts.Containerd != "" {
 		cfg.Containerd.Address = e.opts.Containerd
 	}
@@ -313,31 +327,54 @@ func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{Proc: p, Name: o.Name, Config: cfgPath, cfg: cfg}
-	// Ready when it shows up in the runner list as seen recently, or when
-	// its log says it is claiming.
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(p.Output(), "agent started") {
-		if p.Exited() {
-			return nil, fmt.Errorf("agent %s exited: %s", o.Name, p.Output())
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("agent %s did not start claiming: %s", o.Name, p.Output())
-		}
-		time.Sleep(100 * time.Millisecond)
+	// Ready when its log says it is claiming (after start-up GC).
+	if err := waitStarted(ctx, a, 0); err != nil {
+		return nil, err
 	}
 	return a, nil
 }
 
 // Restart starts the agent's process again with the same config (after a
-// kill), as an operator's service manager would.
+// kill), as an operator's service manager would, and returns once the new
+// process has run its start-up garbage collection and is claiming jobs.
 func (e *Env) Restart(ctx context.Context, a *Agent) error {
+	if !a.Exited() {
+		return fmt.Errorf("restarting agent %s: it is still running", a.Name)
+	}
+	// The new process appends to the same log: wait for one more start line.
+	before := strings.Count(a.Output(), agentStartedLine)
 	p, err := e.start(ctx, "agent-"+a.Name, e.opts.AgentEnv, "agent", "run", "--config", a.Config)
 	if err != nil {
 		return err
 	}
 	a.Proc = p
+	return waitStarted(ctx, a, before)
+}
+
+// agentStartedLine is what `agent run` logs once its start-up hook (GC) has
+// run and it begins claiming.
+const agentStartedLine = "agent started"
+
+func waitStarted(ctx context.Context, a *Agent, before int) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for strings.Count(a.Output(), agentStartedLine) <= before {
+		if a.Exited() {
+			return fmt.Errorf("agent %s exited: %s", a.Name, a.Output())
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent %s did not start claiming: %s", a.Name, a.Output())
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for agent %s: %w", a.Name, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	return nil
 }
+
+// RunnerID is the id the coordinator gave the agent at registration.
+func (a *Agent) RunnerID() string { return a.cfg.RunnerID }
 
 // DataDir is the agent's data dir (workspaces, egress.jsonl, net state).
 func (a *Agent) DataDir() string { return a.cfg.DataDir }
