@@ -82,6 +82,9 @@ func (r *responder) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 		// AAAA and anything else for an allowed name: NOERROR, no records.
 		ev.Verdict, ev.Rule, ev.Answer = VerdictAllow, RuleDNSAllow, dns.TypeToString[qq.Qtype]+":empty"
 	}
+	if ev.Verdict == VerdictDeny && r.sink.kill {
+		ev.Answer = "none (on_violation: kill)"
+	}
 	r.sink.emit(ev)
 	if ev.Verdict == VerdictDeny && r.sink.kill {
 		// In kill mode a refused lookup gets no answer: the job is being

@@ -300,7 +300,8 @@ type Sandbox struct {
 	gone    bool
 }
 
-// Create makes a new sandbox: snapshot, hardened container, started init.
+// Create makes a new sandbox: workspace, snapshot and hardened container;
+// its steps are started by Run.
 // On any error, everything it made is removed before it returns.
 func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr error) {
 	if err := o.validate(); err != nil {

@@ -200,7 +200,7 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 		lg.say("install scripts of %s@%s NOT run (not on the job's install_scripts allow-list)", p.Name, p.Version)
 	}
 	for _, p := range plan.Allowed {
-		lg.say("install scripts of %s@%s allowed by the job spec: they run inside the sandbox", p.Name, p.Version)
+		lg.say("install scripts of %s@%s allowed (install_scripts of the job or this runner): they run inside the sandbox", p.Name, p.Version)
 	}
 
 	// 2. Secrets: refuse deploy-scope or unknown names before anything runs.
@@ -303,7 +303,7 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 			{Source: nw.ResolvConfPath(), Destination: "/etc/resolv.conf"},
 			{Source: npmrcPath, Destination: "/run/cleanroom/npmrc"},
 		},
-		Labels: map[string]string{sandbox.LabelJob: job.ID, "cleanroom.runner": e.cfg.RunnerID, "cleanroom.attempt": strconv.Itoa(job.Attempts)},
+		Labels: map[string]string{sandbox.LabelJob: job.ID, "cleanroom.runner": e.cfg.RunnerID, "cleanroom.attempt": strconv.Itoa(max(job.Attempts, 1))},
 	})
 	if err != nil {
 		lg.say("creating the sandbox: %v", err)

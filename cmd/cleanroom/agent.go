@@ -45,9 +45,11 @@ the config before "cleanroom agent run" (docs/configuration.md lists them).`,
 			if o.ConfigPath, err = filepath.Abs(o.ConfigPath); err != nil {
 				return err
 			}
-			if o.DataDir != "" {
-				if o.DataDir, err = filepath.Abs(o.DataDir); err != nil {
-					return err
+			for _, p := range []*string{&o.DataDir, &o.CAFile} {
+				if *p != "" {
+					if *p, err = filepath.Abs(*p); err != nil {
+						return err
+					}
 				}
 			}
 			if o.Name == "" {
