@@ -66,7 +66,8 @@ func (c *Client) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 		return true
 	}
 
-	live := map[string]bool{} // container ids we keep
+	live := map[string]bool{}    // container ids we keep
+	removed := map[string]bool{} // container ids we collect
 	ctrs, err := c.cd.Containers(ctx, fmt.Sprintf("labels.%q", LabelJob))
 	if err != nil {
 		return rep, fmt.Errorf("listing containers: %w", err)
@@ -82,6 +83,7 @@ func (c *Client) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 			continue
 		}
 		rep.Containers = append(rep.Containers, ctr.ID())
+		removed[ctr.ID()] = true
 		if o.DryRun {
 			continue
 		}
@@ -134,6 +136,11 @@ func (c *Client) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 		if exists(id) || (o.Keep != nil && o.Keep(strings.TrimPrefix(id, "cr-"))) {
 			continue
 		}
+		// A sandbox being created has its state dir (the workspace copy)
+		// before its container: spare fresh ones unless told otherwise.
+		if st, err := os.Stat(d); err == nil && time.Since(st.ModTime()) < time.Minute && !o.All && !removed[id] {
+			continue
+		}
 		rep.StateDirs = append(rep.StateDirs, d)
 		if !o.DryRun {
 			if err := removeStateDir(d); err != nil {
@@ -147,6 +154,12 @@ func (c *Client) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	for _, d := range append(cgs, more...) {
 		id := filepath.Base(d)
 		if exists(id) || seen[id] || (o.Keep != nil && o.Keep(strings.TrimPrefix(id, "cr-"))) {
+			continue
+		}
+		// Cgroup paths do not name the containerd namespace: a populated
+		// one may be a live sandbox of another namespace. Only --all
+		// kills what runs in it.
+		if !o.All && cgroupPopulated(d) {
 			continue
 		}
 		seen[id] = true
@@ -215,6 +228,12 @@ func CgroupsOf(jobID string) []string {
 		}
 	}
 	return out
+}
+
+// cgroupPopulated reports whether any process is in the cgroup dir d.
+func cgroupPopulated(d string) bool {
+	b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+	return err == nil && len(strings.TrimSpace(string(b))) > 0
 }
 
 // Exists reports whether a container with this id exists (any owner).

@@ -376,7 +376,7 @@ func waitStarted(ctx context.Context, a *Agent, before int) error {
 // RunnerID is the id the coordinator gave the agent at registration.
 func (a *Agent) RunnerID() string { return a.cfg.RunnerID }
 
-// DataDir is the agent's data dir (workspaces, egress.jsonl, net state).
+// DataDir is the agent's data dir (workspaces, spool, jobs, egress.jsonl).
 func (a *Agent) DataDir() string { return a.cfg.DataDir }
 
 func jsonField(s, key string) string {
