@@ -14,6 +14,11 @@ import (
 // netnsDir is where named namespaces live, so `ip netns` sees ours.
 const netnsDir = "/run/netns"
 
+// Do runs fn inside the network namespace at path ("" = the caller's), the
+// only way the project enters namespaces: tests, the lab and the registry
+// harness use it too.
+func Do(path string, fn func() error) error { return doInNS(path, fn) }
+
 // doInNS runs fn on an OS thread switched into the network namespace at path
 // ("" = the caller's namespace, fn runs directly). As in CNI's ns.Do, the
 // thread stays locked, and so is discarded by the runtime, if switching back

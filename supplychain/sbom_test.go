@@ -3,7 +3,6 @@ package supplychain
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,8 @@ import (
 	"testing"
 
 	cdx "github.com/CycloneDX/cyclonedx-go"
+
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 )
 
 // sbomView is the part of a CycloneDX document both generators must agree on.

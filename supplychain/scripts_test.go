@@ -5,13 +5,14 @@ import (
 	"bytes"
 	"compress/gzip"
 	"fmt"
-	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 )
 
 func scriptLockfile(t *testing.T) *Lockfile {

@@ -16,13 +16,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
+
+	"github.com/cleanroom-ci/cleanroom/netpolicy"
 )
 
 // Fixed lab addresses.
@@ -176,37 +177,7 @@ func (l *Lab) Exec(ctx context.Context, ns string, argv ...string) ([]byte, erro
 
 // Do runs fn on an OS thread inside the namespace at path (locked; the
 // thread is discarded if switching back fails, as CNI's ns.Do does).
-func Do(path string, fn func() error) error {
-	target, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("opening namespace %s: %w", path, err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering namespace %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("switching back: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func Do(path string, fn func() error) error { return netpolicy.Do(path, fn) }
 
 // ListenTCP opens a TCP listener inside the lab namespace ns (a name) that
 // accepts and closes connections until the lab closes; for "is this port

@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"errors"
-	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 )
 
 // testCacheDir is the shared cache the tests install into: $CLEANROOM_CACHE or
