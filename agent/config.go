@@ -57,11 +57,15 @@ type Config struct {
 	// executor onto the sandbox, netpolicy, secrets and supplychain packages.
 	Containerd ContainerdConfig `yaml:"containerd,omitempty"`
 	// Limits are the sandbox limits for jobs whose spec sets none.
-	Limits         api.Resources      `yaml:"limits,omitempty"`
-	Image          string             `yaml:"image,omitempty"`
-	Network        NetworkConfig      `yaml:"network,omitempty"`
-	SecretsFile    string             `yaml:"secrets_file,omitempty"`
-	InstallScripts api.InstallScripts `yaml:"install_scripts,omitempty"`
+	Limits      api.Resources `yaml:"limits,omitempty"`
+	Image       string        `yaml:"image,omitempty"`
+	Network     NetworkConfig `yaml:"network,omitempty"`
+	SecretsFile string        `yaml:"secrets_file,omitempty"`
+	// RegistryTokenSecret names a build-scope secret of the secrets file
+	// that is the internal registry's read-only token: every job gets it in
+	// its per-job, read-only .npmrc (never in its environment).
+	RegistryTokenSecret string             `yaml:"registry_token_secret,omitempty"`
+	InstallScripts      api.InstallScripts `yaml:"install_scripts,omitempty"`
 }
 
 // ContainerdConfig locates the containerd daemon the sandboxes run in.

@@ -219,15 +219,10 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 		return nil, fmt.Errorf("%w: %w", ErrNamespace, err)
 	}
 
-	if nw.nf, err = startNflog(nw.nsPath, nw.n.nflogGroup, nw.sink); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrAudit, err)
-	}
-	if nw.ct, err = startConntrack(nw.nsPath, nw.allowedRule, nw.sink); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrAudit, err)
-	}
-
-	// The four rule sets (sandbox/host × v4/v6) are independent: apply them
-	// concurrently, since each is one iptables-restore exec.
+	// The audit readers, the four rule sets (sandbox/host × v4/v6) and the
+	// veth are independent: set them up concurrently, each mostly waits on
+	// an exec or the kernel. No packet can flow before Setup returns (no
+	// sandbox process exists yet), and Setup returns only when all are up.
 	for i, v6 := range []bool{false, true} {
 		nw.hostRules[i] = hostRules(v6, nw.n, lease.HostIP, lease.PeerIP, cfg.Mode, nw.Destinations, cfg.Masquerade)
 	}
@@ -245,6 +240,7 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 		{cfg.HostNS, true, nw.hostRules[1], "host ipv6"},
 	}
 	errs := make([]error, len(jobs))
+	var auditErr, linkErr error
 	var wg sync.WaitGroup
 	for i, j := range jobs {
 		wg.Add(1)
@@ -262,13 +258,28 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 			})
 		}()
 	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		var err error
+		if nw.nf, err = startNflog(nw.nsPath, nw.n.nflogGroup, nw.sink); err != nil {
+			auditErr = err
+			return
+		}
+		if nw.ct, err = startConntrack(nw.nsPath, nw.allowedRule, nw.sink); err != nil {
+			auditErr = err
+		}
+	}()
+	go func() { defer wg.Done(); linkErr = nw.setupLinks() }()
 	wg.Wait()
+	if auditErr != nil {
+		return nil, fmt.Errorf("%w: %w", ErrAudit, auditErr)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRules, err)
 	}
-
-	if err := nw.setupLinks(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNamespace, err)
+	if linkErr != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNamespace, linkErr)
 	}
 
 	nw.dns = newResponder(nw.Destinations, nw.sink)
@@ -406,14 +417,20 @@ func (n *Network) Close(ctx context.Context) error {
 
 func (n *Network) teardown() error {
 	var errs []error
-	if n.dns != nil {
-		errs = append(errs, n.dns.close())
-	}
-	errs = append(errs, n.nf.close(), n.ct.close())
-	// Host rules (per family) and the veth go concurrently: each is an
-	// exec or a kernel call that mostly waits.
-	par := make([]error, 3)
+	// Everything up to the namespace's deletion goes concurrently: the DNS
+	// responder, the audit readers (whose drain waits a little), the host
+	// rules per family and the veth are independent, and each mostly waits
+	// on an exec or the kernel.
+	par := make([]error, 5)
 	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if n.dns != nil {
+			par[3] = n.dns.close()
+		}
+	}()
+	go func() { defer wg.Done(); par[4] = errors.Join(n.nf.close(), n.ct.close()) }()
 	for i, v6 := range []bool{false, true} {
 		wg.Add(1)
 		go func() {

@@ -62,6 +62,9 @@ type Config struct {
 	Secrets     *secrets.Store
 	Signing     ed25519.PrivateKey
 	Sandbox     *sandbox.Client
+	// RegistryTokenSecret names the build-scope secret written into every
+	// job's .npmrc as the registry's auth token ("" = anonymous reads).
+	RegistryTokenSecret string
 	// InstallScripts allowed on every job of this agent (merged with the
 	// job's own allow-list).
 	InstallScripts api.InstallScripts
@@ -227,9 +230,23 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 	if err := os.MkdirAll(jobDir, 0o700); err != nil {
 		return agent.Result{}, fmt.Errorf("creating job dir: %w", err)
 	}
+	// Registry credentials reach npm through this read-only file, never the
+	// environment; the token is a build-scope secret, so it is redacted
+	// like any other.
+	var regToken []byte
+	if e.cfg.RegistryTokenSecret != "" {
+		tok, err := e.cfg.Secrets.Grant([]string{e.cfg.RegistryTokenSecret})
+		if err != nil {
+			return fail(fmt.Sprintf("registry token (registry_token_secret): %v", err))
+		}
+		regToken = tok[0].Value
+	}
 	npmrcPath := filepath.Join(jobDir, "npmrc")
-	if err := os.WriteFile(npmrcPath, secrets.NPMRC(e.cfg.Registries[0], nil), 0o644); err != nil {
+	if err := os.WriteFile(npmrcPath, secrets.NPMRC(e.cfg.Registries[0], regToken), 0o400); err != nil {
 		return agent.Result{}, fmt.Errorf("writing job npmrc: %w", err)
+	}
+	if err := os.Chown(npmrcPath, sandbox.BuildUID, sandbox.BuildGID); err != nil {
+		return agent.Result{}, fmt.Errorf("handing the job npmrc to the build user: %w", err)
 	}
 
 	// 3. Network policy (fail closed: any part missing ends the job here).

@@ -81,8 +81,8 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger) (agent.Executor, err
 		Forward: cfg.Network.Mode == agent.NetworkModeForward, Masquerade: cfg.Network.Masquerade,
 		Hosts: hosts, HostNS: cfg.Network.HostNetNS,
 		DataDir: cfg.DataDir, NetStateDir: cfg.Network.StateDir, Limits: lim, Secrets: store, Signing: priv, Sandbox: sb,
-		InstallScripts: cfg.InstallScripts,
-		Logger:         log.Named("job"),
+		InstallScripts: cfg.InstallScripts, RegistryTokenSecret: cfg.RegistryTokenSecret,
+		Logger: log.Named("job"),
 	})
 	if err != nil {
 		sb.Close()
