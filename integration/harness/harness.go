@@ -257,6 +257,11 @@ type AgentOptions struct {
 	Concurrency int
 	OnViolation string // deny (default) | kill
 	Mode        string // forward (default: the registry is another lab host) | direct
+	// Secrets replaces Options.Secrets for this agent when set.
+	Secrets string
+	// RegistryTokenSecret names the secrets-file entry written into every
+	// job's .npmrc as the registry token (agent config registry_token_secret).
+	RegistryTokenSecret string
 }
 
 // Agent is a registered agent process.
@@ -311,9 +316,14 @@ func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 	if e.opts.Containerd != "" {
 		cfg.Containerd.Address = e.opts.Containerd
 	}
-	if e.opts.Secrets != "" {
+	secretsYAML := e.opts.Secrets
+	if o.Secrets != "" {
+		secretsYAML = o.Secrets
+	}
+	cfg.RegistryTokenSecret = o.RegistryTokenSecret
+	if secretsYAML != "" {
 		sf := filepath.Join(adir, "secrets.yaml")
-		if err := os.WriteFile(sf, []byte(e.opts.Secrets), 0o600); err != nil {
+		if err := os.WriteFile(sf, []byte(secretsYAML), 0o600); err != nil {
 			return nil, err
 		}
 		cfg.SecretsFile = sf

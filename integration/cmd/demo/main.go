@@ -26,10 +26,8 @@ import (
 	"github.com/cleanroom-ci/cleanroom/integration/harness"
 )
 
-const (
-	deploySecret = "dpl_live_4f9d2c7be1a84d0f9c3e" // what the malware is after
-	buildSecret  = "npm_read_token_71c2e0a9b35f"
-)
+// deploySecret is what the malware is after; it must never reach a build.
+const deploySecret = "dpl_live_4f9d2c7be1a84d0f9c3e"
 
 // encodings are the forms of a secret that must never appear in output.
 func encodings(v string) map[string]string {
@@ -87,15 +85,6 @@ func run(ctx context.Context, bin, repo string) (retErr error) {
 	env, err := harness.Start(ctx, harness.Options{
 		Bin: bin, Repo: repo, Containerd: os.Getenv("CLEANROOM_CONTAINERD_ADDRESS"), Name: "demo",
 		Progress: os.Stdout,
-		Secrets: fmt.Sprintf(`# demo secrets file (mode 0600): one build secret a job may use, one deploy secret none may
-secrets:
-  - name: NPM_READ_TOKEN
-    value: %q
-    scope: build
-  - name: DEPLOY_TOKEN
-    value: %q
-    scope: deploy
-`, buildSecret, deploySecret),
 		// The deploy secret is also in the agent's own environment: a build
 		// must still never see it.
 		AgentEnv: []string{"DEPLOY_TOKEN=" + deploySecret},
@@ -116,7 +105,21 @@ secrets:
 			retErr = err
 		}
 	}()
-	a, err := env.AddAgent(ctx, harness.AgentOptions{Name: "demo-agent"})
+	// The build secret is the registry's real read-only token: every job
+	// gets it in its .npmrc (registry_token_secret), and the
+	// evil-postinstall job also asks for it in its environment.
+	buildSecret := env.Registry.ReaderToken
+	secretsFile := fmt.Sprintf(`# demo secrets file (mode 0600): the registry's read-only token (scope build),
+# and a deploy token that no build may have
+secrets:
+  - name: NPM_READ_TOKEN
+    value: %q
+    scope: build
+  - name: DEPLOY_TOKEN
+    value: %q
+    scope: deploy
+`, buildSecret, deploySecret)
+	a, err := env.AddAgent(ctx, harness.AgentOptions{Name: "demo-agent", Secrets: secretsFile, RegistryTokenSecret: "NPM_READ_TOKEN"})
 	if err != nil {
 		return err
 	}
