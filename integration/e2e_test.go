@@ -382,6 +382,38 @@ func TestEvilPostinstallIsContainedAndAudited(t *testing.T) {
 	}
 }
 
+// The install-script policy in a real sandbox: the same malicious
+// dependency, not on the job's allow-list, has its postinstall skipped (the
+// log names it), so none of its output or egress attempts happen, and the
+// build itself still succeeds.
+func TestInstallScriptNotAllowedDoesNotRun(t *testing.T) {
+	e := env(t)
+	agentFor(t, e, "main", harness.AgentOptions{Labels: "lane=" + laneMain})
+	ctx := timeout(t, 3*time.Minute)
+
+	dir := copyExample(t, "evil-postinstall")
+	editSpec(t, dir, func(s map[string]any) {
+		s["labels"] = map[string]any{"lane": laneMain}
+		delete(s, "install_scripts")
+	})
+	id := submit(ctx, t, e, dir)
+	j := waitTerminal(ctx, t, e, id, 2*time.Minute)
+	log := jobLog(ctx, t, e, id)
+	if j.State != api.StateSucceeded {
+		t.Fatalf("job %s: state %s, reason %q; want succeeded; log:\n%s", id, j.State, j.Reason, log)
+	}
+	if !strings.Contains(log, "install scripts of @cleanroom-demo/telemetry-helper@1.0.0 NOT run") {
+		t.Errorf("the log does not report the skipped install script; log:\n%s", log)
+	}
+	if strings.Contains(log, "[telemetry-helper]") || strings.Contains(log, "npm rebuild") {
+		t.Errorf("the not-allowed postinstall ran; log:\n%s", log)
+	}
+	if _, denied := egress(ctx, t, e, "--job", id, "--denied"); len(denied) > 0 {
+		t.Errorf("%d denied egress attempts from a job whose malicious script must not have run: %+v", len(denied), denied)
+	}
+	assertSandboxGone(ctx, t, e, id)
+}
+
 // A job that asks for a deploy-scope secret is refused before any sandbox
 // (or network) exists.
 func TestDeploySecretRefusedBeforeSandbox(t *testing.T) {

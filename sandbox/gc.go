@@ -97,6 +97,7 @@ func (c *Client) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 		if err := ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("deleting container %s: %w", ctr.ID(), err))
 		}
+		c.reapStrayShims(ctr.ID(), 500*time.Millisecond)
 	}
 
 	// Snapshots prepared for a container that was never created.

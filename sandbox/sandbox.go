@@ -662,6 +662,9 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	if err := removeCgroup(s.cgroup); err != nil {
 		errs = append(errs, err)
 	}
+	if s.ctr != nil && len(errs) == 0 {
+		go s.c.reapStrayShims(s.id, 2*time.Second)
+	}
 	return errors.Join(errs...)
 }
 
