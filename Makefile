@@ -8,9 +8,9 @@ GO ?= go
 export GOFLAGS ?= -mod=mod
 WORK ?= $(CURDIR)/.work
 BIN := $(CURDIR)/bin
-TOOLS := $(CLEANROOM_CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)
 STATICCHECK_VERSION := v0.8.2
 export CLEANROOM_CACHE ?= /var/cache/cleanroom
+TOOLS := $(CLEANROOM_CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)
 
 DEBIAN_PACKAGES := containerd runc iptables conntrack debootstrap e2fsprogs iproute2 iputils-ping util-linux git ca-certificates tcpdump bc
 DEBIAN_COMMANDS := containerd runc iptables conntrack debootstrap mkfs.ext4 ip ping nsenter git bc
