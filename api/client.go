@@ -252,9 +252,18 @@ func (c *Client) ReadLog(ctx context.Context, id string, offset int64, follow bo
 	if follow {
 		q.Set("follow", "1")
 	}
-	req, err := c.newRequest(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(id)+"/log", q, nil)
+	return c.getTo(ctx, "/v1/jobs/"+url.PathEscape(id)+"/log", q, nil, w, "reading log of "+id)
+}
+
+// getTo streams the body of a GET to w; prepare, if set, adjusts the
+// request (a lease header).
+func (c *Client) getTo(ctx context.Context, path string, q url.Values, prepare func(*http.Request), w io.Writer, what string) (int64, error) {
+	req, err := c.newRequest(ctx, http.MethodGet, path, q, nil)
 	if err != nil {
 		return 0, err
+	}
+	if prepare != nil {
+		prepare(req)
 	}
 	resp, err := c.do(req)
 	if err != nil {
@@ -263,7 +272,7 @@ func (c *Client) ReadLog(ctx context.Context, id string, offset int64, follow bo
 	defer resp.Body.Close()
 	n, err := io.Copy(w, resp.Body)
 	if err != nil {
-		return n, fmt.Errorf("reading log of %s: %w", id, err)
+		return n, fmt.Errorf("%s: %w", what, err)
 	}
 	return n, nil
 }
@@ -310,21 +319,7 @@ func (c *Client) AppendLog(ctx context.Context, jobID string, token, offset int6
 // DownloadSource copies an uploaded job source (tar.gz) to w. Only the runner
 // holding the lease may fetch it.
 func (c *Client) DownloadSource(ctx context.Context, jobID string, token int64, w io.Writer) (int64, error) {
-	req, err := c.newRequest(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(jobID)+"/source", nil, nil)
-	if err != nil {
-		return 0, err
-	}
-	leaseHeader(req, token)
-	resp, err := c.do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	n, err := io.Copy(w, resp.Body)
-	if err != nil {
-		return n, fmt.Errorf("downloading source of %s: %w", jobID, err)
-	}
-	return n, nil
+	return c.getTo(ctx, "/v1/jobs/"+url.PathEscape(jobID)+"/source", nil, func(r *http.Request) { leaseHeader(r, token) }, w, "downloading source of "+jobID)
 }
 
 // PostEgress stores events for a job. firstSeq is the job-wide sequence
@@ -429,20 +424,7 @@ func (c *Client) ListArtifacts(ctx context.Context, jobID string) ([]Artifact, e
 
 // DownloadArtifact copies one artifact to w.
 func (c *Client) DownloadArtifact(ctx context.Context, jobID, name string, w io.Writer) (int64, error) {
-	req, err := c.newRequest(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(jobID)+"/artifacts/"+url.PathEscape(name), nil, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	n, err := io.Copy(w, resp.Body)
-	if err != nil {
-		return n, fmt.Errorf("downloading artifact %s: %w", name, err)
-	}
-	return n, nil
+	return c.getTo(ctx, "/v1/jobs/"+url.PathEscape(jobID)+"/artifacts/"+url.PathEscape(name), nil, nil, w, "downloading artifact "+name)
 }
 
 // Result ends a job. Repeating the same result is accepted.
