@@ -149,10 +149,8 @@ func (c *Client) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 			}
 		}
 	}
-	cgs, _ := filepath.Glob("/sys/fs/cgroup/*/cleanroom/cr-*")
-	more, _ := filepath.Glob("/sys/fs/cgroup/cleanroom/cr-*")
 	seen := map[string]bool{}
-	for _, d := range append(cgs, more...) {
+	for _, d := range cgroupDirs("cr-*") {
 		id := filepath.Base(d)
 		if exists(id) || seen[id] || (o.Keep != nil && o.Keep(strings.TrimPrefix(id, "cr-"))) {
 			continue
@@ -208,9 +206,7 @@ func (c *Client) Residue(ctx context.Context, agent string) ([]string, error) {
 		out = append(out, "mount "+m)
 	}
 	if agent == "" {
-		cgs, _ := filepath.Glob("/sys/fs/cgroup/*/cleanroom/cr-*")
-		more, _ := filepath.Glob("/sys/fs/cgroup/cleanroom/cr-*")
-		for _, d := range append(cgs, more...) {
+		for _, d := range cgroupDirs("cr-*") {
 			out = append(out, "cgroup "+d)
 		}
 	}
@@ -220,10 +216,8 @@ func (c *Client) Residue(ctx context.Context, agent string) ([]string, error) {
 // CgroupsOf lists the cgroup directories that exist for a job's sandbox.
 func CgroupsOf(jobID string) []string {
 	id := ContainerID(jobID)
-	a, _ := filepath.Glob("/sys/fs/cgroup/*/cleanroom/" + id)
-	b, _ := filepath.Glob("/sys/fs/cgroup/cleanroom/" + id)
 	var out []string
-	for _, d := range append(a, b...) {
+	for _, d := range cgroupDirs(id) {
 		if _, err := os.Stat(d); err == nil {
 			out = append(out, d)
 		}
@@ -241,4 +235,12 @@ func cgroupPopulated(d string) bool {
 func (c *Client) Exists(ctx context.Context, id string) bool {
 	_, err := c.cd.ContainerService().Get(c.ctx(ctx), id)
 	return err == nil
+}
+
+// cgroupDirs lists the sandbox cgroup directories whose name matches the
+// glob name, under every v1 controller and the v2 unified root.
+func cgroupDirs(name string) []string {
+	v1, _ := filepath.Glob("/sys/fs/cgroup/*/cleanroom/" + name)
+	v2, _ := filepath.Glob("/sys/fs/cgroup/cleanroom/" + name)
+	return append(v1, v2...)
 }
