@@ -33,6 +33,20 @@ func doInNS(path string, fn func() error) error {
 	}
 	defer target.Close()
 
+	return onSwitchedThread(func() error {
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("entering namespace %s: %w", path, err)
+		}
+		return nil
+	}, fn)
+}
+
+// onSwitchedThread runs enter and then fn on a locked OS thread, and puts the
+// thread back in its original network namespace afterwards. If enter fails
+// nothing was switched and the thread is released; if switching back fails
+// the thread stays locked, so the runtime discards it with this goroutine
+// (CNI's ns.Do rule: a goroutine never runs in a namespace it did not ask for).
+func onSwitchedThread(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -43,15 +57,14 @@ func doInNS(path string, fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		if err := enter(); err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering namespace %s: %w", path, err)
+			errc <- err
 			return
 		}
 		ferr := fn()
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			// Leave the thread locked: it exits with this goroutine.
-			errc <- errors.Join(ferr, fmt.Errorf("switching back from namespace %s: %w", path, err))
+			errc <- errors.Join(ferr, fmt.Errorf("switching back to the original namespace: %w", err))
 			return
 		}
 		runtime.UnlockOSThread()
@@ -101,34 +114,19 @@ func createNamedNS(name string) (_ string, retErr error) {
 		}
 	}()
 
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("opening current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	err = onSwitchedThread(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unsharing network namespace: %w", err)
-			return
+			return fmt.Errorf("unsharing network namespace: %w", err)
 		}
+		return nil
+	}, func() error {
 		src := "/proc/self/task/" + strconv.Itoa(unix.Gettid()) + "/ns/net"
-		merr := unix.Mount(src, path, "none", unix.MS_BIND, "")
-		if merr != nil {
-			merr = fmt.Errorf("bind mounting namespace to %s: %w", path, merr)
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind mounting namespace to %s: %w", path, err)
 		}
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(merr, fmt.Errorf("switching back after unshare: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- merr
-	}()
-	if err := <-errc; err != nil {
+		return nil
+	})
+	if err != nil {
 		return "", err
 	}
 	return path, nil
