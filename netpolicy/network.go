@@ -340,11 +340,7 @@ func (n *Network) setupLinks() error {
 		return err
 	}
 	defer hh.Close()
-	hostNSFile := n.cfg.HostNS
-	if hostNSFile == "" {
-		hostNSFile = "/proc/self/ns/net"
-	}
-	hf, err := os.Open(hostNSFile)
+	hf, err := openNS(n.cfg.HostNS)
 	if err != nil {
 		return fmt.Errorf("opening host namespace: %w", err)
 	}

@@ -41,6 +41,20 @@ func doInNS(path string, fn func() error) error {
 	}, fn)
 }
 
+// openNS opens the network namespace at path, or the caller's own when path
+// is empty. The caller's is read from this thread, not /proc/self: the
+// process's main thread may at that moment be switched into a sandbox's
+// namespace by a concurrent doInNS, while an unlocked goroutine's thread is
+// always in the original one.
+func openNS(path string) (*os.File, error) {
+	if path != "" {
+		return os.Open(path)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	return os.Open("/proc/thread-self/ns/net")
+}
+
 // onSwitchedThread runs enter and then fn on a locked OS thread, and puts the
 // thread back in its original network namespace afterwards. If enter fails
 // nothing was switched and the thread is released; if switching back fails
