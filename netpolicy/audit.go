@@ -3,7 +3,9 @@ package netpolicy
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +20,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
+	"golang.org/x/sys/unix"
 )
 
 // Event is one egress attempt, allowed or denied, in the wire shape of
@@ -194,12 +197,17 @@ func decodePacket(b []byte) (proto, src, dst string, ok bool) {
 // the sandbox namespace, so every packet it sees belongs to that sandbox:
 // attribution is by namespace, not by parsing a prefix someone could spoof.
 type nflogReader struct {
-	nf     *nflog.Nflog
-	cancel context.CancelFunc
+	nf      *nflog.Nflog
+	cancel  context.CancelFunc
+	group   uint16
+	marker  string        // prefix of our own end-of-stream message
+	drained chan struct{} // the reader has reached the marker
 }
 
-// nflogDrain is how long close waits for queued log messages to be read.
-const nflogDrain = 30 * time.Millisecond
+// nflogDrainTimeout bounds how long close waits for the reader to work
+// through what is queued (a job that flooded denied packets) before it
+// gives up on the rest.
+const nflogDrainTimeout = 2 * time.Second
 
 func startNflog(nsPath string, group uint16, s *sink) (*nflogReader, error) {
 	var nf *nflog.Nflog
@@ -218,8 +226,33 @@ func startNflog(nsPath string, group uint16, s *sink) (*nflogReader, error) {
 		nf.Close()
 		return nil, fmt.Errorf("configuring nflog socket: %w", err)
 	}
+	// A job flooding denied packets while the consumer (the coordinator
+	// upload) is slow must not overflow the socket: the kernel drops what
+	// does not fit. The memory is only used while messages are queued.
+	if err := forceReadBuffer(nf.Con, nflogReadBuffer); err != nil {
+		nf.Close()
+		return nil, fmt.Errorf("sizing nflog socket buffer: %w", err)
+	}
+	var nonce [12]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		nf.Close()
+		return nil, fmt.Errorf("making drain marker: %w", err)
+	}
+	r := &nflogReader{nf: nf, group: group, marker: "cr-drain-" + hex.EncodeToString(nonce[:]), drained: make(chan struct{}, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
 	hook := func(a nflog.Attribute) int {
+		var prefix string
+		if a.Prefix != nil {
+			prefix = strings.TrimRight(*a.Prefix, "\x00")
+		}
+		if prefix == r.marker {
+			select {
+			case r.drained <- struct{}{}:
+			default:
+			}
+			return 0
+		}
 		if a.Payload == nil {
 			return 0
 		}
@@ -228,8 +261,8 @@ func startNflog(nsPath string, group uint16, s *sink) (*nflogReader, error) {
 			return 0
 		}
 		rule := RuleDefaultDeny
-		if a.Prefix != nil {
-			rule = strings.TrimPrefix(strings.TrimRight(*a.Prefix, "\x00"), nflogPrefix)
+		if prefix != "" {
+			rule = strings.TrimPrefix(prefix, nflogPrefix)
 		}
 		e := Event{Proto: proto, Src: src, Dst: dst, Verdict: VerdictDeny, Rule: rule}
 		if a.Timestamp != nil {
@@ -253,8 +286,101 @@ func startNflog(nsPath string, group uint16, s *sink) (*nflogReader, error) {
 		nf.Close()
 		return nil, fmt.Errorf("binding nflog group %d: %w", group, err)
 	}
-	return &nflogReader{nf: nf, cancel: cancel}, nil
+	return r, nil
 }
+
+// nflogReadBuffer is the nflog socket's receive buffer: room for several
+// thousand queued log messages.
+const nflogReadBuffer = 8 << 20
+
+// forceReadBuffer sets a socket's receive buffer past net.core.rmem_max
+// (SO_RCVBUFFORCE, which needs CAP_NET_ADMIN).
+func forceReadBuffer(c *netlink.Conn, size int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// drain waits until the reader has handled every message queued on its
+// socket. The kernel queues a log message the moment a packet hits the
+// NFLOG rule (QThresh 1), so once the sandbox's processes are gone all of
+// them are on the socket: drain appends a marker message of its own (sent
+// by netlink unicast from the socket to itself, which needs CAP_NET_ADMIN,
+// and carrying a per-reader nonce) and waits for the reader to reach it.
+func (r *nflogReader) drain() error {
+	rc, err := r.nf.Con.SyscallConn()
+	if err != nil {
+		return err
+	}
+	msg := nflogMarkerMessage(r.group, r.marker)
+	var serr error
+	cerr := rc.Control(func(fd uintptr) {
+		sa, err := unix.Getsockname(int(fd))
+		if err != nil {
+			serr = err
+			return
+		}
+		nl, ok := sa.(*unix.SockaddrNetlink)
+		if !ok {
+			serr = fmt.Errorf("nflog socket has address %T", sa)
+			return
+		}
+		for try := 0; ; try++ {
+			serr = unix.Sendto(int(fd), msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Pid: nl.Pid})
+			// A full receive queue drains as the reader works; retry.
+			if !errors.Is(serr, unix.EAGAIN) || try == 200 {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	if err := cmp.Or(cerr, serr); err != nil {
+		return fmt.Errorf("queueing drain marker: %w", err)
+	}
+	select {
+	case <-r.drained:
+		return nil
+	case <-time.After(nflogDrainTimeout):
+		return fmt.Errorf("nflog reader did not reach the end of its queue within %s", nflogDrainTimeout)
+	}
+}
+
+// nflogMarkerMessage is an NFULNL_MSG_PACKET message that carries only a
+// prefix attribute: the reader parses it as a log message without payload.
+func nflogMarkerMessage(group uint16, prefix string) []byte {
+	attr := append([]byte(prefix), 0)
+	alen := 4 + len(attr)
+	body := make([]byte, 4, 4+(alen+3)&^3)
+	body[0], body[1] = unix.AF_INET, unix.NFNETLINK_V0
+	binary.BigEndian.PutUint16(body[2:], group)
+	body = binary.NativeEndian.AppendUint16(body, uint16(alen))
+	body = binary.NativeEndian.AppendUint16(body, nfulaPrefix)
+	body = append(body, attr...)
+	for len(body)%4 != 0 {
+		body = append(body, 0)
+	}
+	hdr := make([]byte, 0, 16+len(body))
+	hdr = binary.NativeEndian.AppendUint32(hdr, uint32(16+len(body)))
+	hdr = binary.NativeEndian.AppendUint16(hdr, unix.NFNL_SUBSYS_ULOG<<8|nfulnlMsgPacket)
+	hdr = binary.NativeEndian.AppendUint16(hdr, 0) // flags
+	hdr = binary.NativeEndian.AppendUint32(hdr, 0) // seq
+	hdr = binary.NativeEndian.AppendUint32(hdr, 0) // pid
+	return append(hdr, body...)
+}
+
+// From linux/netfilter/nfnetlink_log.h.
+const (
+	nfulnlMsgPacket = 0  // NFULNL_MSG_PACKET
+	nfulaPrefix     = 10 // NFULA_PREFIX
+)
 
 func (r *nflogReader) close() error {
 	if r == nil {
@@ -262,10 +388,13 @@ func (r *nflogReader) close() error {
 	}
 	// Let the reader take what is already queued on the socket (the last
 	// denied packets of the job) before the hook is removed.
-	time.Sleep(nflogDrain)
+	derr := r.drain()
 	r.cancel()
 	if err := r.nf.Close(); err != nil {
-		return fmt.Errorf("closing nflog socket: %w", err)
+		return errors.Join(derr, fmt.Errorf("closing nflog socket: %w", err))
+	}
+	if derr != nil {
+		return fmt.Errorf("draining nflog: %w", derr)
 	}
 	return nil
 }
