@@ -17,7 +17,7 @@ func BenchmarkSetupTeardown(b *testing.B) {
 	l := newLab(b)
 	rec := &recorder{}
 	state := b.TempDir()
-	var ds []time.Duration
+	var ds, rs []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
@@ -31,8 +31,19 @@ func BenchmarkSetupTeardown(b *testing.B) {
 			b.Fatal(err)
 		}
 		ds = append(ds, time.Since(start))
+		<-nw.Released()
+		rs = append(rs, time.Since(start))
+		if err := nw.ReleaseErr(); err != nil {
+			b.Fatal(err)
+		}
 	}
 	b.StopTimer()
+	b.ReportMetric(median(ds), "ms-median")
+	b.ReportMetric(median(rs), "ms-released-median")
+}
+
+// median in milliseconds.
+func median(ds []time.Duration) float64 {
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-	b.ReportMetric(float64(ds[len(ds)/2].Microseconds())/1000, "ms-median")
+	return float64(ds[len(ds)/2].Microseconds()) / 1000
 }

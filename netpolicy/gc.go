@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // GCOptions says where to look for leftovers and what to spare.
@@ -63,21 +64,9 @@ func GC(ctx context.Context, o GCOptions) (Report, error) {
 		}
 	}
 
-	if ents, err := os.ReadDir(netnsDir); err == nil {
-		for _, e := range ents {
-			job, ok := strings.CutPrefix(e.Name(), "cr-")
-			if !ok || keep(job) {
-				continue
-			}
-			dead[job] = true
-			if err := deleteNamedNS(filepath.Join(netnsDir, e.Name())); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			rep.Namespaces = append(rep.Namespaces, e.Name())
-		}
-	}
-
+	// Links before namespaces: deleting a host end deletes its peer at
+	// once, where dropping a namespace leaves its veth to the kernel to
+	// destroy later.
 	if h, err := netlinkIn(o.HostNS); err != nil {
 		errs = append(errs, err)
 	} else {
@@ -94,7 +83,7 @@ func GC(ctx context.Context, o GCOptions) (Report, error) {
 			dead[job] = true
 			if err := h.LinkDel(l); err != nil {
 				var nf netlink.LinkNotFoundError
-				if !errors.As(err, &nf) {
+				if !errors.As(err, &nf) && !errors.Is(err, unix.ENODEV) {
 					errs = append(errs, fmt.Errorf("deleting link %s: %w", a.Name, err))
 				}
 				continue
@@ -102,6 +91,21 @@ func GC(ctx context.Context, o GCOptions) (Report, error) {
 			rep.Links = append(rep.Links, a.Name)
 		}
 		h.Close()
+	}
+
+	if ents, err := os.ReadDir(netnsDir); err == nil {
+		for _, e := range ents {
+			job, ok := strings.CutPrefix(e.Name(), "cr-")
+			if !ok || keep(job) {
+				continue
+			}
+			dead[job] = true
+			if err := deleteNamedNS(filepath.Join(netnsDir, e.Name())); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			rep.Namespaces = append(rep.Namespaces, e.Name())
+		}
 	}
 
 	err := doInNS(o.HostNS, func() error {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -123,6 +124,16 @@ func assertGone(t *testing.T, l *lab.Lab, nw *netpolicy.Network) {
 	ctx := context.Background()
 	if _, err := os.Stat(nw.NetNSPath()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("namespace %s still exists (%v)", nw.NetNSPath(), err)
+	}
+	// The kernel destroys the veth with the namespace, after Close; the
+	// address goes back to the pool once it has.
+	select {
+	case <-nw.Released():
+		if err := nw.ReleaseErr(); err != nil {
+			t.Errorf("releasing %s: %v", nw.ID, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("network %s not released 10 s after Close", nw.ID)
 	}
 	out, _ := l.Exec(ctx, l.HostNS, "ip", "-o", "link")
 	if strings.Contains(string(out), nw.HostIf) {
@@ -264,8 +275,22 @@ func TestKillModeFiresOnFirstViolation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nw.Close(context.Background())
-	go inSandbox(t, nw, "node", probePath(t), "tcp", "10.231.253.2", "80")
+	// Kill mode drops, so the probe hangs until it is killed, as the
+	// agent kills a sandbox's step on the violation; only then does the
+	// namespace (and with it the veth) go away.
+	ctx, cancel := context.WithCancel(context.Background())
+	probe := exec.CommandContext(ctx, "ip", "netns", "exec", nw.Name, "node", probePath(t), "tcp", "10.231.253.2", "80")
+	if err := probe.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		_ = probe.Wait()
+		if err := nw.Close(context.Background()); err != nil {
+			t.Error(err)
+		}
+		assertGone(t, l, nw)
+	}()
 	select {
 	case e := <-nw.Violations():
 		if e.Dst != "10.231.253.2:80" || e.Job != "j-kill" || e.Verdict != "deny" {
@@ -304,9 +329,19 @@ func TestConcurrentSandboxesAreSeparate(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	for _, nw := range nws {
-		defer nw.Close(context.Background())
-	}
+	defer func() {
+		for _, nw := range nws {
+			if err := nw.Close(context.Background()); err != nil {
+				t.Error(err)
+			}
+		}
+		for _, nw := range nws {
+			assertGone(t, l, nw)
+		}
+		if leases, err := pool.Leases(); err != nil || len(leases) != 0 {
+			t.Errorf("pool after release: %v %v", leases, err)
+		}
+	}()
 	if t.Failed() {
 		return
 	}
@@ -328,6 +363,74 @@ func TestConcurrentSandboxesAreSeparate(t *testing.T) {
 				t.Errorf("sandbox %s got foreign event %+v", id, e)
 			}
 		}
+	}
+}
+
+// A network's addresses stay leased until the kernel has destroyed its veth
+// (Close does not wait for that); setting up the same id again at once must
+// still work, and nothing may be left afterwards.
+func TestCloseReleasesAfterTheVethIsGone(t *testing.T) {
+	l := newLab(t)
+	state := t.TempDir()
+	pool, err := netpolicy.NewPool("", state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := labConfig(t, l, "j-again", &recorder{})
+	cfg.StateDir, cfg.Pool = state, pool
+	first, err := netpolicy.Setup(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	second, err := netpolicy.Setup(context.Background(), cfg)
+	if err != nil {
+		t.Fatal("same id right after Close:", err)
+	}
+	if err := second.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, l, first)
+	assertGone(t, l, second)
+	if leases, err := pool.Leases(); err != nil || len(leases) != 0 {
+		t.Errorf("pool after release: %v %v", leases, err)
+	}
+}
+
+// Denied attempts made in the instant before teardown are still reported,
+// even when the consumer is slow (here 2 ms an event, so the reader is
+// hundreds of messages behind when Close starts): Close drains the NFLOG
+// queue up to a marker of its own instead of sleeping and hoping.
+func TestCloseLosesNoQueuedEvents(t *testing.T) {
+	l := newLab(t)
+	const n = 300
+	for round := 0; round < 2; round++ {
+		rec := &recorder{}
+		cfg := labConfig(t, l, fmt.Sprintf("j-burst-%d", round), rec)
+		cfg.OnEvent = func(e netpolicy.Event) { time.Sleep(2 * time.Millisecond); rec.add(e) }
+		nw, err := netpolicy.Setup(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := inSandbox(t, nw, "node", probePath(t), "burst", "10.231.253.2", strconv.Itoa(n))
+		if err := nw.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		assertGone(t, l, nw)
+		got := map[string]bool{}
+		for _, e := range rec.all() {
+			if e.Verdict == "deny" && e.Proto == "udp" && strings.HasPrefix(e.Dst, "10.231.253.2:2") {
+				got[e.Dst] = true
+			}
+		}
+		if out != fmt.Sprintf("ok sent %d", n) || len(got) != n {
+			t.Fatalf("round %d: probe %q, %d of %d denied datagrams reported", round, out, len(got), n)
+		}
+	}
+	if p := l.ForbiddenPackets(); len(p) != 0 {
+		t.Fatalf("forbidden host received %d packets", len(p))
 	}
 }
 
@@ -387,7 +490,12 @@ func TestGCRemovesCrashedSetup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer alive.Close(context.Background())
+	defer func() {
+		if err := alive.Close(context.Background()); err != nil {
+			t.Error(err)
+		}
+		assertGone(t, l, alive)
+	}()
 	// "Crash": drop the handle without Close. Its goroutines stay in this
 	// test process, as they would not in a real crash; only kernel and file
 	// state is what GC must find.

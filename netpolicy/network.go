@@ -94,12 +94,17 @@ type Network struct {
 	nf        *nflogReader
 	ct        *ctReader
 	dns       *responder
-	hostRules [2]*ruleSet
+	hostRules *ruleSet
+	hostIndex int // ifindex of the host end, once created
 	resolv    string
 	log       hclog.Logger
 
 	closeOnce sync.Once
 	closeErr  error
+	// released is closed once the kernel has destroyed the veth and the
+	// addresses are back in the pool (see Close); releaseErr is then set.
+	released   chan struct{}
+	releaseErr error
 }
 
 // NetNSPath is the namespace the sandbox joins.
@@ -173,6 +178,7 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 		ID: cfg.ID, Name: nsName, HostIP: lease.HostIP, SandboxIP: lease.PeerIP,
 		HostIP6: lease.HostIP6, SandboxIP6: lease.PeerIP6,
 		cfg: cfg, lease: lease, pool: pool, n: namesFor(cfg.ID, lease.Slot), log: log,
+		released: make(chan struct{}),
 	}
 	nw.HostIf = nw.n.hostIf
 	defer func() {
@@ -219,13 +225,12 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 		return nil, fmt.Errorf("%w: %w", ErrNamespace, err)
 	}
 
-	// The audit readers, the four rule sets (sandbox/host × v4/v6) and the
-	// veth are independent: set them up concurrently, each mostly waits on
-	// an exec or the kernel. No packet can flow before Setup returns (no
-	// sandbox process exists yet), and Setup returns only when all are up.
-	for i, v6 := range []bool{false, true} {
-		nw.hostRules[i] = hostRules(v6, nw.n, lease.HostIP, lease.PeerIP, cfg.Mode, nw.Destinations, cfg.Masquerade)
-	}
+	// The audit readers, the three rule sets (sandbox v4 and v6, host v4)
+	// and the veth are independent: set them up concurrently, each mostly
+	// waits on an exec or the kernel. No packet can flow before Setup
+	// returns (no sandbox process exists yet), and Setup returns only when
+	// all are up.
+	nw.hostRules = hostRules(nw.n, lease.HostIP, lease.PeerIP, cfg.Mode, nw.Destinations, cfg.Masquerade)
 	type job struct {
 		ns    string
 		v6    bool
@@ -236,8 +241,7 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 	jobs := []job{
 		{nw.nsPath, false, sandboxRules(false, nw.n, lease.HostIP, nw.Destinations, kill), "sandbox ipv4"},
 		{nw.nsPath, true, sandboxRules(true, nw.n, lease.HostIP, nw.Destinations, kill), "sandbox ipv6"},
-		{cfg.HostNS, false, nw.hostRules[0], "host ipv4"},
-		{cfg.HostNS, true, nw.hostRules[1], "host ipv6"},
+		{cfg.HostNS, false, nw.hostRules, "host ipv4"},
 	}
 	errs := make([]error, len(jobs))
 	var auditErr, linkErr error
@@ -358,7 +362,16 @@ func (n *Network) setupLinks() error {
 		PeerName:      n.n.hostIf,
 		PeerNamespace: netlink.NsFd(int(hf.Fd())),
 	}
-	if err := sh.LinkAdd(veth); err != nil {
+	if err := sh.LinkAdd(veth); errors.Is(err, unix.EEXIST) {
+		// The host end of an earlier network with this id, which the
+		// kernel has not finished destroying (see Close): remove it now.
+		if err := deleteLink(n.cfg.HostNS, n.n.hostIf); err != nil {
+			return err
+		}
+		if err := sh.LinkAdd(veth); err != nil {
+			return fmt.Errorf("creating veth %s: %w", n.n.hostIf, err)
+		}
+	} else if err != nil {
 		return fmt.Errorf("creating veth %s: %w", n.n.hostIf, err)
 	}
 	peer, err := sh.LinkByName(n.n.peerIf)
@@ -369,8 +382,17 @@ func (n *Network) setupLinks() error {
 	if err != nil {
 		return fmt.Errorf("finding host end: %w", err)
 	}
+	n.hostIndex = host.Attrs().Index
 	if err := hh.LinkSetAlias(host, n.n.comment); err != nil {
 		return fmt.Errorf("labelling host end: %w", err)
+	}
+	// The host end speaks no IPv6: nothing the sandbox sends over IPv6 can
+	// reach the host or be forwarded, whatever the host's own firewall
+	// says. Set before the link is up, so it never gets even a link-local
+	// address.
+	err = doInNS(n.cfg.HostNS, func() error { return writeSysctl("net/ipv6/conf/"+n.n.hostIf+"/disable_ipv6", "1") })
+	if err != nil {
+		return fmt.Errorf("turning IPv6 off on the host end: %w", err)
 	}
 	addrs := []struct {
 		h    *netlink.Handle
@@ -379,7 +401,7 @@ func (n *Network) setupLinks() error {
 		bits int
 		all  int
 	}{
-		{hh, host, n.HostIP, 30, 32}, {hh, host, n.HostIP6, 64, 128},
+		{hh, host, n.HostIP, 30, 32},
 		{sh, peer, n.SandboxIP, 30, 32}, {sh, peer, n.SandboxIP6, 64, 128},
 	}
 	for _, a := range addrs {
@@ -402,50 +424,89 @@ func (n *Network) setupLinks() error {
 	return nil
 }
 
-// Close tears everything down: DNS responder, audit readers, host-side
-// chains, veth, namespace, per-sandbox files, pool address. It always runs
-// every step (collecting errors), is idempotent, and does not depend on ctx
-// being live: it only uses kernel calls and short execs.
+// Close tears everything down: DNS responder, audit readers (after they
+// have read every queued log message), host-side chains, the namespace,
+// per-sandbox files. It always runs every step (collecting errors), is
+// idempotent, and does not depend on ctx being live: it only uses kernel
+// calls and short execs.
+//
+// Like `ip netns del`, Close drops the namespace and leaves the kernel to
+// destroy the veth pair with it, which takes the kernel tens of
+// milliseconds (an RCU grace period) that the job does not wait for. The
+// pool addresses are released only once the host end is gone, so no later
+// sandbox can share an address with a dying link; Released reports that.
+// If the host end outlives the namespace (something else still holds the
+// namespace), it is deleted explicitly after linkGoneTimeout.
 func (n *Network) Close(ctx context.Context) error {
 	n.closeOnce.Do(func() { n.closeErr = n.teardown() })
 	return n.closeErr
 }
 
+// Released is closed when the veth is gone and the addresses are back in
+// the pool, after Close; ReleaseErr says how that went.
+func (n *Network) Released() <-chan struct{} { return n.released }
+
+// ReleaseErr is the error of the background part of Close (nil before
+// Released is closed).
+func (n *Network) ReleaseErr() error {
+	select {
+	case <-n.released:
+		return n.releaseErr
+	default:
+		return nil
+	}
+}
+
+// pendingReleases counts networks whose addresses are not back in the pool
+// yet; Settle waits for them.
+var pendingReleases sync.WaitGroup
+
+// Settle waits until every closed network of this process has released its
+// addresses, or ctx ends. Call it before the process exits; a lease left
+// behind by a process that did not is collected by GC.
+func Settle(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { pendingReleases.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for sandbox networks to be released: %w", ctx.Err())
+	}
+}
+
+// linkGoneTimeout is how long the kernel gets to destroy the veth with its
+// namespace before Close's background part deletes it itself.
+const linkGoneTimeout = 3 * time.Second
+
 func (n *Network) teardown() error {
 	var errs []error
 	// Everything up to the namespace's deletion goes concurrently: the DNS
-	// responder, the audit readers (whose drain waits a little), the host
-	// rules per family and the veth are independent, and each mostly waits
-	// on an exec or the kernel.
-	par := make([]error, 5)
+	// responder, the audit readers and the host rules are independent.
+	par := make([]error, 3)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		if n.dns != nil {
-			par[3] = n.dns.close()
+			par[0] = n.dns.close()
 		}
 	}()
-	go func() { defer wg.Done(); par[4] = errors.Join(n.nf.close(), n.ct.close()) }()
-	for i, v6 := range []bool{false, true} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			par[i] = doInNS(n.cfg.HostNS, func() error {
-				rs := n.hostRules[i]
-				if rs == nil {
-					rs = hostRules(v6, n.n, n.HostIP, n.SandboxIP, n.cfg.Mode, n.Destinations, n.cfg.Masquerade)
-				}
-				fw, err := newIPT(n.cfg.Backend, v6)
-				if err != nil {
-					return err
-				}
-				return rs.remove(fw)
-			})
-		}()
-	}
-	wg.Add(1)
-	go func() { defer wg.Done(); par[2] = deleteLink(n.cfg.HostNS, n.n.hostIf) }()
+	go func() { defer wg.Done(); par[1] = errors.Join(n.nf.close(), n.ct.close()) }()
+	go func() {
+		defer wg.Done()
+		par[2] = doInNS(n.cfg.HostNS, func() error {
+			rs := n.hostRules
+			if rs == nil {
+				rs = hostRules(n.n, n.HostIP, n.SandboxIP, n.cfg.Mode, n.Destinations, n.cfg.Masquerade)
+			}
+			fw, err := newIPT(n.cfg.Backend, false)
+			if err != nil {
+				return err
+			}
+			return rs.remove(fw)
+		})
+	}()
 	wg.Wait()
 	errs = append(errs, par...)
 	if n.nsPath != "" {
@@ -454,14 +515,60 @@ func (n *Network) teardown() error {
 	if n.resolv != "" {
 		errs = append(errs, os.RemoveAll(filepath.Dir(n.resolv)))
 	}
-	errs = append(errs, n.pool.Release(n.lease.Slot, n.ID))
 	if n.sink != nil {
 		errs = append(errs, n.sink.close())
 	}
+	pendingReleases.Add(1)
+	go func() {
+		defer pendingReleases.Done()
+		defer close(n.released)
+		n.releaseErr = errors.Join(n.awaitLinkGone(), n.pool.Release(n.lease.Slot, n.ID))
+		if n.releaseErr != nil {
+			n.log.Error("releasing sandbox network", "error", n.releaseErr)
+		}
+	}()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("tearing down network of %s: %w", n.ID, err)
 	}
 	return nil
+}
+
+// awaitLinkGone waits for the kernel to destroy the host end of the veth
+// along with the sandbox namespace, and deletes it if that takes longer
+// than linkGoneTimeout.
+func (n *Network) awaitLinkGone() error {
+	h, err := netlinkIn(n.cfg.HostNS)
+	if err != nil {
+		if n.cfg.HostNS != "" && errors.Is(err, os.ErrNotExist) {
+			return nil // the host namespace itself is gone (a lab torn down)
+		}
+		return err
+	}
+	defer h.Close()
+	if n.hostIndex == 0 {
+		return nil // never created
+	}
+	// By index, not name: a new network with the same id may already have
+	// a host end of the same name.
+	deadline := time.Now().Add(linkGoneTimeout)
+	for wait := 500 * time.Microsecond; ; wait = min(2*wait, 20*time.Millisecond) {
+		l, err := h.LinkByIndex(n.hostIndex)
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+			return nil
+		}
+		if err == nil && time.Now().After(deadline) {
+			n.log.Warn("host end of the veth outlived its namespace; deleting it", "link", n.n.hostIf)
+			if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+				return fmt.Errorf("deleting host end %s: %w", n.n.hostIf, err)
+			}
+			return nil
+		}
+		if err != nil && time.Now().After(deadline) {
+			return fmt.Errorf("checking host end %s: %w", n.n.hostIf, err)
+		}
+		time.Sleep(wait)
+	}
 }
 
 // deleteLink removes a link in the namespace at nsPath; a missing link is fine.

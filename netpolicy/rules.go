@@ -123,12 +123,15 @@ func sandboxRules(v6 bool, n names, hostIP net.IP, dests []Destination, drop boo
 	return s
 }
 
-// hostRules are the rules in the host namespace: an INPUT guard on the host
-// end (DNS to the responder, direct-mode destinations on the host end, replies),
-// a FORWARD chain (forward mode: only sandbox → destination and replies;
-// direct mode: nothing), and optionally masquerade. Every rule carries the
-// job comment so GC can find it.
-func hostRules(v6 bool, n names, hostIP, peerIP net.IP, mode Mode, dests []Destination, masq bool) *ruleSet {
+// hostRules are the IPv4 rules in the host namespace: an INPUT guard on the
+// host end (DNS to the responder, direct-mode destinations on the host end,
+// replies), a FORWARD chain (forward mode: only sandbox → destination and
+// replies; direct mode: nothing), and optionally masquerade. Every rule
+// carries the job comment so GC can find it. There are no host-side IPv6
+// rules because the host end does not speak IPv6 at all (setupLinks turns
+// it off before the link goes up): the sandbox's IPv6 route exists only so
+// that its IPv6 attempts reach the sandbox's own deny-and-log rules.
+func hostRules(n names, hostIP, peerIP net.IP, mode Mode, dests []Destination, masq bool) *ruleSet {
 	s := &ruleSet{}
 	c := []string{"-m", "comment", "--comment", n.comment}
 	add := func(table, chain string, spec ...string) { s.add(table, chain, append(spec, c...)...) }
@@ -136,17 +139,12 @@ func hostRules(v6 bool, n names, hostIP, peerIP net.IP, mode Mode, dests []Desti
 	s.chain("filter", n.inChain)
 	s.insert("filter", "INPUT", append([]string{"-i", n.hostIf}, append(c, "-j", n.inChain)...)...)
 	add("filter", n.inChain, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
-	if v6 {
-		add("filter", n.inChain, "-p", "ipv6-icmp", "--icmpv6-type", "neighbour-solicitation", "-j", "ACCEPT")
-		add("filter", n.inChain, "-p", "ipv6-icmp", "--icmpv6-type", "neighbour-advertisement", "-j", "ACCEPT")
-	} else {
-		add("filter", n.inChain, "-d", hostIP.String()+"/32", "-p", "udp", "--dport", "53", "-j", "ACCEPT")
-		add("filter", n.inChain, "-d", hostIP.String()+"/32", "-p", "tcp", "--dport", "53", "-j", "ACCEPT")
-		for _, d := range dests {
-			for _, ip := range d.IPs {
-				if ip.Equal(hostIP) {
-					add("filter", n.inChain, "-d", hostPrefix(ip), "-p", "tcp", "--dport", strconv.Itoa(d.Port), "-j", "ACCEPT")
-				}
+	add("filter", n.inChain, "-d", hostIP.String()+"/32", "-p", "udp", "--dport", "53", "-j", "ACCEPT")
+	add("filter", n.inChain, "-d", hostIP.String()+"/32", "-p", "tcp", "--dport", "53", "-j", "ACCEPT")
+	for _, d := range dests {
+		for _, ip := range d.IPs {
+			if ip.Equal(hostIP) {
+				add("filter", n.inChain, "-d", hostPrefix(ip), "-p", "tcp", "--dport", strconv.Itoa(d.Port), "-j", "ACCEPT")
 			}
 		}
 	}
@@ -155,7 +153,7 @@ func hostRules(v6 bool, n names, hostIP, peerIP net.IP, mode Mode, dests []Desti
 	s.chain("filter", n.fwdChain)
 	s.insert("filter", "FORWARD", append([]string{"-i", n.hostIf}, append(c, "-j", n.fwdChain)...)...)
 	s.insert("filter", "FORWARD", append([]string{"-o", n.hostIf}, append(c, "-j", n.fwdChain)...)...)
-	if mode == ModeForward && !v6 {
+	if mode == ModeForward {
 		add("filter", n.fwdChain, "-o", n.hostIf, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
 		for _, d := range dests {
 			for _, ip := range d.IPs {
@@ -169,7 +167,7 @@ func hostRules(v6 bool, n names, hostIP, peerIP net.IP, mode Mode, dests []Desti
 	}
 	add("filter", n.fwdChain, "-j", "DROP")
 
-	if mode == ModeForward && masq && !v6 {
+	if mode == ModeForward && masq {
 		s.chain("nat", n.natChain)
 		s.insert("nat", "POSTROUTING", append([]string{"-s", peerIP.String() + "/32"}, append(c, "-j", n.natChain)...)...)
 		for _, d := range dests {

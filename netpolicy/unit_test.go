@@ -244,7 +244,7 @@ func TestHostRulesApplyRemoveAndGC(t *testing.T) {
 	dests := []Destination{{Host: "registry.cleanroom.test", IPs: []net.IP{net.IPv4(10, 231, 254, 2)}, Port: 4873}}
 	host, peer := net.IPv4(10, 231, 0, 13), net.IPv4(10, 231, 0, 14)
 	fw := newFake()
-	rs := hostRules(false, n, host, peer, ModeForward, dests, true)
+	rs := hostRules(n, host, peer, ModeForward, dests, true)
 	if err := rs.apply(fw); err != nil {
 		t.Fatal(err)
 	}
@@ -270,9 +270,9 @@ func TestHostRulesApplyRemoveAndGC(t *testing.T) {
 	}
 
 	// GC: two jobs' rules present, one kept.
-	_ = hostRules(false, n, host, peer, ModeForward, dests, true).apply(fw)
+	_ = hostRules(n, host, peer, ModeForward, dests, true).apply(fw)
 	n2 := namesFor("j-2", 4)
-	_ = hostRules(false, n2, host, peer, ModeDirect, nil, false).apply(fw)
+	_ = hostRules(n2, host, peer, ModeDirect, nil, false).apply(fw)
 	var rep Report
 	if err := gcRules(fw, func(j string) bool { return j == "j-2" }, map[string]bool{}, &rep, false); err != nil {
 		t.Fatal(err)

@@ -53,6 +53,11 @@ func run(n int, addr, image string) error {
 		return fmt.Errorf("creating lab: %w", err)
 	}
 	defer l.Close()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = netpolicy.Settle(sctx) // addresses back in the pool before the lab goes
+	}()
 	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/home/build"}
 	var ours, ctr, full, base []time.Duration
 

@@ -7,11 +7,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
 	"github.com/cleanroom-ci/cleanroom/agent"
+	"github.com/cleanroom-ci/cleanroom/netpolicy"
 )
 
 const defaultAgentConfig = "/etc/cleanroom/agent.yaml"
@@ -130,7 +132,16 @@ cancels running jobs at once (they are still torn down).`,
 				case <-a.Done():
 				}
 			}()
-			return a.Run(ctx)
+			runErr := a.Run(ctx)
+			// Sandbox networks hand their addresses back once the kernel
+			// has destroyed their veths; wait for that before exiting
+			// (GC would collect them otherwise, at the next start).
+			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer scancel()
+			if err := netpolicy.Settle(sctx); err != nil {
+				log.Warn("exiting before every sandbox network was released", "error", err)
+			}
+			return runErr
 		},
 	}
 	run.Flags().StringVar(&cfgPath, "config", defaultAgentConfig, "agent config file (written by agent register)")

@@ -18,6 +18,14 @@ if (action === 'tcp') {
   const r = new dns.promises.Resolver({ timeout: 1000, tries: 1 });
   r.setServers([b]);
   r.resolve4(a).then((ips) => done('ok ' + ips.join(',')), (e) => done('err ' + e.code));
+} else if (action === 'burst') {
+  // burst HOST N: N UDP datagrams to ports 20000..20000+N-1, then exit at once
+  const s = dgram.createSocket('udp4');
+  let left = +b;
+  s.on('error', () => {});
+  for (let i = 0; i < +b; i++) {
+    s.send(Buffer.from('x'), 20000 + i, a, () => { if (--left === 0) done('ok sent ' + b); });
+  }
 } else {
   done('err BADACTION');
 }
