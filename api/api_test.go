@@ -73,6 +73,7 @@ func TestParseByteSize(t *testing.T) {
 	}{
 		{"512MiB", 512 << 20, false}, {"2g", 2 << 30, false}, {"1GB", 1e9, false}, {"1024", 1024, false},
 		{"1.5GiB", 3 << 29, false}, {"lots", 0, true}, {"-1m", 0, true},
+		{"1Gi", 1 << 30, false}, {"64k", 64 << 10, false}, {"1MB", 1e6, false}, {"12q", 0, true}, {"9999999t", 0, true},
 	}
 	for _, tc := range tests {
 		got, err := api.ParseByteSize(tc.in)

@@ -133,11 +133,14 @@ var sizeUnits = []struct {
 }{
 	{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"tib", 1 << 40},
 	{"kb", 1000}, {"mb", 1000 * 1000}, {"gb", 1000 * 1000 * 1000}, {"tb", 1000 * 1000 * 1000 * 1000},
+	{"ki", 1 << 10}, {"mi", 1 << 20}, {"gi", 1 << 30}, {"ti", 1 << 40},
 	{"k", 1 << 10}, {"m", 1 << 20}, {"g", 1 << 30}, {"t", 1 << 40}, {"b", 1},
 }
 
-// ParseByteSize parses "512MiB", "2g", "1.5GiB" or "1048576". Single-letter
-// suffixes are binary (as in docker and containerd).
+// ParseByteSize parses "512MiB", "2g", "1.5GiB" or "1048576": the one size
+// syntax of every config file, job spec and flag. Single-letter suffixes
+// and Ki…Ti / KiB…TiB are binary (as in docker and containerd), KB…TB
+// decimal. "" is 0; negative or absurd (over 2^62) sizes are errors.
 func ParseByteSize(s string) (ByteSize, error) {
 	t := strings.ToLower(strings.TrimSpace(s))
 	if t == "" {
@@ -154,6 +157,9 @@ func ParseByteSize(s string) (ByteSize, error) {
 	f, err := strconv.ParseFloat(t, 64)
 	if err != nil || f < 0 {
 		return 0, fmt.Errorf("parsing size %q: want a number with an optional unit like 512MiB", s)
+	}
+	if v := f * float64(mult); v > 1<<62 {
+		return 0, fmt.Errorf("parsing size %q: too large", s)
 	}
 	return ByteSize(f * float64(mult)), nil
 }

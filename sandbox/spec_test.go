@@ -106,20 +106,6 @@ func TestBindMountsAreNosuidNodevAndReadOnlyByDefault(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"1024": 1024, "512m": 512 << 20, "2g": 2 << 30, "1Gi": 1 << 30, "1.5GiB": 3 << 29, "64k": 64 << 10} {
-		got, err := ParseSize(in)
-		if err != nil || got != want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{"", "0", "-1g", "lots", "12q", "0m"} {
-		if _, err := ParseSize(bad); err == nil {
-			t.Errorf("ParseSize(%q) accepted", bad)
-		}
-	}
-}
-
 func TestOptionsValidationReportsEveryProblem(t *testing.T) {
 	o := Options{JobID: "Bad ID", Image: "", Workspace: "/does/not/exist", Limits: Limits{MemoryBytes: -1, Pids: 3}, Env: []string{"NOEQUALS"}}
 	err := o.validate()

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
 	"github.com/cleanroom-ci/cleanroom/sandbox/nodeimage"
 	"github.com/spf13/cobra"
@@ -133,9 +134,12 @@ func parseSizeFlag(name, v string) (int64, error) {
 	if v == "" {
 		return 0, nil
 	}
-	n, err := sandbox.ParseSize(v)
+	n, err := api.ParseByteSize(v)
 	if err != nil {
 		return 0, fmt.Errorf("--%s: %w", name, err)
 	}
-	return n, nil
+	if n <= 0 {
+		return 0, fmt.Errorf("--%s: size %q must be greater than zero", name, v)
+	}
+	return int64(n), nil
 }
