@@ -392,8 +392,10 @@ func TestCloseReleasesAfterTheVethIsGone(t *testing.T) {
 	if err := second.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	assertGone(t, l, first)
+	// Both host ends have the same name: wait for the second's release
+	// before looking for either by name.
 	assertGone(t, l, second)
+	assertGone(t, l, first)
 	if leases, err := pool.Leases(); err != nil || len(leases) != 0 {
 		t.Errorf("pool after release: %v %v", leases, err)
 	}
