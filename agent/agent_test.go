@@ -293,6 +293,34 @@ func TestAgentRefusesAnArchiveThatEscapes(t *testing.T) {
 }
 
 // blocking is an executor that writes a line and waits for ctx.
+// redactingExec fails with an error that carries a secret, as a step's
+// error message might, and knows how to redact it.
+type redactingExec struct{ secret string }
+
+func (r redactingExec) Run(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
+	return agent.Result{Artifacts: []agent.Artifact{{Name: "gone-" + r.secret, Path: filepath.Join(ws, "missing")}}},
+		fmt.Errorf("fetching https://ci:%s@git.example/app.git: refused", r.secret)
+}
+
+func (r redactingExec) RedactString(s string) string { return strings.ReplaceAll(s, r.secret, "[REDACTED]") }
+
+func TestAgentRedactsItsOwnLinesAndTheReason(t *testing.T) {
+	e := newEnv(t, 5*time.Second)
+	cfg := e.register("a1", 1, nil)
+	const secret = "hunter2-deploy-token"
+	_, stop := e.runAgent(cfg, redactingExec{secret: secret}, nil)
+	defer stop()
+	j := e.upload(map[string]string{"package.json": `{"name":"app"}`}, spec)
+	got := e.waitState(j.ID, 10*time.Second, api.StateFailed, api.StateSucceeded)
+	log := e.logOf(j.ID)
+	if got.State != api.StateFailed || strings.Contains(got.Reason, secret) || !strings.Contains(got.Reason, "ci:[REDACTED]@") {
+		t.Fatalf("reason %q (state %s)", got.Reason, got.State)
+	}
+	if strings.Contains(log, secret) || !strings.Contains(log, "ci:[REDACTED]@") || !strings.Contains(log, "artifact gone-[REDACTED]") {
+		t.Fatalf("log:\n%s", log)
+	}
+}
+
 func blocking(started chan<- string) agent.Executor {
 	return agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
 		fmt.Fprintln(out, "started")

@@ -22,6 +22,14 @@ type Executor interface {
 	Run(ctx context.Context, job *api.Job, ws string, out io.Writer, rep Reporter) (Result, error)
 }
 
+// StringRedactor is implemented by executors that hold secrets. The job loop
+// passes its own log lines (a source fetch error, the final state, an
+// artifact not uploaded) and the job's reason through it, so a secret that
+// turns up in an error message is redacted there as in the build output.
+type StringRedactor interface {
+	RedactString(string) string
+}
+
 // Reporter receives egress events while a job runs. Event never blocks on
 // the network: events are spooled and uploaded in batches.
 type Reporter interface {

@@ -81,6 +81,7 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 	} else {
 		res = Result{State: api.StateFailed, ExitCode: -1, Reason: err.Error()}
 	}
+	res.Reason = jr.redact(res.Reason)
 
 	if res.Scratch != "" {
 		defer func() {
@@ -125,6 +126,7 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 // (including cancel, timeout and shutdown) into a Result.
 func (jr *jobRun) execute(jobCtx context.Context, logs *logShipper, events *eventShipper) Result {
 	a := jr.a
+	say := func(format string, args ...any) { io.WriteString(logs, jr.redact(fmt.Sprintf(format, args...))) }
 	fmt.Fprintf(logs, "[cleanroom] job %s attempt %d on runner %s (%s)\n", jr.job.ID, jr.job.Attempts, a.cfg.Name, a.cfg.RunnerID)
 	for _, d := range []string{jr.ws, jr.spool} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -141,7 +143,7 @@ func (jr *jobRun) execute(jobCtx context.Context, logs *logShipper, events *even
 	var res Result
 	var err error
 	if err = a.fetchSource(runCtx, &jr.job, jr.lease.Token, jr.ws, jr.spool); err != nil {
-		fmt.Fprintf(logs, "[cleanroom] %v\n", err)
+		say("[cleanroom] %v\n", err)
 		res = Result{State: api.StateFailed, ExitCode: -1, Reason: err.Error()}
 	} else {
 		res, err = a.exec.Run(runCtx, &jr.job, jr.ws, logs, events)
@@ -167,9 +169,18 @@ func (jr *jobRun) execute(jobCtx context.Context, logs *logShipper, events *even
 		}
 	}
 	if res.State != api.StateSucceeded {
-		fmt.Fprintf(logs, "[cleanroom] job %s: %s\n", res.State, res.Reason)
+		say("[cleanroom] job %s: %s\n", res.State, res.Reason)
 	}
 	return res
+}
+
+// redact removes secrets from a line of the job loop's own, when the
+// executor knows any (StringRedactor).
+func (jr *jobRun) redact(s string) string {
+	if r, ok := jr.a.exec.(StringRedactor); ok {
+		return r.RedactString(s)
+	}
+	return s
 }
 
 // heartbeat renews the lease until ctx ends. Each request long-polls so a
@@ -231,7 +242,7 @@ func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *lo
 		}
 		digest, err := fileSHA256(art.Path)
 		if err != nil {
-			fmt.Fprintf(logs, "[cleanroom] artifact %s skipped: %v\n", art.Name, err)
+			io.WriteString(logs, jr.redact(fmt.Sprintf("[cleanroom] artifact %s skipped: %v\n", art.Name, err)))
 			continue
 		}
 		err = jr.a.retry(ctx, "uploading artifact", func() error {
@@ -244,7 +255,7 @@ func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *lo
 			return err
 		})
 		if err != nil {
-			fmt.Fprintf(logs, "[cleanroom] artifact %s not uploaded: %v\n", art.Name, err)
+			io.WriteString(logs, jr.redact(fmt.Sprintf("[cleanroom] artifact %s not uploaded: %v\n", art.Name, err)))
 			jr.log.Error("uploading artifact", "name", art.Name, "error", err)
 		}
 	}

@@ -138,6 +138,10 @@ func New(cfg Config) (*Executor, error) {
 	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), digests: map[string]string{}}, nil
 }
 
+// RedactString removes every known secret, in every encoding the build
+// output is redacted in, from s (agent.StringRedactor).
+func (e *Executor) RedactString(s string) string { return e.matcher.RedactString(s) }
+
 // NormalizeViolation checks an on_violation value (empty means deny).
 func NormalizeViolation(s string) (string, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
