@@ -302,7 +302,9 @@ func (r redactingExec) Run(ctx context.Context, job *api.Job, ws string, out io.
 		fmt.Errorf("fetching https://ci:%s@git.example/app.git: refused", r.secret)
 }
 
-func (r redactingExec) RedactString(s string) string { return strings.ReplaceAll(s, r.secret, "[REDACTED]") }
+func (r redactingExec) RedactString(s string) string {
+	return strings.ReplaceAll(s, r.secret, "[REDACTED]")
+}
 
 func TestAgentRedactsItsOwnLinesAndTheReason(t *testing.T) {
 	e := newEnv(t, 5*time.Second)
