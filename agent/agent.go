@@ -46,6 +46,10 @@ type Agent struct {
 	ReportTimeout time.Duration
 	// ExtractLimits bound source archives.
 	ExtractLimits ExtractLimits
+	// Capacity is sent with every claim: the most this runner gives one job.
+	// The coordinator then leaves jobs that ask for more to bigger runners.
+	// New takes it from the executor when it implements CapacityReporter.
+	Capacity *api.Resources
 
 	cfg    *Config
 	client *api.Client
@@ -80,7 +84,7 @@ func New(cfg *Config, exec Executor, log hclog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		GracePeriod:   cfg.GracePeriod.D(),
 		ClaimWait:     30 * time.Second,
 		ReportTimeout: 10 * time.Minute,
@@ -91,7 +95,12 @@ func New(cfg *Config, exec Executor, log hclog.Logger) (*Agent, error) {
 		freed:         make(chan struct{}, 1),
 		stopNow:       make(chan struct{}),
 		done:          make(chan struct{}),
-	}, nil
+	}
+	if c, ok := exec.(CapacityReporter); ok {
+		capacity := c.Capacity()
+		a.Capacity = &capacity
+	}
+	return a, nil
 }
 
 // Done is closed when Run has returned.
@@ -193,7 +202,7 @@ func (a *Agent) claimLoop(ctx, hardCtx context.Context, wg *sync.WaitGroup) erro
 			}
 			continue
 		}
-		resp, err := a.client.Claim(ctx, api.ClaimRequest{Slots: int(free), Wait: api.Duration(a.ClaimWait)})
+		resp, err := a.client.Claim(ctx, api.ClaimRequest{Slots: int(free), Wait: api.Duration(a.ClaimWait), Capacity: a.Capacity})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

@@ -323,6 +323,34 @@ func TestAgentRedactsItsOwnLinesAndTheReason(t *testing.T) {
 	}
 }
 
+// sizedExec is an executor with limits, which the agent advertises.
+type sizedExec struct{ agent.ExecutorFunc }
+
+func (sizedExec) Capacity() api.Resources { return api.Resources{Memory: 2 << 30, CPUs: 2} }
+
+func TestAgentClaimsOnlyJobsThatFitItsLimits(t *testing.T) {
+	e := newEnv(t, 5*time.Second)
+	cfg := e.register("a1", 1, nil)
+	ran := make(chan string, 4)
+	ex := sizedExec{agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
+		ran <- job.ID
+		return agent.Result{}, nil
+	})}
+	_, stop := e.runAgent(cfg, ex, nil)
+	defer stop()
+	big := spec
+	big.Resources = api.Resources{Memory: 8 << 30}
+	tooBig := e.upload(map[string]string{"package.json": `{}`}, big)
+	fits := e.upload(map[string]string{"package.json": `{}`}, spec)
+	e.waitState(fits.ID, 10*time.Second, api.StateSucceeded)
+	if j, err := e.admin.GetJob(context.Background(), tooBig.ID); err != nil || j.State != api.StateQueued {
+		t.Fatalf("job asking 8GiB of a 2GiB runner: %+v %v (want it left queued for a bigger runner)", j, err)
+	}
+	if id := <-ran; id != fits.ID {
+		t.Fatalf("executor ran %s", id)
+	}
+}
+
 func blocking(started chan<- string) agent.Executor {
 	return agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
 		fmt.Fprintln(out, "started")

@@ -30,6 +30,12 @@ type StringRedactor interface {
 	RedactString(string) string
 }
 
+// CapacityReporter is implemented by executors with resource limits: the
+// agent advertises them with its claims (see Agent.Capacity).
+type CapacityReporter interface {
+	Capacity() api.Resources
+}
+
 // Reporter receives egress events while a job runs. Event never blocks on
 // the network: events are spooled and uploaded in batches.
 type Reporter interface {

@@ -83,6 +83,20 @@ func TestParseByteSize(t *testing.T) {
 	}
 }
 
+func TestResourcesOverNamesEveryFieldThatDoesNotFit(t *testing.T) {
+	capacity := api.Resources{Memory: 2 << 30, CPUs: 2, PIDs: 100, Disk: 1 << 30}
+	if over := (api.Resources{}).Over(capacity); len(over) != 0 {
+		t.Fatalf("defaults do not fit: %v", over)
+	}
+	over := api.Resources{Memory: 4 << 30, CPUs: 2, PIDs: 101, Disk: 1 << 30}.Over(capacity)
+	if len(over) != 2 || over[0] != "resources.memory 4GiB > 2GiB" || over[1] != "resources.pids 101 > 100" {
+		t.Fatalf("over = %q", over)
+	}
+	if over := (api.Resources{Memory: 1 << 40}).Over(api.Resources{}); len(over) != 0 {
+		t.Fatalf("unknown capacity refused: %v", over)
+	}
+}
+
 func TestValidateReportsEveryFieldAtOnce(t *testing.T) {
 	s := api.JobSpec{Timeout: api.Duration(-time.Second), Secrets: []string{"a b"}, Network: api.NetworkSpec{OnViolation: "x"}}
 	err := s.Validate()

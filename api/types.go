@@ -276,6 +276,27 @@ type Resources struct {
 	Disk   ByteSize `json:"disk,omitempty" yaml:"disk,omitempty"`
 }
 
+// Over lists the fields of r that ask for more than capacity allows, in
+// the words of a job spec ("resources.memory 4GiB > 2GiB"). A zero field of
+// r asks for the runner's default and always fits; a zero field of
+// capacity means no limit is known for it.
+func (r Resources) Over(capacity Resources) []string {
+	var out []string
+	if r.Memory > 0 && capacity.Memory > 0 && r.Memory > capacity.Memory {
+		out = append(out, fmt.Sprintf("resources.memory %s > %s", r.Memory, capacity.Memory))
+	}
+	if r.CPUs > 0 && capacity.CPUs > 0 && r.CPUs > capacity.CPUs {
+		out = append(out, fmt.Sprintf("resources.cpus %g > %g", r.CPUs, capacity.CPUs))
+	}
+	if r.PIDs > 0 && capacity.PIDs > 0 && r.PIDs > capacity.PIDs {
+		out = append(out, fmt.Sprintf("resources.pids %d > %d", r.PIDs, capacity.PIDs))
+	}
+	if r.Disk > 0 && capacity.Disk > 0 && r.Disk > capacity.Disk {
+		out = append(out, fmt.Sprintf("resources.disk %s > %s", r.Disk, capacity.Disk))
+	}
+	return out
+}
+
 // InstallScripts is the npm install-script policy: by default no package's
 // lifecycle scripts run; Allow names packages whose scripts may run, All lets
 // every package run them (discouraged; recorded in provenance).
@@ -360,6 +381,10 @@ type Lease struct {
 type ClaimRequest struct {
 	Slots int      `json:"slots"`
 	Wait  Duration `json:"wait,omitempty"`
+	// Capacity is the most this runner gives one job (its limits). A job
+	// whose resources ask for more is left in the queue for a runner that
+	// has it, instead of being claimed here and refused. nil: any job.
+	Capacity *Resources `json:"capacity,omitempty"`
 }
 
 // Claim is one job handed to a runner with its lease.

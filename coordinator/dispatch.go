@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 )
 
@@ -48,10 +49,11 @@ type claimResult struct {
 
 // waiter is one long-polling claim request.
 type waiter struct {
-	ctx    context.Context
-	runner store.Runner
-	slots  int
-	ch     chan claimResult // buffered 1; written once, by the dispatcher
+	ctx      context.Context
+	runner   store.Runner
+	slots    int
+	capacity *api.Resources
+	ch       chan claimResult // buffered 1; written once, by the dispatcher
 }
 
 // dispatcher hands queued jobs to waiting claims. One goroutine makes all
@@ -124,7 +126,7 @@ func (d *dispatcher) dispatch(ctx context.Context) {
 		if w.ctx.Err() != nil {
 			continue // its handler is leaving and removes it
 		}
-		claims, err := d.s.store.ClaimJobs(ctx, w.runner, w.slots, d.s.cfg.LeaseTTL, d.s.now())
+		claims, err := d.s.store.ClaimJobs(ctx, w.runner, w.capacity, w.slots, d.s.cfg.LeaseTTL, d.s.now())
 		if err == nil && len(claims) == 0 {
 			continue
 		}

@@ -507,7 +507,7 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	wait := min(max(req.Wait.D(), 0), s.cfg.MaxClaimWait)
-	wt := &waiter{ctx: r.Context(), runner: p.runner, slots: req.Slots, ch: make(chan claimResult, 1)}
+	wt := &waiter{ctx: r.Context(), runner: p.runner, slots: req.Slots, capacity: req.Capacity, ch: make(chan claimResult, 1)}
 	s.disp.add(wt)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()

@@ -138,6 +138,13 @@ func New(cfg Config) (*Executor, error) {
 	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), digests: map[string]string{}}, nil
 }
 
+// Capacity is the most a job may ask of this runner: its limits
+// (agent.CapacityReporter).
+func (e *Executor) Capacity() api.Resources {
+	l := e.cfg.Limits
+	return api.Resources{Memory: api.ByteSize(l.MemoryBytes), CPUs: l.CPUs, PIDs: l.Pids, Disk: api.ByteSize(l.DiskBytes)}
+}
+
 // RedactString removes every known secret, in every encoding the build
 // output is redacted in, from s (agent.StringRedactor).
 func (e *Executor) RedactString(s string) string { return e.matcher.RedactString(s) }

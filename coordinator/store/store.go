@@ -136,8 +136,9 @@ type Store interface {
 	Job(ctx context.Context, id string) (Job, error)
 	ListJobs(ctx context.Context, f JobFilter) ([]Job, error)
 	// ClaimJobs atomically leases up to max queued jobs whose labels are a
-	// subset of the runner's, oldest first.
-	ClaimJobs(ctx context.Context, r Runner, max int, ttl time.Duration, now time.Time) ([]Claim, error)
+	// subset of the runner's and whose resources fit capacity (nil: any),
+	// oldest first.
+	ClaimJobs(ctx context.Context, r Runner, capacity *api.Resources, max int, ttl time.Duration, now time.Time) ([]Claim, error)
 	// ReleaseClaim puts a job just claimed back in the queue without
 	// counting the attempt (the claimer's connection was gone).
 	ReleaseClaim(ctx context.Context, f Fence) error

@@ -496,20 +496,20 @@ func labelsMatch(runner, job map[string]string) bool {
 }
 
 // ClaimJobs leases up to max matching queued jobs in one transaction.
-func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, max int, ttl time.Duration, now time.Time) ([]store.Claim, error) {
+func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, capacity *api.Resources, max int, ttl time.Duration, now time.Time) ([]store.Claim, error) {
 	if max <= 0 {
 		return nil, nil
 	}
 	var claims []store.Claim
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT id, labels FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1000`)
+		rows, err := tx.QueryContext(ctx, `SELECT id, labels, spec FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1000`)
 		if err != nil {
 			return fmt.Errorf("finding queued jobs: %w", err)
 		}
 		var ids []string
 		for rows.Next() && len(ids) < max {
-			var id, labels string
-			if err := rows.Scan(&id, &labels); err != nil {
+			var id, labels, spec string
+			if err := rows.Scan(&id, &labels, &spec); err != nil {
 				rows.Close()
 				return fmt.Errorf("finding queued jobs: %w", err)
 			}
@@ -518,9 +518,22 @@ func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, max int, ttl time
 				rows.Close()
 				return fmt.Errorf("decoding labels of job %s: %w", id, err)
 			}
-			if labelsMatch(r.Labels, jl) {
-				ids = append(ids, id)
+			if !labelsMatch(r.Labels, jl) {
+				continue
 			}
+			if capacity != nil {
+				var js struct {
+					Resources api.Resources `json:"resources"`
+				}
+				if err := json.Unmarshal([]byte(spec), &js); err != nil {
+					rows.Close()
+					return fmt.Errorf("decoding spec of job %s: %w", id, err)
+				}
+				if len(js.Resources.Over(*capacity)) > 0 {
+					continue
+				}
+			}
+			ids = append(ids, id)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {

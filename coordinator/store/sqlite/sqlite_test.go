@@ -49,7 +49,7 @@ func TestClaimIsAtomicUnderConcurrentClaimers(t *testing.T) {
 		go func() {
 			r := store.Runner{Runner: api.Runner{ID: "r"}}
 			for {
-				cs, err := s.ClaimJobs(ctx, r, 2, time.Minute, time.Now())
+				cs, err := s.ClaimJobs(ctx, r, nil, 2, time.Minute, time.Now())
 				if err != nil {
 					errs <- err
 					return
