@@ -2,7 +2,10 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"os"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -50,6 +53,11 @@ func init() {
 			src += fmt.Sprintf(" sha256:%s (%d bytes)", j.Source.SHA256, j.Source.Size)
 		}
 		row("source", src)
+		if req := requirements(j.Spec); req != "" {
+			// What a runner must have to claim it: the answer to "why is
+			// it still queued".
+			row("requires", req)
+		}
 		row("created", j.CreatedAt.Local().Format(time.RFC3339))
 		if j.StartedAt != nil {
 			row("started", j.StartedAt.Local().Format(time.RFC3339))
@@ -68,4 +76,28 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// requirements says what a runner needs to take a job: its labels and any
+// resources above the runners' defaults.
+func requirements(s api.JobSpec) string {
+	var out []string
+	keys := slices.Sorted(maps.Keys(s.Labels))
+	for _, k := range keys {
+		out = append(out, k+"="+s.Labels[k])
+	}
+	r := s.Resources
+	if r.Memory > 0 {
+		out = append(out, "memory "+r.Memory.String())
+	}
+	if r.CPUs > 0 {
+		out = append(out, fmt.Sprintf("cpus %g", r.CPUs))
+	}
+	if r.PIDs > 0 {
+		out = append(out, fmt.Sprintf("pids %d", r.PIDs))
+	}
+	if r.Disk > 0 {
+		out = append(out, "disk "+r.Disk.String())
+	}
+	return strings.Join(out, ", ")
 }

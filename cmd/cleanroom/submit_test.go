@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/cleanroom-ci/cleanroom/api"
 )
 
 func TestExampleSpecsParseAndValidate(t *testing.T) {
@@ -63,5 +65,15 @@ func TestPackDirLeavesOutNodeModulesAndGit(t *testing.T) {
 	want := []string{"link.js", "package.json", "pkg/", "src/", "src/a.js"}
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Fatalf("archive has %v, want %v", names, want)
+	}
+}
+
+func TestStatusSaysWhatARunnerNeeds(t *testing.T) {
+	s := api.JobSpec{Labels: map[string]string{"zone": "b", "arch": "amd64"}, Resources: api.Resources{Memory: 8 << 30, CPUs: 4}}
+	if got := requirements(s); got != "arch=amd64, zone=b, memory 8GiB, cpus 4" {
+		t.Fatalf("requirements = %q", got)
+	}
+	if got := requirements(api.JobSpec{}); got != "" {
+		t.Fatalf("requirements of a plain job = %q", got)
 	}
 }
