@@ -120,3 +120,14 @@ func TestErrorMatchesSentinelsByStatus(t *testing.T) {
 		t.Error("Retryable misclassifies")
 	}
 }
+
+func TestParseDurationTakesDaysForRetention(t *testing.T) {
+	for in, want := range map[string]time.Duration{"90d": 90 * 24 * time.Hour, "1.5d": 36 * time.Hour, "10m": 10 * time.Minute, "30": 30 * time.Second, "": 0} {
+		if got, err := api.ParseDuration(in); err != nil || got.D() != want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	if _, err := api.ParseDuration("soon"); err == nil {
+		t.Error(`ParseDuration("soon") accepted`)
+	}
+}

@@ -105,6 +105,14 @@ func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
 // UnmarshalYAML accepts "10m" or a number of seconds.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error { return d.parse(n.Value) }
 
+// ParseDuration parses "90s", "10m", "1h30m", "30d" (days, for retention)
+// or a plain number of seconds.
+func ParseDuration(s string) (Duration, error) {
+	var d Duration
+	err := d.parse(s)
+	return d, err
+}
+
 func (d *Duration) parse(s string) error {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -114,6 +122,12 @@ func (d *Duration) parse(s string) error {
 	if n, err := strconv.ParseFloat(s, 64); err == nil {
 		*d = Duration(n * float64(time.Second))
 		return nil
+	}
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := strconv.ParseFloat(days, 64); err == nil {
+			*d = Duration(n * float64(24*time.Hour))
+			return nil
+		}
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"time"
 )
 
 // blobs is a content-addressed file store (blobs/sha256/ab/abcd…) for
@@ -79,6 +80,44 @@ func (b *blobs) put(r io.Reader, limit int64, want string) (digest string, size 
 		return "", n, fmt.Errorf("storing blob %s: %w", digest, err)
 	}
 	return digest, n, nil
+}
+
+// blobGrace protects blobs (and half-written uploads) younger than this
+// from sweep: a source is stored before the job that refers to it exists.
+const blobGrace = time.Hour
+
+// sweep removes stored blobs that refs does not name and abandoned
+// temporary uploads, both only when older than blobGrace before now.
+func (b *blobs) sweep(refs map[string]bool, now time.Time) (removed int, bytes int64, err error) {
+	cutoff := now.Add(-blobGrace)
+	var errs []error
+	walk := func(dir string, keep func(name string) bool) {
+		ents, rerr := os.ReadDir(dir)
+		if rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			errs = append(errs, rerr)
+		}
+		for _, e := range ents {
+			if e.IsDir() || keep(e.Name()) {
+				continue
+			}
+			info, ierr := e.Info()
+			if ierr != nil || !info.ModTime().Before(cutoff) {
+				continue
+			}
+			if rerr := os.Remove(filepath.Join(dir, e.Name())); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				errs = append(errs, rerr)
+				continue
+			}
+			removed++
+			bytes += info.Size()
+		}
+	}
+	shards, _ := filepath.Glob(filepath.Join(b.dir, "sha256", "??"))
+	for _, d := range shards {
+		walk(d, func(name string) bool { return !hexDigest.MatchString(name) || refs[name] })
+	}
+	walk(filepath.Join(b.dir, "tmp"), func(string) bool { return false })
+	return removed, bytes, errors.Join(errs...)
 }
 
 // open opens a stored blob.

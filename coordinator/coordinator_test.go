@@ -1,6 +1,7 @@
 package coordinator_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -11,6 +12,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -663,6 +665,101 @@ func TestArtifactsAreVerifiedListedAndDownloaded(t *testing.T) {
 	}
 	_, err = c.AdminClient().DownloadArtifact(ctx, j.ID, "missing", io.Discard)
 	wantStatus(t, err, api.ErrNotFound)
+}
+
+// Retention deletes jobs that ended long enough ago with everything stored
+// for them, and the blobs nothing refers to any more; it keeps queued and
+// recent jobs, and a source blob a remaining job still uses.
+func TestRetentionPurgesOldJobsAndUnreferencedBlobs(t *testing.T) {
+	var mu sync.Mutex
+	clock := time.Now()
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	advance := func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
+	c := startCoord(t, func(cfg *coordinator.Config) { cfg.Now, cfg.Retention = now, 24*time.Hour })
+	ctx := context.Background()
+	admin := c.AdminClient()
+	r, _ := c.Register("r", nil)
+	src := tgz(t, "package.json", `{"name":"app"}`)
+	// old: runs, logs, reports egress and an artifact, then ends.
+	old, err := admin.SubmitUpload(ctx, gitSpecOnly(), sha(src), bytes.NewReader(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// waiting: the same source, still queued when retention runs.
+	waiting, err := admin.SubmitUpload(ctx, gitSpecOnly(), sha(src), bytes.NewReader(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, _ := claimOne(t, r, time.Second)
+	if cl.Job.ID != old.ID {
+		t.Fatalf("claimed %s, want %s", cl.Job.ID, old.ID)
+	}
+	art := []byte("only the old job built this")
+	if _, err := r.UploadArtifact(ctx, old.ID, cl.Lease.Token, "dist/app.js", api.KindFile, sha(art), bytes.NewReader(art)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.AppendLog(ctx, old.ID, cl.Lease.Token, 0, []byte("building\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.PostEgress(ctx, old.ID, cl.Lease.Token, 0, []api.EgressEvent{{Time: now(), Proto: "tcp", Dst: "10.0.0.9:80", Verdict: "deny", Rule: "default-deny"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Result(ctx, old.ID, api.ResultRequest{Token: cl.Lease.Token, State: api.StateSucceeded, LogSize: 9}); err != nil {
+		t.Fatal(err)
+	}
+	advance(48 * time.Hour)
+	recent := c.Submit(nil)
+	if _, err := admin.CancelJob(ctx, recent.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	rep, err := c.srv.Purge(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Jobs) != 1 || rep.Jobs[0] != old.ID || rep.Blobs != 1 {
+		t.Fatalf("purge report %+v, want only %s and its artifact blob", rep, old.ID)
+	}
+	_, err = admin.GetJob(ctx, old.ID)
+	wantStatus(t, err, api.ErrNotFound)
+	var evs []api.EgressEvent
+	if err := admin.QueryEgress(ctx, api.EgressFilter{Job: old.ID}, func(e api.EgressEvent) error { evs = append(evs, e); return nil }); err != nil || len(evs) != 0 {
+		t.Fatalf("egress of a purged job: %v %v", evs, err)
+	}
+	for _, id := range []string{waiting.ID, recent.ID} {
+		if _, err := admin.GetJob(ctx, id); err != nil {
+			t.Fatalf("job %s purged: %v", id, err)
+		}
+	}
+	blobs := func() (n int) {
+		m, _ := filepath.Glob(filepath.Join(c.dir, "blobs", "sha256", "*", "*"))
+		return len(m)
+	}
+	if n := blobs(); n != 1 {
+		t.Fatalf("%d blobs left, want the shared source only", n)
+	}
+	// The queued job still gets its source.
+	cl, _ = claimOne(t, r, time.Second)
+	var buf bytes.Buffer
+	if _, err := r.DownloadSource(ctx, cl.Job.ID, cl.Lease.Token, &buf); err != nil || !bytes.Equal(buf.Bytes(), src) {
+		t.Fatalf("source of the waiting job: %q %v", buf.String(), err)
+	}
+}
+
+func gitSpecOnly() api.JobSpec { s, _ := gitSpec(); return s }
+
+// tgz is a gzip-compressed tar archive of one file.
+func tgz(t *testing.T, name, body string) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write([]byte(body))
+	tw.Close()
+	zw.Close()
+	return buf.Bytes()
 }
 
 func TestCheckListenRefusesPlainHTTPOffLoopback(t *testing.T) {

@@ -44,6 +44,12 @@ type Config struct {
 	// ReapInterval is how often expired leases are looked for (default
 	// LeaseTTL/4, at most 5s).
 	ReapInterval time.Duration
+	// Retention, when positive, deletes jobs that ended longer ago than
+	// this, with their logs, egress events and artifacts, and then the
+	// blobs nothing refers to any more. 0 keeps everything.
+	Retention time.Duration
+	// PurgeInterval is how often Retention is applied (default 1h).
+	PurgeInterval time.Duration
 	// Store overrides the SQLite store in DataDir (tests, PostgreSQL).
 	Store store.Store
 	// Logger receives the server's logs (default: discard).
@@ -73,6 +79,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReapInterval <= 0 {
 		c.ReapInterval = min(c.LeaseTTL/4, 5*time.Second)
+	}
+	if c.PurgeInterval <= 0 {
+		c.PurgeInterval = time.Hour
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
@@ -143,7 +152,65 @@ func New(ctx context.Context, cfg Config) (_ *Server, retErr error) {
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.disp.run(s.stopCtx, 2*time.Second) }()
 	go func() { defer s.wg.Done(); s.reapLoop(s.stopCtx) }()
+	if cfg.Retention > 0 {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.purgeLoop(s.stopCtx) }()
+	}
 	return s, nil
+}
+
+// purgeLoop applies Retention at start and every PurgeInterval.
+func (s *Server) purgeLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.PurgeInterval)
+	defer t.Stop()
+	for {
+		if _, err := s.Purge(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("applying retention", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// PurgeReport says what one Purge removed.
+type PurgeReport struct {
+	Jobs      []string
+	Blobs     int
+	BlobBytes int64
+}
+
+// Purge deletes the jobs that ended more than Retention ago (in batches,
+// so the database is never locked for long) and then the blobs no
+// remaining job refers to. It is what the retention loop runs.
+func (s *Server) Purge(ctx context.Context) (PurgeReport, error) {
+	var rep PurgeReport
+	if s.cfg.Retention <= 0 {
+		return rep, nil
+	}
+	before := s.now().Add(-s.cfg.Retention)
+	for {
+		ids, err := s.store.PurgeFinished(ctx, before, 500)
+		if err != nil {
+			return rep, err
+		}
+		rep.Jobs = append(rep.Jobs, ids...)
+		if len(ids) < 500 {
+			break
+		}
+	}
+	refs, err := s.store.BlobRefs(ctx)
+	if err != nil {
+		return rep, err
+	}
+	rep.Blobs, rep.BlobBytes, err = s.blobs.sweep(refs, s.now())
+	if len(rep.Jobs) > 0 || rep.Blobs > 0 {
+		s.log.Info("retention applied", "jobs_deleted", len(rep.Jobs), "ended_before", before.UTC().Format(time.RFC3339),
+			"blobs_deleted", rep.Blobs, "blob_bytes", rep.BlobBytes)
+	}
+	return rep, err
 }
 
 func (s *Server) now() time.Time { return s.cfg.Now() }

@@ -34,6 +34,7 @@ type serverConfig struct {
 	MaxUpload      api.ByteSize `yaml:"max_upload"`
 	MaxArtifact    api.ByteSize `yaml:"max_artifact"`
 	MaxLog         api.ByteSize `yaml:"max_log"`
+	Retention      api.Duration `yaml:"retention"`
 	LogFormat      string       `yaml:"log_format"`
 }
 
@@ -86,6 +87,7 @@ submit tokens. Plain HTTP is refused on a non-loopback address unless
 	f.Var(sizeFlag{&c.MaxUpload}, "max-upload", "largest accepted source tarball")
 	f.Var(sizeFlag{&c.MaxArtifact}, "max-artifact", "largest accepted artifact")
 	f.Var(sizeFlag{&c.MaxLog}, "max-log", "log bytes kept per job; past it a truncation marker is stored")
+	f.Var(durationFlag{&c.Retention}, "retention", "delete jobs that ended longer ago than this (e.g. 90d), with their logs, egress events and artifacts; 0 keeps everything")
 	f.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text (for people) or json (for machines)")
 	rootCmd.AddCommand(cmd)
 }
@@ -126,6 +128,9 @@ func mergeServerConfig(cmd *cobra.Command, c *serverConfig, fc serverConfig) {
 	if !set("max-log") && fc.MaxLog > 0 {
 		c.MaxLog = fc.MaxLog
 	}
+	if !set("retention") && fc.Retention > 0 {
+		c.Retention = fc.Retention
+	}
 	if !set("log-format") && fc.LogFormat != "" {
 		c.LogFormat = fc.LogFormat
 	}
@@ -154,7 +159,8 @@ func runServer(ctx context.Context, c serverConfig) error {
 		fmt.Fprintf(os.Stderr, "Admin token (shown once; also saved in %s, mode 0600):\n\n    %s\n\n", tokFile, tok)
 	}
 	srv, err := coordinator.New(ctx, coordinator.Config{DataDir: c.DataDir, AdminToken: tok, LeaseTTL: c.LeaseTTL.D(),
-		MaxAttempts: c.MaxAttempts, MaxUpload: int64(c.MaxUpload), MaxArtifact: int64(c.MaxArtifact), MaxLog: int64(c.MaxLog), Logger: log})
+		MaxAttempts: c.MaxAttempts, MaxUpload: int64(c.MaxUpload), MaxArtifact: int64(c.MaxArtifact), MaxLog: int64(c.MaxLog),
+		Retention: c.Retention.D(), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -167,7 +173,11 @@ func runServer(ctx context.Context, c serverConfig) error {
 	if c.TLSCert != "" {
 		scheme = "https"
 	}
-	log.Info("coordinator listening", "url", scheme+"://"+ln.Addr().String(), "data_dir", c.DataDir)
+	retention := "off: jobs, logs, egress events and artifacts are kept forever (see --retention)"
+	if c.Retention > 0 {
+		retention = c.Retention.String() + " after a job ends"
+	}
+	log.Info("coordinator listening", "url", scheme+"://"+ln.Addr().String(), "data_dir", c.DataDir, "retention", retention)
 	sctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return srv.Serve(sctx, ln, c.TLSCert, c.TLSKey)
@@ -183,11 +193,11 @@ func (f durationFlag) String() string {
 	return f.d.String()
 }
 func (f durationFlag) Set(s string) error {
-	v, err := time.ParseDuration(s)
+	v, err := api.ParseDuration(s)
 	if err != nil {
 		return err
 	}
-	*f.d = api.Duration(v)
+	*f.d = v
 	return nil
 }
 func (f durationFlag) Type() string { return "duration" }

@@ -157,6 +157,14 @@ type Store interface {
 	// ExtendLeases moves every running lease to at least until, so the time
 	// the coordinator was down does not count against agents.
 	ExtendLeases(ctx context.Context, until time.Time) error
+	// PurgeFinished deletes up to limit jobs that ended before before
+	// (succeeded, failed, canceled or lost), with their log, egress events
+	// and artifact records, and returns their ids. Queued and running jobs
+	// are never purged.
+	PurgeFinished(ctx context.Context, before time.Time, limit int) ([]string, error)
+	// BlobRefs returns the sha256 of every source and artifact a job in
+	// the store still refers to.
+	BlobRefs(ctx context.Context) (map[string]bool, error)
 
 	// AppendLog stores data at offset under the lease (idempotent; a gap is
 	// an *OffsetError) and returns the next expected offset. Past the

@@ -563,6 +563,66 @@ func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, capacity *api.Res
 	return claims, nil
 }
 
+// PurgeFinished deletes jobs that ended before before, oldest first, with
+// everything stored for them, in one transaction.
+func (s *Store) PurgeFinished(ctx context.Context, before time.Time, limit int) ([]string, error) {
+	var ids []string
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT id FROM jobs WHERE state IN ('succeeded','failed','canceled','lost')
+			AND finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?`, nanos(before), limit)
+		if err != nil {
+			return fmt.Errorf("finding finished jobs: %w", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return fmt.Errorf("finding finished jobs: %w", err)
+			}
+			ids = append(ids, id)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("finding finished jobs: %w", err)
+		}
+		for _, id := range ids {
+			for _, q := range []string{`DELETE FROM log_chunks WHERE job_id = ?`, `DELETE FROM egress WHERE job_id = ?`,
+				`DELETE FROM artifacts WHERE job_id = ?`, `DELETE FROM jobs WHERE id = ?`} {
+				if _, err := tx.ExecContext(ctx, q, id); err != nil {
+					return fmt.Errorf("purging job %s: %w", id, err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// BlobRefs lists the digests that sources and artifacts still refer to.
+func (s *Store) BlobRefs(ctx context.Context) (map[string]bool, error) {
+	refs := map[string]bool{}
+	rows, err := s.db.QueryContext(ctx, `SELECT json_extract(source, '$.sha256') FROM jobs WHERE json_extract(source, '$.sha256') IS NOT NULL
+		UNION SELECT sha256 FROM artifacts`)
+	if err != nil {
+		return nil, fmt.Errorf("listing blob references: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return nil, fmt.Errorf("listing blob references: %w", err)
+		}
+		refs[d] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing blob references: %w", err)
+	}
+	return refs, nil
+}
+
 // ReleaseClaim undoes a claim whose answer never reached the runner.
 func (s *Store) ReleaseClaim(ctx context.Context, f store.Fence) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE jobs SET state = 'queued', runner_id = NULL, lease_expires = NULL, attempts = attempts - 1
