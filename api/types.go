@@ -40,11 +40,14 @@ func Terminal(state string) bool {
 }
 
 // Token kinds, used by POST /v1/tokens. Registration tokens are exchanged once
-// (or a few times) for a runner token; submit tokens let a pipeline submit and
-// read jobs without holding the admin token.
+// (or a few times) for a runner token; submit tokens let a pipeline submit,
+// read and cancel its own jobs (those submitted with the same token) without
+// holding the admin token; audit tokens read every job, log, artifact and
+// egress event, and change nothing (for security teams).
 const (
 	TokenRegistration = "registration"
 	TokenSubmit       = "submit"
+	TokenAudit        = "audit"
 )
 
 // Artifact kinds. SBOM and provenance are plain artifacts with a kind, so the
@@ -362,11 +365,14 @@ type Source struct {
 
 // Job is a build job as the coordinator reports it.
 type Job struct {
-	ID          string     `json:"id"`
-	State       string     `json:"state"`
-	Spec        JobSpec    `json:"spec"`
-	Source      Source     `json:"source"`
-	RunnerID    string     `json:"runner_id,omitempty"`
+	ID       string  `json:"id"`
+	State    string  `json:"state"`
+	Spec     JobSpec `json:"spec"`
+	Source   Source  `json:"source"`
+	RunnerID string  `json:"runner_id,omitempty"`
+	// Submitter is the id of the submit token the job was submitted with,
+	// or "admin".
+	Submitter   string     `json:"submitter,omitempty"`
 	Attempts    int        `json:"attempts"`
 	MaxAttempts int        `json:"max_attempts"`
 	ExitCode    *int       `json:"exit_code,omitempty"`

@@ -26,6 +26,7 @@ const (
 	PrefixSubmit       = "crs_"
 	PrefixRegistration = "crg_"
 	PrefixRunner       = "crr_"
+	PrefixAudit        = "cru_"
 )
 
 // newSecret returns 32 random bytes, base64url without padding.
@@ -104,12 +105,23 @@ func EnsureAdminToken(file string) (token string, created bool, err error) {
 const (
 	principalAdmin  = "admin"
 	principalSubmit = "submit"
+	principalAudit  = "audit"
 	principalRunner = "runner"
 )
 
 type principal struct {
 	kind   string
 	runner store.Runner
+	// tokenID is the submit or audit token's id.
+	tokenID string
+}
+
+// submitter is what a job submitted by p records as its submitter.
+func (p principal) submitter() string {
+	if p.kind == principalSubmit {
+		return p.tokenID
+	}
+	return p.kind
 }
 
 type principalKey struct{}
@@ -149,14 +161,18 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 		if subtle.ConstantTimeCompare(hashSecret(secret), rn.TokenHash) == 1 && rn.RevokedAt == nil {
 			return principal{kind: principalRunner, runner: rn}, nil
 		}
-	case strings.HasPrefix(tok, PrefixSubmit):
-		id, secret, ok := splitToken(tok, PrefixSubmit)
+	case strings.HasPrefix(tok, PrefixSubmit), strings.HasPrefix(tok, PrefixAudit):
+		prefix, kind := PrefixSubmit, principalSubmit
+		if strings.HasPrefix(tok, PrefixAudit) {
+			prefix, kind = PrefixAudit, principalAudit
+		}
+		id, secret, ok := splitToken(tok, prefix)
 		if !ok {
 			break
 		}
-		_, err := s.store.CheckToken(r.Context(), "submit", id, hashSecret(secret), s.now())
+		_, err := s.store.CheckToken(r.Context(), kind, id, hashSecret(secret), s.now())
 		if err == nil {
-			return principal{kind: principalSubmit}, nil
+			return principal{kind: kind, tokenID: id}, nil
 		}
 		if !errors.Is(err, store.ErrTokenInvalid) {
 			return principal{}, err
@@ -184,7 +200,11 @@ func (s *Server) auth(kinds []string, h http.HandlerFunc) http.HandlerFunc {
 }
 
 var (
-	adminOnly  = []string{principalAdmin}
-	readers    = []string{principalAdmin, principalSubmit}
+	adminOnly = []string{principalAdmin}
+	// readers read jobs, logs, artifacts and egress events: a submit token
+	// only those of its own jobs (see visibleJob).
+	readers = []string{principalAdmin, principalSubmit, principalAudit}
+	// submitters submit and cancel (a submit token only its own jobs).
+	submitters = []string{principalAdmin, principalSubmit}
 	runnerOnly = []string{principalRunner}
 )

@@ -121,6 +121,97 @@ func TestRunnerTokenCannotUseAdminEndpoints(t *testing.T) {
 	wantStatus(t, err, api.ErrUnauthorized)
 }
 
+// Each submit token sees, follows and cancels only the jobs submitted with
+// it; to it, other jobs do not exist (404, not 403). An audit token reads
+// everything and changes nothing; the admin token does everything.
+func TestSubmitTokensSeeOnlyTheirOwnJobsAuditTokensSeeAll(t *testing.T) {
+	c := startCoord(t)
+	ctx := context.Background()
+	admin := c.AdminClient()
+	token := func(kind string) *api.Client {
+		tok, err := admin.CreateToken(ctx, api.TokenRequest{Kind: kind})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.client(tok.Token)
+	}
+	teamA, teamB, audit := token(api.TokenSubmit), token(api.TokenSubmit), token(api.TokenAudit)
+	spec, src := gitSpec()
+	jobA, err := teamA.SubmitGit(ctx, spec, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobB, err := teamB.SubmitGit(ctx, spec, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := c.Register("r", nil)
+	for range 2 {
+		cl, _ := claimOne(t, r, time.Second)
+		if err := r.PostEgress(ctx, cl.Job.ID, cl.Lease.Token, 0, []api.EgressEvent{{Time: time.Now(), Proto: "tcp", Dst: "10.0.0.9:80", Verdict: "deny", Rule: "default-deny"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	egressJobs := func(cl *api.Client, f api.EgressFilter) (jobs []string) {
+		t.Helper()
+		if err := cl.QueryEgress(ctx, f, func(e api.EgressEvent) error { jobs = append(jobs, e.Job); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return jobs
+	}
+	listed := func(cl *api.Client) (ids []string) {
+		t.Helper()
+		js, err := cl.ListJobs(ctx, api.JobFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range js {
+			ids = append(ids, j.ID)
+		}
+		return ids
+	}
+
+	if got, err := teamA.GetJob(ctx, jobA.ID); err != nil || got.Submitter == "" || got.Submitter == "admin" {
+		t.Fatalf("own job: %+v %v", got, err)
+	}
+	_, err = teamA.GetJob(ctx, jobB.ID)
+	wantStatus(t, err, api.ErrNotFound)
+	_, err = teamA.CancelJob(ctx, jobB.ID)
+	wantStatus(t, err, api.ErrNotFound)
+	_, err = teamA.ListArtifacts(ctx, jobB.ID)
+	wantStatus(t, err, api.ErrNotFound)
+	if ids := listed(teamA); len(ids) != 1 || ids[0] != jobA.ID {
+		t.Fatalf("team A lists %v", ids)
+	}
+	if jobs := egressJobs(teamA, api.EgressFilter{}); len(jobs) != 1 || jobs[0] != jobA.ID {
+		t.Fatalf("team A reads egress of %v", jobs)
+	}
+	if jobs := egressJobs(teamA, api.EgressFilter{Job: jobB.ID}); len(jobs) != 0 {
+		t.Fatalf("team A reads team B's egress: %v", jobs)
+	}
+
+	if ids := listed(audit); len(ids) != 2 {
+		t.Fatalf("audit lists %v", ids)
+	}
+	if jobs := egressJobs(audit, api.EgressFilter{}); len(jobs) != 2 {
+		t.Fatalf("audit reads egress of %v", jobs)
+	}
+	if _, err := audit.GetJob(ctx, jobB.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = audit.CancelJob(ctx, jobA.ID)
+	wantStatus(t, err, api.ErrForbidden)
+	_, err = audit.SubmitGit(ctx, spec, src)
+	wantStatus(t, err, api.ErrForbidden)
+
+	if _, err := teamA.CancelJob(ctx, jobA.ID); err != nil {
+		t.Fatalf("cancelling own job: %v", err)
+	}
+	if ids := listed(admin); len(ids) != 2 {
+		t.Fatalf("admin lists %v", ids)
+	}
+}
+
 func TestClaimHandsSubmittedJobToWaitingRunnerAtOnce(t *testing.T) {
 	checkGoroutines(t)
 	c := startCoord(t)

@@ -36,10 +36,10 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /v1/runners/{id}/key", s.handleRunnerKey)
 	m.HandleFunc("POST /v1/tokens", s.auth(adminOnly, s.handleCreateToken))
 
-	m.HandleFunc("POST /v1/jobs", s.auth(readers, s.handleSubmit))
+	m.HandleFunc("POST /v1/jobs", s.auth(submitters, s.handleSubmit))
 	m.HandleFunc("GET /v1/jobs", s.auth(readers, s.handleListJobs))
 	m.HandleFunc("GET /v1/jobs/{id}", s.auth(readers, s.handleGetJob))
-	m.HandleFunc("POST /v1/jobs/{id}/cancel", s.auth(readers, s.handleCancel))
+	m.HandleFunc("POST /v1/jobs/{id}/cancel", s.auth(submitters, s.handleCancel))
 	m.HandleFunc("GET /v1/jobs/{id}/log", s.auth(readers, s.handleReadLog))
 	m.HandleFunc("GET /v1/jobs/{id}/artifacts", s.auth(readers, s.handleListArtifacts))
 	m.HandleFunc("GET /v1/jobs/{id}/artifacts/{name...}", s.auth(readers, s.handleGetArtifact))
@@ -247,8 +247,10 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		req.Kind, prefix = api.TokenRegistration, PrefixRegistration
 	case api.TokenSubmit:
 		prefix = PrefixSubmit
+	case api.TokenAudit:
+		prefix = PrefixAudit
 	default:
-		fe = append(fe, api.FieldError{Field: "kind", Message: "must be registration or submit"})
+		fe = append(fe, api.FieldError{Field: "kind", Message: "must be registration, submit or audit"})
 	}
 	if req.Expires < 0 {
 		fe = append(fe, api.FieldError{Field: "expires", Message: "must not be negative"})
@@ -334,7 +336,7 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		spec.MaxAttempts = s.cfg.MaxAttempts
 	}
 	j := store.Job{Job: api.Job{ID: newID("j-", 8), State: api.StateQueued, Spec: spec, Source: src,
-		MaxAttempts: spec.MaxAttempts, CreatedAt: s.now().UTC()}}
+		MaxAttempts: spec.MaxAttempts, CreatedAt: s.now().UTC(), Submitter: principalFrom(r.Context()).submitter()}}
 	if err := s.store.CreateJob(r.Context(), j); err != nil {
 		s.writeErr(w, r, err)
 		return
@@ -452,6 +454,9 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Limit = n
 	}
+	if p := principalFrom(r.Context()); p.kind == principalSubmit {
+		f.Submitter = p.tokenID
+	}
 	js, err := s.store.ListJobs(r.Context(), f)
 	if err != nil {
 		s.writeErr(w, r, err)
@@ -464,8 +469,22 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// visibleJob returns the job the request names, if its principal may see
+// it: a submit token sees only the jobs submitted with it, and gets 404 for
+// any other (whether it exists is none of its business).
+func (s *Server) visibleJob(r *http.Request, id string) (store.Job, error) {
+	j, err := s.store.Job(r.Context(), id)
+	if err != nil {
+		return j, err
+	}
+	if p := principalFrom(r.Context()); p.kind == principalSubmit && j.Submitter != p.tokenID {
+		return store.Job{}, fmt.Errorf("looking up job %s: %w", id, store.ErrNotFound)
+	}
+	return j, nil
+}
+
 func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
-	j, err := s.store.Job(r.Context(), r.PathValue("id"))
+	j, err := s.visibleJob(r, r.PathValue("id"))
 	if err != nil {
 		s.writeErr(w, r, err)
 		return
@@ -474,6 +493,10 @@ func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
+	if _, err := s.visibleJob(r, r.PathValue("id")); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
 	j, err := s.store.RequestCancel(r.Context(), r.PathValue("id"), s.now())
 	if err != nil {
 		s.writeErr(w, r, err)
@@ -684,7 +707,7 @@ func (s *Server) handleReadLog(w http.ResponseWriter, r *http.Request) {
 		off = n
 	}
 	follow := q.Get("follow") == "1" || q.Get("follow") == "true"
-	if _, err := s.store.Job(r.Context(), id); err != nil {
+	if _, err := s.visibleJob(r, id); err != nil {
 		s.writeErr(w, r, err)
 		return
 	}
@@ -839,10 +862,14 @@ func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, fe)
 		return
 	}
+	sf := store.EgressFilter{EgressFilter: f}
+	if p := principalFrom(r.Context()); p.kind == principalSubmit {
+		sf.Submitter = p.tokenID
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	enc := json.NewEncoder(w)
 	started := false
-	err := s.store.QueryEgress(r.Context(), f, func(e api.EgressEvent) error {
+	err := s.store.QueryEgress(r.Context(), sf, func(e api.EgressEvent) error {
 		if !started {
 			w.WriteHeader(http.StatusOK)
 			started = true
@@ -923,7 +950,7 @@ func (s *Server) handlePutArtifact(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleListArtifacts(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if _, err := s.store.Job(r.Context(), id); err != nil {
+	if _, err := s.visibleJob(r, id); err != nil {
 		s.writeErr(w, r, err)
 		return
 	}
@@ -939,6 +966,10 @@ func (s *Server) handleListArtifacts(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleGetArtifact(w http.ResponseWriter, r *http.Request) {
+	if _, err := s.visibleJob(r, r.PathValue("id")); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
 	a, err := s.store.Artifact(r.Context(), r.PathValue("id"), r.PathValue("name"))
 	if err != nil {
 		s.writeErr(w, r, err)

@@ -41,6 +41,7 @@ func init() {
 			row("cancel", "requested")
 		}
 		row("runner", orDash(j.RunnerID))
+		row("submitted by", orDash(j.Submitter))
 		row("attempts", fmt.Sprintf("%d of %d", j.Attempts, j.MaxAttempts))
 		if j.ExitCode != nil {
 			row("exit code", fmt.Sprint(*j.ExitCode))

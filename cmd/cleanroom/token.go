@@ -11,16 +11,22 @@ import (
 )
 
 func init() {
-	tokenCmd := &cobra.Command{Use: "token", Short: "Manage registration and submit tokens (admin)"}
+	tokenCmd := &cobra.Command{Use: "token", Short: "Manage registration, submit and audit tokens (admin)"}
 	var req api.TokenRequest
 	var expires time.Duration
 	cmd := &cobra.Command{
 		Use:   "create",
-		Short: "Create a registration token (for agent register) or a submit token (for pipelines)",
-		Long: `Create a token with the admin token. A registration token is exchanged by
-"cleanroom agent register" for a runner token; a submit token lets a pipeline
-submit jobs and read jobs, logs, artifacts and egress events without the admin
-token. The token is printed once; only its hash is stored.`,
+		Short: "Create a registration (agent register), submit (pipelines) or audit (security team) token",
+		Long: `Create a token with the admin token.
+
+  registration  exchanged by "cleanroom agent register" for a runner token
+  submit        submits jobs, and reads and cancels the jobs submitted with
+                it (their logs, artifacts and egress events); other jobs do
+                not exist for it. Give each team or pipeline its own.
+  audit         reads every job, log, artifact and egress event; submits and
+                cancels nothing
+
+The token is printed once; only its hash is stored.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, err := tokenFlags.client()
@@ -48,7 +54,7 @@ token. The token is printed once; only its hash is stored.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&req.Kind, "kind", api.TokenRegistration, "registration or submit")
+	cmd.Flags().StringVar(&req.Kind, "kind", api.TokenRegistration, "registration, submit or audit")
 	cmd.Flags().DurationVar(&expires, "expires", time.Hour, "lifetime of the token (0 = never expires)")
 	cmd.Flags().IntVar(&req.Uses, "uses", 1, "how many times a registration token can be used (0 = unlimited)")
 	cmd.Flags().StringVar(&req.Note, "note", "", "free text stored with the token")

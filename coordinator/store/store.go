@@ -90,7 +90,17 @@ type Fence struct {
 // JobFilter selects jobs for ListJobs.
 type JobFilter struct {
 	State string
-	Limit int
+	// Submitter, when set, keeps only jobs submitted with that token.
+	Submitter string
+	Limit     int
+}
+
+// EgressFilter selects egress events for QueryEgress.
+type EgressFilter struct {
+	api.EgressFilter
+	// Submitter, when set, keeps only events of jobs submitted with that
+	// token (what a submit token may read).
+	Submitter string
 }
 
 // Reaped is a job whose lease expired: re-queued, or lost after its last
@@ -177,7 +187,7 @@ type Store interface {
 	// already stored are skipped.
 	AddEgress(ctx context.Context, f Fence, firstSeq int64, events []api.EgressEvent) error
 	// QueryEgress calls fn for each matching event, oldest first.
-	QueryEgress(ctx context.Context, f api.EgressFilter, fn func(api.EgressEvent) error) error
+	QueryEgress(ctx context.Context, f EgressFilter, fn func(api.EgressEvent) error) error
 
 	// AddArtifact records an artifact under the lease (replacing one of the
 	// same name).

@@ -111,6 +111,11 @@ var migrations = []string{
 		job_id TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
 		sha256 TEXT NOT NULL, size INTEGER NOT NULL, created_at INTEGER NOT NULL,
 		PRIMARY KEY (job_id, name)) WITHOUT ROWID;`,
+	// 2: jobs remember the token they were submitted with, so a submit
+	// token sees only its own jobs. Older jobs have none: only admin and
+	// audit tokens see them.
+	`ALTER TABLE jobs ADD COLUMN submitter TEXT NOT NULL DEFAULT '';
+	CREATE INDEX jobs_submitter ON jobs(submitter, seq);`,
 }
 
 // SchemaVersion is the version this build migrates to.
@@ -397,7 +402,7 @@ func (s *Store) TouchRunner(ctx context.Context, id string, now time.Time) error
 // --- jobs --------------------------------------------------------------------
 
 const jobCols = `id, state, spec, source, created_at, started_at, finished_at, runner_id, lease_token,
-	lease_expires, attempts, max_attempts, cancel_requested, exit_code, reason, log_offset, log_stored, log_truncated`
+	lease_expires, attempts, max_attempts, cancel_requested, exit_code, reason, log_offset, log_stored, log_truncated, submitter`
 
 func scanJob(sc scanner) (store.Job, error) {
 	var j store.Job
@@ -406,7 +411,7 @@ func scanJob(sc scanner) (store.Job, error) {
 	var started, finished, leaseExp, exit sql.NullInt64
 	var runner sql.NullString
 	if err := sc.Scan(&j.ID, &j.State, &spec, &source, &created, &started, &finished, &runner, &j.LeaseToken,
-		&leaseExp, &j.Attempts, &j.MaxAttempts, &j.Cancel, &exit, &j.Reason, &j.LogOffset, &j.LogSize, &j.LogTruncated); err != nil {
+		&leaseExp, &j.Attempts, &j.MaxAttempts, &j.Cancel, &exit, &j.Reason, &j.LogOffset, &j.LogSize, &j.LogTruncated, &j.Submitter); err != nil {
 		return j, err
 	}
 	if err := json.Unmarshal([]byte(spec), &j.Spec); err != nil {
@@ -431,8 +436,8 @@ func scanJob(sc scanner) (store.Job, error) {
 
 // CreateJob inserts a queued job.
 func (s *Store) CreateJob(ctx context.Context, j store.Job) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO jobs (id, state, spec, source, labels, created_at, max_attempts) VALUES (?,?,?,?,?,?,?)`,
-		j.ID, api.StateQueued, mustJSON(j.Spec), mustJSON(j.Source), mustJSON(j.Spec.Labels), nanos(j.CreatedAt), j.MaxAttempts)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO jobs (id, state, spec, source, labels, created_at, max_attempts, submitter) VALUES (?,?,?,?,?,?,?,?)`,
+		j.ID, api.StateQueued, mustJSON(j.Spec), mustJSON(j.Source), mustJSON(j.Spec.Labels), nanos(j.CreatedAt), j.MaxAttempts, j.Submitter)
 	if err != nil {
 		return fmt.Errorf("creating job: %w", err)
 	}
@@ -456,10 +461,16 @@ func (s *Store) Job(ctx context.Context, id string) (store.Job, error) { return 
 // ListJobs lists jobs, newest first.
 func (s *Store) ListJobs(ctx context.Context, f store.JobFilter) ([]store.Job, error) {
 	q := `SELECT ` + jobCols + ` FROM jobs`
+	var where []string
 	var args []any
 	if f.State != "" {
-		q += ` WHERE state = ?`
-		args = append(args, f.State)
+		where, args = append(where, "state = ?"), append(args, f.State)
+	}
+	if f.Submitter != "" {
+		where, args = append(where, "submitter = ?"), append(args, f.Submitter)
+	}
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
 	q += ` ORDER BY seq DESC`
 	if f.Limit > 0 {
@@ -898,9 +909,12 @@ func (s *Store) AddEgress(ctx context.Context, f store.Fence, firstSeq int64, ev
 }
 
 // QueryEgress streams matching events oldest first.
-func (s *Store) QueryEgress(ctx context.Context, f api.EgressFilter, fn func(api.EgressEvent) error) error {
+func (s *Store) QueryEgress(ctx context.Context, f store.EgressFilter, fn func(api.EgressEvent) error) error {
 	var where []string
 	var args []any
+	if f.Submitter != "" {
+		where, args = append(where, "job_id IN (SELECT id FROM jobs WHERE submitter = ?)"), append(args, f.Submitter)
+	}
 	if f.Job != "" {
 		where, args = append(where, "job_id = ?"), append(args, f.Job)
 	}
