@@ -131,6 +131,22 @@ func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (TokenRespon
 	return out, err
 }
 
+// ListTokens lists registration, submit and audit tokens, revoked and
+// expired ones included (admin only).
+func (c *Client) ListTokens(ctx context.Context) ([]TokenInfo, error) {
+	var out []TokenInfo
+	err := c.doJSON(ctx, http.MethodGet, "/v1/tokens", nil, nil, &out)
+	return out, err
+}
+
+// RevokeToken revokes a token by id: every later call with it gets 401
+// (admin only). Revoking twice is not an error.
+func (c *Client) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
+	var out TokenInfo
+	err := c.doJSON(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(id), nil, nil, &out)
+	return out, err
+}
+
 // ListRunners lists registered runners, revoked ones included (admin only).
 func (c *Client) ListRunners(ctx context.Context) ([]Runner, error) {
 	var out []Runner

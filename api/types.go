@@ -541,6 +541,19 @@ type TokenResponse struct {
 	Uses      int        `json:"uses,omitempty"`
 }
 
+// TokenInfo describes a stored token (never its secret), for
+// GET /v1/tokens and DELETE /v1/tokens/{id}.
+type TokenInfo struct {
+	ID        string     `json:"id"`
+	Kind      string     `json:"kind"`
+	Note      string     `json:"note,omitempty"`
+	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// UsesLeft is nil for unlimited.
+	UsesLeft  *int       `json:"uses_left,omitempty"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
 // SubmitRequest is the JSON form of POST /v1/jobs (git sources); uploads use
 // multipart with a "spec" part (JSON) and a "source" part (tar.gz).
 type SubmitRequest struct {

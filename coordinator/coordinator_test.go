@@ -212,6 +212,36 @@ func TestSubmitTokensSeeOnlyTheirOwnJobsAuditTokensSeeAll(t *testing.T) {
 	}
 }
 
+func TestRevokedTokenIsRefusedAtOnceAndListed(t *testing.T) {
+	c := startCoord(t)
+	ctx := context.Background()
+	admin := c.AdminClient()
+	tok, err := admin.CreateToken(ctx, api.TokenRequest{Kind: api.TokenSubmit, Note: "team-a ci"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	team := c.client(tok.Token)
+	if _, err := team.ListJobs(ctx, api.JobFilter{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = team.ListTokens(ctx)
+	wantStatus(t, err, api.ErrForbidden)
+	for range 2 { // revoking twice is fine
+		info, err := admin.RevokeToken(ctx, tok.ID)
+		if err != nil || info.RevokedAt == nil || info.Kind != api.TokenSubmit {
+			t.Fatalf("revoke: %+v %v", info, err)
+		}
+	}
+	_, err = team.ListJobs(ctx, api.JobFilter{})
+	wantStatus(t, err, api.ErrUnauthorized)
+	_, err = admin.RevokeToken(ctx, "t-nosuch")
+	wantStatus(t, err, api.ErrNotFound)
+	ts, err := admin.ListTokens(ctx)
+	if err != nil || len(ts) != 1 || ts[0].ID != tok.ID || ts[0].Note != "team-a ci" || ts[0].RevokedAt == nil {
+		t.Fatalf("tokens = %+v %v", ts, err)
+	}
+}
+
 func TestClaimHandsSubmittedJobToWaitingRunnerAtOnce(t *testing.T) {
 	checkGoroutines(t)
 	c := startCoord(t)

@@ -35,6 +35,8 @@ func (s *Server) routes() {
 	m.HandleFunc("DELETE /v1/runners/{id}", s.auth(adminOnly, s.handleRemoveRunner))
 	m.HandleFunc("GET /v1/runners/{id}/key", s.handleRunnerKey)
 	m.HandleFunc("POST /v1/tokens", s.auth(adminOnly, s.handleCreateToken))
+	m.HandleFunc("GET /v1/tokens", s.auth(adminOnly, s.handleListTokens))
+	m.HandleFunc("DELETE /v1/tokens/{id}", s.auth(adminOnly, s.handleRevokeToken))
 
 	m.HandleFunc("POST /v1/jobs", s.auth(submitters, s.handleSubmit))
 	m.HandleFunc("GET /v1/jobs", s.auth(readers, s.handleListJobs))
@@ -223,6 +225,34 @@ func (s *Server) handleRemoveRunner(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("runner revoked", "runner", rn.ID, "name", rn.Name)
 	writeJSON(w, http.StatusOK, toAPIRunner(rn))
+}
+
+func toTokenInfo(t store.Token) api.TokenInfo {
+	return api.TokenInfo{ID: t.ID, Kind: t.Kind, Note: t.Note, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt,
+		UsesLeft: t.UsesLeft, RevokedAt: t.RevokedAt}
+}
+
+func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
+	ts, err := s.store.ListTokens(r.Context())
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	out := make([]api.TokenInfo, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, toTokenInfo(t))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
+	t, err := s.store.RevokeToken(r.Context(), r.PathValue("id"), s.now())
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	s.log.Info("token revoked", "token", t.ID, "kind", t.Kind, "note", t.Note)
+	writeJSON(w, http.StatusOK, toTokenInfo(t))
 }
 
 func (s *Server) handleRunnerKey(w http.ResponseWriter, r *http.Request) {

@@ -126,6 +126,12 @@ type LogLimits struct {
 // Store is the coordinator's state. All methods are safe for concurrent use.
 type Store interface {
 	CreateToken(ctx context.Context, t Token) error
+	// ListTokens lists every token, oldest first (hashes included; callers
+	// must not expose them).
+	ListTokens(ctx context.Context) ([]Token, error)
+	// RevokeToken marks a token revoked (keeping the first revocation
+	// time) and returns it; ErrNotFound if there is none.
+	RevokeToken(ctx context.Context, id string, now time.Time) (Token, error)
 	// CheckToken verifies a token of kind by id and secret hash (compared in
 	// constant time): known, not expired, not revoked, uses left. It does not
 	// consume a use (submit tokens).

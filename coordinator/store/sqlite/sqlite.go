@@ -230,18 +230,15 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-func checkToken(ctx context.Context, q querier, kind, id string, hash []byte, now time.Time) (store.Token, error) {
+const tokenCols = `id, kind, hash, created_at, expires_at, uses_left, revoked_at, note`
+
+func scanToken(sc scanner) (store.Token, error) {
 	var t store.Token
 	var exp, revoked sql.NullInt64
 	var uses sql.NullInt64
 	var created int64
-	err := q.QueryRowContext(ctx, `SELECT id, kind, hash, created_at, expires_at, uses_left, revoked_at, note FROM tokens WHERE id = ?`, id).
-		Scan(&t.ID, &t.Kind, &t.Hash, &created, &exp, &uses, &revoked, &t.Note)
-	if errors.Is(err, sql.ErrNoRows) {
-		return t, fmt.Errorf("looking up token %s: %w", id, store.ErrTokenInvalid)
-	}
-	if err != nil {
-		return t, fmt.Errorf("looking up token %s: %w", id, err)
+	if err := sc.Scan(&t.ID, &t.Kind, &t.Hash, &created, &exp, &uses, &revoked, &t.Note); err != nil {
+		return t, err
 	}
 	t.CreatedAt = time.Unix(0, created).UTC()
 	t.ExpiresAt = fromNanos(exp)
@@ -249,6 +246,55 @@ func checkToken(ctx context.Context, q querier, kind, id string, hash []byte, no
 	if uses.Valid {
 		n := int(uses.Int64)
 		t.UsesLeft = &n
+	}
+	return t, nil
+}
+
+// ListTokens lists every token, oldest first.
+func (s *Store) ListTokens(ctx context.Context) ([]store.Token, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+tokenCols+` FROM tokens ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("listing tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Token
+	for rows.Next() {
+		t, err := scanToken(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing tokens: %w", err)
+		}
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing tokens: %w", err)
+	}
+	return out, nil
+}
+
+// RevokeToken marks a token revoked.
+func (s *Store) RevokeToken(ctx context.Context, id string, now time.Time) (store.Token, error) {
+	var t store.Token
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL`, nanos(now), id); err != nil {
+			return fmt.Errorf("revoking token %s: %w", id, err)
+		}
+		var err error
+		t, err = scanToken(tx.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE id = ?`, id))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("revoking token %s: %w", id, store.ErrNotFound)
+		}
+		return err
+	})
+	return t, err
+}
+
+func checkToken(ctx context.Context, q querier, kind, id string, hash []byte, now time.Time) (store.Token, error) {
+	t, err := scanToken(q.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return t, fmt.Errorf("looking up token %s: %w", id, store.ErrTokenInvalid)
+	}
+	if err != nil {
+		return t, fmt.Errorf("looking up token %s: %w", id, err)
 	}
 	switch {
 	case subtle.ConstantTimeCompare(t.Hash, hash) != 1:
