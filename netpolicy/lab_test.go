@@ -366,6 +366,34 @@ func TestConcurrentSandboxesAreSeparate(t *testing.T) {
 	}
 }
 
+// The host end of the veth speaks no IPv6 at all (no address, not even
+// link-local), while the sandbox end keeps the route its IPv6 attempts need
+// to reach the deny-and-log rules.
+func TestHostEndHasNoIPv6(t *testing.T) {
+	l := newLab(t)
+	nw, err := netpolicy.Setup(context.Background(), labConfig(t, l, "j-nov6", &recorder{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := nw.Close(context.Background()); err != nil {
+			t.Error(err)
+		}
+		assertGone(t, l, nw)
+	}()
+	ctx := context.Background()
+	out, err := l.Exec(ctx, l.HostNS, "cat", "/proc/sys/net/ipv6/conf/"+nw.HostIf+"/disable_ipv6")
+	if err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Fatalf("disable_ipv6 on %s: %q %v", nw.HostIf, out, err)
+	}
+	if out, _ := l.Exec(ctx, l.HostNS, "ip", "-6", "-o", "addr", "show", "dev", nw.HostIf); strings.TrimSpace(string(out)) != "" {
+		t.Fatalf("host end has IPv6 addresses: %s", out)
+	}
+	if out := inSandbox(t, nw, "ip", "-6", "route", "show", "default"); !strings.Contains(out, "via "+nw.HostIP6.String()) {
+		t.Fatalf("sandbox IPv6 default route: %q", out)
+	}
+}
+
 // A network's addresses stay leased until the kernel has destroyed its veth
 // (Close does not wait for that); setting up the same id again at once must
 // still work, and nothing may be left afterwards.
