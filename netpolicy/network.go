@@ -110,6 +110,15 @@ type Network struct {
 // NetNSPath is the namespace the sandbox joins.
 func (n *Network) NetNSPath() string { return n.nsPath }
 
+// NetNSPathFor is where Setup puts the namespace of network id, known before
+// Setup runs, so a sandbox can be created concurrently with its network.
+func NetNSPathFor(id string) string { return filepath.Join(netnsDir, "cr-"+id) }
+
+// ResolvConfPathFor is where Setup writes the resolv.conf of network id.
+func ResolvConfPathFor(stateDir, id string) string {
+	return filepath.Join(stateDir, "sandboxes", id, "resolv.conf")
+}
+
 // ResolvConf is the sandbox's resolv.conf: only our responder, no search
 // domains, one quick attempt.
 func (n *Network) ResolvConf() []byte {
@@ -291,11 +300,10 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 		nw.dns = nil
 		return nil, fmt.Errorf("%w: %w", ErrDNS, err)
 	}
-	dir := filepath.Join(cfg.StateDir, "sandboxes", cfg.ID)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	nw.resolv = ResolvConfPathFor(cfg.StateDir, cfg.ID)
+	if err := os.MkdirAll(filepath.Dir(nw.resolv), 0o755); err != nil {
 		return nil, fmt.Errorf("%w: creating sandbox state dir: %w", ErrDNS, err)
 	}
-	nw.resolv = filepath.Join(dir, "resolv.conf")
 	if err := os.WriteFile(nw.resolv, nw.ResolvConf(), 0o644); err != nil {
 		return nil, fmt.Errorf("%w: writing resolv.conf: %w", ErrDNS, err)
 	}

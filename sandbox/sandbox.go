@@ -119,6 +119,10 @@ type Options struct {
 	Labels map[string]string
 	// Hostname defaults to "cr-<JobID>".
 	Hostname string
+	// PathsLater says NetNS and the mount sources are being made while
+	// Create runs (the agent sets up the job's network concurrently): they
+	// are checked when a step starts instead of by Create.
+	PathsLater bool
 
 	workspaceMount string
 }
@@ -230,7 +234,7 @@ func (o *Options) validate() error {
 			errs = append(errs, fmt.Sprintf("workspace %s: not a directory", o.Workspace))
 		}
 	}
-	if o.NetNS != "" {
+	if o.NetNS != "" && !o.PathsLater {
 		if _, err := os.Stat(o.NetNS); err != nil {
 			errs = append(errs, fmt.Sprintf("network namespace %s: does not exist", o.NetNS))
 		}
@@ -263,7 +267,7 @@ func (o *Options) validate() error {
 	for _, m := range o.Mounts {
 		if !filepath.IsAbs(m.Source) || !filepath.IsAbs(m.Destination) {
 			errs = append(errs, fmt.Sprintf("mount %s:%s: paths must be absolute", m.Source, m.Destination))
-		} else if _, err := os.Stat(m.Source); err != nil {
+		} else if _, err := os.Stat(m.Source); err != nil && !o.PathsLater {
 			errs = append(errs, fmt.Sprintf("mount source %s: does not exist", m.Source))
 		}
 	}
@@ -290,8 +294,9 @@ type Sandbox struct {
 	task     containerd.Task
 	spec     *specs.Spec
 	stateDir string
-	ws       string // host path of the workspace (mounted at /workspace)
-	disk     bool   // ws is a loop-mounted filesystem
+	later    []string // paths to check before each step (Options.PathsLater)
+	ws       string   // host path of the workspace (mounted at /workspace)
+	disk     bool     // ws is a loop-mounted filesystem
 	cgroup   string
 
 	mu      sync.Mutex
@@ -310,6 +315,14 @@ func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr erro
 	ctx = c.ctx(ctx)
 	id := ContainerID(o.JobID)
 	s := &Sandbox{c: c, id: id, jobID: o.JobID, stateDir: filepath.Join(c.cfg.StateDir, id), cgroup: "/cleanroom/" + id}
+	if o.PathsLater {
+		if o.NetNS != "" {
+			s.later = append(s.later, o.NetNS)
+		}
+		for _, m := range o.Mounts {
+			s.later = append(s.later, m.Source)
+		}
+	}
 	defer func() {
 		if retErr != nil {
 			if err := s.Destroy(context.WithoutCancel(ctx)); err != nil {
@@ -458,6 +471,11 @@ func (s *Sandbox) Run(ctx context.Context, st Step) (Result, error) {
 	s.steps++
 	stepN := s.steps
 	s.mu.Unlock()
+	for _, p := range s.later {
+		if _, err := os.Stat(p); err != nil {
+			return Result{}, fmt.Errorf("running %q: %s does not exist (it is made while the sandbox is created): %w", st.Args[0], p, ErrInvalidOptions)
+		}
+	}
 
 	if st.Stdout == nil {
 		st.Stdout = io.Discard
@@ -628,25 +646,11 @@ func (s *Sandbox) terminate(ctx context.Context, task containerd.Task, statusC <
 func (s *Sandbox) Destroy(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(s.c.ctx(context.WithoutCancel(ctx)), 30*time.Second)
 	defer cancel()
-	s.mu.Lock()
-	s.gone = true
-	s.mu.Unlock()
 	var errs []error
-	s.mu.Lock()
-	task := s.task
-	s.mu.Unlock()
-	if task != nil {
-		if err := destroyTask(ctx, task); err != nil {
-			errs = append(errs, err)
-		}
+	if err := s.stopAll(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	if s.ctr != nil {
-		// A task left by a step that is still being torn down elsewhere.
-		if t, err := s.ctr.Task(ctx, nil); err == nil {
-			if err := destroyTask(ctx, t); err != nil {
-				errs = append(errs, err)
-			}
-		}
 		if err := s.ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("deleting container %s: %w", s.id, err))
 		}
@@ -664,6 +668,39 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	}
 	if s.ctr != nil && len(errs) == 0 {
 		go s.c.reapStrayShims(s.id, 2*time.Second)
+	}
+	return errors.Join(errs...)
+}
+
+// StopAll ends every process of the sandbox (the running step's task, or
+// one left by a step still being torn down) and refuses further steps; when
+// it returns nil, nothing runs in the sandbox any more. Destroy does this
+// first; calling it separately lets the caller tear down what only had to
+// outlive the processes (the job's network) while Destroy removes the rest.
+func (s *Sandbox) StopAll(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(s.c.ctx(context.WithoutCancel(ctx)), 30*time.Second)
+	defer cancel()
+	return s.stopAll(ctx)
+}
+
+func (s *Sandbox) stopAll(ctx context.Context) error {
+	s.mu.Lock()
+	s.gone = true
+	task := s.task
+	s.mu.Unlock()
+	var errs []error
+	if task != nil {
+		if err := destroyTask(ctx, task); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.ctr != nil {
+		// A task left by a step that is still being torn down elsewhere.
+		if t, err := s.ctr.Task(ctx, nil); err == nil {
+			if err := destroyTask(ctx, t); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -364,6 +364,34 @@ func TestBadInputGivesClearErrorsAndLeavesNothing(t *testing.T) {
 	})
 }
 
+// With PathsLater, Create accepts a mount source that does not exist yet (the
+// agent makes the job's resolv.conf while the sandbox is created); a step
+// refuses to start until it exists, and then sees it.
+func TestPathsLaterAreCheckedWhenAStepStarts(t *testing.T) {
+	f := newFixture(t)
+	src := filepath.Join(t.TempDir(), "later", "resolv.conf")
+	sb := f.create(t, sandbox.Options{PathsLater: true, Mounts: []sandbox.Mount{{Source: src, Destination: "/etc/resolv.conf"}}})
+	_, err := sb.Run(context.Background(), sandbox.Step{Args: []string{"true"}})
+	if !errors.Is(err, sandbox.ErrInvalidOptions) || !strings.Contains(err.Error(), src) {
+		t.Fatalf("step before the path exists: %v", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(src, []byte("nameserver 10.231.0.1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if res, out := run(t, sb, sandbox.Step{Args: []string{"cat", "/etc/resolv.conf"}}); res.Failed() || out != "nameserver 10.231.0.1\n" {
+		t.Fatalf("step after: %v %q", res, out)
+	}
+	// Without PathsLater, Create still refuses it at once.
+	_, err = f.c.Create(context.Background(), sandbox.Options{JobID: f.jobID("pl"), Image: testutil.Image(), Env: testEnv,
+		Mounts: []sandbox.Mount{{Source: src + ".missing", Destination: "/etc/x"}}})
+	if !errors.Is(err, sandbox.ErrInvalidOptions) {
+		t.Fatalf("missing mount source without PathsLater: %v", err)
+	}
+}
+
 func TestDestroyWorksWithCancelledContext(t *testing.T) {
 	f := newFixture(t)
 	ctx, cancel := context.WithCancel(context.Background())
