@@ -457,6 +457,38 @@ func TestForeignLockfileRefused(t *testing.T) {
 	assertNoSandboxEver(ctx, t, e, id, log, watch)
 }
 
+// If the network policy cannot be enforced — here forward mode on a host
+// whose forwarding is off — the job fails saying so, no step runs (the
+// sandbox created alongside the network is destroyed unused), and nothing is
+// left behind. The "host" is the lab's host namespace; the root namespace's
+// ip_forward is never touched.
+func TestNetworkFailureRunsNothing(t *testing.T) {
+	e := env(t)
+	agentFor(t, e, "main", harness.AgentOptions{Labels: "lane=" + laneMain})
+	ctx := timeout(t, 2*time.Minute)
+	sysctl := func(v string) {
+		t.Helper()
+		if out, err := e.Lab.Exec(ctx, e.Lab.HostNS, "sh", "-c", "echo "+v+" > /proc/sys/net/ipv4/ip_forward"); err != nil {
+			t.Fatalf("setting ip_forward=%s in the lab host namespace: %v: %s", v, err, out)
+		}
+	}
+	sysctl("0")
+	defer sysctl("1")
+
+	dir := copyExample(t, "hello")
+	editSpec(t, dir, func(s map[string]any) { s["labels"] = map[string]any{"lane": laneMain} })
+	id := submit(ctx, t, e, dir)
+	j := waitTerminal(ctx, t, e, id, time.Minute)
+	log := jobLog(ctx, t, e, id)
+	if j.State != api.StateFailed || !strings.Contains(j.Reason, "network policy could not be enforced") || !strings.Contains(j.Reason, "ip_forward") {
+		t.Errorf("job %s: state %s, reason %q; want failed: network policy could not be enforced (ip_forward)", id, j.State, j.Reason)
+	}
+	if strings.Contains(log, "$ npm ci") || strings.Contains(log, "$ /bin/sh") {
+		t.Errorf("a step ran although the network policy failed; log:\n%s", log)
+	}
+	assertSandboxGone(ctx, t, e, id)
+}
+
 // A build that outlives the spec's timeout is killed and the job fails with
 // a reason that says so, quickly, and its sandbox is gone.
 func TestTimeoutKillsBuild(t *testing.T) {

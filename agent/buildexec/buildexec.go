@@ -289,7 +289,12 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 	if len(e.cfg.Hosts) > 0 {
 		resolver = netpolicy.StaticResolver{Hosts: e.cfg.Hosts, Fallback: netpolicy.SystemResolver{}}
 	}
-	nw, err := netpolicy.Setup(ctx, netpolicy.Config{
+	// The network and the sandbox are independent until a step runs (the
+	// container only names the namespace and resolv.conf, which Setup makes
+	// at paths known in advance), so they are made concurrently. Nothing
+	// runs in the sandbox before both exist; if either fails, the other is
+	// torn down and the job does not run.
+	netCfg := netpolicy.Config{
 		ID: runID, Job: job.ID, Runner: e.cfg.RunnerID, HostNS: e.cfg.HostNS, Mode: mode, Masquerade: e.cfg.Masquerade,
 		Policy: policy, Resolver: resolver,
 		StateDir: e.cfg.NetStateDir,
@@ -298,24 +303,14 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 		OnEvent:  func(ev netpolicy.Event) { rep.Event(toAPI(ev)) },
 		Redact:   e.matcher.RedactDomain,
 		Logger:   e.cfg.Logger,
-	})
-	if err != nil {
-		lg.say("network policy could not be enforced, so the job does not run: %v", err)
-		return agent.Result{State: api.StateFailed, ExitCode: 1, Reason: fmt.Sprintf("network policy could not be enforced: %v", err)}, nil
 	}
-	defer func() {
-		if err := nw.Close(context.WithoutCancel(ctx)); err != nil {
-			e.cfg.Logger.Error("tearing down job network", "job", job.ID, "error", err)
-			retErr = errors.Join(retErr, fmt.Errorf("tearing down job network: %w", err))
-		}
+	var nw *netpolicy.Network
+	netDone := make(chan error, 1)
+	go func() {
+		var err error
+		nw, err = netpolicy.Setup(ctx, netCfg)
+		netDone <- err
 	}()
-	var dsts []string
-	for _, d := range nw.Destinations {
-		for _, ip := range d.IPs {
-			dsts = append(dsts, net.JoinHostPort(ip.String(), strconv.Itoa(d.Port))+" ("+d.Host+")")
-		}
-	}
-	lg.say("egress allowed only to: %s; DNS answers only those names; every attempt is audited (on_violation: %s)", strings.Join(dsts, ", "), onViolation)
 
 	runCtx, cancelRun := context.WithCancelCause(ctx)
 	defer cancelRun(nil)
@@ -325,24 +320,34 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 	if image == "" {
 		image = e.cfg.Image
 	}
-	sb, err := e.cfg.Sandbox.Create(runCtx, sandbox.Options{
-		JobID: sandboxID(runID), Image: image, Workspace: ws, NetNS: nw.NetNSPath(), Env: env, Limits: lim,
+	sb, sbErr := e.cfg.Sandbox.Create(runCtx, sandbox.Options{
+		JobID: sandboxID(runID), Image: image, Workspace: ws, NetNS: netpolicy.NetNSPathFor(runID), Env: env, Limits: lim,
 		Mounts: []sandbox.Mount{
-			{Source: nw.ResolvConfPath(), Destination: "/etc/resolv.conf"},
+			{Source: netpolicy.ResolvConfPathFor(e.cfg.NetStateDir, runID), Destination: "/etc/resolv.conf"},
 			{Source: npmrcPath, Destination: "/run/cleanroom/npmrc"},
 		},
-		Labels: map[string]string{sandbox.LabelJob: job.ID, "cleanroom.runner": e.cfg.RunnerID, "cleanroom.attempt": strconv.Itoa(max(job.Attempts, 1))},
+		PathsLater: true,
+		Labels:     map[string]string{sandbox.LabelJob: job.ID, "cleanroom.runner": e.cfg.RunnerID, "cleanroom.attempt": strconv.Itoa(max(job.Attempts, 1))},
 	})
-	if err != nil {
-		lg.say("creating the sandbox: %v", err)
-		return agent.Result{State: api.StateFailed, ExitCode: 1, Reason: fmt.Sprintf("creating the sandbox: %v", err)}, nil
-	}
+	netErr := <-netDone
 	defer func() {
-		if err := sb.Destroy(context.WithoutCancel(ctx)); err != nil {
-			e.cfg.Logger.Error("destroying sandbox", "job", job.ID, "error", err)
-			retErr = errors.Join(retErr, fmt.Errorf("destroying sandbox: %w", err))
-		}
+		retErr = errors.Join(retErr, e.teardown(context.WithoutCancel(ctx), job.ID, sb, nw))
 	}()
+	if netErr != nil {
+		lg.say("network policy could not be enforced, so the job does not run: %v", netErr)
+		return agent.Result{State: api.StateFailed, ExitCode: 1, Reason: fmt.Sprintf("network policy could not be enforced: %v", netErr)}, nil
+	}
+	var dsts []string
+	for _, d := range nw.Destinations {
+		for _, ip := range d.IPs {
+			dsts = append(dsts, net.JoinHostPort(ip.String(), strconv.Itoa(d.Port))+" ("+d.Host+")")
+		}
+	}
+	lg.say("egress allowed only to: %s; DNS answers only those names; every attempt is audited (on_violation: %s)", strings.Join(dsts, ", "), onViolation)
+	if sbErr != nil {
+		lg.say("creating the sandbox: %v", sbErr)
+		return agent.Result{State: api.StateFailed, ExitCode: 1, Reason: fmt.Sprintf("creating the sandbox: %v", sbErr)}, nil
+	}
 	lg.say("sandbox %s: image %s, memory %s, cpus %g, pids %d, no capabilities, read-only root, non-root user", sb.ID(), image, human(lim.MemoryBytes), lim.CPUs, lim.Pids)
 	if onViolation == "kill" {
 		// Nothing runs before the sandbox exists, so nothing can violate
@@ -437,6 +442,41 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 		agent.Artifact{Name: supplychain.ProvenanceFile, Path: provPath, Kind: api.KindProvenance})
 	lg.say("%d artifact(s), SBOM (%d components) and signed provenance ready", len(arts)-2, len(lf.Packages))
 	return agent.Result{State: api.StateSucceeded, ExitCode: 0, Artifacts: arts}, nil
+}
+
+// teardown ends the job's sandbox and network, whichever exist (nil when
+// their setup failed). Once no process is left in the sandbox, the network
+// (whose audit readers must outlive every process that could send) is
+// closed while the rest of the sandbox is removed; if the processes could
+// not be confirmed gone, everything is torn down in order instead.
+func (e *Executor) teardown(ctx context.Context, jobID string, sb *sandbox.Sandbox, nw *netpolicy.Network) error {
+	var sbErr, nwErr error
+	closeNet := func() {
+		if nw != nil {
+			if nwErr = nw.Close(ctx); nwErr != nil {
+				e.cfg.Logger.Error("tearing down job network", "job", jobID, "error", nwErr)
+				nwErr = fmt.Errorf("tearing down job network: %w", nwErr)
+			}
+		}
+	}
+	destroy := func() {
+		if sb != nil {
+			if sbErr = sb.Destroy(ctx); sbErr != nil {
+				e.cfg.Logger.Error("destroying sandbox", "job", jobID, "error", sbErr)
+				sbErr = fmt.Errorf("destroying sandbox: %w", sbErr)
+			}
+		}
+	}
+	if sb != nil && sb.StopAll(ctx) != nil {
+		destroy()
+		closeNet()
+		return errors.Join(sbErr, nwErr)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); closeNet() }()
+	destroy()
+	<-done
+	return errors.Join(sbErr, nwErr)
 }
 
 // limitsFor applies a job's resources within the agent's limits: a job may

@@ -98,20 +98,54 @@ func run(n int, addr, image string) error {
 		}
 		ctr = append(ctr, time.Since(t))
 
-		// full lifecycle vs ctr run --rm + bare netns add/del
+		// full lifecycle vs ctr run --rm + bare netns add/del, done as the
+		// agent does it: network and sandbox made concurrently, then the
+		// step, then the sandbox destroyed before the network is closed.
 		t = time.Now()
 		id := fmt.Sprintf("benchfull-%d", i)
-		nw, err := netpolicy.Setup(ctx, netpolicy.Config{
-			ID: id, Runner: "bench", HostNS: l.HostNSPath(), Mode: netpolicy.ModeForward,
-			Policy:   netpolicy.Policy{Registries: []string{"http://registry.cleanroom.test:4873/"}},
-			Resolver: netpolicy.StaticResolver{Hosts: map[string][]net.IP{"registry.cleanroom.test": {lab.RegistryIP}}},
-			StateDir: filepath.Join(state, "net"),
-		})
-		if err != nil {
-			return fmt.Errorf("network setup: %w", err)
+		netState := filepath.Join(state, "net")
+		var nw *netpolicy.Network
+		netDone := make(chan error, 1)
+		go func() {
+			var err error
+			nw, err = netpolicy.Setup(ctx, netpolicy.Config{
+				ID: id, Runner: "bench", HostNS: l.HostNSPath(), Mode: netpolicy.ModeForward,
+				Policy:   netpolicy.Policy{Registries: []string{"http://registry.cleanroom.test:4873/"}},
+				Resolver: netpolicy.StaticResolver{Hosts: map[string][]net.IP{"registry.cleanroom.test": {lab.RegistryIP}}},
+				StateDir: netState,
+			})
+			netDone <- err
+		}()
+		sb, err := c.Create(ctx, sandbox.Options{JobID: id, Image: image, Env: env, NetNS: netpolicy.NetNSPathFor(id), PathsLater: true,
+			Mounts: []sandbox.Mount{{Source: netpolicy.ResolvConfPathFor(netState, id), Destination: "/etc/resolv.conf"}}})
+		if nerr := <-netDone; nerr != nil {
+			if err == nil {
+				_ = sb.Destroy(ctx)
+			}
+			return fmt.Errorf("network setup: %w", nerr)
 		}
-		err = sandboxOnce(id, nw.NetNSPath(), []sandbox.Mount{{Source: nw.ResolvConfPath(), Destination: "/etc/resolv.conf"}})
-		if cerr := nw.Close(ctx); cerr != nil && err == nil {
+		var cerr error
+		if err == nil {
+			var res sandbox.Result
+			res, err = sb.Run(ctx, sandbox.Step{Args: []string{"true"}})
+			if err == nil && res.Failed() {
+				err = fmt.Errorf("true failed: %s", res)
+			}
+			// No process left: the network closes while the rest of the
+			// sandbox is removed (buildexec's teardown).
+			if serr := sb.StopAll(ctx); serr != nil && err == nil {
+				err = serr
+			}
+			closed := make(chan struct{})
+			go func() { defer close(closed); cerr = nw.Close(ctx) }()
+			if derr := sb.Destroy(ctx); derr != nil && err == nil {
+				err = derr
+			}
+			<-closed
+		} else {
+			cerr = nw.Close(ctx)
+		}
+		if err == nil {
 			err = cerr
 		}
 		if err != nil {
