@@ -118,6 +118,15 @@ func labConfig(t testing.TB, l *lab.Lab, id string, rec *recorder) netpolicy.Con
 	}
 }
 
+// closeAndCheck closes nw and checks that nothing of it remains.
+func closeAndCheck(t *testing.T, l *lab.Lab, nw *netpolicy.Network) {
+	t.Helper()
+	if err := nw.Close(context.Background()); err != nil {
+		t.Error(err)
+	}
+	assertGone(t, l, nw)
+}
+
 // assertGone checks nothing of nw remains in the lab host namespace.
 func assertGone(t *testing.T, l *lab.Lab, nw *netpolicy.Network) {
 	t.Helper()
@@ -173,12 +182,7 @@ func TestEgressIsDeniedLoggedAndNeverArrives(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer func() {
-				if err := nw.Close(context.Background()); err != nil {
-					t.Error(err)
-				}
-				assertGone(t, l, nw)
-			}()
+			defer closeAndCheck(t, l, nw)
 			probe := probePath(t)
 			src := nw.SandboxIP.String()
 			tests := []struct {
@@ -375,12 +379,7 @@ func TestHostEndHasNoIPv6(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		if err := nw.Close(context.Background()); err != nil {
-			t.Error(err)
-		}
-		assertGone(t, l, nw)
-	}()
+	defer closeAndCheck(t, l, nw)
 	ctx := context.Background()
 	out, err := l.Exec(ctx, l.HostNS, "cat", "/proc/sys/net/ipv6/conf/"+nw.HostIf+"/disable_ipv6")
 	if err != nil || strings.TrimSpace(string(out)) != "1" {
@@ -478,7 +477,7 @@ func TestDirectModeReachesOnlyTheHostEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { nw.Close(context.Background()); assertGone(t, l, nw) }()
+	defer closeAndCheck(t, l, nw)
 	if out := inSandbox(t, nw, "node", probePath(t), "tcp", nw.HostIP.String(), "18080"); !strings.HasPrefix(out, "ok") {
 		t.Fatalf("host-end proxy port: %s", out)
 	}
