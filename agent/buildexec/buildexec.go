@@ -348,7 +348,7 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 		lg.say("creating the sandbox: %v", sbErr)
 		return agent.Result{State: api.StateFailed, ExitCode: 1, Reason: fmt.Sprintf("creating the sandbox: %v", sbErr)}, nil
 	}
-	lg.say("sandbox %s: image %s, memory %s, cpus %g, pids %d, no capabilities, read-only root, non-root user", sb.ID(), image, human(lim.MemoryBytes), lim.CPUs, lim.Pids)
+	lg.say("sandbox %s: image %s, memory %s, cpus %g, pids %d, no capabilities, read-only root, non-root user", sb.ID(), image, api.ByteSize(lim.MemoryBytes), lim.CPUs, lim.Pids)
 	if onViolation == "kill" {
 		// Nothing runs before the sandbox exists, so nothing can violate
 		// the policy before this watcher starts.
@@ -480,33 +480,23 @@ func (e *Executor) teardown(ctx context.Context, jobID string, sb *sandbox.Sandb
 }
 
 // limitsFor applies a job's resources within the agent's limits: a job may
-// ask for less, never for more.
+// ask for less, never for more (api.Resources.Over decides, as it does for
+// the coordinator's claims, which normally keep such a job away).
 func (e *Executor) limitsFor(r api.Resources) (sandbox.Limits, error) {
 	lim := e.cfg.Limits
-	var over []string
-	set := func(name string, want, ceiling int64, dst *int64, unit func(int64) string) {
-		if want <= 0 {
-			return
-		}
-		if want > ceiling {
-			over = append(over, fmt.Sprintf("resources.%s %s exceeds this runner's limit %s", name, unit(want), unit(ceiling)))
-			return
-		}
-		*dst = want
+	if over := r.Over(e.Capacity()); len(over) > 0 {
+		return lim, fmt.Errorf("more than this runner's limits: %s", strings.Join(over, "; "))
 	}
-	count := func(n int64) string { return strconv.FormatInt(n, 10) }
-	set("memory", int64(r.Memory), e.cfg.Limits.MemoryBytes, &lim.MemoryBytes, human)
-	set("pids", r.PIDs, e.cfg.Limits.Pids, &lim.Pids, count)
-	set("disk", int64(r.Disk), e.cfg.Limits.DiskBytes, &lim.DiskBytes, human)
+	for _, f := range []struct {
+		want int64
+		dst  *int64
+	}{{int64(r.Memory), &lim.MemoryBytes}, {r.PIDs, &lim.Pids}, {int64(r.Disk), &lim.DiskBytes}} {
+		if f.want > 0 {
+			*f.dst = f.want
+		}
+	}
 	if r.CPUs > 0 {
-		if r.CPUs > e.cfg.Limits.CPUs {
-			over = append(over, fmt.Sprintf("resources.cpus %g exceeds this runner's limit %g", r.CPUs, e.cfg.Limits.CPUs))
-		} else {
-			lim.CPUs = r.CPUs
-		}
-	}
-	if len(over) > 0 {
-		return lim, fmt.Errorf("%s", strings.Join(over, "; "))
+		lim.CPUs = r.CPUs
 	}
 	return lim, nil
 }
@@ -667,16 +657,6 @@ func exitOr(code, def int) int {
 		return code
 	}
 	return def
-}
-
-func human(b int64) string {
-	switch {
-	case b >= 1<<30 && b%(1<<30) == 0:
-		return fmt.Sprintf("%dGiB", b>>30)
-	case b >= 1<<20:
-		return fmt.Sprintf("%dMiB", b>>20)
-	}
-	return fmt.Sprintf("%dB", b)
 }
 
 // normalize turns typed values into plain JSON values for the provenance's
