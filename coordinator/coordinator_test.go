@@ -321,31 +321,21 @@ func TestClaimLeavesJobsThatDoNotFitToBiggerRunners(t *testing.T) {
 	big, idBig := c.Register("big", nil)
 	smallCap := &api.Resources{Memory: 2 << 30, CPUs: 2, PIDs: 1024, Disk: 4 << 30}
 	bigCap := &api.Resources{Memory: 16 << 30, CPUs: 8, PIDs: 4096, Disk: 64 << 30}
-	claim := func(cl *api.Client, capacity *api.Resources, wait time.Duration) (api.Claim, bool) {
-		resp, err := cl.Claim(context.Background(), api.ClaimRequest{Slots: 1, Wait: api.Duration(wait), Capacity: capacity})
-		if err != nil {
-			t.Fatalf("claiming: %v", err)
-		}
-		if len(resp.Claims) == 0 {
-			return api.Claim{}, false
-		}
-		return resp.Claims[0], true
-	}
 	spec, src := gitSpec()
 	spec.Resources = api.Resources{Memory: 8 << 30}
 	bigJob, err := c.AdminClient().SubmitGit(context.Background(), spec, src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cl, ok := claim(small, smallCap, 300*time.Millisecond); ok {
+	if cl, ok := claimFitting(t, small, smallCap, 300*time.Millisecond); ok {
 		t.Fatalf("2GiB runner claimed a job asking 8GiB: %s", cl.Job.ID)
 	}
 	// A job that fits anywhere, submitted after it, goes to the small one.
 	plain := c.Submit(nil)
-	if cl, ok := claim(small, smallCap, time.Second); !ok || cl.Job.ID != plain.ID {
+	if cl, ok := claimFitting(t, small, smallCap, time.Second); !ok || cl.Job.ID != plain.ID {
 		t.Fatalf("small runner claim = %+v, want %s", cl, plain.ID)
 	}
-	if cl, ok := claim(big, bigCap, time.Second); !ok || cl.Job.ID != bigJob.ID || cl.Job.RunnerID != idBig {
+	if cl, ok := claimFitting(t, big, bigCap, time.Second); !ok || cl.Job.ID != bigJob.ID || cl.Job.RunnerID != idBig {
 		t.Fatalf("big runner claim = %+v, want %s", cl, bigJob.ID)
 	}
 }

@@ -175,7 +175,13 @@ func (c *coord) Submit(labels map[string]string) api.Job {
 // claimOne long-polls for one job.
 func claimOne(t *testing.T, cl *api.Client, wait time.Duration) (api.Claim, bool) {
 	t.Helper()
-	resp, err := cl.Claim(context.Background(), api.ClaimRequest{Slots: 1, Wait: api.Duration(wait)})
+	return claimFitting(t, cl, nil, wait)
+}
+
+// claimFitting long-polls for one job that fits capacity (nil: any).
+func claimFitting(t *testing.T, cl *api.Client, capacity *api.Resources, wait time.Duration) (api.Claim, bool) {
+	t.Helper()
+	resp, err := cl.Claim(context.Background(), api.ClaimRequest{Slots: 1, Wait: api.Duration(wait), Capacity: capacity})
 	if err != nil {
 		t.Fatalf("claiming: %v", err)
 	}

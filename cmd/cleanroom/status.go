@@ -2,9 +2,7 @@ package main
 
 import (
 	"fmt"
-	"maps"
 	"os"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -83,9 +81,8 @@ func orDash(s string) string {
 // resources above the runners' defaults.
 func requirements(s api.JobSpec) string {
 	var out []string
-	keys := slices.Sorted(maps.Keys(s.Labels))
-	for _, k := range keys {
-		out = append(out, k+"="+s.Labels[k])
+	if len(s.Labels) > 0 {
+		out = append(out, labelString(s.Labels))
 	}
 	r := s.Resources
 	if r.Memory > 0 {

@@ -70,7 +70,7 @@ func TestPackDirLeavesOutNodeModulesAndGit(t *testing.T) {
 
 func TestStatusSaysWhatARunnerNeeds(t *testing.T) {
 	s := api.JobSpec{Labels: map[string]string{"zone": "b", "arch": "amd64"}, Resources: api.Resources{Memory: 8 << 30, CPUs: 4}}
-	if got := requirements(s); got != "arch=amd64, zone=b, memory 8GiB, cpus 4" {
+	if got := requirements(s); got != "arch=amd64,zone=b, memory 8GiB, cpus 4" {
 		t.Fatalf("requirements = %q", got)
 	}
 	if got := requirements(api.JobSpec{}); got != "" {
