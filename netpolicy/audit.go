@@ -320,7 +320,10 @@ func (r *nflogReader) drain() error {
 	if err != nil {
 		return err
 	}
-	msg := nflogMarkerMessage(r.group, r.marker)
+	msg, err := nflogMarkerMessage(r.group, r.marker)
+	if err != nil {
+		return fmt.Errorf("building drain marker: %w", err)
+	}
 	var serr error
 	cerr := rc.Control(func(fd uintptr) {
 		sa, err := unix.Getsockname(int(fd))
@@ -355,25 +358,21 @@ func (r *nflogReader) drain() error {
 
 // nflogMarkerMessage is an NFULNL_MSG_PACKET message that carries only a
 // prefix attribute: the reader parses it as a log message without payload.
-func nflogMarkerMessage(group uint16, prefix string) []byte {
-	attr := append([]byte(prefix), 0)
-	alen := 4 + len(attr)
-	body := make([]byte, 4, 4+(alen+3)&^3)
-	body[0], body[1] = unix.AF_INET, unix.NFNETLINK_V0
-	binary.BigEndian.PutUint16(body[2:], group)
-	body = binary.NativeEndian.AppendUint16(body, uint16(alen))
-	body = binary.NativeEndian.AppendUint16(body, nfulaPrefix)
-	body = append(body, attr...)
-	for len(body)%4 != 0 {
-		body = append(body, 0)
+func nflogMarkerMessage(group uint16, prefix string) ([]byte, error) {
+	ae := netlink.NewAttributeEncoder()
+	ae.String(nfulaPrefix, prefix) // NUL-terminated, as the kernel sends it
+	attrs, err := ae.Encode()
+	if err != nil {
+		return nil, err
 	}
-	hdr := make([]byte, 0, 16+len(body))
-	hdr = binary.NativeEndian.AppendUint32(hdr, uint32(16+len(body)))
-	hdr = binary.NativeEndian.AppendUint16(hdr, unix.NFNL_SUBSYS_ULOG<<8|nfulnlMsgPacket)
-	hdr = binary.NativeEndian.AppendUint16(hdr, 0) // flags
-	hdr = binary.NativeEndian.AppendUint32(hdr, 0) // seq
-	hdr = binary.NativeEndian.AppendUint32(hdr, 0) // pid
-	return append(hdr, body...)
+	nfgen := []byte{unix.AF_INET, unix.NFNETLINK_V0, 0, 0} // struct nfgenmsg
+	binary.BigEndian.PutUint16(nfgen[2:], group)
+	data := append(nfgen, attrs...) // attributes are padded to 4 bytes
+	m := netlink.Message{
+		Header: netlink.Header{Length: uint32(unix.NLMSG_HDRLEN + len(data)), Type: netlink.HeaderType(unix.NFNL_SUBSYS_ULOG<<8 | nfulnlMsgPacket)},
+		Data:   data,
+	}
+	return m.MarshalBinary()
 }
 
 // From linux/netfilter/nfnetlink_log.h.

@@ -545,6 +545,9 @@ func (n *Network) teardown() error {
 // along with the sandbox namespace, and deletes it if that takes longer
 // than linkGoneTimeout.
 func (n *Network) awaitLinkGone() error {
+	if n.hostIndex == 0 {
+		return nil // never created
+	}
 	h, err := netlinkIn(n.cfg.HostNS)
 	if err != nil {
 		if n.cfg.HostNS != "" && errors.Is(err, os.ErrNotExist) {
@@ -553,29 +556,26 @@ func (n *Network) awaitLinkGone() error {
 		return err
 	}
 	defer h.Close()
-	if n.hostIndex == 0 {
-		return nil // never created
-	}
 	// By index, not name: a new network with the same id may already have
 	// a host end of the same name.
 	deadline := time.Now().Add(linkGoneTimeout)
 	for wait := 500 * time.Microsecond; ; wait = min(2*wait, 20*time.Millisecond) {
 		l, err := h.LinkByIndex(n.hostIndex)
 		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+		switch {
+		case errors.As(err, &nf) || errors.Is(err, unix.ENODEV):
 			return nil
-		}
-		if err == nil && time.Now().After(deadline) {
+		case !time.Now().After(deadline):
+			time.Sleep(wait)
+		case err != nil:
+			return fmt.Errorf("checking host end %s: %w", n.n.hostIf, err)
+		default:
 			n.log.Warn("host end of the veth outlived its namespace; deleting it", "link", n.n.hostIf)
 			if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 				return fmt.Errorf("deleting host end %s: %w", n.n.hostIf, err)
 			}
 			return nil
 		}
-		if err != nil && time.Now().After(deadline) {
-			return fmt.Errorf("checking host end %s: %w", n.n.hostIf, err)
-		}
-		time.Sleep(wait)
 	}
 }
 
