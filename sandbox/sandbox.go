@@ -303,6 +303,8 @@ type Sandbox struct {
 	steps   int
 	stopped bool
 	gone    bool
+	// empty: stopAll succeeded, so no task exists and none can start.
+	empty bool
 }
 
 // Create makes a new sandbox: workspace, snapshot and hardened container;
@@ -686,8 +688,11 @@ func (s *Sandbox) StopAll(ctx context.Context) error {
 func (s *Sandbox) stopAll(ctx context.Context) error {
 	s.mu.Lock()
 	s.gone = true
-	task := s.task
+	task, empty := s.task, s.empty
 	s.mu.Unlock()
+	if empty {
+		return nil // StopAll already did it; Destroy need not ask again
+	}
 	var errs []error
 	if task != nil {
 		if err := destroyTask(ctx, task); err != nil {
@@ -702,7 +707,13 @@ func (s *Sandbox) stopAll(ctx context.Context) error {
 			}
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	s.mu.Lock()
+	s.empty = true
+	s.mu.Unlock()
+	return nil
 }
 
 func destroyTask(ctx context.Context, task containerd.Task) error {
