@@ -559,14 +559,19 @@ func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, capacity *api.Res
 	}
 	var claims []store.Claim
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT id, labels, spec FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1000`)
+		// Only the resources of the spec, when they matter.
+		resources := `'{}'`
+		if capacity != nil {
+			resources = `COALESCE(json_extract(spec, '$.resources'), '{}')`
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT id, labels, `+resources+` FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1000`)
 		if err != nil {
 			return fmt.Errorf("finding queued jobs: %w", err)
 		}
 		var ids []string
 		for rows.Next() && len(ids) < max {
-			var id, labels, spec string
-			if err := rows.Scan(&id, &labels, &spec); err != nil {
+			var id, labels, res string
+			if err := rows.Scan(&id, &labels, &res); err != nil {
 				rows.Close()
 				return fmt.Errorf("finding queued jobs: %w", err)
 			}
@@ -579,14 +584,12 @@ func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, capacity *api.Res
 				continue
 			}
 			if capacity != nil {
-				var js struct {
-					Resources api.Resources `json:"resources"`
-				}
-				if err := json.Unmarshal([]byte(spec), &js); err != nil {
+				var r api.Resources
+				if err := json.Unmarshal([]byte(res), &r); err != nil {
 					rows.Close()
-					return fmt.Errorf("decoding spec of job %s: %w", id, err)
+					return fmt.Errorf("decoding resources of job %s: %w", id, err)
 				}
-				if len(js.Resources.Over(*capacity)) > 0 {
+				if len(r.Over(*capacity)) > 0 {
 					continue
 				}
 			}
