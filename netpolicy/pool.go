@@ -159,13 +159,8 @@ func (p *Pool) AllocateOwned(job, netns, owner string) (Lease, error) {
 	return got, nil
 }
 
-// Release frees slot if it is still held by job; releasing twice is fine,
-// and so is releasing into a state dir that has been removed (nothing is
-// leased there any more).
+// Release frees slot if it is still held by job; releasing twice is fine.
 func (p *Pool) Release(slot int, job string) error {
-	if _, err := os.Stat(filepath.Dir(p.file)); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
 	return p.locked(func(m map[int]Lease) (bool, error) {
 		if l, ok := m[slot]; ok && l.Job == job {
 			delete(m, slot)
