@@ -91,6 +91,25 @@ var DefaultLimits = Limits{
 	TmpBytes:    512 << 20,
 }
 
+// WithDefaults returns l with its zero fields taken from DefaultLimits: the
+// one place a limit gets its default (DiskBytes has none: zero means no
+// filesystem of its own).
+func (l Limits) WithDefaults() Limits {
+	if l.MemoryBytes == 0 {
+		l.MemoryBytes = DefaultLimits.MemoryBytes
+	}
+	if l.CPUs == 0 {
+		l.CPUs = DefaultLimits.CPUs
+	}
+	if l.Pids == 0 {
+		l.Pids = DefaultLimits.Pids
+	}
+	if l.TmpBytes == 0 {
+		l.TmpBytes = DefaultLimits.TmpBytes
+	}
+	return l
+}
+
 // Mount is an extra read-only bind mount (for example the resolv.conf of the
 // job's network policy, or a per-job .npmrc).
 type Mount struct {
@@ -243,18 +262,7 @@ func (o *Options) validate() error {
 	if l.MemoryBytes < 0 || l.CPUs < 0 || l.Pids < 0 || l.DiskBytes < 0 || l.TmpBytes < 0 {
 		errs = append(errs, "limits: must not be negative")
 	}
-	if l.MemoryBytes == 0 {
-		l.MemoryBytes = DefaultLimits.MemoryBytes
-	}
-	if l.CPUs == 0 {
-		l.CPUs = DefaultLimits.CPUs
-	}
-	if l.Pids == 0 {
-		l.Pids = DefaultLimits.Pids
-	}
-	if l.TmpBytes == 0 {
-		l.TmpBytes = DefaultLimits.TmpBytes
-	}
+	*l = l.WithDefaults()
 	if l.MemoryBytes > 0 && l.MemoryBytes < 16<<20 {
 		errs = append(errs, fmt.Sprintf("memory limit %d bytes: below the 16 MiB a process needs to start", l.MemoryBytes))
 	}
