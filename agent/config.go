@@ -80,7 +80,7 @@ type ContainerdConfig struct {
 type NetworkConfig struct {
 	Registries  []string          `yaml:"registries,omitempty"`
 	Extra       []string          `yaml:"extra,omitempty"`
-	OnViolation string            `yaml:"on_violation,omitempty"`
+	OnViolation api.OnViolation   `yaml:"on_violation,omitempty"`
 	Mode        string            `yaml:"mode,omitempty"`
 	Hosts       map[string]string `yaml:"hosts,omitempty"`
 	// Masquerade source-NATs forwarded flows (forward mode only).
@@ -222,9 +222,7 @@ func (c *Config) Validate() error {
 			add(fmt.Sprintf("network.extra[%d]", i), "must be host:port")
 		}
 	}
-	switch c.Network.OnViolation {
-	case api.OnViolationDeny, api.OnViolationKill:
-	default:
+	if v, err := api.ParseOnViolation(string(c.Network.OnViolation)); err != nil || v == "" {
 		add("network.on_violation", "must be deny or kill")
 	}
 	switch c.Network.Mode {

@@ -64,15 +64,33 @@ const (
 	VerdictDeny  = "deny"
 )
 
-// Network violation policies for NetworkSpec.OnViolation and the agent's
-// network.on_violation: "deny" refuses and records every attempt and lets the
-// build go on; "kill" also ends the job at the first denied attempt with the
-// reason "egress violation". A job can make its agent's policy stricter (deny →
-// kill), never looser.
+// OnViolation is what a denied egress attempt does to a job, in a job's
+// network.on_violation and the agent's: "deny" refuses and records every
+// attempt and lets the build go on; "kill" also ends the job at the first
+// denied attempt with the reason "egress violation". Empty means unset (a job
+// inherits its runner's; an agent defaults to deny). A job can make its
+// runner's policy stricter (deny → kill), never looser: netpolicy's
+// Policy.Narrow decides that, nothing else.
+type OnViolation string
+
+// The on_violation values.
 const (
-	OnViolationDeny = "deny"
-	OnViolationKill = "kill"
+	OnViolationDeny OnViolation = "deny"
+	OnViolationKill OnViolation = "kill"
 )
+
+// ParseOnViolation is the one parser of on_violation values: "", "deny" or
+// "kill", as written (specs and configs are checked strictly).
+func ParseOnViolation(s string) (OnViolation, error) {
+	switch v := OnViolation(s); v {
+	case "", OnViolationDeny, OnViolationKill:
+		return v, nil
+	}
+	return "", fmt.Errorf("on_violation %q: must be %q (log and refuse) or %q (end the job at the first denied attempt)", s, OnViolationDeny, OnViolationKill)
+}
+
+// Kill reports whether the first denied attempt ends the job.
+func (v OnViolation) Kill() bool { return v == OnViolationKill }
 
 // Duration is a time.Duration written as a Go duration string ("10m", "90s")
 // in JSON and YAML, because people write specs by hand. A bare number means
@@ -326,8 +344,8 @@ type InstallScripts struct {
 // list of host:port destinations the agent's policy must also permit) and says
 // what a denied attempt does to the job (OnViolationDeny or OnViolationKill).
 type NetworkSpec struct {
-	Extra       []string `json:"extra,omitempty" yaml:"extra,omitempty"`
-	OnViolation string   `json:"on_violation,omitempty" yaml:"on_violation,omitempty"`
+	Extra       []string    `json:"extra,omitempty" yaml:"extra,omitempty"`
+	OnViolation OnViolation `json:"on_violation,omitempty" yaml:"on_violation,omitempty"`
 }
 
 // JobSpec is what a developer asks for: the same structure in cleanroom.yaml

@@ -133,9 +133,7 @@ func (s *JobSpec) Validate() error {
 			fe.add(fmt.Sprintf("network.extra[%d]", i), "%v", err)
 		}
 	}
-	switch s.Network.OnViolation {
-	case "", OnViolationDeny, OnViolationKill:
-	default:
+	if _, err := ParseOnViolation(string(s.Network.OnViolation)); err != nil {
 		fe.add("network.on_violation", "must be %q or %q", OnViolationDeny, OnViolationKill)
 	}
 	if s.MaxAttempts < 0 || s.MaxAttempts > 10 {

@@ -72,7 +72,7 @@ func newSink(cfg Config, sandbox string) (*sink, error) {
 	s := &sink{
 		runner: cfg.Runner, job: cmp.Or(cfg.Job, cfg.ID), sandbox: sandbox,
 		redact: cfg.Redact, onEvent: cfg.OnEvent,
-		kill:       cfg.Policy.OnViolation == OnViolationKill,
+		kill:       cfg.Policy.Kill,
 		violations: make(chan Event, 1),
 		names:      map[string]string{},
 	}

@@ -274,7 +274,7 @@ func TestKillModeFiresOnFirstViolation(t *testing.T) {
 	l := newLab(t)
 	rec := &recorder{}
 	cfg := labConfig(t, l, "j-kill", rec)
-	cfg.Policy.OnViolation = netpolicy.OnViolationKill
+	cfg.Policy.Kill = true
 	nw, err := netpolicy.Setup(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -50,7 +50,7 @@ type Config struct {
 	// Masquerade source-NATs forwarded flows to the host's address
 	// (forward mode), for registries that have no route back to the pool.
 	Masquerade bool
-	// Policy supplies destinations (when Destinations is nil) and OnViolation.
+	// Policy supplies destinations (when Destinations is nil) and Kill.
 	Policy Policy
 	// Destinations, if non-nil, is the allow-list as is (Policy's registries
 	// are then not resolved). HostEnd stands for the host end's address.
@@ -129,7 +129,7 @@ func (n *Network) ResolvConf() []byte {
 func (n *Network) ResolvConfPath() string { return n.resolv }
 
 // Violations fires once, with the first denied attempt, when the policy's
-// OnViolation is "kill"; it never fires otherwise.
+// Kill is set; it never fires otherwise.
 func (n *Network) Violations() <-chan Event { return n.sink.violations }
 
 // Setup builds the sandbox network, failing closed: on any error it tears
@@ -246,7 +246,7 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 		rs    *ruleSet
 		where string
 	}
-	kill := cfg.Policy.OnViolation == OnViolationKill
+	kill := cfg.Policy.Kill
 	jobs := []job{
 		{nw.nsPath, false, sandboxRules(false, nw.n, lease.HostIP, nw.Destinations, kill), "sandbox ipv4"},
 		{nw.nsPath, true, sandboxRules(true, nw.n, lease.HostIP, nw.Destinations, kill), "sandbox ipv6"},

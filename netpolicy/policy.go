@@ -24,12 +24,6 @@ const (
 	ModeForward
 )
 
-// Violation actions of a Policy.
-const (
-	OnViolationDeny = "deny"
-	OnViolationKill = "kill"
-)
-
 // ErrWidening is returned by Narrow when a job asks for more than the runner allows.
 var ErrWidening = errors.New("job policy widens the runner policy")
 
@@ -89,9 +83,9 @@ type Policy struct {
 	Registries []string `json:"registries"`
 	// Extra are further host:port destinations; off (empty) by default.
 	Extra []string `json:"extra,omitempty"`
-	// OnViolation is "deny" (default) or "kill" (end the job at the first
-	// denied attempt).
-	OnViolation string `json:"on_violation,omitempty"`
+	// Kill ends the job at the first denied attempt (on_violation: kill);
+	// otherwise every attempt is refused and recorded and the build goes on.
+	Kill bool `json:"kill,omitempty"`
 }
 
 type hostPort struct {
@@ -147,11 +141,16 @@ func (p Policy) hostPorts() ([]hostPort, error) {
 	return out, nil
 }
 
-// Narrow returns the policy for a job: the job may drop registries and extras
-// and tighten deny → kill, never add a destination or relax kill → deny.
-// An empty job list means "inherit".
+// Narrow returns the policy for a job, and is the one place that decides
+// that a job may only make its runner's policy stricter:
+//   - Registries: the job may name a subset of the runner's; none inherits them.
+//   - Extra: the job gets exactly the extra destinations it names, each one
+//     of the runner's (the runner's list is a ceiling, not a default); none
+//     names none.
+//   - Kill: kill on either side wins (a job's deny on a kill runner is kill).
+//
+// Naming a destination the runner does not allow is ErrWidening.
 func (p Policy) Narrow(job Policy) (Policy, error) {
-	out := p
 	allowed, err := p.hostPorts()
 	if err != nil {
 		return Policy{}, fmt.Errorf("narrowing policy: %w", err)
@@ -168,28 +167,18 @@ func (p Policy) Narrow(job Policy) (Policy, error) {
 		}
 		return nil
 	}
+	out := Policy{Registries: p.Registries, Kill: p.Kill || job.Kill}
 	if len(job.Registries) > 0 {
 		if err := check(job.Registries, parseRegistry); err != nil {
 			return Policy{}, err
 		}
 		out.Registries = job.Registries
 	}
-	if job.Extra != nil {
+	if len(job.Extra) > 0 {
 		if err := check(job.Extra, parseHostPort); err != nil {
 			return Policy{}, err
 		}
 		out.Extra = job.Extra
-	}
-	switch job.OnViolation {
-	case "":
-	case OnViolationKill:
-		out.OnViolation = OnViolationKill
-	case OnViolationDeny:
-		if p.OnViolation == OnViolationKill {
-			return Policy{}, fmt.Errorf("narrowing policy: on_violation deny after kill: %w", ErrWidening)
-		}
-	default:
-		return Policy{}, fmt.Errorf("narrowing policy: unknown on_violation %q", job.OnViolation)
 	}
 	return out, nil
 }

@@ -12,37 +12,36 @@ import (
 )
 
 func TestNarrow(t *testing.T) {
-	runner := Policy{Registries: []string{"http://registry.cleanroom.test:4873/", "https://npm.corp"}, Extra: []string{"git.corp:22"}, OnViolation: "deny"}
+	runner := Policy{Registries: []string{"http://registry.cleanroom.test:4873/", "https://npm.corp"}, Extra: []string{"git.corp:22", "cache.corp:443"}}
+	kill := Policy{Registries: runner.Registries, Extra: runner.Extra, Kill: true}
 	tests := []struct {
 		name    string
+		runner  Policy
 		job     Policy
 		want    Policy
 		wantErr error
 	}{
-		{"empty inherits", Policy{}, runner, nil},
-		{"subset of registries", Policy{Registries: []string{"http://registry.cleanroom.test:4873"}},
-			Policy{Registries: []string{"http://registry.cleanroom.test:4873"}, Extra: runner.Extra, OnViolation: "deny"}, nil},
-		{"drop extras", Policy{Extra: []string{}}, Policy{Registries: runner.Registries, Extra: []string{}, OnViolation: "deny"}, nil},
-		{"tighten to kill", Policy{OnViolation: "kill"}, Policy{Registries: runner.Registries, Extra: runner.Extra, OnViolation: "kill"}, nil},
-		{"new registry widens", Policy{Registries: []string{"https://registry.npmjs.org"}}, Policy{}, ErrWidening},
-		{"same host other port widens", Policy{Registries: []string{"http://registry.cleanroom.test:4874"}}, Policy{}, ErrWidening},
-		{"new extra widens", Policy{Extra: []string{"evil.example:443"}}, Policy{}, ErrWidening},
+		{"empty inherits registries, gets no extras", runner, Policy{}, Policy{Registries: runner.Registries}, nil},
+		{"subset of registries", runner, Policy{Registries: []string{"http://registry.cleanroom.test:4873"}},
+			Policy{Registries: []string{"http://registry.cleanroom.test:4873"}}, nil},
+		{"only the extras it names", runner, Policy{Extra: []string{"git.corp:22"}}, Policy{Registries: runner.Registries, Extra: []string{"git.corp:22"}}, nil},
+		{"tighten to kill", runner, Policy{Kill: true}, Policy{Registries: runner.Registries, Kill: true}, nil},
+		{"deny on a kill runner stays kill", kill, Policy{}, Policy{Registries: runner.Registries, Kill: true}, nil},
+		{"new registry widens", runner, Policy{Registries: []string{"https://registry.npmjs.org"}}, Policy{}, ErrWidening},
+		{"same host other port widens", runner, Policy{Registries: []string{"http://registry.cleanroom.test:4874"}}, Policy{}, ErrWidening},
+		{"new extra widens", runner, Policy{Extra: []string{"evil.example:443"}}, Policy{}, ErrWidening},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := runner.Narrow(tc.job)
+			got, err := tc.runner.Narrow(tc.job)
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}
 			if err == nil && (strings.Join(got.Registries, ",") != strings.Join(tc.want.Registries, ",") ||
-				strings.Join(got.Extra, ",") != strings.Join(tc.want.Extra, ",") || got.OnViolation != tc.want.OnViolation) {
+				strings.Join(got.Extra, ",") != strings.Join(tc.want.Extra, ",") || got.Kill != tc.want.Kill) {
 				t.Fatalf("got %+v want %+v", got, tc.want)
 			}
 		})
-	}
-	kill := Policy{Registries: runner.Registries, OnViolation: "kill"}
-	if _, err := kill.Narrow(Policy{OnViolation: "deny"}); !errors.Is(err, ErrWidening) {
-		t.Fatalf("kill → deny: err = %v, want ErrWidening", err)
 	}
 }
 

@@ -74,17 +74,6 @@ func TestCollectArtifactsNeverLeavesTheWorkspace(t *testing.T) {
 	}
 }
 
-func TestNormalizeViolation(t *testing.T) {
-	for in, want := range map[string]string{"": "deny", "deny": "deny", "KILL": "kill"} {
-		if got, err := NormalizeViolation(in); err != nil || got != want {
-			t.Errorf("NormalizeViolation(%q) = %q, %v", in, got, err)
-		}
-	}
-	if _, err := NormalizeViolation("log"); err == nil {
-		t.Error("unknown on_violation accepted")
-	}
-}
-
 func TestSandboxIDFitsTheSandboxAlphabet(t *testing.T) {
 	if got := sandboxID("j-ABC_12.x"); got != "j-abc-12-x" {
 		t.Errorf("sandboxID = %q", got)

@@ -65,11 +65,6 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger) (agent.Executor, err
 	for h, ip := range cfg.Network.Hosts {
 		hosts[h] = append(hosts[h], net.ParseIP(ip))
 	}
-	onViolation, err := buildexec.NormalizeViolation(cfg.Network.OnViolation)
-	if err != nil {
-		sb.Close()
-		return nil, err
-	}
 	lim := sandbox.Limits{
 		MemoryBytes: int64(cfg.Limits.Memory), CPUs: cfg.Limits.CPUs, Pids: cfg.Limits.PIDs, DiskBytes: int64(cfg.Limits.Disk),
 	}
@@ -77,7 +72,7 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger) (agent.Executor, err
 		RunnerID: cfg.RunnerID, RunnerName: cfg.Name,
 		BuilderID:  builderID(cfg),
 		Image:      cfg.Image,
-		Registries: cfg.Network.Registries, Extra: cfg.Network.Extra, OnViolation: onViolation,
+		Registries: cfg.Network.Registries, Extra: cfg.Network.Extra, OnViolation: cfg.Network.OnViolation,
 		Forward: cfg.Network.Mode == agent.NetworkModeForward, Masquerade: cfg.Network.Masquerade,
 		Hosts: hosts, HostNS: cfg.Network.HostNetNS,
 		DataDir: cfg.DataDir, NetStateDir: cfg.Network.StateDir, Limits: lim, Secrets: store, Signing: priv, Sandbox: sb,

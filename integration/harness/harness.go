@@ -308,7 +308,7 @@ func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 	}
 	cfg.Network.Registries = []string{RegistryURL}
 	cfg.Network.Hosts = map[string]string{lab.RegistryName: lab.RegistryIP.String()}
-	cfg.Network.OnViolation = o.OnViolation
+	cfg.Network.OnViolation = api.OnViolation(o.OnViolation)
 	cfg.Network.Mode = o.Mode
 	// A short grace period: Close (SIGTERM) then ends within its 15 s even
 	// if a job is still running. (Zero would mean the default, 5 minutes.)

@@ -1,0 +1,464 @@
+package buildexec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cleanroom-ci/cleanroom/agent"
+	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/netpolicy"
+	"github.com/cleanroom-ci/cleanroom/sandbox"
+	"github.com/cleanroom-ci/cleanroom/secrets"
+	"github.com/cleanroom-ci/cleanroom/supplychain"
+)
+
+// jobRun is one execution of one job. newRun creates nothing that needs
+// cleaning up; each phase records what it made, and teardown removes it.
+type jobRun struct {
+	e       *Executor
+	job     *api.Job
+	ws      string // the extracted source
+	rep     agent.Reporter
+	out     *secrets.Redactor // the job's log: every byte is redacted
+	log     jobLog
+	started time.Time
+	// runID names this attempt's network and sandbox: a re-queued job may
+	// land on this host while a lost earlier attempt's are still here.
+	runID string
+	// dir holds per-job files (npmrc, artifact copies, SBOM, provenance) in
+	// the agent's scratch dir, which the agent removes once they are uploaded.
+	dir string
+
+	// What the phases decide and make, in order.
+	lf        *supplychain.Lockfile
+	plan      supplychain.ScriptPlan
+	env       []string
+	limits    sandbox.Limits
+	regToken  []byte
+	netPolicy netpolicy.Policy
+	npmrc     string
+	image     string
+	nw        jobNetwork
+	sb        jobSandbox
+	runCtx    context.Context // the steps' context; canceled by a kill-mode violation
+	cancelRun context.CancelCauseFunc
+	arts      []agent.Artifact
+}
+
+// errEgressViolation is the cancel cause when on_violation is kill.
+var errEgressViolation = errors.New("egress violation")
+
+// jobError ends a job: the phase that returns it says why in one line.
+// jobRun.result is the one place it becomes the job's result.
+type jobError struct {
+	reason string // the job's reason
+	exit   int    // the exit code reported (a failed step's own)
+	say    string // the job log's line about it ("" = the phase said it already)
+}
+
+func (e *jobError) Error() string { return e.reason }
+
+// refused ends a job before anything ran in it.
+func refused(format string, args ...any) error {
+	reason := fmt.Sprintf(format, args...)
+	return &jobError{reason: reason, exit: 1, say: "refused: " + reason}
+}
+
+// failed ends a job with reason, logged as is.
+func failed(exit int, format string, args ...any) error {
+	reason := fmt.Sprintf(format, args...)
+	return &jobError{reason: reason, exit: exit, say: reason}
+}
+
+type jobLog struct {
+	w io.Writer
+}
+
+func (l jobLog) say(format string, args ...any) {
+	fmt.Fprintf(l.w, "[cleanroom] "+format+"\n", args...)
+}
+
+func (e *Executor) newRun(job *api.Job, ws string, out io.Writer, rep agent.Reporter) *jobRun {
+	red := e.matcher.NewRedactor(out)
+	return &jobRun{
+		e: e, job: job, ws: ws, rep: rep, out: red, log: jobLog{red},
+		started: time.Now().UTC(),
+		runID:   fmt.Sprintf("%s-%d", job.ID, max(job.Attempts, 1)),
+		dir:     filepath.Join(e.cfg.DataDir, "jobs", job.ID),
+	}
+}
+
+// result turns a phase's error into the job's result. An error that is not
+// a *jobError is a failure of the host side (a file that cannot be
+// written): the job fails with it as its reason.
+func (r *jobRun) result(err error) agent.Result {
+	var je *jobError
+	if !errors.As(err, &je) {
+		je = &jobError{reason: err.Error(), exit: 1, say: err.Error()}
+	}
+	if je.say != "" {
+		r.log.say("%s", je.say)
+	}
+	return agent.Result{State: api.StateFailed, ExitCode: je.exit, Reason: je.reason}
+}
+
+// gate: the lockfile must be present, valid and from the internal registry
+// with integrity; the install-script policy decides which scripts run.
+func (r *jobRun) gate(context.Context) error {
+	cfg := r.e.cfg
+	lf, err := supplychain.CheckLockfile(r.ws, supplychain.LockPolicy{Registries: cfg.Registries})
+	if err != nil {
+		r.log.say("lockfile gate: %v", err)
+		var ge *supplychain.GateError
+		if errors.As(err, &ge) {
+			first := ge.Violations[0]
+			return refused("lockfile rejected: %d violation(s), first: %s: %s %s", len(ge.Violations), first.Path, first.Rule, first.Value)
+		}
+		return refused("lockfile rejected: %v", err)
+	}
+	r.lf = lf
+	r.log.say("lockfile %s: %d packages, every one from the internal registry with sha512 integrity", lf.File, len(lf.Packages))
+	spec := r.job.Spec.InstallScripts
+	r.plan = supplychain.PlanScripts(lf, supplychain.ScriptPolicy{
+		AllowAll: spec.All || cfg.InstallScripts.All,
+		Allow:    append(append([]string{}, cfg.InstallScripts.Allow...), spec.Allow...),
+	})
+	for _, p := range r.plan.Blocked {
+		r.log.say("install scripts of %s@%s NOT run (not on the job's install_scripts allow-list)", p.Name, p.Version)
+	}
+	for _, p := range r.plan.Allowed {
+		r.log.say("install scripts of %s@%s allowed (install_scripts of the job or this runner): they run inside the sandbox", p.Name, p.Version)
+	}
+	return nil
+}
+
+// secrets: deploy-scope or unknown names refuse the job; the environment is
+// built from scratch; the job's resources must fit the runner's limits.
+func (r *jobRun) secrets(context.Context) error {
+	cfg := r.e.cfg
+	granted, err := cfg.Secrets.Grant(r.job.Spec.Secrets)
+	if err != nil {
+		return refused("%v", err)
+	}
+	if r.env, err = secrets.BuildEnv(secrets.Base{RegistryURL: cfg.Registries[0], NPMRC: "/run/cleanroom/npmrc"}, granted); err != nil {
+		return refused("%v", err)
+	}
+	if r.limits, err = r.e.limitsFor(r.job.Spec.Resources); err != nil {
+		return refused("%v", err)
+	}
+	if len(granted) > 0 {
+		names := make([]string, len(granted))
+		for i, s := range granted {
+			names[i] = s.Name
+		}
+		r.log.say("build secrets granted: %s (redacted from all output)", strings.Join(names, ", "))
+	}
+	// The registry token is a build-scope secret, so it is redacted like
+	// any other; it reaches npm through the npmrc, never the environment.
+	if cfg.RegistryTokenSecret != "" {
+		tok, err := cfg.Secrets.Grant([]string{cfg.RegistryTokenSecret})
+		if err != nil {
+			return refused("registry token (registry_token_secret): %v", err)
+		}
+		r.regToken = tok[0].Value
+	}
+	return nil
+}
+
+// policy narrows the runner's egress policy by the job's network spec:
+// netpolicy.Policy.Narrow alone decides what the job may have.
+func (r *jobRun) policy(context.Context) error {
+	cfg := r.e.cfg
+	want := r.job.Spec.Network
+	v, err := api.ParseOnViolation(string(want.OnViolation))
+	if err != nil { // an unknown value must not silently mean deny
+		return refused("%v", err)
+	}
+	runner := netpolicy.Policy{Registries: cfg.Registries, Extra: cfg.Extra, Kill: cfg.OnViolation.Kill()}
+	if r.netPolicy, err = runner.Narrow(netpolicy.Policy{Extra: want.Extra, Kill: v.Kill()}); err != nil {
+		return refused("network policy: %v", err)
+	}
+	return nil
+}
+
+// files writes the job's npmrc, read-only for the build user.
+func (r *jobRun) files(context.Context) error {
+	_ = os.RemoveAll(r.dir) // an earlier attempt of the same job on this agent
+	if err := os.MkdirAll(r.dir, 0o700); err != nil {
+		return fmt.Errorf("creating job dir: %w", err)
+	}
+	r.npmrc = filepath.Join(r.dir, "npmrc")
+	if err := os.WriteFile(r.npmrc, secrets.NPMRC(r.e.cfg.Registries[0], r.regToken), 0o400); err != nil {
+		return fmt.Errorf("writing job npmrc: %w", err)
+	}
+	if err := r.e.chown(r.npmrc); err != nil {
+		return fmt.Errorf("handing the job npmrc to the build user: %w", err)
+	}
+	return nil
+}
+
+// isolate makes the job's network and its sandbox. They are independent
+// until a step runs (the container only names the namespace and
+// resolv.conf, which the network makes at paths known in advance), so they
+// are made concurrently. If either fails, the job does not run; whichever
+// was made is torn down with the job.
+func (r *jobRun) isolate(ctx context.Context) error {
+	netDone := make(chan error, 1)
+	go func() { netDone <- r.network(ctx) }()
+	sbErr := r.sandbox(r.runCtx)
+	if err := <-netDone; err != nil {
+		return err
+	}
+	if sbErr != nil {
+		return sbErr
+	}
+	lim := r.limits
+	r.log.say("sandbox %s: image %s, memory %s, cpus %g, pids %d, no capabilities, read-only root, non-root user", r.sb.ID(), r.image, api.ByteSize(lim.MemoryBytes), lim.CPUs, lim.Pids)
+	return nil
+}
+
+// network sets up the job's namespace, veth, rules, DNS responder and
+// audit readers (fail closed: any part missing is an error).
+func (r *jobRun) network(ctx context.Context) error {
+	cfg := r.e.cfg
+	mode := netpolicy.ModeDirect
+	if cfg.Forward {
+		mode = netpolicy.ModeForward
+	}
+	resolver := netpolicy.Resolver(netpolicy.SystemResolver{})
+	if len(cfg.Hosts) > 0 {
+		resolver = netpolicy.StaticResolver{Hosts: cfg.Hosts, Fallback: netpolicy.SystemResolver{}}
+	}
+	nw, err := r.e.networks.Setup(ctx, netpolicy.Config{
+		ID: r.runID, Job: r.job.ID, Runner: cfg.RunnerID, HostNS: cfg.HostNS, Mode: mode, Masquerade: cfg.Masquerade,
+		Policy: r.netPolicy, Resolver: resolver,
+		StateDir: cfg.NetStateDir,
+		Owner:    sandbox.ProcessOwner(),
+		AuditLog: filepath.Join(cfg.DataDir, "egress.jsonl"),
+		OnEvent:  func(ev netpolicy.Event) { r.rep.Event(api.EgressEvent(ev)) },
+		Redact:   r.e.matcher.RedactDomain,
+		Logger:   cfg.Logger,
+	})
+	if err != nil {
+		reason := fmt.Sprintf("network policy could not be enforced: %v", err)
+		return &jobError{reason: reason, exit: 1, say: "network policy could not be enforced, so the job does not run: " + err.Error()}
+	}
+	r.nw = nw
+	var dsts []string
+	for _, d := range nw.Allowed() {
+		for _, ip := range d.IPs {
+			dsts = append(dsts, net.JoinHostPort(ip.String(), strconv.Itoa(d.Port))+" ("+d.Host+")")
+		}
+	}
+	onViolation := api.OnViolationDeny
+	if r.netPolicy.Kill {
+		onViolation = api.OnViolationKill
+	}
+	r.log.say("egress allowed only to: %s; DNS answers only those names; every attempt is audited (on_violation: %s)", strings.Join(dsts, ", "), onViolation)
+	return nil
+}
+
+// sandbox creates the job's container, joined to the job's network.
+func (r *jobRun) sandbox(ctx context.Context) error {
+	cfg := r.e.cfg
+	r.image = r.job.Spec.Image
+	if r.image == "" {
+		r.image = cfg.Image
+	}
+	sb, err := r.e.sandboxes.Create(ctx, sandbox.Options{
+		JobID: sandboxID(r.runID), Image: r.image, Workspace: r.ws, NetNS: netpolicy.NetNSPathFor(r.runID), Env: r.env, Limits: r.limits,
+		Mounts: []sandbox.Mount{
+			{Source: netpolicy.ResolvConfPathFor(cfg.NetStateDir, r.runID), Destination: "/etc/resolv.conf"},
+			{Source: r.npmrc, Destination: "/run/cleanroom/npmrc"},
+		},
+		PathsLater: true,
+		Labels:     map[string]string{sandbox.LabelJob: r.job.ID, "cleanroom.runner": cfg.RunnerID, "cleanroom.attempt": strconv.Itoa(max(r.job.Attempts, 1))},
+	})
+	if err != nil {
+		return failed(1, "creating the sandbox: %v", err)
+	}
+	r.sb = sb
+	return nil
+}
+
+// watch ends the job at the first denied attempt when on_violation is
+// kill. Nothing runs before the sandbox exists, so nothing can violate the
+// policy before this watcher starts.
+func (r *jobRun) watch(ctx context.Context) error {
+	if !r.netPolicy.Kill {
+		return nil
+	}
+	go func() {
+		select {
+		case ev := <-r.nw.Violations():
+			r.log.say("egress violation: %s %s → %s%s: ending the job now (on_violation: kill)", ev.Proto, ev.Src, ev.Dst, domainNote(ev.Domain))
+			r.cancelRun(errEgressViolation)
+			if err := r.sb.Kill(ctx); err != nil {
+				r.e.cfg.Logger.Error("killing the sandbox after an egress violation", "job", r.job.ID, "error", err)
+			}
+		case <-r.runCtx.Done():
+		}
+	}()
+	return nil
+}
+
+// steps runs npm ci, the allowed install scripts and the build, stopping at
+// the first that fails.
+func (r *jobRun) steps(context.Context) error {
+	build := r.job.Spec.Build.Argv
+	if len(build) == 0 {
+		build = []string{"/bin/sh", "-c", r.job.Spec.Build.Script}
+	}
+	type step struct {
+		name string
+		argv []string
+	}
+	steps := []step{{"install", r.plan.Install}}
+	if len(r.plan.Rebuild) > 0 {
+		steps = append(steps, step{"install scripts", r.plan.Rebuild})
+	}
+	steps = append(steps, step{"build", build})
+	for _, st := range steps {
+		r.log.say("$ %s", strings.Join(st.argv, " "))
+		res, err := r.sb.Run(r.runCtx, sandbox.Step{Args: st.argv, Stdout: r.out, Grace: r.e.cfg.StepStop})
+		if err != nil {
+			return failed(127, "%s: %v", st.name, err)
+		}
+		if errors.Is(context.Cause(r.runCtx), errEgressViolation) {
+			return &jobError{reason: "egress violation", exit: exitOr(res.ExitCode, 1)} // the watcher said why
+		}
+		if res.Failed() {
+			reason := fmt.Sprintf("%s step failed: %s", st.name, res)
+			if res.Reason == sandbox.ReasonCanceled || res.Reason == sandbox.ReasonTimeout {
+				reason = fmt.Sprintf("%s step ended: %s", st.name, res.Reason)
+			}
+			return &jobError{reason: reason, exit: exitOr(res.ExitCode, 1)} // the step's output says why
+		}
+		r.log.say("%s step done in %s", st.name, res.Duration.Round(10*time.Millisecond))
+	}
+	return nil
+}
+
+// outputs copies the artifacts out of the sandbox's workspace and writes
+// the SBOM and the signed provenance that covers them.
+func (r *jobRun) outputs(ctx context.Context) error {
+	arts, err := collectArtifacts(r.sb.WorkspacePath(), r.job.Spec.Artifacts, filepath.Join(r.dir, "out"))
+	if err != nil {
+		return failed(1, "collecting artifacts: %v", err)
+	}
+	sbomPath := filepath.Join(r.dir, supplychain.SBOMFile)
+	if err := writeSBOM(r.ws, r.lf, sbomPath); err != nil {
+		return failed(1, "writing SBOM: %v", err)
+	}
+	var subjects []supplychain.Artifact
+	for _, a := range append(arts, agent.Artifact{Name: supplychain.SBOMFile, Path: sbomPath}) {
+		h, err := supplychain.HashFile(a.Path)
+		if err != nil {
+			return failed(1, "hashing artifact %s: %v", a.Name, err)
+		}
+		h.Name = a.Name
+		subjects = append(subjects, h)
+	}
+	if len(arts) == 0 {
+		r.log.say("no artifacts matched %v: provenance covers the SBOM only", r.job.Spec.Artifacts)
+	}
+	provPath := filepath.Join(r.dir, supplychain.ProvenanceFile)
+	if err := r.e.writeProvenance(ctx, r.job, r.image, r.lf, subjects, r.started, provPath); err != nil {
+		return failed(1, "signing provenance: %v", err)
+	}
+	r.arts = append(arts,
+		agent.Artifact{Name: supplychain.SBOMFile, Path: sbomPath, Kind: api.KindSBOM},
+		agent.Artifact{Name: supplychain.ProvenanceFile, Path: provPath, Kind: api.KindProvenance})
+	r.log.say("%d artifact(s), SBOM (%d components) and signed provenance ready", len(arts), len(r.lf.Packages))
+	return nil
+}
+
+// teardown ends the job's sandbox and network, whichever exist. Once no
+// process is left in the sandbox, the network (whose audit readers must
+// outlive every process that could send) is closed while the rest of the
+// sandbox is removed; if the processes could not be confirmed gone,
+// everything is torn down in order instead.
+func (r *jobRun) teardown(ctx context.Context) error {
+	var sbErr, nwErr error
+	logger := r.e.cfg.Logger
+	closeNet := func() {
+		if r.nw != nil {
+			if nwErr = r.nw.Close(ctx); nwErr != nil {
+				logger.Error("tearing down job network", "job", r.job.ID, "error", nwErr)
+				nwErr = fmt.Errorf("tearing down job network: %w", nwErr)
+			}
+		}
+	}
+	destroy := func() {
+		if r.sb != nil {
+			if sbErr = r.sb.Destroy(ctx); sbErr != nil {
+				logger.Error("destroying sandbox", "job", r.job.ID, "error", sbErr)
+				sbErr = fmt.Errorf("destroying sandbox: %w", sbErr)
+			}
+		}
+	}
+	if r.sb != nil && r.sb.StopAll(ctx) != nil {
+		destroy()
+		closeNet()
+		return errors.Join(sbErr, nwErr)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); closeNet() }()
+	destroy()
+	<-done
+	return errors.Join(sbErr, nwErr)
+}
+
+// limitsFor applies a job's resources within the agent's limits: a job may
+// ask for less, never for more (api.Resources.Over decides, as it does for
+// the coordinator's claims, which normally keep such a job away).
+func (e *Executor) limitsFor(r api.Resources) (sandbox.Limits, error) {
+	lim := e.cfg.Limits
+	if over := r.Over(e.Capacity()); len(over) > 0 {
+		return lim, fmt.Errorf("more than this runner's limits: %s", strings.Join(over, "; "))
+	}
+	for _, f := range []struct {
+		want int64
+		dst  *int64
+	}{{int64(r.Memory), &lim.MemoryBytes}, {r.PIDs, &lim.Pids}, {int64(r.Disk), &lim.DiskBytes}} {
+		if f.want > 0 {
+			*f.dst = f.want
+		}
+	}
+	if r.CPUs > 0 {
+		lim.CPUs = r.CPUs
+	}
+	return lim, nil
+}
+
+// sandboxID maps a coordinator job id onto the sandbox's id alphabet.
+func sandboxID(jobID string) string {
+	return strings.ToLower(strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		return '-'
+	}, jobID))
+}
+
+func domainNote(d string) string {
+	if d == "" {
+		return ""
+	}
+	return " (" + d + ")"
+}
+
+func exitOr(code, def int) int {
+	if code != 0 {
+		return code
+	}
+	return def
+}
