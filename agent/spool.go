@@ -200,12 +200,10 @@ func newEventShipper(jr *jobRun) *eventShipper {
 	return e
 }
 
-// Event queues one egress event.
+// Event queues one egress event as the executor stamped it (netpolicy
+// names runner, job, sandbox and time where the event is born; the
+// coordinator sets runner and job from the lease again when it stores it).
 func (e *eventShipper) Event(ev api.EgressEvent) {
-	ev.Job, ev.Runner = e.jr.job.ID, e.jr.a.cfg.RunnerID
-	if ev.Time.IsZero() {
-		ev.Time = time.Now().UTC()
-	}
 	e.mu.Lock()
 	e.events = append(e.events, ev)
 	if e.spool != nil {

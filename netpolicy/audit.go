@@ -25,6 +25,10 @@ import (
 
 // Event is one egress attempt, allowed or denied, in the wire shape of
 // DESIGN.md's egress event (one JSON object per line).
+//
+// It has exactly the fields of api.EgressEvent (netpolicy imports nothing of
+// the project), so the agent converts one into the other directly; runner,
+// job, sandbox and time are stamped here, once.
 type Event struct {
 	Time    time.Time `json:"time"`
 	Runner  string    `json:"runner"`
