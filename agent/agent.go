@@ -33,7 +33,7 @@ var (
 
 // Agent runs the job loop. Build it with New, then call Run.
 type Agent struct {
-	// OnStart runs once before the first claim (the lead runs sandbox and
+	// OnStart runs once before the first claim (`agent run` runs sandbox and
 	// network garbage collection here); an error stops Run.
 	OnStart func(ctx context.Context) error
 	// GracePeriod: after Run's context is done, running jobs get this long

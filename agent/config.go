@@ -4,7 +4,7 @@
 // job through an Executor, stream the log through an on-disk spool, send
 // heartbeats (cancel arrives through them), upload egress events, artifacts
 // and the result, remove the workspace — and graceful stop. The sandbox,
-// network policy and secrets are composed by the Executor the lead wires in
+// network policy and secrets are composed by the Executor that cmd/cleanroom wires in
 // (cmd/cleanroom/executor.go); this package does not import them.
 package agent
 

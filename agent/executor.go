@@ -9,8 +9,8 @@ import (
 
 // Executor runs one claimed job. It is the seam between the job loop (this
 // package: claiming, leases, source, log, upload, result) and the sandbox
-// (supply-chain gate, secrets, network policy, containerd), which the lead
-// wires in from cmd/cleanroom/executor.go.
+// (supply-chain gate, secrets, network policy, containerd), which
+// cmd/cleanroom/executor.go wires in (agent/buildexec).
 type Executor interface {
 	// Run executes job in workspace ws (the source is already extracted
 	// there). Build output goes to out (the executor redacts secrets before

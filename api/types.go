@@ -58,7 +58,7 @@ const (
 	KindProvenance = "provenance"
 )
 
-// Egress verdicts, as in DESIGN.md's egress event format.
+// Egress verdicts of EgressEvent (docs/egress-log.md).
 const (
 	VerdictAllow = "allow"
 	VerdictDeny  = "deny"
@@ -466,7 +466,7 @@ type LogAppendResponse struct {
 	NextOffset int64 `json:"next_offset"`
 }
 
-// EgressEvent is one egress attempt (DESIGN.md "Egress audit event"). DNS
+// EgressEvent is one egress attempt (docs/egress-log.md). DNS
 // queries have Proto "dns", the queried name in Domain and the answer given in
 // Answer.
 type EgressEvent struct {

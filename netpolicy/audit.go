@@ -23,8 +23,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Event is one egress attempt, allowed or denied, in the wire shape of
-// DESIGN.md's egress event (one JSON object per line).
+// Event is one egress attempt, allowed or denied, in the wire shape of the
+// egress log (one JSON object per line; docs/egress-log.md).
 //
 // It has exactly the fields of api.EgressEvent (netpolicy imports nothing of
 // the project), so the agent converts one into the other directly; runner,

@@ -20,7 +20,7 @@ func init() {
 		Use:   "egress",
 		Short: "Query the egress audit log (every allowed and denied attempt, DNS included)",
 		Long: `Query egress events. By default a table; with --json one JSON object per line,
-in the format of DESIGN.md, ready for a SIEM. --since and --until take an
+in the format of docs/egress-log.md, ready for a SIEM. --since and --until take an
 RFC 3339 time or a duration back from now (e.g. 24h).`,
 		Args: cobra.NoArgs,
 	}
