@@ -12,7 +12,7 @@
 //
 // It brings up the integration harness (lab network, Verdaccio seeded with
 // the examples' packages, coordinator, one agent), prints medians, the
-// ratio (target ≤ 1.3×, docs/architecture.md, "Performance targets"), min/max, the load
+// ratio (target ≤ 1.3×, docs/architecture.md "Performance targets"), min/max, the load
 // average, where the job's time goes (from its log lines, stamped as they
 // stream in, and the coordinator's timestamps) and submit → claimed latency.
 // Everything it starts is stopped and the lab is removed at the end, also on
