@@ -3,6 +3,8 @@ package api_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -118,6 +120,77 @@ func TestErrorMatchesSentinelsByStatus(t *testing.T) {
 	}
 	if api.Retryable(&api.Error{Status: 409}) || !api.Retryable(&api.Error{Status: 503}) || !api.Retryable(errors.New("connection refused")) {
 		t.Error("Retryable misclassifies")
+	}
+}
+
+func TestStatusOfAndErrorFromMapEveryClassBothWays(t *testing.T) {
+	tests := []struct {
+		class  error
+		status int
+	}{
+		{api.ErrInvalid, http.StatusBadRequest},
+		{api.ErrUnauthorized, http.StatusUnauthorized},
+		{api.ErrForbidden, http.StatusForbidden},
+		{api.ErrNotFound, http.StatusNotFound},
+		{api.ErrConflict, http.StatusConflict},
+		{api.ErrTooLarge, http.StatusRequestEntityTooLarge},
+	}
+	for _, tc := range tests {
+		t.Run(tc.class.Error(), func(t *testing.T) {
+			if got := api.StatusOf(tc.class); got != tc.status {
+				t.Errorf("StatusOf(class) = %d, want %d", got, tc.status)
+			}
+			if got := api.ErrorFrom(tc.status); got != tc.class {
+				t.Errorf("ErrorFrom(%d) = %v, want %v", tc.status, got, tc.class)
+			}
+			if got := api.StatusOf(api.ErrorFrom(tc.status)); got != tc.status {
+				t.Errorf("StatusOf(ErrorFrom(%d)) = %d", tc.status, got)
+			}
+			if got := api.ErrorFrom(api.StatusOf(tc.class)); got != tc.class {
+				t.Errorf("ErrorFrom(StatusOf(%v)) = %v", tc.class, got)
+			}
+			wrapped := fmt.Errorf("looking up x: %w", tc.class)
+			if got := api.StatusOf(wrapped); got != tc.status {
+				t.Errorf("StatusOf(wrapped) = %d, want %d", got, tc.status)
+			}
+			sentinel := api.WithClass(errors.New("specific"), tc.class)
+			err := fmt.Errorf("doing y: %w", sentinel)
+			if got := api.StatusOf(err); got != tc.status || !errors.Is(err, sentinel) || !errors.Is(err, tc.class) || err.Error() != "doing y: specific" {
+				t.Errorf("WithClass: status %d, message %q, matches sentinel %t, class %t", got, err, errors.Is(err, sentinel), errors.Is(err, tc.class))
+			}
+			answer := error(&api.Error{Status: tc.status, Message: "from the wire"})
+			if !errors.Is(answer, tc.class) || api.StatusOf(answer) != tc.status {
+				t.Errorf("an answer with status %d does not carry its class", tc.status)
+			}
+			for _, other := range tests {
+				if other.class != tc.class && errors.Is(answer, other.class) {
+					t.Errorf("an answer with status %d also matches %v", tc.status, other.class)
+				}
+			}
+		})
+	}
+}
+
+func TestStatusOfErrorsOfNoClass(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"nil", nil, http.StatusOK},
+		{"plain error", errors.New("disk on fire"), http.StatusInternalServerError},
+		{"field errors", api.FieldErrors{{Field: "name", Message: "required"}}, http.StatusBadRequest},
+		{"wrapped answer keeps its status", fmt.Errorf("calling: %w", &api.Error{Status: http.StatusServiceUnavailable}), http.StatusServiceUnavailable},
+	}
+	for _, tc := range tests {
+		if got := api.StatusOf(tc.err); got != tc.want {
+			t.Errorf("%s: StatusOf = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	for _, status := range []int{http.StatusOK, http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway} {
+		if err := api.ErrorFrom(status); err != nil {
+			t.Errorf("ErrorFrom(%d) = %v, want no class", status, err)
+		}
 	}
 }
 

@@ -27,6 +27,9 @@ func (fe FieldErrors) Error() string {
 	return "invalid request: " + strings.Join(parts, "; ")
 }
 
+// Is makes field errors an ErrInvalid.
+func (fe FieldErrors) Is(target error) bool { return target == ErrInvalid }
+
 func (fe *FieldErrors) add(field, format string, args ...any) {
 	*fe = append(*fe, FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 )
 
@@ -131,14 +132,12 @@ func principalFrom(ctx context.Context) principal {
 	return p
 }
 
-var errUnauthorized = errors.New("unauthorized")
-
 // authenticate resolves the bearer token of r.
 func (s *Server) authenticate(r *http.Request) (principal, error) {
 	h := r.Header.Get("Authorization")
 	tok, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok || tok == "" {
-		return principal{}, fmt.Errorf("reading bearer token: %w", errUnauthorized)
+		return principal{}, fmt.Errorf("reading bearer token: %w", api.ErrUnauthorized)
 	}
 	tok = strings.TrimSpace(tok)
 	switch {
@@ -178,7 +177,7 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 			return principal{}, err
 		}
 	}
-	return principal{}, fmt.Errorf("checking bearer token: %w", errUnauthorized)
+	return principal{}, fmt.Errorf("checking bearer token: %w", api.ErrUnauthorized)
 }
 
 // auth wraps h so only the given principal kinds reach it.
@@ -195,7 +194,7 @@ func (s *Server) auth(kinds []string, h http.HandlerFunc) http.HandlerFunc {
 				return
 			}
 		}
-		s.writeErr(w, r, fmt.Errorf("a %s token may not call %s %s: %w", p.kind, r.Method, r.URL.Path, errForbidden))
+		s.writeErr(w, r, fmt.Errorf("a %s token may not call %s %s: %w", p.kind, r.Method, r.URL.Path, api.ErrForbidden))
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -19,11 +18,6 @@ import (
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 )
-
-var errForbidden = errors.New("forbidden")
-
-// errBadRequest marks a malformed request that is not a field error.
-var errBadRequest = errors.New("bad request")
 
 func (s *Server) routes() {
 	m := s.mux
@@ -64,38 +58,42 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// writeErr maps an error onto a status and the api.Error body.
+// writeErr answers err with the status of its class (api.StatusOf) and the
+// api.Error body: field errors for an invalid request, the expected offset
+// for a log gap, no detail for a refused token or an internal failure.
 func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
-	ae := &api.Error{Message: err.Error()}
+	ae := &api.Error{Status: api.StatusOf(err), Message: err.Error()}
 	var fe api.FieldErrors
 	var oe *store.OffsetError
-	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &fe):
-		ae.Status, ae.Message, ae.Fields = http.StatusBadRequest, "invalid request", fe
+		ae.Message, ae.Fields = "invalid request", fe
 	case errors.As(err, &oe):
-		ae.Status, ae.ExpectedOffset = http.StatusConflict, &oe.Expected
-	case errors.Is(err, errTooLarge), errors.As(err, &mbe):
-		ae.Status = http.StatusRequestEntityTooLarge
-	case errors.Is(err, errBadRequest), errors.Is(err, errDigestMismatch):
-		ae.Status = http.StatusBadRequest
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, os.ErrNotExist):
-		ae.Status = http.StatusNotFound
-	case errors.Is(err, store.ErrStaleLease), errors.Is(err, store.ErrConflict):
-		ae.Status = http.StatusConflict
-	case errors.Is(err, errUnauthorized), errors.Is(err, store.ErrTokenInvalid):
-		ae.Status, ae.Message = http.StatusUnauthorized, "unauthorized: missing, invalid, expired or revoked token"
+		ae.ExpectedOffset = &oe.Expected
+	}
+	switch {
+	case ae.Status == http.StatusUnauthorized:
+		ae.Message = "unauthorized: missing, invalid, expired or revoked token"
 		s.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "reason", err)
-	case errors.Is(err, errForbidden):
-		ae.Status = http.StatusForbidden
-	default:
+	case ae.Status >= http.StatusInternalServerError:
 		if r.Context().Err() != nil {
 			return // client gone; nothing to answer
 		}
-		ae.Status, ae.Message = http.StatusInternalServerError, "internal error"
+		ae.Message = "internal error"
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
 	}
 	writeJSON(w, ae.Status, ae)
+}
+
+// readBody reads a request body of at most limit bytes; a longer one is
+// api.ErrTooLarge.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		err = api.WithClass(err, api.ErrTooLarge)
+	}
+	return b, err
 }
 
 // decodeJSON reads a JSON body of at most limit bytes, rejecting unknown
@@ -115,7 +113,7 @@ func jsonFieldError(err error) error {
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
-		return fmt.Errorf("decoding request body: %w", err)
+		return fmt.Errorf("decoding request body: %w", api.WithClass(err, api.ErrTooLarge))
 	case errors.As(err, &ute):
 		return api.FieldErrors{{Field: ute.Field, Message: "wrong type: want " + ute.Type.String()}}
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
@@ -171,7 +169,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	}
 	regID, regSecret, ok := splitToken(req.Token, PrefixRegistration)
 	if !ok {
-		s.writeErr(w, r, fmt.Errorf("reading registration token: %w", errUnauthorized))
+		s.writeErr(w, r, fmt.Errorf("reading registration token: %w", api.ErrUnauthorized))
 		return
 	}
 	secret := newSecret()
@@ -427,9 +425,8 @@ func (s *Server) readUpload(w http.ResponseWriter, r *http.Request) (api.JobSpec
 		case "source":
 			gotSource = true
 			digest, size, err := s.blobs.put(p, s.cfg.MaxUpload, declared)
-			var mbe *http.MaxBytesError
 			switch {
-			case errors.Is(err, errTooLarge), errors.As(err, &mbe):
+			case errors.Is(err, api.ErrTooLarge):
 				return spec, src, api.FieldErrors{{Field: "source", Message: fmt.Sprintf("upload larger than %d bytes", s.cfg.MaxUpload)}}
 			case errors.Is(err, errDigestMismatch):
 				fe = append(fe, api.FieldError{Field: "sha256", Message: err.Error()})
@@ -710,7 +707,7 @@ func (s *Server) handleAppendLog(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, api.FieldErrors{{Field: "offset", Message: "required: a non-negative byte offset"}})
 		return
 	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxLogChunk))
+	data, err := readBody(w, r, MaxLogChunk)
 	if err != nil {
 		s.writeErr(w, r, err)
 		return
@@ -801,7 +798,7 @@ func (s *Server) handlePostEgress(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, api.FieldErrors{{Field: "seq", Message: "required: the job-wide number of the first event"}})
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<20))
+	body, err := readBody(w, r, 8<<20)
 	if err != nil {
 		s.writeErr(w, r, err)
 		return
