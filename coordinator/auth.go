@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/cleanroom-ci/cleanroom/api"
@@ -181,20 +182,16 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 }
 
 // auth wraps h so only the given principal kinds reach it.
-func (s *Server) auth(kinds []string, h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+func (s *Server) auth(kinds []string, h handlerFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		p, err := s.authenticate(r)
 		if err != nil {
-			s.writeErr(w, r, err)
-			return
+			return err
 		}
-		for _, k := range kinds {
-			if p.kind == k {
-				h(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
-				return
-			}
+		if !slices.Contains(kinds, p.kind) {
+			return fmt.Errorf("a %s token may not call %s %s: %w", p.kind, r.Method, r.URL.Path, api.ErrForbidden)
 		}
-		s.writeErr(w, r, fmt.Errorf("a %s token may not call %s %s: %w", p.kind, r.Method, r.URL.Path, api.ErrForbidden))
+		return h(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 	}
 }
 

@@ -20,34 +20,34 @@ import (
 )
 
 func (s *Server) routes() {
-	m := s.mux
-	m.HandleFunc("GET /v1/healthz", func(w http.ResponseWriter, r *http.Request) {
+	s.mux.HandleFunc("GET /v1/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	m.HandleFunc("POST /v1/runners/register", s.handleRegister)
-	m.HandleFunc("GET /v1/runners", s.auth(adminOnly, s.handleListRunners))
-	m.HandleFunc("DELETE /v1/runners/{id}", s.auth(adminOnly, s.handleRemoveRunner))
-	m.HandleFunc("GET /v1/runners/{id}/key", s.handleRunnerKey)
-	m.HandleFunc("POST /v1/tokens", s.auth(adminOnly, s.handleCreateToken))
-	m.HandleFunc("GET /v1/tokens", s.auth(adminOnly, s.handleListTokens))
-	m.HandleFunc("DELETE /v1/tokens/{id}", s.auth(adminOnly, s.handleRevokeToken))
+	route := func(pattern string, h handlerFunc) { s.mux.HandleFunc(pattern, s.adapt(h)) }
+	route("POST /v1/runners/register", s.handleRegister)
+	route("GET /v1/runners", s.auth(adminOnly, s.handleListRunners))
+	route("DELETE /v1/runners/{id}", s.auth(adminOnly, s.handleRemoveRunner))
+	route("GET /v1/runners/{id}/key", s.handleRunnerKey)
+	route("POST /v1/tokens", s.auth(adminOnly, s.handleCreateToken))
+	route("GET /v1/tokens", s.auth(adminOnly, s.handleListTokens))
+	route("DELETE /v1/tokens/{id}", s.auth(adminOnly, s.handleRevokeToken))
 
-	m.HandleFunc("POST /v1/jobs", s.auth(submitters, s.handleSubmit))
-	m.HandleFunc("GET /v1/jobs", s.auth(readers, s.handleListJobs))
-	m.HandleFunc("GET /v1/jobs/{id}", s.auth(readers, s.handleGetJob))
-	m.HandleFunc("POST /v1/jobs/{id}/cancel", s.auth(submitters, s.handleCancel))
-	m.HandleFunc("GET /v1/jobs/{id}/log", s.auth(readers, s.handleReadLog))
-	m.HandleFunc("GET /v1/jobs/{id}/artifacts", s.auth(readers, s.handleListArtifacts))
-	m.HandleFunc("GET /v1/jobs/{id}/artifacts/{name...}", s.auth(readers, s.handleGetArtifact))
-	m.HandleFunc("GET /v1/egress", s.auth(readers, s.handleQueryEgress))
+	route("POST /v1/jobs", s.auth(submitters, s.handleSubmit))
+	route("GET /v1/jobs", s.auth(readers, s.handleListJobs))
+	route("GET /v1/jobs/{id}", s.auth(readers, s.handleGetJob))
+	route("POST /v1/jobs/{id}/cancel", s.auth(submitters, s.handleCancel))
+	route("GET /v1/jobs/{id}/log", s.auth(readers, s.handleReadLog))
+	route("GET /v1/jobs/{id}/artifacts", s.auth(readers, s.handleListArtifacts))
+	route("GET /v1/jobs/{id}/artifacts/{name...}", s.auth(readers, s.handleGetArtifact))
+	route("GET /v1/egress", s.auth(readers, s.handleQueryEgress))
 
-	m.HandleFunc("POST /v1/jobs/claim", s.auth(runnerOnly, s.handleClaim))
-	m.HandleFunc("POST /v1/jobs/{id}/heartbeat", s.auth(runnerOnly, s.handleHeartbeat))
-	m.HandleFunc("POST /v1/jobs/{id}/log", s.auth(runnerOnly, s.handleAppendLog))
-	m.HandleFunc("GET /v1/jobs/{id}/source", s.auth(runnerOnly, s.handleSource))
-	m.HandleFunc("POST /v1/jobs/{id}/egress", s.auth(runnerOnly, s.handlePostEgress))
-	m.HandleFunc("PUT /v1/jobs/{id}/artifacts/{name...}", s.auth(runnerOnly, s.handlePutArtifact))
-	m.HandleFunc("POST /v1/jobs/{id}/result", s.auth(runnerOnly, s.handleResult))
+	route("POST /v1/jobs/claim", s.auth(runnerOnly, s.handleClaim))
+	route("POST /v1/jobs/{id}/heartbeat", s.auth(runnerOnly, s.handleHeartbeat))
+	route("POST /v1/jobs/{id}/log", s.auth(runnerOnly, s.handleAppendLog))
+	route("GET /v1/jobs/{id}/source", s.auth(runnerOnly, s.handleSource))
+	route("POST /v1/jobs/{id}/egress", s.auth(runnerOnly, s.handlePostEgress))
+	route("PUT /v1/jobs/{id}/artifacts/{name...}", s.auth(runnerOnly, s.handlePutArtifact))
+	route("POST /v1/jobs/{id}/result", s.auth(runnerOnly, s.handleResult))
 }
 
 // --- helpers -----------------------------------------------------------------
@@ -58,10 +58,24 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// writeErr answers err with the status of its class (api.StatusOf) and the
+// handlerFunc is an API handler: it writes its answer, or returns an error
+// and writes nothing; adapt answers the error.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// adapt turns h into an http.HandlerFunc whose errors writeError answers.
+func (s *Server) adapt(h handlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+	}
+}
+
+// writeError answers err with the status of its class (api.StatusOf) and the
 // api.Error body: field errors for an invalid request, the expected offset
-// for a log gap, no detail for a refused token or an internal failure.
-func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
+// for a log gap, no detail for a refused token or an internal failure
+// (logged, like a refused token).
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	ae := &api.Error{Status: api.StatusOf(err), Message: err.Error()}
 	var fe api.FieldErrors
 	var oe *store.OffsetError
@@ -142,11 +156,10 @@ func toAPIRunner(r store.Runner) api.Runner { return r.Runner }
 
 // --- registration, tokens, runners -------------------------------------------
 
-func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 	var req api.RegisterRequest
 	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	var fe api.FieldErrors
 	if req.Name == "" || len(req.Name) > 64 || !api.ValidLabelKey(req.Name) {
@@ -164,13 +177,11 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		fe = append(fe, api.FieldError{Field: "concurrency", Message: "must be between 1 and 256"})
 	}
 	if len(fe) > 0 {
-		s.writeErr(w, r, fe)
-		return
+		return fe
 	}
 	regID, regSecret, ok := splitToken(req.Token, PrefixRegistration)
 	if !ok {
-		s.writeErr(w, r, fmt.Errorf("reading registration token: %w", api.ErrUnauthorized))
-		return
+		return fmt.Errorf("reading registration token: %w", api.ErrUnauthorized)
 	}
 	secret := newSecret()
 	rn := store.Runner{
@@ -181,24 +192,24 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		TokenHash: hashSecret(secret), PublicKey: req.PublicKey,
 	}
 	if err := s.store.RegisterRunner(r.Context(), regID, hashSecret(regSecret), rn, s.now()); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	s.log.Info("runner registered", "runner", rn.ID, "name", rn.Name, "labels", rn.Labels)
 	writeJSON(w, http.StatusCreated, api.RegisterResponse{RunnerID: rn.ID, RunnerToken: PrefixRunner + rn.ID + "." + secret})
+	return nil
 }
 
-func (s *Server) handleListRunners(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleListRunners(w http.ResponseWriter, r *http.Request) error {
 	rs, err := s.store.ListRunners(r.Context())
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	out := make([]api.Runner, 0, len(rs))
 	for _, rn := range rs {
 		out = append(out, toAPIRunner(rn))
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
 // runnerByIDOrName resolves a path value that is a runner id or name.
@@ -210,19 +221,18 @@ func (s *Server) runnerByIDOrName(r *http.Request, v string) (store.Runner, erro
 	return rn, err
 }
 
-func (s *Server) handleRemoveRunner(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleRemoveRunner(w http.ResponseWriter, r *http.Request) error {
 	rn, err := s.runnerByIDOrName(r, r.PathValue("id"))
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	rn, err = s.store.RevokeRunner(r.Context(), rn.ID, s.now())
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	s.log.Info("runner revoked", "runner", rn.ID, "name", rn.Name)
 	writeJSON(w, http.StatusOK, toAPIRunner(rn))
+	return nil
 }
 
 func toTokenInfo(t store.Token) api.TokenInfo {
@@ -230,43 +240,42 @@ func toTokenInfo(t store.Token) api.TokenInfo {
 		UsesLeft: t.UsesLeft, RevokedAt: t.RevokedAt}
 }
 
-func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) error {
 	ts, err := s.store.ListTokens(r.Context())
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	out := make([]api.TokenInfo, 0, len(ts))
 	for _, t := range ts {
 		out = append(out, toTokenInfo(t))
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
-func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) error {
 	t, err := s.store.RevokeToken(r.Context(), r.PathValue("id"), s.now())
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	s.log.Info("token revoked", "token", t.ID, "kind", t.Kind, "note", t.Note)
 	writeJSON(w, http.StatusOK, toTokenInfo(t))
+	return nil
 }
 
-func (s *Server) handleRunnerKey(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleRunnerKey(w http.ResponseWriter, r *http.Request) error {
 	rn, err := s.store.Runner(r.Context(), r.PathValue("id"))
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, api.RunnerKey{RunnerID: rn.ID, Name: rn.Name, Algorithm: "ed25519", PublicKey: rn.PublicKey, RevokedAt: rn.RevokedAt})
+	return nil
 }
 
-func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) error {
 	var req api.TokenRequest
 	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	var fe api.FieldErrors
 	prefix := ""
@@ -287,8 +296,7 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		fe = append(fe, api.FieldError{Field: "uses", Message: "must not be negative"})
 	}
 	if len(fe) > 0 {
-		s.writeErr(w, r, fe)
-		return
+		return fe
 	}
 	now := s.now().UTC()
 	t := store.Token{ID: newID("t-", 6), Kind: req.Kind, CreatedAt: now, Note: req.Note}
@@ -303,16 +311,16 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		t.UsesLeft = &u
 	}
 	if err := s.store.CreateToken(r.Context(), t); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	s.log.Info("token created", "id", t.ID, "kind", t.Kind, "expires", t.ExpiresAt, "uses", req.Uses)
 	writeJSON(w, http.StatusCreated, api.TokenResponse{ID: t.ID, Kind: t.Kind, Token: prefix + t.ID + "." + secret, ExpiresAt: t.ExpiresAt, Uses: req.Uses})
+	return nil
 }
 
 // --- jobs --------------------------------------------------------------------
 
-func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 	var spec api.JobSpec
 	var src api.Source
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
@@ -321,8 +329,7 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		var err error
 		spec, src, err = s.readUpload(w, r)
 		if err != nil {
-			s.writeErr(w, r, err)
-			return
+			return err
 		}
 	default:
 		var req struct {
@@ -330,23 +337,19 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 			Source api.Source      `json:"source"`
 		}
 		if err := decodeJSON(w, r, 1<<20, &req); err != nil {
-			s.writeErr(w, r, err)
-			return
+			return err
 		}
 		dec := json.NewDecoder(bytes.NewReader(req.Spec))
 		dec.DisallowUnknownFields()
 		if len(req.Spec) == 0 {
-			s.writeErr(w, r, api.FieldErrors{{Field: "spec", Message: "required"}})
-			return
+			return api.FieldErrors{{Field: "spec", Message: "required"}}
 		}
 		if err := dec.Decode(&spec); err != nil {
-			s.writeErr(w, r, prefixFields("spec.", jsonFieldError(err)))
-			return
+			return prefixFields("spec.", jsonFieldError(err))
 		}
 		src = req.Source
 		if src.Kind == api.SourceUpload {
-			s.writeErr(w, r, api.FieldErrors{{Field: "source.kind", Message: "an upload must be sent as multipart/form-data with a source part"}})
-			return
+			return api.FieldErrors{{Field: "source.kind", Message: "an upload must be sent as multipart/form-data with a source part"}}
 		}
 	}
 	var fe api.FieldErrors
@@ -357,8 +360,7 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		fe = append(fe, prefixFields("", err)...)
 	}
 	if len(fe) > 0 {
-		s.writeErr(w, r, fe)
-		return
+		return fe
 	}
 	if spec.MaxAttempts == 0 {
 		spec.MaxAttempts = s.cfg.MaxAttempts
@@ -366,12 +368,12 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 	j := store.Job{Job: api.Job{ID: newID("j-", 8), State: api.StateQueued, Spec: spec, Source: src,
 		MaxAttempts: spec.MaxAttempts, CreatedAt: s.now().UTC(), Submitter: principalFrom(r.Context()).submitter()}}
 	if err := s.store.CreateJob(r.Context(), j); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	s.disp.kick()
 	s.log.Info("job submitted", "job", j.ID, "source", src.Kind, "labels", spec.Labels)
 	writeJSON(w, http.StatusCreated, j.Job)
+	return nil
 }
 
 func prefixFields(prefix string, err error) api.FieldErrors {
@@ -471,13 +473,12 @@ func (s *Server) checkGzip(digest string) error {
 	return nil
 }
 
-func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) error {
 	f := store.JobFilter{State: r.URL.Query().Get("state"), Limit: 100}
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10000 {
-			s.writeErr(w, r, api.FieldErrors{{Field: "limit", Message: "must be 1-10000"}})
-			return
+			return api.FieldErrors{{Field: "limit", Message: "must be 1-10000"}}
 		}
 		f.Limit = n
 	}
@@ -486,14 +487,14 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	}
 	js, err := s.store.ListJobs(r.Context(), f)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	out := make([]api.Job, 0, len(js))
 	for _, j := range js {
 		out = append(out, j.Job)
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
 // visibleJob returns the job the request names, if its principal may see
@@ -510,29 +511,28 @@ func (s *Server) visibleJob(r *http.Request, id string) (store.Job, error) {
 	return j, nil
 }
 
-func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) error {
 	j, err := s.visibleJob(r, r.PathValue("id"))
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, j.Job)
+	return nil
 }
 
-func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.visibleJob(r, r.PathValue("id")); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	j, err := s.store.RequestCancel(r.Context(), r.PathValue("id"), s.now())
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	s.hub.notify("job:" + j.ID)
 	s.hub.notify("log:" + j.ID)
 	s.log.Info("job cancel requested", "job", j.ID, "state", j.State)
 	writeJSON(w, http.StatusOK, j.Job)
+	return nil
 }
 
 // --- claim and lease ---------------------------------------------------------
@@ -541,20 +541,17 @@ func (s *Server) lease(j store.Job) api.Lease {
 	return api.Lease{Token: j.LeaseToken, Expires: j.LeaseExpires, TTL: api.Duration(s.cfg.LeaseTTL), LogOffset: j.LogOffset}
 }
 
-func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) error {
 	var req api.ClaimRequest
 	if err := decodeJSON(w, r, 4<<10, &req); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	if req.Slots < 1 || req.Slots > 256 {
-		s.writeErr(w, r, api.FieldErrors{{Field: "slots", Message: "must be 1-256"}})
-		return
+		return api.FieldErrors{{Field: "slots", Message: "must be 1-256"}}
 	}
 	p := principalFrom(r.Context())
 	if err := s.store.TouchRunner(r.Context(), p.runner.ID, s.now()); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	wait := min(max(req.Wait.D(), 0), s.cfg.MaxClaimWait)
 	wt := &waiter{ctx: r.Context(), runner: p.runner, slots: req.Slots, capacity: req.Capacity, ch: make(chan claimResult, 1)}
@@ -572,12 +569,11 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) {
 		res = <-wt.ch // the dispatcher picked us meanwhile
 	}
 	if res.err != nil {
-		s.writeErr(w, r, res.err)
-		return
+		return res.err
 	}
 	if r.Context().Err() != nil {
 		s.release(res.claims)
-		return
+		return nil
 	}
 	out := api.ClaimResponse{Claims: []api.Claim{}}
 	for _, c := range res.claims {
@@ -585,24 +581,22 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) {
 		s.log.Info("job claimed", "job", c.Job.ID, "runner", p.runner.ID, "attempt", c.Job.Attempts, "token", c.Token)
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
-func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	var req api.HeartbeatRequest
 	if err := decodeJSON(w, r, 4<<10, &req); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	f, err := fence(r, req.Token)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	changed := s.hub.wait("job:" + f.JobID)
 	j, err := s.store.Heartbeat(r.Context(), f, s.cfg.LeaseTTL, s.now())
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	if wait := min(req.Wait.D(), s.cfg.LeaseTTL/2); !j.Cancel && wait > 0 {
 		t := time.NewTimer(wait)
@@ -612,8 +606,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 				j.Cancel = j2.Cancel
 			} else if errors.Is(err, store.ErrStaleLease) {
 				t.Stop()
-				s.writeErr(w, r, err)
-				return
+				return err
 			}
 		case <-t.C:
 		case <-r.Context().Done():
@@ -621,74 +614,68 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		t.Stop()
 	}
 	writeJSON(w, http.StatusOK, api.HeartbeatResponse{Cancel: j.Cancel, Lease: s.lease(j)})
+	return nil
 }
 
-func (s *Server) handleResult(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleResult(w http.ResponseWriter, r *http.Request) error {
 	var req api.ResultRequest
 	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	switch req.State {
 	case api.StateSucceeded, api.StateFailed, api.StateCanceled:
 	default:
-		s.writeErr(w, r, api.FieldErrors{{Field: "state", Message: "must be succeeded, failed or canceled"}})
-		return
+		return api.FieldErrors{{Field: "state", Message: "must be succeeded, failed or canceled"}}
 	}
 	if len(req.Reason) > 4096 || !utf8.ValidString(req.Reason) {
 		req.Reason = strings.ToValidUTF8(req.Reason[:min(len(req.Reason), 4096)], "?")
 	}
 	f, err := fence(r, req.Token)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	j, err := s.store.Finish(r.Context(), f, req.State, req.ExitCode, req.Reason, req.LogSize, s.now())
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	s.hub.notify("job:" + j.ID)
 	s.hub.notify("log:" + j.ID)
 	s.log.Info("job finished", "job", j.ID, "state", j.State, "exit_code", req.ExitCode, "runner", f.RunnerID)
 	writeJSON(w, http.StatusOK, j.Job)
+	return nil
 }
 
-func (s *Server) handleSource(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleSource(w http.ResponseWriter, r *http.Request) error {
 	f, err := fence(r, 0)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	j, err := s.store.CheckLease(r.Context(), f)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	if j.Source.Kind != api.SourceUpload {
-		s.writeErr(w, r, fmt.Errorf("job %s has a %s source, nothing uploaded: %w", j.ID, j.Source.Kind, store.ErrNotFound))
-		return
+		return fmt.Errorf("job %s has a %s source, nothing uploaded: %w", j.ID, j.Source.Kind, store.ErrNotFound)
 	}
-	s.serveBlob(w, r, j.Source.SHA256, "application/gzip")
+	return s.serveBlob(w, r, j.Source.SHA256, "application/gzip")
 }
 
-func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, digest, ctype string) {
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, digest, ctype string) error {
 	fh, err := s.blobs.open(digest)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	defer fh.Close()
 	st, err := fh.Stat()
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	w.Header().Set("Content-Type", ctype)
 	w.Header().Set("Content-Length", strconv.FormatInt(st.Size(), 10))
 	w.Header().Set("X-Cleanroom-SHA256", digest)
 	w.WriteHeader(http.StatusOK)
 	_, _ = io.Copy(w, fh)
+	return nil
 }
 
 // --- logs --------------------------------------------------------------------
@@ -696,47 +683,42 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, digest, ctype
 // MaxLogChunk caps one log append request.
 const MaxLogChunk = 1 << 20
 
-func (s *Server) handleAppendLog(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAppendLog(w http.ResponseWriter, r *http.Request) error {
 	f, err := fence(r, 0)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	off, err := strconv.ParseInt(r.URL.Query().Get("offset"), 10, 64)
 	if err != nil || off < 0 {
-		s.writeErr(w, r, api.FieldErrors{{Field: "offset", Message: "required: a non-negative byte offset"}})
-		return
+		return api.FieldErrors{{Field: "offset", Message: "required: a non-negative byte offset"}}
 	}
 	data, err := readBody(w, r, MaxLogChunk)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	next, err := s.store.AppendLog(r.Context(), f, off, data)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	s.hub.notify("log:" + f.JobID)
 	writeJSON(w, http.StatusOK, api.LogAppendResponse{NextOffset: next})
+	return nil
 }
 
-func (s *Server) handleReadLog(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleReadLog(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	q := r.URL.Query()
 	var off int64
 	if v := q.Get("offset"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			s.writeErr(w, r, api.FieldErrors{{Field: "offset", Message: "must be a non-negative byte offset"}})
-			return
+			return api.FieldErrors{{Field: "offset", Message: "must be a non-negative byte offset"}}
 		}
 		off = n
 	}
 	follow := q.Get("follow") == "1" || q.Get("follow") == "true"
 	if _, err := s.visibleJob(r, id); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -747,11 +729,11 @@ func (s *Server) handleReadLog(w http.ResponseWriter, r *http.Request) {
 		changed := s.hub.wait("log:" + id)
 		data, err := s.store.ReadLog(ctx, id, off, 256<<10)
 		if err != nil {
-			return // headers are out; the client sees a short body
+			return nil // headers are out; the client sees a short body
 		}
 		if len(data) > 0 {
 			if _, err := w.Write(data); err != nil {
-				return
+				return nil
 			}
 			off += int64(len(data))
 			if fl != nil && follow {
@@ -760,14 +742,14 @@ func (s *Server) handleReadLog(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		if !follow {
-			return
+			return nil
 		}
 		j, err := s.store.Job(ctx, id)
 		if err != nil {
-			return
+			return nil
 		}
 		if api.Terminal(j.State) && off >= j.LogSize {
-			return
+			return nil
 		}
 		if api.Terminal(j.State) {
 			continue
@@ -775,9 +757,9 @@ func (s *Server) handleReadLog(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return
+			return nil
 		case <-s.stopCtx.Done():
-			return
+			return nil
 		}
 	}
 }
@@ -787,32 +769,28 @@ func (s *Server) handleReadLog(w http.ResponseWriter, r *http.Request) {
 // MaxEgressBatch caps the events in one POST.
 const MaxEgressBatch = 10000
 
-func (s *Server) handlePostEgress(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handlePostEgress(w http.ResponseWriter, r *http.Request) error {
 	f, err := fence(r, 0)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	seq, err := strconv.ParseInt(r.URL.Query().Get("seq"), 10, 64)
 	if err != nil || seq < 0 {
-		s.writeErr(w, r, api.FieldErrors{{Field: "seq", Message: "required: the job-wide number of the first event"}})
-		return
+		return api.FieldErrors{{Field: "seq", Message: "required: the job-wide number of the first event"}}
 	}
 	body, err := readBody(w, r, 8<<20)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	events, err := parseEvents(body)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	if err := s.store.AddEgress(r.Context(), f, seq, events); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"stored": len(events)})
+	return nil
 }
 
 // parseEvents accepts a JSON array or JSON lines and validates each event.
@@ -859,7 +837,7 @@ func parseEvents(body []byte) ([]api.EgressEvent, error) {
 	return events, nil
 }
 
-func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	f := api.EgressFilter{Job: q.Get("job"), Runner: q.Get("runner"), Verdict: q.Get("verdict")}
 	var fe api.FieldErrors
@@ -886,8 +864,7 @@ func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) {
 		f.Limit = n
 	}
 	if len(fe) > 0 {
-		s.writeErr(w, r, fe)
-		return
+		return fe
 	}
 	sf := store.EgressFilter{EgressFilter: f}
 	if p := principalFrom(r.Context()); p.kind == principalSubmit {
@@ -904,12 +881,12 @@ func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) {
 		return enc.Encode(e)
 	})
 	if err != nil && !started {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	if !started {
 		w.WriteHeader(http.StatusOK)
 	}
+	return nil
 }
 
 // --- artifacts ---------------------------------------------------------------
@@ -927,11 +904,10 @@ func validArtifactName(n string) bool {
 	return true
 }
 
-func (s *Server) handlePutArtifact(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handlePutArtifact(w http.ResponseWriter, r *http.Request) error {
 	f, err := fence(r, 0)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	name := r.PathValue("name")
 	q := r.URL.Query()
@@ -951,56 +927,49 @@ func (s *Server) handlePutArtifact(w http.ResponseWriter, r *http.Request) {
 		fe = append(fe, api.FieldError{Field: "sha256", Message: "required: 64 lowercase hex characters"})
 	}
 	if len(fe) > 0 {
-		s.writeErr(w, r, fe)
-		return
+		return fe
 	}
 	if _, err := s.store.CheckLease(r.Context(), f); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	digest, size, err := s.blobs.put(http.MaxBytesReader(w, r.Body, s.cfg.MaxArtifact+1), s.cfg.MaxArtifact, want)
 	if errors.Is(err, errDigestMismatch) {
-		s.writeErr(w, r, api.FieldErrors{{Field: "sha256", Message: err.Error()}})
-		return
+		return api.FieldErrors{{Field: "sha256", Message: err.Error()}}
 	}
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	a := api.Artifact{Name: name, Kind: kind, SHA256: digest, Size: size, CreatedAt: s.now().UTC()}
 	if err := s.store.AddArtifact(r.Context(), f, a); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusCreated, a)
+	return nil
 }
 
-func (s *Server) handleListArtifacts(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleListArtifacts(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	if _, err := s.visibleJob(r, id); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	as, err := s.store.ListArtifacts(r.Context(), id)
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	if as == nil {
 		as = []api.Artifact{}
 	}
 	writeJSON(w, http.StatusOK, as)
+	return nil
 }
 
-func (s *Server) handleGetArtifact(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleGetArtifact(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.visibleJob(r, r.PathValue("id")); err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
 	a, err := s.store.Artifact(r.Context(), r.PathValue("id"), r.PathValue("name"))
 	if err != nil {
-		s.writeErr(w, r, err)
-		return
+		return err
 	}
-	s.serveBlob(w, r, a.SHA256, "application/octet-stream")
+	return s.serveBlob(w, r, a.SHA256, "application/octet-stream")
 }
