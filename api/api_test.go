@@ -204,3 +204,65 @@ func TestParseDurationTakesDaysForRetention(t *testing.T) {
 		t.Error(`ParseDuration("soon") accepted`)
 	}
 }
+
+func TestRequestsValidateThemselves(t *testing.T) {
+	key := make([]byte, 32)
+	sha := strings.Repeat("a", 64)
+	tests := []struct {
+		name       string
+		req        interface{ Validate() error }
+		wantFields []string
+	}{
+		{"register ok", &api.RegisterRequest{Name: "r-1", PublicKey: key, Labels: map[string]string{"arch": "amd64"}, Concurrency: 2}, nil},
+		{"register everything wrong", &api.RegisterRequest{Name: "bad name", PublicKey: key[:8], Labels: map[string]string{"-x": "v"}, Concurrency: 257},
+			[]string{"name", "public_key", "labels.-x", "concurrency"}},
+		{"token default kind", &api.TokenRequest{}, nil},
+		{"token everything wrong", &api.TokenRequest{Kind: "admin", Expires: -1, Uses: -1}, []string{"kind", "expires", "uses"}},
+		{"claim ok", &api.ClaimRequest{Slots: 256}, nil},
+		{"claim no slots", &api.ClaimRequest{}, []string{"slots"}},
+		{"result ok", &api.ResultRequest{State: api.StateFailed}, nil},
+		{"result not final", &api.ResultRequest{State: api.StateRunning}, []string{"state"}},
+		{"egress filter ok", &api.EgressFilter{Verdict: api.VerdictDeny}, nil},
+		{"egress filter verdict", &api.EgressFilter{Verdict: "maybe"}, []string{"verdict"}},
+		{"artifact ok", &api.Artifact{Name: "dist/app.js", Kind: api.KindFile, SHA256: sha}, nil},
+		{"artifact everything wrong", &api.Artifact{Name: "../../etc/passwd", Kind: "x", SHA256: "abc"}, []string{"name", "kind", "sha256"}},
+		{"artifact absolute", &api.Artifact{Name: "/etc/passwd", Kind: api.KindSBOM, SHA256: sha}, []string{"name"}},
+		{"submit ok", &api.SubmitRequest{Spec: api.JobSpec{Build: api.Build{Script: "npm test"}},
+			Source: api.Source{Kind: api.SourceGit, URL: "https://git.lab/x", Commit: strings.Repeat("0", 40)}}, nil},
+		{"submit prefixes the spec", &api.SubmitRequest{Spec: api.JobSpec{Timeout: -1}, Source: api.Source{Kind: api.SourceGit, URL: "-x", Commit: "abc"}},
+			[]string{"spec.build", "spec.timeout", "source.url", "source.commit"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.req.Validate()
+			var fe api.FieldErrors
+			if len(tc.wantFields) == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.As(err, &fe) || !errors.Is(err, api.ErrInvalid) {
+				t.Fatalf("got %v, want field errors", err)
+			}
+			var got []string
+			for _, f := range fe {
+				got = append(got, f.Field)
+			}
+			if strings.Join(got, ",") != strings.Join(tc.wantFields, ",") {
+				t.Fatalf("fields = %v, want %v", got, tc.wantFields)
+			}
+		})
+	}
+}
+
+func TestPrefixFields(t *testing.T) {
+	got := api.PrefixFields("spec.", api.FieldErrors{{Field: "timeout", Message: "must not be negative"}})
+	if len(got) != 1 || got[0].Field != "spec.timeout" || got[0].Message != "must not be negative" {
+		t.Errorf("field errors: %v", got)
+	}
+	got = api.PrefixFields("spec.", errors.New("unexpected EOF"))
+	if len(got) != 1 || got[0].Field != "spec" || got[0].Message != "unexpected EOF" {
+		t.Errorf("plain error: %v", got)
+	}
+}

@@ -3,7 +3,6 @@ package coordinator
 import (
 	"bufio"
 	"bytes"
-	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -110,13 +109,28 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 	return b, err
 }
 
-// decodeJSON reads a JSON body of at most limit bytes, rejecting unknown
-// fields (a typo in a spec must not be silently ignored).
+// decodeJSON decodes a JSON request body of at most limit bytes into v with
+// decodeStrict.
 func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	return decodeStrict(http.MaxBytesReader(w, r.Body, limit), v)
+}
+
+// decodeStrict decodes the one JSON value rd holds into v, refusing unknown
+// fields (a typo in a spec must not be silently ignored) and anything but
+// white space after the value. Its errors are field errors, or
+// api.ErrTooLarge for a body over its limit.
+func decodeStrict(rd io.Reader, v any) error {
+	dec := json.NewDecoder(rd)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return jsonFieldError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return jsonFieldError(err)
+		}
+		return api.FieldErrors{{Field: "body", Message: "unexpected data after the JSON value"}}
 	}
 	return nil
 }
@@ -161,23 +175,8 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
 		return err
 	}
-	var fe api.FieldErrors
-	if req.Name == "" || len(req.Name) > 64 || !api.ValidLabelKey(req.Name) {
-		fe = append(fe, api.FieldError{Field: "name", Message: "required: letters, digits, '.', '_', '-', '/' (at most 64)"})
-	}
-	if len(req.PublicKey) != ed25519.PublicKeySize {
-		fe = append(fe, api.FieldError{Field: "public_key", Message: "must be a 32-byte ed25519 public key"})
-	}
-	for k, v := range req.Labels {
-		if !api.ValidLabelKey(k) || len(v) > 128 {
-			fe = append(fe, api.FieldError{Field: "labels." + k, Message: "invalid label"})
-		}
-	}
-	if req.Concurrency < 0 || req.Concurrency > 256 {
-		fe = append(fe, api.FieldError{Field: "concurrency", Message: "must be between 1 and 256"})
-	}
-	if len(fe) > 0 {
-		return fe
+	if err := req.Validate(); err != nil {
+		return err
 	}
 	regID, regSecret, ok := splitToken(req.Token, PrefixRegistration)
 	if !ok {
@@ -272,32 +271,25 @@ func (s *Server) handleRunnerKey(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// tokenPrefixes maps the kinds of token an admin creates to their prefixes.
+var tokenPrefixes = map[string]string{
+	api.TokenRegistration: PrefixRegistration,
+	api.TokenSubmit:       PrefixSubmit,
+	api.TokenAudit:        PrefixAudit,
+}
+
 func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) error {
 	var req api.TokenRequest
 	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
 		return err
 	}
-	var fe api.FieldErrors
-	prefix := ""
-	switch req.Kind {
-	case "", api.TokenRegistration:
-		req.Kind, prefix = api.TokenRegistration, PrefixRegistration
-	case api.TokenSubmit:
-		prefix = PrefixSubmit
-	case api.TokenAudit:
-		prefix = PrefixAudit
-	default:
-		fe = append(fe, api.FieldError{Field: "kind", Message: "must be registration, submit or audit"})
+	if err := req.Validate(); err != nil {
+		return err
 	}
-	if req.Expires < 0 {
-		fe = append(fe, api.FieldError{Field: "expires", Message: "must not be negative"})
+	if req.Kind == "" {
+		req.Kind = api.TokenRegistration
 	}
-	if req.Uses < 0 {
-		fe = append(fe, api.FieldError{Field: "uses", Message: "must not be negative"})
-	}
-	if len(fe) > 0 {
-		return fe
-	}
+	prefix := tokenPrefixes[req.Kind]
 	now := s.now().UTC()
 	t := store.Token{ID: newID("t-", 6), Kind: req.Kind, CreatedAt: now, Note: req.Note}
 	secret := newSecret()
@@ -339,28 +331,19 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 		if err := decodeJSON(w, r, 1<<20, &req); err != nil {
 			return err
 		}
-		dec := json.NewDecoder(bytes.NewReader(req.Spec))
-		dec.DisallowUnknownFields()
 		if len(req.Spec) == 0 {
 			return api.FieldErrors{{Field: "spec", Message: "required"}}
 		}
-		if err := dec.Decode(&spec); err != nil {
-			return prefixFields("spec.", jsonFieldError(err))
+		if err := decodeStrict(bytes.NewReader(req.Spec), &spec); err != nil {
+			return api.PrefixFields("spec.", err)
 		}
 		src = req.Source
 		if src.Kind == api.SourceUpload {
 			return api.FieldErrors{{Field: "source.kind", Message: "an upload must be sent as multipart/form-data with a source part"}}
 		}
 	}
-	var fe api.FieldErrors
-	if err := spec.Validate(); err != nil {
-		fe = append(fe, prefixFields("spec.", err)...)
-	}
-	if err := src.Validate(); err != nil {
-		fe = append(fe, prefixFields("", err)...)
-	}
-	if len(fe) > 0 {
-		return fe
+	if err := (&api.SubmitRequest{Spec: spec, Source: src}).Validate(); err != nil {
+		return err
 	}
 	if spec.MaxAttempts == 0 {
 		spec.MaxAttempts = s.cfg.MaxAttempts
@@ -374,18 +357,6 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 	s.log.Info("job submitted", "job", j.ID, "source", src.Kind, "labels", spec.Labels)
 	writeJSON(w, http.StatusCreated, j.Job)
 	return nil
-}
-
-func prefixFields(prefix string, err error) api.FieldErrors {
-	var fe api.FieldErrors
-	if !errors.As(err, &fe) {
-		return api.FieldErrors{{Field: strings.TrimSuffix(prefix, "."), Message: err.Error()}}
-	}
-	out := make(api.FieldErrors, len(fe))
-	for i, f := range fe {
-		out[i] = api.FieldError{Field: prefix + f.Field, Message: f.Message}
-	}
-	return out
 }
 
 // readUpload streams a multipart submit: "spec" (JSON), optional "sha256",
@@ -416,10 +387,8 @@ func (s *Server) readUpload(w http.ResponseWriter, r *http.Request) (api.JobSpec
 		switch p.FormName() {
 		case "spec":
 			gotSpec = true
-			dec := json.NewDecoder(io.LimitReader(p, 1<<20))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&spec); err != nil {
-				fe = append(fe, prefixFields("spec.", jsonFieldError(err))...)
+			if err := decodeStrict(io.LimitReader(p, 1<<20), &spec); err != nil {
+				fe = append(fe, api.PrefixFields("spec.", err)...)
 			}
 		case "sha256":
 			b, _ := io.ReadAll(io.LimitReader(p, 128))
@@ -453,7 +422,7 @@ func (s *Server) readUpload(w http.ResponseWriter, r *http.Request) (api.JobSpec
 	}
 	if len(fe) > 0 {
 		if err := spec.Validate(); err != nil {
-			fe = append(fe, prefixFields("spec.", err)...)
+			fe = append(fe, api.PrefixFields("spec.", err)...)
 		}
 		return spec, src, fe
 	}
@@ -546,8 +515,8 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, 4<<10, &req); err != nil {
 		return err
 	}
-	if req.Slots < 1 || req.Slots > 256 {
-		return api.FieldErrors{{Field: "slots", Message: "must be 1-256"}}
+	if err := req.Validate(); err != nil {
+		return err
 	}
 	p := principalFrom(r.Context())
 	if err := s.store.TouchRunner(r.Context(), p.runner.ID, s.now()); err != nil {
@@ -622,10 +591,8 @@ func (s *Server) handleResult(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
 		return err
 	}
-	switch req.State {
-	case api.StateSucceeded, api.StateFailed, api.StateCanceled:
-	default:
-		return api.FieldErrors{{Field: "state", Message: "must be succeeded, failed or canceled"}}
+	if err := req.Validate(); err != nil {
+		return err
 	}
 	if len(req.Reason) > 4096 || !utf8.ValidString(req.Reason) {
 		req.Reason = strings.ToValidUTF8(req.Reason[:min(len(req.Reason), 4096)], "?")
@@ -853,15 +820,15 @@ func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) error
 			*tf.dst = t
 		}
 	}
-	if f.Verdict != "" && f.Verdict != api.VerdictAllow && f.Verdict != api.VerdictDeny {
-		fe = append(fe, api.FieldError{Field: "verdict", Message: "must be allow or deny"})
-	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
 			fe = append(fe, api.FieldError{Field: "limit", Message: "must be a positive number"})
 		}
 		f.Limit = n
+	}
+	if err := f.Validate(); err != nil {
+		fe = append(fe, api.PrefixFields("", err)...)
 	}
 	if len(fe) > 0 {
 		return fe
@@ -891,55 +858,30 @@ func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) error
 
 // --- artifacts ---------------------------------------------------------------
 
-// validArtifactName: a relative slash path without '..', NUL or backslash.
-func validArtifactName(n string) bool {
-	if n == "" || len(n) > 255 || strings.HasPrefix(n, "/") || strings.ContainsAny(n, "\\\x00") || !utf8.ValidString(n) {
-		return false
-	}
-	for _, p := range strings.Split(n, "/") {
-		if p == "" || p == "." || p == ".." {
-			return false
-		}
-	}
-	return true
-}
-
 func (s *Server) handlePutArtifact(w http.ResponseWriter, r *http.Request) error {
 	f, err := fence(r, 0)
 	if err != nil {
 		return err
 	}
-	name := r.PathValue("name")
 	q := r.URL.Query()
-	kind := q.Get("kind")
-	if kind == "" {
-		kind = api.KindFile
+	a := api.Artifact{Name: r.PathValue("name"), Kind: q.Get("kind"), SHA256: q.Get("sha256")}
+	if a.Kind == "" {
+		a.Kind = api.KindFile
 	}
-	want := q.Get("sha256")
-	var fe api.FieldErrors
-	if !validArtifactName(name) {
-		fe = append(fe, api.FieldError{Field: "name", Message: "must be a relative path without '..'"})
-	}
-	if kind != api.KindFile && kind != api.KindSBOM && kind != api.KindProvenance {
-		fe = append(fe, api.FieldError{Field: "kind", Message: "must be file, sbom or provenance"})
-	}
-	if !hexDigest.MatchString(want) {
-		fe = append(fe, api.FieldError{Field: "sha256", Message: "required: 64 lowercase hex characters"})
-	}
-	if len(fe) > 0 {
-		return fe
+	if err := a.Validate(); err != nil {
+		return err
 	}
 	if _, err := s.store.CheckLease(r.Context(), f); err != nil {
 		return err
 	}
-	digest, size, err := s.blobs.put(http.MaxBytesReader(w, r.Body, s.cfg.MaxArtifact+1), s.cfg.MaxArtifact, want)
+	digest, size, err := s.blobs.put(http.MaxBytesReader(w, r.Body, s.cfg.MaxArtifact+1), s.cfg.MaxArtifact, a.SHA256)
 	if errors.Is(err, errDigestMismatch) {
 		return api.FieldErrors{{Field: "sha256", Message: err.Error()}}
 	}
 	if err != nil {
 		return err
 	}
-	a := api.Artifact{Name: name, Kind: kind, SHA256: digest, Size: size, CreatedAt: s.now().UTC()}
+	a.SHA256, a.Size, a.CreatedAt = digest, size, s.now().UTC()
 	if err := s.store.AddArtifact(r.Context(), f, a); err != nil {
 		return err
 	}

@@ -114,3 +114,46 @@ func TestAdapterWritesNothingMore(t *testing.T) {
 		}
 	})
 }
+
+func TestDecodeJSONIsStrict(t *testing.T) {
+	type req struct {
+		Name   string            `json:"name"`
+		Labels map[string]string `json:"labels"`
+	}
+	tests := []struct {
+		name      string
+		body      string
+		wantField string // "": accepted
+		wantClass error
+	}{
+		{"one value", `{"name":"r"}`, "", nil},
+		{"trailing white space", "{\"name\":\"r\"}\n\t ", "", nil},
+		{"unknown field", `{"name":"r","nmae":"x"}`, "nmae", api.ErrInvalid},
+		{"wrong type", `{"labels":["a"]}`, "labels", api.ErrInvalid},
+		{"empty body", ``, "body", api.ErrInvalid},
+		{"second value", `{"name":"r"}{"name":"s"}`, "body", api.ErrInvalid},
+		{"trailing garbage", `{"name":"r"} x`, "body", api.ErrInvalid},
+		{"over the limit", `{"name":"` + strings.Repeat("r", 100) + `"}`, "", api.ErrTooLarge},
+		{"trailing data over the limit", `{"name":"r"}` + strings.Repeat(" ", 60) + "x", "", api.ErrTooLarge},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var v req
+			r := httptest.NewRequest("POST", "/", strings.NewReader(tc.body))
+			err := decodeJSON(httptest.NewRecorder(), r, 64, &v)
+			if tc.wantClass == nil {
+				if err != nil || v.Name != "r" {
+					t.Fatalf("got %+v, %v", v, err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.wantClass) {
+				t.Fatalf("got %v, want %v", err, tc.wantClass)
+			}
+			var fe api.FieldErrors
+			if tc.wantField != "" && (!errors.As(err, &fe) || fe[0].Field != tc.wantField) {
+				t.Fatalf("got %v, want a field error for %s", err, tc.wantField)
+			}
+		})
+	}
+}
