@@ -3,6 +3,8 @@ package api_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -121,6 +123,77 @@ func TestErrorMatchesSentinelsByStatus(t *testing.T) {
 	}
 }
 
+func TestStatusOfAndErrorFromMapEveryClassBothWays(t *testing.T) {
+	tests := []struct {
+		class  error
+		status int
+	}{
+		{api.ErrInvalid, http.StatusBadRequest},
+		{api.ErrUnauthorized, http.StatusUnauthorized},
+		{api.ErrForbidden, http.StatusForbidden},
+		{api.ErrNotFound, http.StatusNotFound},
+		{api.ErrConflict, http.StatusConflict},
+		{api.ErrTooLarge, http.StatusRequestEntityTooLarge},
+	}
+	for _, tc := range tests {
+		t.Run(tc.class.Error(), func(t *testing.T) {
+			if got := api.StatusOf(tc.class); got != tc.status {
+				t.Errorf("StatusOf(class) = %d, want %d", got, tc.status)
+			}
+			if got := api.ErrorFrom(tc.status); got != tc.class {
+				t.Errorf("ErrorFrom(%d) = %v, want %v", tc.status, got, tc.class)
+			}
+			if got := api.StatusOf(api.ErrorFrom(tc.status)); got != tc.status {
+				t.Errorf("StatusOf(ErrorFrom(%d)) = %d", tc.status, got)
+			}
+			if got := api.ErrorFrom(api.StatusOf(tc.class)); got != tc.class {
+				t.Errorf("ErrorFrom(StatusOf(%v)) = %v", tc.class, got)
+			}
+			wrapped := fmt.Errorf("looking up x: %w", tc.class)
+			if got := api.StatusOf(wrapped); got != tc.status {
+				t.Errorf("StatusOf(wrapped) = %d, want %d", got, tc.status)
+			}
+			sentinel := api.WithClass(errors.New("specific"), tc.class)
+			err := fmt.Errorf("doing y: %w", sentinel)
+			if got := api.StatusOf(err); got != tc.status || !errors.Is(err, sentinel) || !errors.Is(err, tc.class) || err.Error() != "doing y: specific" {
+				t.Errorf("WithClass: status %d, message %q, matches sentinel %t, class %t", got, err, errors.Is(err, sentinel), errors.Is(err, tc.class))
+			}
+			answer := error(&api.Error{Status: tc.status, Message: "from the wire"})
+			if !errors.Is(answer, tc.class) || api.StatusOf(answer) != tc.status {
+				t.Errorf("an answer with status %d does not carry its class", tc.status)
+			}
+			for _, other := range tests {
+				if other.class != tc.class && errors.Is(answer, other.class) {
+					t.Errorf("an answer with status %d also matches %v", tc.status, other.class)
+				}
+			}
+		})
+	}
+}
+
+func TestStatusOfErrorsOfNoClass(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"nil", nil, http.StatusOK},
+		{"plain error", errors.New("disk on fire"), http.StatusInternalServerError},
+		{"field errors", api.FieldErrors{{Field: "name", Message: "required"}}, http.StatusBadRequest},
+		{"wrapped answer keeps its status", fmt.Errorf("calling: %w", &api.Error{Status: http.StatusServiceUnavailable}), http.StatusServiceUnavailable},
+	}
+	for _, tc := range tests {
+		if got := api.StatusOf(tc.err); got != tc.want {
+			t.Errorf("%s: StatusOf = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	for _, status := range []int{http.StatusOK, http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway} {
+		if err := api.ErrorFrom(status); err != nil {
+			t.Errorf("ErrorFrom(%d) = %v, want no class", status, err)
+		}
+	}
+}
+
 func TestParseDurationTakesDaysForRetention(t *testing.T) {
 	for in, want := range map[string]time.Duration{"90d": 90 * 24 * time.Hour, "1.5d": 36 * time.Hour, "10m": 10 * time.Minute, "30": 30 * time.Second, "": 0} {
 		if got, err := api.ParseDuration(in); err != nil || got.D() != want {
@@ -129,5 +202,67 @@ func TestParseDurationTakesDaysForRetention(t *testing.T) {
 	}
 	if _, err := api.ParseDuration("soon"); err == nil {
 		t.Error(`ParseDuration("soon") accepted`)
+	}
+}
+
+func TestRequestsValidateThemselves(t *testing.T) {
+	key := make([]byte, 32)
+	sha := strings.Repeat("a", 64)
+	tests := []struct {
+		name       string
+		req        interface{ Validate() error }
+		wantFields []string
+	}{
+		{"register ok", &api.RegisterRequest{Name: "r-1", PublicKey: key, Labels: map[string]string{"arch": "amd64"}, Concurrency: 2}, nil},
+		{"register everything wrong", &api.RegisterRequest{Name: "bad name", PublicKey: key[:8], Labels: map[string]string{"-x": "v"}, Concurrency: 257},
+			[]string{"name", "public_key", "labels.-x", "concurrency"}},
+		{"token default kind", &api.TokenRequest{}, nil},
+		{"token everything wrong", &api.TokenRequest{Kind: "admin", Expires: -1, Uses: -1}, []string{"kind", "expires", "uses"}},
+		{"claim ok", &api.ClaimRequest{Slots: 256}, nil},
+		{"claim no slots", &api.ClaimRequest{}, []string{"slots"}},
+		{"result ok", &api.ResultRequest{State: api.StateFailed}, nil},
+		{"result not final", &api.ResultRequest{State: api.StateRunning}, []string{"state"}},
+		{"egress filter ok", &api.EgressFilter{Verdict: api.VerdictDeny}, nil},
+		{"egress filter verdict", &api.EgressFilter{Verdict: "maybe"}, []string{"verdict"}},
+		{"artifact ok", &api.Artifact{Name: "dist/app.js", Kind: api.KindFile, SHA256: sha}, nil},
+		{"artifact everything wrong", &api.Artifact{Name: "../../etc/passwd", Kind: "x", SHA256: "abc"}, []string{"name", "kind", "sha256"}},
+		{"artifact absolute", &api.Artifact{Name: "/etc/passwd", Kind: api.KindSBOM, SHA256: sha}, []string{"name"}},
+		{"submit ok", &api.SubmitRequest{Spec: api.JobSpec{Build: api.Build{Script: "npm test"}},
+			Source: api.Source{Kind: api.SourceGit, URL: "https://git.lab/x", Commit: strings.Repeat("0", 40)}}, nil},
+		{"submit prefixes the spec", &api.SubmitRequest{Spec: api.JobSpec{Timeout: -1}, Source: api.Source{Kind: api.SourceGit, URL: "-x", Commit: "abc"}},
+			[]string{"spec.build", "spec.timeout", "source.url", "source.commit"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.req.Validate()
+			var fe api.FieldErrors
+			if len(tc.wantFields) == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.As(err, &fe) || !errors.Is(err, api.ErrInvalid) {
+				t.Fatalf("got %v, want field errors", err)
+			}
+			var got []string
+			for _, f := range fe {
+				got = append(got, f.Field)
+			}
+			if strings.Join(got, ",") != strings.Join(tc.wantFields, ",") {
+				t.Fatalf("fields = %v, want %v", got, tc.wantFields)
+			}
+		})
+	}
+}
+
+func TestPrefixFields(t *testing.T) {
+	got := api.PrefixFields("spec.", api.FieldErrors{{Field: "timeout", Message: "must not be negative"}})
+	if len(got) != 1 || got[0].Field != "spec.timeout" || got[0].Message != "must not be negative" {
+		t.Errorf("field errors: %v", got)
+	}
+	got = api.PrefixFields("spec.", errors.New("unexpected EOF"))
+	if len(got) != 1 || got[0].Field != "spec" || got[0].Message != "unexpected EOF" {
+		t.Errorf("plain error: %v", got)
 	}
 }

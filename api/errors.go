@@ -44,24 +44,68 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("coordinator: %s (HTTP %d)", msg, e.Status)
 }
 
-// Is maps the HTTP status onto the package sentinels.
+// Is maps the HTTP status onto the package sentinels (ErrorFrom).
 func (e *Error) Is(target error) bool {
-	switch target {
-	case ErrNotFound:
-		return e.Status == http.StatusNotFound
-	case ErrUnauthorized:
-		return e.Status == http.StatusUnauthorized
-	case ErrForbidden:
-		return e.Status == http.StatusForbidden
-	case ErrConflict:
-		return e.Status == http.StatusConflict
-	case ErrInvalid:
-		return e.Status == http.StatusBadRequest
-	case ErrTooLarge:
-		return e.Status == http.StatusRequestEntityTooLarge
-	}
-	return false
+	class := ErrorFrom(e.Status)
+	return class != nil && class == target
 }
+
+// classes is the one table between the error classes and the HTTP statuses
+// that carry them: StatusOf reads it one way (the coordinator answering),
+// ErrorFrom the other (a client reading the answer). Earlier rows win when
+// an error is of two classes.
+var classes = []struct {
+	class  error
+	status int
+}{
+	{ErrInvalid, http.StatusBadRequest},
+	{ErrTooLarge, http.StatusRequestEntityTooLarge},
+	{ErrNotFound, http.StatusNotFound},
+	{ErrConflict, http.StatusConflict},
+	{ErrUnauthorized, http.StatusUnauthorized},
+	{ErrForbidden, http.StatusForbidden},
+}
+
+// StatusOf returns the HTTP status that answers err: the status of its
+// class, the status of a coordinator answer (*Error) it wraps, 200 for nil,
+// and 500 for an error of no class (a failure of the coordinator itself).
+func StatusOf(err error) int {
+	if err == nil {
+		return http.StatusOK
+	}
+	for _, c := range classes {
+		if errors.Is(err, c.class) {
+			return c.status
+		}
+	}
+	var ae *Error
+	if errors.As(err, &ae) && ae.Status >= 400 {
+		return ae.Status
+	}
+	return http.StatusInternalServerError
+}
+
+// ErrorFrom returns the class of an HTTP status (ErrNotFound for 404), or
+// nil for a status no class stands for (2xx, 429, 5xx).
+func ErrorFrom(status int) error {
+	for _, c := range classes {
+		if c.status == status {
+			return c.class
+		}
+	}
+	return nil
+}
+
+// WithClass marks err as one of the classes above without changing its
+// message: errors.Is matches err and class. Packages define their own
+// sentinels with it (a stale lease is a conflict) so the HTTP layer needs
+// no list of them.
+func WithClass(err, class error) error { return &classed{err: err, class: class} }
+
+type classed struct{ err, class error }
+
+func (c *classed) Error() string   { return c.err.Error() }
+func (c *classed) Unwrap() []error { return []error{c.err, c.class} }
 
 // Retryable reports whether a failed call may succeed if repeated: transport
 // errors, 5xx and 429. A 4xx answer is final.

@@ -1,12 +1,15 @@
 package api
 
 import (
+	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"net"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // FieldError names one invalid field of a request. Validation collects all of
@@ -27,8 +30,35 @@ func (fe FieldErrors) Error() string {
 	return "invalid request: " + strings.Join(parts, "; ")
 }
 
+// Is makes field errors an ErrInvalid.
+func (fe FieldErrors) Is(target error) bool { return target == ErrInvalid }
+
 func (fe *FieldErrors) add(field, format string, args ...any) {
 	*fe = append(*fe, FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+// orNil returns fe as an error, or nil when there are none (a nil
+// FieldErrors in an error is not a nil error).
+func (fe FieldErrors) orNil() error {
+	if len(fe) > 0 {
+		return fe
+	}
+	return nil
+}
+
+// PrefixFields returns the field errors of err with prefix before each field
+// name, as those of a part of a larger request ("spec."); an error that is
+// not FieldErrors becomes one field error named by the prefix.
+func PrefixFields(prefix string, err error) FieldErrors {
+	var fe FieldErrors
+	if !errors.As(err, &fe) {
+		return FieldErrors{{Field: strings.TrimSuffix(prefix, "."), Message: err.Error()}}
+	}
+	out := make(FieldErrors, len(fe))
+	for i, f := range fe {
+		out[i] = FieldError{Field: prefix + f.Field, Message: f.Message}
+	}
+	return out
 }
 
 // Limits the coordinator enforces on every spec.
@@ -139,10 +169,7 @@ func (s *JobSpec) Validate() error {
 	if s.MaxAttempts < 0 || s.MaxAttempts > 10 {
 		fe.add("max_attempts", "must be between 1 and 10")
 	}
-	if len(fe) > 0 {
-		return fe
-	}
-	return nil
+	return fe.orNil()
 }
 
 // Validate checks a source description (for a git source, or the declared
@@ -169,10 +196,115 @@ func (s *Source) Validate() error {
 	default:
 		fe.add("source.kind", "must be %q or %q", SourceUpload, SourceGit)
 	}
-	if len(fe) > 0 {
-		return fe
+	return fe.orNil()
+}
+
+// Validate checks a submit: the spec (fields "spec.…") and the source.
+func (r *SubmitRequest) Validate() error {
+	var fe FieldErrors
+	if err := r.Spec.Validate(); err != nil {
+		fe = append(fe, PrefixFields("spec.", err)...)
 	}
-	return nil
+	if err := r.Source.Validate(); err != nil {
+		fe = append(fe, PrefixFields("", err)...)
+	}
+	return fe.orNil()
+}
+
+// Validate checks a runner registration; the registration token itself is
+// the coordinator's to check.
+func (r *RegisterRequest) Validate() error {
+	var fe FieldErrors
+	if r.Name == "" || len(r.Name) > 64 || !ValidLabelKey(r.Name) {
+		fe.add("name", "required: letters, digits, '.', '_', '-', '/' (at most 64)")
+	}
+	if len(r.PublicKey) != ed25519.PublicKeySize {
+		fe.add("public_key", "must be a 32-byte ed25519 public key")
+	}
+	for k, v := range r.Labels {
+		if !ValidLabelKey(k) || len(v) > 128 {
+			fe.add("labels."+k, "invalid label")
+		}
+	}
+	if r.Concurrency < 0 || r.Concurrency > 256 {
+		fe.add("concurrency", "must be between 1 and 256")
+	}
+	return fe.orNil()
+}
+
+// Validate checks a token request; an empty kind means registration.
+func (r *TokenRequest) Validate() error {
+	var fe FieldErrors
+	switch r.Kind {
+	case "", TokenRegistration, TokenSubmit, TokenAudit:
+	default:
+		fe.add("kind", "must be registration, submit or audit")
+	}
+	if r.Expires < 0 {
+		fe.add("expires", "must not be negative")
+	}
+	if r.Uses < 0 {
+		fe.add("uses", "must not be negative")
+	}
+	return fe.orNil()
+}
+
+// Validate checks a claim.
+func (r *ClaimRequest) Validate() error {
+	var fe FieldErrors
+	if r.Slots < 1 || r.Slots > 256 {
+		fe.add("slots", "must be 1-256")
+	}
+	return fe.orNil()
+}
+
+// Validate checks a result: only a final state an agent may report.
+func (r *ResultRequest) Validate() error {
+	var fe FieldErrors
+	switch r.State {
+	case StateSucceeded, StateFailed, StateCanceled:
+	default:
+		fe.add("state", "must be succeeded, failed or canceled")
+	}
+	return fe.orNil()
+}
+
+// Validate checks the fields an egress query sets beyond its parsing.
+func (f *EgressFilter) Validate() error {
+	var fe FieldErrors
+	if f.Verdict != "" && f.Verdict != VerdictAllow && f.Verdict != VerdictDeny {
+		fe.add("verdict", "must be allow or deny")
+	}
+	return fe.orNil()
+}
+
+// Validate checks what a runner declares when it uploads an artifact: its
+// name, kind and sha256.
+func (a *Artifact) Validate() error {
+	var fe FieldErrors
+	if !validArtifactName(a.Name) {
+		fe.add("name", "must be a relative path without '..'")
+	}
+	if a.Kind != KindFile && a.Kind != KindSBOM && a.Kind != KindProvenance {
+		fe.add("kind", "must be file, sbom or provenance")
+	}
+	if !sha256RE.MatchString(a.SHA256) {
+		fe.add("sha256", "required: 64 lowercase hex characters")
+	}
+	return fe.orNil()
+}
+
+// validArtifactName: a relative slash path without '..', NUL or backslash.
+func validArtifactName(n string) bool {
+	if n == "" || len(n) > 255 || strings.HasPrefix(n, "/") || strings.ContainsAny(n, "\\\x00") || !utf8.ValidString(n) {
+		return false
+	}
+	for _, p := range strings.Split(n, "/") {
+		if p == "" || p == "." || p == ".." {
+			return false
+		}
+	}
+	return true
 }
 
 func hasDotDot(p string) bool {

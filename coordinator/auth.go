@@ -12,8 +12,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
+	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 )
 
@@ -131,14 +133,12 @@ func principalFrom(ctx context.Context) principal {
 	return p
 }
 
-var errUnauthorized = errors.New("unauthorized")
-
 // authenticate resolves the bearer token of r.
 func (s *Server) authenticate(r *http.Request) (principal, error) {
 	h := r.Header.Get("Authorization")
 	tok, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok || tok == "" {
-		return principal{}, fmt.Errorf("reading bearer token: %w", errUnauthorized)
+		return principal{}, fmt.Errorf("reading bearer token: %w", api.ErrUnauthorized)
 	}
 	tok = strings.TrimSpace(tok)
 	switch {
@@ -178,24 +178,20 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 			return principal{}, err
 		}
 	}
-	return principal{}, fmt.Errorf("checking bearer token: %w", errUnauthorized)
+	return principal{}, fmt.Errorf("checking bearer token: %w", api.ErrUnauthorized)
 }
 
 // auth wraps h so only the given principal kinds reach it.
-func (s *Server) auth(kinds []string, h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+func (s *Server) auth(kinds []string, h handlerFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		p, err := s.authenticate(r)
 		if err != nil {
-			s.writeErr(w, r, err)
-			return
+			return err
 		}
-		for _, k := range kinds {
-			if p.kind == k {
-				h(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
-				return
-			}
+		if !slices.Contains(kinds, p.kind) {
+			return fmt.Errorf("a %s token may not call %s %s: %w", p.kind, r.Method, r.URL.Path, api.ErrForbidden)
 		}
-		s.writeErr(w, r, fmt.Errorf("a %s token may not call %s %s: %w", p.kind, r.Method, r.URL.Path, errForbidden))
+		return h(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 	}
 }
 

@@ -11,16 +11,16 @@ import (
 	"path/filepath"
 	"regexp"
 	"time"
+
+	"github.com/cleanroom-ci/cleanroom/api"
 )
 
 // blobs is a content-addressed file store (blobs/sha256/ab/abcd…) for
 // uploaded sources and artifacts; the database keeps only their digests.
 type blobs struct{ dir string }
 
-var errTooLarge = errors.New("too large")
-
 // errDigestMismatch: the bytes received do not have the declared sha256.
-var errDigestMismatch = errors.New("sha256 mismatch")
+var errDigestMismatch = api.WithClass(errors.New("sha256 mismatch"), api.ErrInvalid)
 
 var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
@@ -55,12 +55,12 @@ func (b *blobs) put(r io.Reader, limit int64, want string) (digest string, size 
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return "", n, fmt.Errorf("receiving blob: %w", errTooLarge)
+			return "", n, fmt.Errorf("receiving blob: %w", api.ErrTooLarge)
 		}
 		return "", n, fmt.Errorf("receiving blob: %w", err)
 	}
 	if n > limit {
-		return "", n, fmt.Errorf("receiving blob of more than %d bytes: %w", limit, errTooLarge)
+		return "", n, fmt.Errorf("receiving blob of more than %d bytes: %w", limit, api.ErrTooLarge)
 	}
 	digest = hex.EncodeToString(h.Sum(nil))
 	if want != "" && want != digest {
@@ -126,6 +126,9 @@ func (b *blobs) open(digest string) (*os.File, error) {
 		return nil, fmt.Errorf("opening blob %q: invalid digest", digest)
 	}
 	f, err := os.Open(b.path(digest))
+	if errors.Is(err, os.ErrNotExist) {
+		err = api.WithClass(err, api.ErrNotFound)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("opening blob %s: %w", digest, err)
 	}

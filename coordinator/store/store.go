@@ -15,19 +15,21 @@ import (
 	"github.com/cleanroom-ci/cleanroom/api"
 )
 
-// Sentinel errors. The HTTP layer maps them onto status codes.
+// Sentinel errors. Each is of one of the api error classes (errors.Is
+// matches both), which is all the HTTP layer needs to choose a status.
 var (
-	// ErrNotFound: no such job, runner, token or artifact.
-	ErrNotFound = errors.New("not found")
+	// ErrNotFound: no such job, runner, token or artifact (api.ErrNotFound).
+	ErrNotFound = api.WithClass(errors.New("not found"), api.ErrNotFound)
 	// ErrStaleLease: the fencing token is not the job's current one, or the
-	// job is no longer running on that runner (HTTP 409).
-	ErrStaleLease = errors.New("stale lease")
+	// job is no longer running on that runner (api.ErrConflict).
+	ErrStaleLease = api.WithClass(errors.New("stale lease"), api.ErrConflict)
 	// ErrTokenInvalid: a registration or submit token that is unknown,
-	// expired, used up or revoked (HTTP 401).
-	ErrTokenInvalid = errors.New("token invalid")
-	// ErrConflict: the request contradicts the current state (HTTP 409), e.g.
-	// a runner name already in use or a different result for a finished job.
-	ErrConflict = errors.New("conflict")
+	// expired, used up or revoked (api.ErrUnauthorized).
+	ErrTokenInvalid = api.WithClass(errors.New("token invalid"), api.ErrUnauthorized)
+	// ErrConflict: the request contradicts the current state, e.g. a runner
+	// name already in use or a different result for a finished job
+	// (api.ErrConflict).
+	ErrConflict = api.WithClass(errors.New("conflict"), api.ErrConflict)
 )
 
 // OffsetError is returned by AppendLog for a chunk that starts after the
@@ -39,8 +41,8 @@ func (e *OffsetError) Error() string {
 	return fmt.Sprintf("log offset gap: expected offset %d", e.Expected)
 }
 
-// Is makes an OffsetError an ErrConflict.
-func (e *OffsetError) Is(target error) bool { return target == ErrConflict }
+// Unwrap makes an OffsetError an ErrConflict (and so an api.ErrConflict).
+func (e *OffsetError) Unwrap() error { return ErrConflict }
 
 // Token is a registration or submit token; only its sha256 is stored.
 type Token struct {

@@ -1,0 +1,208 @@
+package coordinator
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store"
+)
+
+func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) error {
+	var spec api.JobSpec
+	var src api.Source
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch ct {
+	case "multipart/form-data":
+		var err error
+		spec, src, err = s.readUpload(w, r)
+		if err != nil {
+			return err
+		}
+	default:
+		var req struct {
+			Spec   json.RawMessage `json:"spec"`
+			Source api.Source      `json:"source"`
+		}
+		if err := decodeJSON(w, r, 1<<20, &req); err != nil {
+			return err
+		}
+		if len(req.Spec) == 0 {
+			return api.FieldErrors{{Field: "spec", Message: "required"}}
+		}
+		if err := decodeStrict(bytes.NewReader(req.Spec), &spec); err != nil {
+			return api.PrefixFields("spec.", err)
+		}
+		src = req.Source
+		if src.Kind == api.SourceUpload {
+			return api.FieldErrors{{Field: "source.kind", Message: "an upload must be sent as multipart/form-data with a source part"}}
+		}
+	}
+	if err := (&api.SubmitRequest{Spec: spec, Source: src}).Validate(); err != nil {
+		return err
+	}
+	if spec.MaxAttempts == 0 {
+		spec.MaxAttempts = s.cfg.MaxAttempts
+	}
+	j := store.Job{Job: api.Job{ID: newID("j-", 8), State: api.StateQueued, Spec: spec, Source: src,
+		MaxAttempts: spec.MaxAttempts, CreatedAt: s.now().UTC(), Submitter: principalFrom(r.Context()).submitter()}}
+	if err := s.store.CreateJob(r.Context(), j); err != nil {
+		return err
+	}
+	s.disp.kick()
+	s.log.Info("job submitted", "job", j.ID, "source", src.Kind, "labels", spec.Labels)
+	writeJSON(w, http.StatusCreated, j.Job)
+	return nil
+}
+
+// readUpload streams a multipart submit: "spec" (JSON), optional "sha256",
+// and "source" (tar.gz, capped at MaxUpload).
+func (s *Server) readUpload(w http.ResponseWriter, r *http.Request) (api.JobSpec, api.Source, error) {
+	var spec api.JobSpec
+	src := api.Source{Kind: api.SourceUpload}
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxUpload+2<<20)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return spec, src, api.FieldErrors{{Field: "body", Message: "reading multipart: " + err.Error()}}
+	}
+	var fe api.FieldErrors
+	var declared string
+	var gotSpec, gotSource bool
+	for {
+		p, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				return spec, src, api.FieldErrors{{Field: "source", Message: fmt.Sprintf("upload larger than %d bytes", s.cfg.MaxUpload)}}
+			}
+			return spec, src, api.FieldErrors{{Field: "body", Message: "reading multipart: " + err.Error()}}
+		}
+		switch p.FormName() {
+		case "spec":
+			gotSpec = true
+			if err := decodeStrict(io.LimitReader(p, 1<<20), &spec); err != nil {
+				fe = append(fe, api.PrefixFields("spec.", err)...)
+			}
+		case "sha256":
+			b, _ := io.ReadAll(io.LimitReader(p, 128))
+			declared = strings.TrimSpace(string(b))
+		case "source":
+			gotSource = true
+			digest, size, err := s.blobs.put(p, s.cfg.MaxUpload, declared)
+			switch {
+			case errors.Is(err, api.ErrTooLarge):
+				return spec, src, api.FieldErrors{{Field: "source", Message: fmt.Sprintf("upload larger than %d bytes", s.cfg.MaxUpload)}}
+			case errors.Is(err, errDigestMismatch):
+				fe = append(fe, api.FieldError{Field: "sha256", Message: err.Error()})
+			case err != nil:
+				return spec, src, err
+			default:
+				src.SHA256, src.Size = digest, size
+				if err := s.checkGzip(digest); err != nil {
+					fe = append(fe, api.FieldError{Field: "source", Message: err.Error()})
+				}
+			}
+		default:
+			fe = append(fe, api.FieldError{Field: p.FormName(), Message: "unknown part"})
+		}
+		p.Close()
+	}
+	if !gotSpec {
+		fe = append(fe, api.FieldError{Field: "spec", Message: "required part"})
+	}
+	if !gotSource {
+		fe = append(fe, api.FieldError{Field: "source", Message: "required part (tar.gz)"})
+	}
+	if len(fe) > 0 {
+		if err := spec.Validate(); err != nil {
+			fe = append(fe, api.PrefixFields("spec.", err)...)
+		}
+		return spec, src, fe
+	}
+	return spec, src, nil
+}
+
+func (s *Server) checkGzip(digest string) error {
+	f, err := s.blobs.open(digest)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var magic [2]byte
+	if _, err := io.ReadFull(f, magic[:]); err != nil || magic != [2]byte{0x1f, 0x8b} {
+		return errors.New("not a gzip-compressed tar archive")
+	}
+	return nil
+}
+
+func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) error {
+	f := store.JobFilter{State: r.URL.Query().Get("state"), Limit: 100}
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			return api.FieldErrors{{Field: "limit", Message: "must be 1-10000"}}
+		}
+		f.Limit = n
+	}
+	if p := principalFrom(r.Context()); p.kind == principalSubmit {
+		f.Submitter = p.tokenID
+	}
+	js, err := s.store.ListJobs(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	out := make([]api.Job, 0, len(js))
+	for _, j := range js {
+		out = append(out, j.Job)
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// visibleJob returns the job the request names, if its principal may see
+// it: a submit token sees only the jobs submitted with it, and gets 404 for
+// any other (whether it exists is none of its business).
+func (s *Server) visibleJob(r *http.Request, id string) (store.Job, error) {
+	j, err := s.store.Job(r.Context(), id)
+	if err != nil {
+		return j, err
+	}
+	if p := principalFrom(r.Context()); p.kind == principalSubmit && j.Submitter != p.tokenID {
+		return store.Job{}, fmt.Errorf("looking up job %s: %w", id, store.ErrNotFound)
+	}
+	return j, nil
+}
+
+func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) error {
+	j, err := s.visibleJob(r, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, j.Job)
+	return nil
+}
+
+func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) error {
+	if _, err := s.visibleJob(r, r.PathValue("id")); err != nil {
+		return err
+	}
+	j, err := s.store.RequestCancel(r.Context(), r.PathValue("id"), s.now())
+	if err != nil {
+		return err
+	}
+	s.hub.notify("job:" + j.ID)
+	s.hub.notify("log:" + j.ID)
+	s.log.Info("job cancel requested", "job", j.ID, "state", j.State)
+	writeJSON(w, http.StatusOK, j.Job)
+	return nil
+}
