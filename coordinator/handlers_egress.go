@@ -33,6 +33,18 @@ func (s *Server) handlePostEgress(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
+	// Runner and job come from the lease, never from the agent's events
+	// (an agent cannot file events under another job); this is the one
+	// place the coordinator stamps them.
+	now := s.now().UTC()
+	for i := range events {
+		e := &events[i]
+		e.Runner, e.Job = f.RunnerID, f.JobID
+		if e.Time.IsZero() {
+			e.Time = now
+		}
+		e.Time = e.Time.UTC()
+	}
 	if err := s.store.AddEgress(r.Context(), f, seq, events); err != nil {
 		return err
 	}

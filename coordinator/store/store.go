@@ -191,8 +191,9 @@ type Store interface {
 	// ReadLog returns up to max stored bytes from offset.
 	ReadLog(ctx context.Context, jobID string, offset int64, max int) ([]byte, error)
 
-	// AddEgress stores events numbered firstSeq.. under the lease; numbers
-	// already stored are skipped.
+	// AddEgress stores events numbered firstSeq.. under the lease, as given
+	// (the caller stamps runner and job from the lease); numbers already
+	// stored are skipped.
 	AddEgress(ctx context.Context, f Fence, firstSeq int64, events []api.EgressEvent) error
 	// QueryEgress calls fn for each matching event, oldest first.
 	QueryEgress(ctx context.Context, f EgressFilter, fn func(api.EgressEvent) error) error

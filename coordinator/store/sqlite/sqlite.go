@@ -935,19 +935,15 @@ func (s *Store) ReadLog(ctx context.Context, jobID string, offset int64, maxByte
 
 // --- egress ------------------------------------------------------------------
 
-// AddEgress stores events under the lease, skipping sequence numbers already
-// stored. Runner and job come from the lease, not from the agent's events.
+// AddEgress stores events under the lease as given (the coordinator has set
+// their runner and job from the lease), skipping sequence numbers already
+// stored.
 func (s *Store) AddEgress(ctx context.Context, f store.Fence, firstSeq int64, events []api.EgressEvent) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		if _, err := checkLeaseTx(ctx, tx, f); err != nil {
 			return err
 		}
 		for i, e := range events {
-			e.Runner, e.Job = f.RunnerID, f.JobID
-			if e.Time.IsZero() {
-				e.Time = time.Now()
-			}
-			e.Time = e.Time.UTC()
 			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO egress (job_id, runner_id, seq, time, verdict, event) VALUES (?,?,?,?,?,?)`,
 				f.JobID, f.RunnerID, firstSeq+int64(i), nanos(e.Time), e.Verdict, mustJSON(e)); err != nil {
 				return fmt.Errorf("storing egress event: %w", err)
