@@ -52,7 +52,7 @@ type Agent struct {
 	Capacity *api.Resources
 
 	cfg    *Config
-	client *api.Client
+	client Coordinator
 	exec   Executor
 	log    hclog.Logger
 
@@ -66,23 +66,29 @@ type Agent struct {
 	done      chan struct{}
 }
 
-// New builds an agent from its config. The client's transport is tuned for
-// the agent (long-polls, several concurrent jobs); tests may replace it via
-// Client().HTTP.
-func New(cfg *Config, exec Executor, log hclog.Logger) (*Agent, error) {
+// New builds an agent from its config. Unless WithCoordinator says otherwise,
+// it talks to the config's coordinator through an api.Client with the runner
+// token; tests may replace that client's transport via Client().HTTP.
+func New(cfg *Config, exec Executor, log hclog.Logger, opts ...Option) (*Agent, error) {
 	if exec == nil {
 		return nil, errors.New("creating agent: no executor")
 	}
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	tok, err := cfg.Token()
-	if err != nil {
-		return nil, err
+	var o options
+	for _, opt := range opts {
+		opt(&o)
 	}
-	cl, err := newClient(cfg, tok)
-	if err != nil {
-		return nil, err
+	cl := o.coordinator
+	if cl == nil {
+		tok, err := cfg.Token()
+		if err != nil {
+			return nil, err
+		}
+		if cl, err = newClient(cfg, tok); err != nil {
+			return nil, err
+		}
 	}
 	a := &Agent{
 		GracePeriod:   cfg.GracePeriod.D(),
@@ -106,8 +112,12 @@ func New(cfg *Config, exec Executor, log hclog.Logger) (*Agent, error) {
 // Done is closed when Run has returned.
 func (a *Agent) Done() <-chan struct{} { return a.done }
 
-// Client is the agent's coordinator client.
-func (a *Agent) Client() *api.Client { return a.client }
+// Client is the agent's coordinator client, or nil when New was given
+// another Coordinator.
+func (a *Agent) Client() *api.Client {
+	cl, _ := a.client.(*api.Client)
+	return cl
+}
 
 // StopNow cancels running jobs at once (the second SIGTERM). They are still
 // torn down, and their results reported with a short deadline.

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,23 +24,8 @@ import (
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator"
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 )
-
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutine leak: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-}
 
 // env is a real coordinator on 127.0.0.1 (SQLite in a temp dir) plus
 // helpers to register and run agents against it.
@@ -187,7 +171,7 @@ func (e *env) logOf(id string) string {
 var spec = api.JobSpec{Build: api.Build{Script: "npm run build"}}
 
 func TestAgentRunsAnUploadedJobAndReportsEverything(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	e := newEnv(t, 5*time.Second)
 	cfg := e.register("a1", 1, nil)
 	var wsSeen string
@@ -233,7 +217,7 @@ func TestAgentRunsAnUploadedJobAndReportsEverything(t *testing.T) {
 }
 
 func TestAgentChecksOutAGitCommit(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	repo := t.TempDir()
 	git := func(args ...string) string {
 		cmd := exec.Command("git", append([]string{"-C", repo, "-c", "user.email=t@t", "-c", "user.name=t"}, args...)...)
@@ -271,7 +255,7 @@ func TestAgentChecksOutAGitCommit(t *testing.T) {
 }
 
 func TestAgentRefusesAnArchiveThatEscapes(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	e := newEnv(t, 5*time.Second)
 	cfg := e.register("x", 1, nil)
 	var ran atomic.Bool
@@ -363,7 +347,7 @@ func blocking(started chan<- string) agent.Executor {
 }
 
 func TestCancelReachesARunningJobAtOnce(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	e := newEnv(t, 5*time.Second)
 	cfg := e.register("c", 1, nil)
 	started := make(chan string, 1)
@@ -384,7 +368,7 @@ func TestCancelReachesARunningJobAtOnce(t *testing.T) {
 }
 
 func TestJobTimeoutFailsTheJob(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	e := newEnv(t, 5*time.Second)
 	cfg := e.register("t", 1, nil)
 	e.runAgent(cfg, blocking(nil), nil)
@@ -398,7 +382,7 @@ func TestJobTimeoutFailsTheJob(t *testing.T) {
 }
 
 func TestAgentRunsAtMostItsConcurrency(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	e := newEnv(t, 5*time.Second)
 	cfg := e.register("p", 2, nil)
 	var cur, peak atomic.Int64
@@ -428,7 +412,7 @@ func TestAgentRunsAtMostItsConcurrency(t *testing.T) {
 }
 
 func TestGracefulStopLetsJobsFinishThenCancelsAfterGrace(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	e := newEnv(t, 5*time.Second)
 	tests := []struct {
 		name      string
@@ -467,7 +451,7 @@ func TestGracefulStopLetsJobsFinishThenCancelsAfterGrace(t *testing.T) {
 }
 
 func TestAgentRidesOutACoordinatorRestartWithoutLosingLog(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	e := newEnv(t, 3*time.Second)
 	cfg := e.register("r", 1, nil)
 	release := make(chan struct{})
@@ -511,7 +495,7 @@ func TestAgentRidesOutACoordinatorRestartWithoutLosingLog(t *testing.T) {
 }
 
 func TestRevokedRunnerStopsItsAgent(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	e := newEnv(t, 5*time.Second)
 	cfg := e.register("rv", 1, nil)
 	a, err := agent.New(cfg, blocking(nil), nil)
@@ -540,7 +524,7 @@ func TestRevokedRunnerStopsItsAgent(t *testing.T) {
 }
 
 func TestRegisterWritesConfigAndKeyPrivately(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	e := newEnv(t, 5*time.Second)
 	cfg := e.register("k", 3, map[string]string{"arch": "amd64"})
 	for _, p := range []string{filepath.Join(e.dir, "k", "agent.yaml"), cfg.SigningKey} {

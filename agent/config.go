@@ -4,8 +4,11 @@
 // job through an Executor, stream the log through an on-disk spool, send
 // heartbeats (cancel arrives through them), upload egress events, artifacts
 // and the result, remove the workspace — and graceful stop. The sandbox,
-// network policy and secrets are composed by the Executor that cmd/cleanroom wires in
-// (cmd/cleanroom/executor.go); this package does not import them.
+// network policy and secrets are composed by the Executor that cmd/cleanroom
+// wires in (cmd/cleanroom/executor.go); this package does not import them.
+// The job loop reaches the coordinator through the Coordinator interface it
+// owns (an api.Client unless New is given another), so its handling of lost
+// leases, revocation and retries is unit-tested against an in-memory fake.
 package agent
 
 import (

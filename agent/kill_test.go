@@ -14,6 +14,7 @@ import (
 
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 )
 
 const childEnv = "CLEANROOM_TEST_AGENT_CONFIG"
@@ -46,7 +47,7 @@ func childAgent(path string) int {
 }
 
 func TestKilledAgentsJobIsRequeuedAndRunOnceByAnother(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	e := newEnv(t, time.Second)
 	victim := e.register("victim", 1, nil)
 	survivor := e.register("survivor", 1, nil)

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"path/filepath"
 
 	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/supplychain"
 )
 
 // RegisterOptions are the inputs of `cleanroom agent register`.
@@ -88,19 +88,19 @@ func Register(ctx context.Context, o RegisterOptions) (_ *Config, retErr error) 
 // SaveSigningKey writes priv as PKCS#8 PEM (0600) and its public half as
 // PKIX PEM next to it (path + ".pub" with the extension replaced).
 func SaveSigningKey(path string, priv ed25519.PrivateKey) error {
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	privPEM, err := supplychain.EncodePrivateKeyPEM(priv)
 	if err != nil {
 		return fmt.Errorf("encoding signing key: %w", err)
 	}
-	if err := writeFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := writeFileAtomic(path, privPEM, 0o600); err != nil {
 		return err
 	}
-	pubDER, err := x509.MarshalPKIXPublicKey(priv.Public())
+	pubPEM, err := supplychain.EncodePublicKeyPEM(priv.Public().(ed25519.PublicKey))
 	if err != nil {
 		return fmt.Errorf("encoding public key: %w", err)
 	}
 	pubPath := path[:len(path)-len(filepath.Ext(path))] + ".pub"
-	return writeFileAtomic(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644)
+	return writeFileAtomic(pubPath, pubPEM, 0o644)
 }
 
 // LoadSigningKey reads the agent's ed25519 private key (PKCS#8 PEM).
@@ -109,17 +109,9 @@ func LoadSigningKey(path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading signing key: %w", err)
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("reading signing key %s: not a PEM private key", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	priv, err := supplychain.ParsePrivateKeyPEM(b)
 	if err != nil {
-		return nil, fmt.Errorf("parsing signing key %s: %w", path, err)
-	}
-	priv, ok := k.(ed25519.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("parsing signing key %s: not ed25519", path)
+		return nil, fmt.Errorf("loading signing key %s: %w", path, err)
 	}
 	return priv, nil
 }

@@ -23,23 +23,71 @@ const logChunk = 256 << 10
 // jitter while it is unreachable. A chunk sent twice is stored once, and a
 // 409 with an expected offset re-synchronises the sender.
 type logShipper struct {
+	shipper
 	jr   *jobRun
 	f    *os.File
 	base int64 // job-wide offset of the spool's first byte
 
-	mu      sync.Mutex
+	// under mu
 	written int64 // bytes in the spool
 	sent    int64 // spool bytes the coordinator acknowledged
+}
+
+// shipper is what the log and event shippers share: the sending goroutine's
+// wake-up, its end, and the first final error. The sender runs until it is
+// closing with nothing left to send, or until ctx ends.
+type shipper struct {
+	mu      sync.Mutex
 	closing bool
 	lost    error // final error: lease lost, revoked, report deadline
 
 	kick chan struct{}
-	done chan struct{}
-	ctx  context.Context // ended by close's deadline
+	done chan struct{}   // closed by the sender when it returns
+	ctx  context.Context // ended by finish's deadline
 	stop context.CancelFunc
-	// closeCtx ends when close is called, cutting the batching pause short.
+	// closeCtx ends when finish is called, cutting the batching pause short.
 	closeCtx context.Context
 	closeNow context.CancelFunc
+}
+
+func newShipper() shipper {
+	ctx, stop := context.WithCancel(context.Background())
+	closeCtx, closeNow := context.WithCancel(ctx)
+	return shipper{kick: make(chan struct{}, 1), done: make(chan struct{}), ctx: ctx, stop: stop, closeCtx: closeCtx, closeNow: closeNow}
+}
+
+// wake tells the sender there is something new (or that it is closing).
+func (s *shipper) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// setLost records the sender's final error; the first one counts.
+func (s *shipper) setLost(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lost == nil {
+		s.lost = err
+	}
+}
+
+// finish lets the sender send what is left until ctx ends, then stops it and
+// waits until it has returned.
+func (s *shipper) finish(ctx context.Context) {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	s.closeNow()
+	s.wake()
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		s.stop()
+		<-s.done
+	}
+	s.stop()
 }
 
 func newLogShipper(jr *jobRun, path string) (*logShipper, error) {
@@ -50,9 +98,7 @@ func newLogShipper(jr *jobRun, path string) (*logShipper, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating log spool: %w", err)
 	}
-	ctx, stop := context.WithCancel(context.Background())
-	l := &logShipper{jr: jr, f: f, base: jr.lease.LogOffset, kick: make(chan struct{}, 1), done: make(chan struct{}), ctx: ctx, stop: stop}
-	l.closeCtx, l.closeNow = context.WithCancel(ctx)
+	l := &logShipper{shipper: newShipper(), jr: jr, f: f, base: jr.lease.LogOffset}
 	go l.run()
 	return l, nil
 }
@@ -63,10 +109,7 @@ func (l *logShipper) Write(p []byte) (int, error) {
 	n, err := l.f.WriteAt(p, l.written)
 	l.written += int64(n)
 	l.mu.Unlock()
-	select {
-	case l.kick <- struct{}{}:
-	default:
-	}
+	l.wake()
 	if err != nil {
 		return n, fmt.Errorf("writing log spool: %w", err)
 	}
@@ -134,32 +177,10 @@ func (l *logShipper) ack(n int64) {
 	l.sent = max(0, min(n, l.written))
 }
 
-func (l *logShipper) setLost(err error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.lost == nil {
-		l.lost = err
-	}
-}
-
 // close sends what is left (until ctx ends) and returns the job-wide log
 // size the result must carry.
 func (l *logShipper) close(ctx context.Context) (int64, error) {
-	l.mu.Lock()
-	l.closing = true
-	l.mu.Unlock()
-	l.closeNow()
-	select {
-	case l.kick <- struct{}{}:
-	default:
-	}
-	select {
-	case <-l.done:
-	case <-ctx.Done():
-		l.stop()
-		<-l.done
-	}
-	l.stop()
+	l.finish(ctx)
 	l.f.Close()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -173,26 +194,18 @@ func (l *logShipper) close(ctx context.Context) (int64, error) {
 // spool file for inspection) and sent in numbered batches; the numbers make
 // a retried batch idempotent.
 type eventShipper struct {
+	shipper
 	jr *jobRun
 
-	mu       sync.Mutex
-	events   []api.EgressEvent
-	sent     int
-	closing  bool
-	lost     error
-	kick     chan struct{}
-	done     chan struct{}
-	ctx      context.Context
-	stop     context.CancelFunc
-	closeCtx context.Context
-	closeNow context.CancelFunc
-	spool    *os.File
+	spool *os.File // written under mu
+
+	// under mu
+	events []api.EgressEvent
+	sent   int
 }
 
 func newEventShipper(jr *jobRun) *eventShipper {
-	ctx, stop := context.WithCancel(context.Background())
-	e := &eventShipper{jr: jr, kick: make(chan struct{}, 1), done: make(chan struct{}), ctx: ctx, stop: stop}
-	e.closeCtx, e.closeNow = context.WithCancel(ctx)
+	e := &eventShipper{shipper: newShipper(), jr: jr}
 	if err := os.MkdirAll(jr.spool, 0o700); err == nil {
 		e.spool, _ = os.OpenFile(filepath.Join(jr.spool, "egress.jsonl"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	}
@@ -210,10 +223,7 @@ func (e *eventShipper) Event(ev api.EgressEvent) {
 		_ = json.NewEncoder(e.spool).Encode(ev)
 	}
 	e.mu.Unlock()
-	select {
-	case e.kick <- struct{}{}:
-	default:
-	}
+	e.wake()
 }
 
 func (e *eventShipper) run() {
@@ -255,31 +265,9 @@ func (e *eventShipper) run() {
 	}
 }
 
-func (e *eventShipper) setLost(err error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.lost == nil {
-		e.lost = err
-	}
-}
-
 // close sends the remaining events until ctx ends.
 func (e *eventShipper) close(ctx context.Context) error {
-	e.mu.Lock()
-	e.closing = true
-	e.mu.Unlock()
-	e.closeNow()
-	select {
-	case e.kick <- struct{}{}:
-	default:
-	}
-	select {
-	case <-e.done:
-	case <-ctx.Done():
-		e.stop()
-		<-e.done
-	}
-	e.stop()
+	e.finish(ctx)
 	if e.spool != nil {
 		e.spool.Close()
 	}

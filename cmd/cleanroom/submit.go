@@ -1,16 +1,13 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -20,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/internal/tarball"
 )
 
 // Exit codes of `submit --wait` besides the build's own: a canceled job
@@ -117,66 +115,7 @@ func readSpec(path string) (api.JobSpec, error) {
 // packDir writes DIR as tar.gz to w, leaving out node_modules and .git at
 // any depth and anything but files, directories and symlinks.
 func packDir(dir string, w io.Writer) error {
-	zw := gzip.NewWriter(w)
-	tw := tar.NewWriter(zw)
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		if d.IsDir() && (d.Name() == "node_modules" || d.Name() == ".git") {
-			return filepath.SkipDir
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		link := ""
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			if link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		case fi.Mode().IsRegular(), fi.IsDir():
-		default:
-			return nil // sockets, fifos, devices: not part of a project
-		}
-		h, err := tar.FileInfoHeader(fi, link)
-		if err != nil {
-			return err
-		}
-		h.Name = filepath.ToSlash(rel)
-		if fi.IsDir() {
-			h.Name += "/"
-		}
-		h.Uid, h.Gid, h.Uname, h.Gname = 0, 0, "", ""
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		if fi.Mode().IsRegular() {
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(tw, f)
-			f.Close()
-			return err
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("packing %s: %w", dir, err)
-	}
-	if err := tw.Close(); err != nil {
-		return fmt.Errorf("packing %s: %w", dir, err)
-	}
-	if err := zw.Close(); err != nil {
-		return fmt.Errorf("packing %s: %w", dir, err)
-	}
-	return nil
+	return tarball.WriteDir(w, dir, tarball.Options{Gzip: true, SkipDirs: []string{"node_modules", ".git"}})
 }
 
 func submitDir(ctx context.Context, cl *api.Client, dir string, spec api.JobSpec) (_ api.Job, retErr error) {

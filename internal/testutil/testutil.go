@@ -9,7 +9,9 @@ package testutil
 import (
 	"os"
 	"os/exec"
+	"runtime"
 	"testing"
+	"time"
 )
 
 // RequiresRoot gates a test that needs root (namespaces, iptables, containerd).
@@ -66,4 +68,33 @@ func RequiresCommands(t testing.TB, names ...string) {
 			t.Skipf("%s is not on PATH", n)
 		}
 	}
+}
+
+// goroutineSettle is how long CheckGoroutines waits for goroutines to end.
+var goroutineSettle = 5 * time.Second
+
+// CheckGoroutines fails t when goroutines started during the test are still
+// running at its end. Call it first in the test: the check is registered with
+// t.Cleanup, so it runs after every cleanup registered later (servers
+// stopped, agents drained), and waits up to 5s for goroutines that are on
+// their way out before it prints every stack.
+func CheckGoroutines(t testing.TB) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(goroutineSettle)
+		for {
+			n := runtime.NumGoroutine()
+			if n <= before {
+				return
+			}
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				buf = buf[:runtime.Stack(buf, true)]
+				t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, buf)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
 }

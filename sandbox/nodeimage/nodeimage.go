@@ -37,6 +37,8 @@ import (
 	"github.com/containerd/containerd/namespaces"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/cleanroom-ci/cleanroom/internal/tarball"
 )
 
 // DefaultRef is the reference the image is imported under.
@@ -597,7 +599,7 @@ func writeJSONBlob(blobs string, v any, mediaType string) (ocispec.Descriptor, e
 func importLayout(ctx context.Context, cd *containerd.Client, layout, ref, inputs string) (string, error) {
 	pr, pw := io.Pipe()
 	go func() {
-		pw.CloseWithError(tarDir(pw, layout))
+		pw.CloseWithError(tarball.WriteDir(pw, layout, tarball.Options{}))
 	}()
 	imgs, err := cd.Import(ctx, pr, containerd.WithAllPlatforms(false))
 	pr.CloseWithError(err)
@@ -621,49 +623,6 @@ func importLayout(ctx context.Context, cd *containerd.Client, layout, ref, input
 		return "", fmt.Errorf("labelling image: %w", err)
 	}
 	return found.Target.Digest.String(), nil
-}
-
-func tarDir(w io.Writer, dir string) error {
-	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if rel == "." {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		h, err := tar.FileInfoHeader(info, "")
-		if err != nil {
-			return err
-		}
-		h.Name = rel
-		if info.IsDir() {
-			h.Name += "/"
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		if info.Mode().IsRegular() {
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			if _, err := io.Copy(tw, f); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return tw.Close()
 }
 
 func tail(s string, n int) string {
