@@ -73,6 +73,9 @@ type Config struct {
 	Redact func(string) string
 	// Backend selects iptables nft or legacy (default: whatever iptables is).
 	Backend Backend
+	// Firewall edits the iptables rules of the sandbox and host namespaces
+	// (nil = the real iptables of Backend). Tests inject an in-memory one.
+	Firewall Firewalls
 	// Logger (nil = hclog default).
 	Logger hclog.Logger
 }
@@ -94,7 +97,6 @@ type Network struct {
 	nf        *nflogReader
 	ct        *ctReader
 	dns       *responder
-	hostRules *ruleSet
 	hostIndex int // ifindex of the host end, once created
 	resolv    string
 	log       hclog.Logger
@@ -239,39 +241,10 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 	// waits on an exec or the kernel. No packet can flow before Setup
 	// returns (no sandbox process exists yet), and Setup returns only when
 	// all are up.
-	nw.hostRules = hostRules(nw.n, lease.HostIP, lease.PeerIP, cfg.Mode, nw.Destinations, cfg.Masquerade)
-	type job struct {
-		ns    string
-		v6    bool
-		rs    *ruleSet
-		where string
-	}
-	kill := cfg.Policy.OnViolation == OnViolationKill
-	jobs := []job{
-		{nw.nsPath, false, sandboxRules(false, nw.n, lease.HostIP, nw.Destinations, kill), "sandbox ipv4"},
-		{nw.nsPath, true, sandboxRules(true, nw.n, lease.HostIP, nw.Destinations, kill), "sandbox ipv6"},
-		{cfg.HostNS, false, nw.hostRules, "host ipv4"},
-	}
-	errs := make([]error, len(jobs))
-	var auditErr, linkErr error
+	var rulesErr, auditErr, linkErr error
 	var wg sync.WaitGroup
-	for i, j := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = doInNS(j.ns, func() error {
-				fw, err := newIPT(cfg.Backend, j.v6)
-				if err != nil {
-					return err
-				}
-				if err := j.rs.apply(fw); err != nil {
-					return fmt.Errorf("applying %s rules: %w", j.where, err)
-				}
-				return nil
-			})
-		}()
-	}
-	wg.Add(2)
+	wg.Add(3)
+	go func() { defer wg.Done(); rulesErr = nw.rulePlan().install(nw.firewalls()) }()
 	go func() {
 		defer wg.Done()
 		var err error
@@ -288,8 +261,8 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 	if auditErr != nil {
 		return nil, fmt.Errorf("%w: %w", ErrAudit, auditErr)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrRules, err)
+	if rulesErr != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRules, rulesErr)
 	}
 	if linkErr != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNamespace, linkErr)
@@ -310,6 +283,27 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 	log.Debug("sandbox network ready", "netns", nw.nsPath, "ip", lease.PeerIP, "host_if", nw.HostIf)
 	return nw, nil
 }
+
+// rulePlan is the firewall of the network: the allow-lists inside the
+// sandbox namespace (IPv4 and IPv6) and the host-side guard.
+func (n *Network) rulePlan() rulePlan {
+	kill := n.cfg.Policy.OnViolation == OnViolationKill
+	return rulePlan{
+		{n.nsPath, false, sandboxRules(false, n.n, n.HostIP, n.Destinations, kill), "sandbox ipv4"},
+		{n.nsPath, true, sandboxRules(true, n.n, n.HostIP, n.Destinations, kill), "sandbox ipv6"},
+		n.hostPlan(),
+	}
+}
+
+// hostPlan is the part of rulePlan that outlives the sandbox namespace,
+// and so the part Close removes.
+func (n *Network) hostPlan() placedRules {
+	rs := hostRules(n.n, n.HostIP, n.SandboxIP, n.cfg.Mode, n.Destinations, n.cfg.Masquerade)
+	return placedRules{n.cfg.HostNS, false, rs, "host ipv4"}
+}
+
+// firewalls is the injected Firewalls, or the real iptables.
+func (n *Network) firewalls() Firewalls { return orIPTables(n.cfg.Firewall, n.cfg.Backend) }
 
 // allowedRule says whether a conntrack flow to dst:port is one of ours to
 // report, and under which rule.
@@ -493,28 +487,13 @@ func (n *Network) teardown() error {
 	// responder, the audit readers and the host rules are independent.
 	par := make([]error, 3)
 	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		if n.dns != nil {
 			par[0] = n.dns.close()
 		}
-	}()
-	go func() { defer wg.Done(); par[1] = errors.Join(n.nf.close(), n.ct.close()) }()
-	go func() {
-		defer wg.Done()
-		par[2] = doInNS(n.cfg.HostNS, func() error {
-			rs := n.hostRules
-			if rs == nil {
-				rs = hostRules(n.n, n.HostIP, n.SandboxIP, n.cfg.Mode, n.Destinations, n.cfg.Masquerade)
-			}
-			fw, err := newIPT(n.cfg.Backend, false)
-			if err != nil {
-				return err
-			}
-			return rs.remove(fw)
-		})
-	}()
+	})
+	wg.Go(func() { par[1] = errors.Join(n.nf.close(), n.ct.close()) })
+	wg.Go(func() { par[2] = n.hostPlan().run(n.firewalls(), "removing", (*ruleSet).remove) })
 	wg.Wait()
 	errs = append(errs, par...)
 	if n.nsPath != "" {
