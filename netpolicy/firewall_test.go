@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -283,6 +284,57 @@ func awaitReleased(t *testing.T, nw *Network) {
 		if l.Job == nw.ID {
 			t.Fatalf("lease of %s left: %+v", nw.ID, l)
 		}
+	}
+}
+
+func TestCloseStopsWaitingWhenItsContextEnds(t *testing.T) {
+	h := newFakeHost(t)
+	fws := h.fws
+	blocked, unblock := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	// A held xtables lock: removing the host rules hangs until unblock.
+	fws.hook = func(ns string, _ bool, op string, _ Rule) error {
+		if ns == fakeHostNS && op == "del" {
+			once.Do(func() { close(blocked) })
+			<-unblock
+		}
+		return nil
+	}
+	nw := h.setUp(t, "j-1", ModeForward, false, false)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- nw.Close(ctx) }()
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(2 * time.Second):
+		close(unblock)
+		t.Fatal("Close still waiting 2 s after its context ended")
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close: %v; want an error wrapping the context's", err)
+	}
+	<-blocked
+	if err2 := nw.Close(context.Background()); err2 != err {
+		t.Fatalf("second Close: %v, want the first's %v", err2, err)
+	}
+	// The addresses stay taken while the host rules naming them are
+	// still being removed.
+	select {
+	case <-nw.Released():
+		t.Fatal("released before the host rules were removed")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if leases, _ := nw.pool.Leases(); len(leases) != 1 {
+		t.Fatalf("leases while removing: %+v", leases)
+	}
+
+	close(unblock)
+	awaitReleased(t, nw)
+	if left := fws.get(fakeHostNS, false).dump(); len(left) != 0 {
+		t.Fatalf("host rules left:\n%s", strings.Join(left, "\n"))
 	}
 }
 

@@ -428,9 +428,15 @@ func (n *Network) setupLinks() error {
 
 // Close tears everything down: DNS responder, audit readers (after they
 // have read every queued log message), host-side chains, the namespace,
-// per-sandbox files. It always runs every step (collecting errors), is
-// idempotent, and does not depend on ctx being live: it only uses kernel
-// calls and short execs.
+// per-sandbox files. It always runs every step (collecting errors) and is
+// idempotent. Pass it a context that is not the job's (cleanup never runs
+// on a cancelled context: WithoutCancel plus a timeout): when ctx ends
+// before the responder, the readers and the host rules have stopped — a
+// flood of denied packets still being drained, an OnEvent callback that
+// blocks, a held xtables lock — Close stops waiting for them, still removes
+// the namespace and the per-sandbox files, and returns an error wrapping
+// ctx.Err(). What it stopped waiting for finishes in the background, and
+// the addresses are released only after it has (see Released).
 //
 // Like `ip netns del`, Close drops the namespace and leaves the kernel to
 // destroy the veth pair with it, which takes the kernel tens of
@@ -440,7 +446,7 @@ func (n *Network) setupLinks() error {
 // If the host end outlives the namespace (something else still holds the
 // namespace), it is deleted explicitly after linkGoneTimeout.
 func (n *Network) Close(ctx context.Context) error {
-	n.closeOnce.Do(func() { n.closeErr = n.teardown() })
+	n.closeOnce.Do(func() { n.closeErr = n.teardown(ctx) })
 	return n.closeErr
 }
 
@@ -481,7 +487,7 @@ func Settle(ctx context.Context) error {
 // namespace before Close's background part deletes it itself.
 const linkGoneTimeout = 3 * time.Second
 
-func (n *Network) teardown() error {
+func (n *Network) teardown(ctx context.Context) error {
 	var errs []error
 	// Everything up to the namespace's deletion goes concurrently: the DNS
 	// responder, the audit readers and the host rules are independent.
@@ -492,10 +498,22 @@ func (n *Network) teardown() error {
 			par[0] = n.dns.close()
 		}
 	})
-	wg.Go(func() { par[1] = errors.Join(n.nf.close(), n.ct.close()) })
+	wg.Go(func() { par[1] = errors.Join(n.nf.close(ctx), n.ct.close()) })
 	wg.Go(func() { par[2] = n.hostPlan().run(n.firewalls(), "removing", (*ruleSet).remove) })
-	wg.Wait()
-	errs = append(errs, par...)
+	parDone := make(chan struct{})
+	go func() { wg.Wait(); close(parDone) }()
+	select {
+	case <-parDone:
+	case <-ctx.Done():
+	}
+	abandoned := false
+	select {
+	case <-parDone: // also when ctx ended at the same moment
+		errs = append(errs, par...)
+	default:
+		abandoned = true
+		errs = append(errs, fmt.Errorf("waiting for the dns responder, audit readers and host rules to stop: %w", ctx.Err()))
+	}
 	if n.nsPath != "" {
 		errs = append(errs, deleteNamedNS(n.nsPath))
 	}
@@ -509,7 +527,14 @@ func (n *Network) teardown() error {
 	go func() {
 		defer pendingReleases.Done()
 		defer close(n.released)
-		n.releaseErr = errors.Join(n.awaitLinkGone(), n.pool.Release(n.lease.Slot, n.ID))
+		// The host rules name the addresses: they go back to the pool only
+		// once what Close stopped waiting for is done.
+		<-parDone
+		var late error
+		if abandoned {
+			late = errors.Join(par...)
+		}
+		n.releaseErr = errors.Join(late, n.awaitLinkGone(), n.pool.Release(n.lease.Slot, n.ID))
 		if n.releaseErr != nil {
 			n.log.Error("releasing sandbox network", "error", n.releaseErr)
 		}
