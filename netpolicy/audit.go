@@ -318,8 +318,9 @@ func forceReadBuffer(c *netlink.Conn, size int) error {
 // NFLOG rule (QThresh 1), so once the sandbox's processes are gone all of
 // them are on the socket: drain appends a marker message of its own (sent
 // by netlink unicast from the socket to itself, which needs CAP_NET_ADMIN,
-// and carrying a per-reader nonce) and waits for the reader to reach it.
-func (r *nflogReader) drain() error {
+// and carrying a per-reader nonce) and waits for the reader to reach it, or
+// for ctx to end.
+func (r *nflogReader) drain(ctx context.Context) error {
 	rc, err := r.nf.Con.SyscallConn()
 	if err != nil {
 		return err
@@ -355,6 +356,8 @@ func (r *nflogReader) drain() error {
 	select {
 	case <-r.drained:
 		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the nflog reader to reach the end of its queue: %w", ctx.Err())
 	case <-time.After(nflogDrainTimeout):
 		return fmt.Errorf("nflog reader did not reach the end of its queue within %s", nflogDrainTimeout)
 	}
@@ -385,13 +388,13 @@ const (
 	nfulaPrefix     = 10 // NFULA_PREFIX
 )
 
-func (r *nflogReader) close() error {
+func (r *nflogReader) close(ctx context.Context) error {
 	if r == nil {
 		return nil
 	}
 	// Let the reader take what is already queued on the socket (the last
 	// denied packets of the job) before the hook is removed.
-	derr := r.drain()
+	derr := r.drain(ctx)
 	r.cancel()
 	if err := r.nf.Close(); err != nil {
 		return errors.Join(derr, fmt.Errorf("closing nflog socket: %w", err))

@@ -56,6 +56,35 @@ type Firewall interface {
 	Rules(table, chain string) ([]string, error)
 }
 
+// Firewalls hands out the Firewall of one address family (v6 or not) in the
+// network namespace at nsPath ("" = the caller's). It is netpolicy's
+// injected dependency, as tailscale's linuxfw takes ipt4 and ipt6, here per
+// namespace too: Setup, Close and GC reach iptables only through it. The
+// Firewall it returns edits that namespace whatever thread calls it, so an
+// in-memory one needs no namespaces at all (it keys its tables by nsPath).
+// nil in Config or GCOptions means the real backend (iptablesFirewalls).
+type Firewalls func(nsPath string, v6 bool) (Firewall, error)
+
+// iptablesFirewalls is the real Firewalls for backend b: go-iptables and
+// iptables-restore, exec'd on a thread inside the namespace.
+func iptablesFirewalls(b Backend) Firewalls {
+	return func(nsPath string, v6 bool) (Firewall, error) {
+		f, err := newIPT(b, v6)
+		if err != nil {
+			return nil, err
+		}
+		return nsIPT{ns: nsPath, f: f}, nil
+	}
+}
+
+// orIPTables returns fws, or the real backend b when fws is nil.
+func orIPTables(fws Firewalls, b Backend) Firewalls {
+	if fws != nil {
+		return fws
+	}
+	return iptablesFirewalls(b)
+}
+
 // Restorer is an optional Firewall fast path: apply a whole iptables-restore
 // document (--noflush) in one exec, which keeps setup under a few exec
 // round-trips instead of one per rule.
@@ -65,7 +94,7 @@ type Restorer interface {
 
 // ipt is the real Firewall: go-iptables for single rules, and
 // iptables-restore for batches. Commands run in the namespace of the calling
-// thread, so callers use it inside doInNS.
+// thread; nsIPT binds it to one.
 type ipt struct {
 	h       *iptables.IPTables
 	restore string
@@ -182,6 +211,42 @@ func (f *ipt) DeleteChain(table, chain string) error {
 func (f *ipt) Chains(table string) ([]string, error) { return f.h.ListChains(table) }
 
 func (f *ipt) Rules(table, chain string) ([]string, error) { return f.h.List(table, chain) }
+
+// nsIPT is an ipt bound to a namespace: every call runs in it (doInNS).
+type nsIPT struct {
+	ns string
+	f  *ipt
+}
+
+// inNS runs fn inside ns and returns its result.
+func inNS[T any](ns string, fn func() (T, error)) (T, error) {
+	var v T
+	err := doInNS(ns, func() (err error) { v, err = fn(); return })
+	return v, err
+}
+
+func (n nsIPT) Add(r Rule, first bool) error {
+	return doInNS(n.ns, func() error { return n.f.Add(r, first) })
+}
+func (n nsIPT) Del(r Rule) error { return doInNS(n.ns, func() error { return n.f.Del(r) }) }
+func (n nsIPT) Check(r Rule) (bool, error) {
+	return inNS(n.ns, func() (bool, error) { return n.f.Check(r) })
+}
+func (n nsIPT) NewChain(table, chain string) error {
+	return doInNS(n.ns, func() error { return n.f.NewChain(table, chain) })
+}
+func (n nsIPT) DeleteChain(table, chain string) error {
+	return doInNS(n.ns, func() error { return n.f.DeleteChain(table, chain) })
+}
+func (n nsIPT) Chains(table string) ([]string, error) {
+	return inNS(n.ns, func() ([]string, error) { return n.f.Chains(table) })
+}
+func (n nsIPT) Rules(table, chain string) ([]string, error) {
+	return inNS(n.ns, func() ([]string, error) { return n.f.Rules(table, chain) })
+}
+func (n nsIPT) Restore(doc []byte) error {
+	return doInNS(n.ns, func() error { return n.f.Restore(doc) })
+}
 
 func (f *ipt) Restore(doc []byte) error {
 	cmd := exec.Command(f.restore, "--noflush", "-w", "10")

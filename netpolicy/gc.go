@@ -22,6 +22,8 @@ type GCOptions struct {
 	Keep func(jobID string) bool
 	// Backend as in Config.
 	Backend Backend
+	// Firewall as in Config (nil = the real iptables of Backend).
+	Firewall Firewalls
 }
 
 // Report lists what GC removed.
@@ -108,22 +110,24 @@ func GC(ctx context.Context, o GCOptions) (Report, error) {
 		}
 	}
 
-	err := doInNS(o.HostNS, func() error {
-		var errs []error
-		for _, v6 := range []bool{false, true} {
-			fw, err := newIPT(o.Backend, v6)
-			if err != nil {
-				return err
-			}
-			errs = append(errs, gcRules(fw, keep, dead, &rep, v6))
-		}
-		return errors.Join(errs...)
-	})
-	errs = append(errs, err)
+	errs = append(errs, gcFirewalls(orIPTables(o.Firewall, o.Backend), o.HostNS, keep, dead, &rep))
 	if err := errors.Join(errs...); err != nil {
 		return rep, fmt.Errorf("collecting leftovers: %w", err)
 	}
 	return rep, nil
+}
+
+// gcFirewalls runs gcRules on both address families of the host namespace.
+func gcFirewalls(fws Firewalls, hostNS string, keep func(string) bool, dead map[string]bool, rep *Report) error {
+	var errs []error
+	for _, v6 := range []bool{false, true} {
+		fw, err := fws(hostNS, v6)
+		if err != nil {
+			return err
+		}
+		errs = append(errs, gcRules(fw, keep, dead, rep, v6))
+	}
+	return errors.Join(errs...)
 }
 
 var gcBuiltins = map[string][]string{"filter": {"INPUT", "FORWARD", "OUTPUT"}, "nat": {"POSTROUTING", "PREROUTING", "OUTPUT"}}

@@ -73,6 +73,9 @@ type Config struct {
 	Redact func(string) string
 	// Backend selects iptables nft or legacy (default: whatever iptables is).
 	Backend Backend
+	// Firewall edits the iptables rules of the sandbox and host namespaces
+	// (nil = the real iptables of Backend). Tests inject an in-memory one.
+	Firewall Firewalls
 	// Logger (nil = hclog default).
 	Logger hclog.Logger
 }
@@ -94,7 +97,6 @@ type Network struct {
 	nf        *nflogReader
 	ct        *ctReader
 	dns       *responder
-	hostRules *ruleSet
 	hostIndex int // ifindex of the host end, once created
 	resolv    string
 	log       hclog.Logger
@@ -239,39 +241,10 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 	// waits on an exec or the kernel. No packet can flow before Setup
 	// returns (no sandbox process exists yet), and Setup returns only when
 	// all are up.
-	nw.hostRules = hostRules(nw.n, lease.HostIP, lease.PeerIP, cfg.Mode, nw.Destinations, cfg.Masquerade)
-	type job struct {
-		ns    string
-		v6    bool
-		rs    *ruleSet
-		where string
-	}
-	kill := cfg.Policy.Kill
-	jobs := []job{
-		{nw.nsPath, false, sandboxRules(false, nw.n, lease.HostIP, nw.Destinations, kill), "sandbox ipv4"},
-		{nw.nsPath, true, sandboxRules(true, nw.n, lease.HostIP, nw.Destinations, kill), "sandbox ipv6"},
-		{cfg.HostNS, false, nw.hostRules, "host ipv4"},
-	}
-	errs := make([]error, len(jobs))
-	var auditErr, linkErr error
+	var rulesErr, auditErr, linkErr error
 	var wg sync.WaitGroup
-	for i, j := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = doInNS(j.ns, func() error {
-				fw, err := newIPT(cfg.Backend, j.v6)
-				if err != nil {
-					return err
-				}
-				if err := j.rs.apply(fw); err != nil {
-					return fmt.Errorf("applying %s rules: %w", j.where, err)
-				}
-				return nil
-			})
-		}()
-	}
-	wg.Add(2)
+	wg.Add(3)
+	go func() { defer wg.Done(); rulesErr = nw.rulePlan().install(nw.firewalls()) }()
 	go func() {
 		defer wg.Done()
 		var err error
@@ -288,8 +261,8 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 	if auditErr != nil {
 		return nil, fmt.Errorf("%w: %w", ErrAudit, auditErr)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrRules, err)
+	if rulesErr != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRules, rulesErr)
 	}
 	if linkErr != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNamespace, linkErr)
@@ -310,6 +283,27 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 	log.Debug("sandbox network ready", "netns", nw.nsPath, "ip", lease.PeerIP, "host_if", nw.HostIf)
 	return nw, nil
 }
+
+// rulePlan is the firewall of the network: the allow-lists inside the
+// sandbox namespace (IPv4 and IPv6) and the host-side guard.
+func (n *Network) rulePlan() rulePlan {
+	kill := n.cfg.Policy.Kill
+	return rulePlan{
+		{n.nsPath, false, sandboxRules(false, n.n, n.HostIP, n.Destinations, kill), "sandbox ipv4"},
+		{n.nsPath, true, sandboxRules(true, n.n, n.HostIP, n.Destinations, kill), "sandbox ipv6"},
+		n.hostPlan(),
+	}
+}
+
+// hostPlan is the part of rulePlan that outlives the sandbox namespace,
+// and so the part Close removes.
+func (n *Network) hostPlan() placedRules {
+	rs := hostRules(n.n, n.HostIP, n.SandboxIP, n.cfg.Mode, n.Destinations, n.cfg.Masquerade)
+	return placedRules{n.cfg.HostNS, false, rs, "host ipv4"}
+}
+
+// firewalls is the injected Firewalls, or the real iptables.
+func (n *Network) firewalls() Firewalls { return orIPTables(n.cfg.Firewall, n.cfg.Backend) }
 
 // allowedRule says whether a conntrack flow to dst:port is one of ours to
 // report, and under which rule.
@@ -434,9 +428,15 @@ func (n *Network) setupLinks() error {
 
 // Close tears everything down: DNS responder, audit readers (after they
 // have read every queued log message), host-side chains, the namespace,
-// per-sandbox files. It always runs every step (collecting errors), is
-// idempotent, and does not depend on ctx being live: it only uses kernel
-// calls and short execs.
+// per-sandbox files. It always runs every step (collecting errors) and is
+// idempotent. Pass it a context that is not the job's (cleanup never runs
+// on a cancelled context: WithoutCancel plus a timeout): when ctx ends
+// before the responder, the readers and the host rules have stopped — a
+// flood of denied packets still being drained, an OnEvent callback that
+// blocks, a held xtables lock — Close stops waiting for them, still removes
+// the namespace and the per-sandbox files, and returns an error wrapping
+// ctx.Err(). What it stopped waiting for finishes in the background, and
+// the addresses are released only after it has (see Released).
 //
 // Like `ip netns del`, Close drops the namespace and leaves the kernel to
 // destroy the veth pair with it, which takes the kernel tens of
@@ -446,7 +446,7 @@ func (n *Network) setupLinks() error {
 // If the host end outlives the namespace (something else still holds the
 // namespace), it is deleted explicitly after linkGoneTimeout.
 func (n *Network) Close(ctx context.Context) error {
-	n.closeOnce.Do(func() { n.closeErr = n.teardown() })
+	n.closeOnce.Do(func() { n.closeErr = n.teardown(ctx) })
 	return n.closeErr
 }
 
@@ -487,36 +487,33 @@ func Settle(ctx context.Context) error {
 // namespace before Close's background part deletes it itself.
 const linkGoneTimeout = 3 * time.Second
 
-func (n *Network) teardown() error {
+func (n *Network) teardown(ctx context.Context) error {
 	var errs []error
 	// Everything up to the namespace's deletion goes concurrently: the DNS
 	// responder, the audit readers and the host rules are independent.
 	par := make([]error, 3)
 	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		if n.dns != nil {
 			par[0] = n.dns.close()
 		}
-	}()
-	go func() { defer wg.Done(); par[1] = errors.Join(n.nf.close(), n.ct.close()) }()
-	go func() {
-		defer wg.Done()
-		par[2] = doInNS(n.cfg.HostNS, func() error {
-			rs := n.hostRules
-			if rs == nil {
-				rs = hostRules(n.n, n.HostIP, n.SandboxIP, n.cfg.Mode, n.Destinations, n.cfg.Masquerade)
-			}
-			fw, err := newIPT(n.cfg.Backend, false)
-			if err != nil {
-				return err
-			}
-			return rs.remove(fw)
-		})
-	}()
-	wg.Wait()
-	errs = append(errs, par...)
+	})
+	wg.Go(func() { par[1] = errors.Join(n.nf.close(ctx), n.ct.close()) })
+	wg.Go(func() { par[2] = n.hostPlan().run(n.firewalls(), "removing", (*ruleSet).remove) })
+	parDone := make(chan struct{})
+	go func() { wg.Wait(); close(parDone) }()
+	select {
+	case <-parDone:
+	case <-ctx.Done():
+	}
+	abandoned := false
+	select {
+	case <-parDone: // also when ctx ended at the same moment
+		errs = append(errs, par...)
+	default:
+		abandoned = true
+		errs = append(errs, fmt.Errorf("waiting for the dns responder, audit readers and host rules to stop: %w", ctx.Err()))
+	}
 	if n.nsPath != "" {
 		errs = append(errs, deleteNamedNS(n.nsPath))
 	}
@@ -530,7 +527,14 @@ func (n *Network) teardown() error {
 	go func() {
 		defer pendingReleases.Done()
 		defer close(n.released)
-		n.releaseErr = errors.Join(n.awaitLinkGone(), n.pool.Release(n.lease.Slot, n.ID))
+		// The host rules name the addresses: they go back to the pool only
+		// once what Close stopped waiting for is done.
+		<-parDone
+		var late error
+		if abandoned {
+			late = errors.Join(par...)
+		}
+		n.releaseErr = errors.Join(late, n.awaitLinkGone(), n.pool.Release(n.lease.Slot, n.ID))
 		if n.releaseErr != nil {
 			n.log.Error("releasing sandbox network", "error", n.releaseErr)
 		}

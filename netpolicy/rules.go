@@ -3,8 +3,11 @@ package netpolicy
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"net"
 	"strconv"
+	"sync"
 )
 
 // Rule names carried in NFLOG prefixes and audit events.
@@ -187,4 +190,64 @@ func hostPrefix(ip net.IP) string {
 		return ip4.String() + "/32"
 	}
 	return ip.String() + "/128"
+}
+
+// placedRules is one rule set with the namespace and address family it
+// belongs in.
+type placedRules struct {
+	ns    string // namespace path ("" = the caller's)
+	v6    bool
+	rs    *ruleSet
+	where string // names the set in errors: "sandbox ipv6", "host ipv4"
+}
+
+// run opens the set's Firewall and applies op to it (ruleSet.apply or
+// ruleSet.remove); verb names op in errors.
+func (p placedRules) run(fws Firewalls, verb string, op func(*ruleSet, Firewall) error) error {
+	fw, err := fws(p.ns, p.v6)
+	if err != nil {
+		return fmt.Errorf("opening %s firewall: %w", p.where, err)
+	}
+	if err := op(p.rs, fw); err != nil {
+		return fmt.Errorf("%s %s rules: %w", verb, p.where, err)
+	}
+	return nil
+}
+
+// rulePlan is every rule set of one sandbox network (see Network.rulePlan).
+// It is the firewall part of Setup on its own, so that it can be tested
+// against an in-memory Firewall without namespaces or root.
+type rulePlan []placedRules
+
+// install applies every set of p concurrently (each mostly waits on an
+// exec), failing closed: if any set fails it removes all of them again
+// (removal is idempotent, so a set that never got in only costs a check)
+// and returns why.
+func (p rulePlan) install(fws Firewalls) error {
+	err := p.each(func(pr placedRules) error { return pr.run(fws, "applying", (*ruleSet).apply) })
+	if err == nil {
+		return nil
+	}
+	if uerr := p.remove(fws); uerr != nil {
+		return errors.Join(err, fmt.Errorf("undoing the rules: %w", uerr))
+	}
+	return err
+}
+
+// remove removes every set of p, whether it is all there, partly there or
+// already gone.
+func (p rulePlan) remove(fws Firewalls) error {
+	return p.each(func(pr placedRules) error { return pr.run(fws, "removing", (*ruleSet).remove) })
+}
+
+// each runs fn for every set of p concurrently and joins the errors in
+// plan order.
+func (p rulePlan) each(fn func(placedRules) error) error {
+	errs := make([]error, len(p))
+	var wg sync.WaitGroup
+	for i, pr := range p {
+		wg.Go(func() { errs[i] = fn(pr) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -177,67 +176,6 @@ func TestSplitRuleAndCommentJob(t *testing.T) {
 	}
 }
 
-// fakeFW is an in-memory Firewall for rule-set unit tests.
-type fakeFW struct {
-	chains map[string][]string // "table/chain" → rules
-}
-
-func newFake() *fakeFW {
-	return &fakeFW{chains: map[string][]string{"filter/INPUT": nil, "filter/FORWARD": nil, "filter/OUTPUT": nil, "nat/POSTROUTING": nil}}
-}
-func key(t, c string) string { return t + "/" + c }
-func (f *fakeFW) Add(r Rule, first bool) error {
-	k := key(r.Table, r.Chain)
-	if _, ok := f.chains[k]; !ok {
-		return errors.New("no chain " + k)
-	}
-	s := strings.Join(r.Spec, " ")
-	if first {
-		f.chains[k] = append([]string{s}, f.chains[k]...)
-	} else {
-		f.chains[k] = append(f.chains[k], s)
-	}
-	return nil
-}
-func (f *fakeFW) Del(r Rule) error {
-	k := key(r.Table, r.Chain)
-	s := strings.Join(r.Spec, " ")
-	for i, x := range f.chains[k] {
-		if x == s {
-			f.chains[k] = append(f.chains[k][:i], f.chains[k][i+1:]...)
-			return nil
-		}
-	}
-	return nil
-}
-func (f *fakeFW) Check(r Rule) (bool, error) {
-	for _, x := range f.chains[key(r.Table, r.Chain)] {
-		if x == strings.Join(r.Spec, " ") {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-func (f *fakeFW) NewChain(t, c string) error    { f.chains[key(t, c)] = nil; return nil }
-func (f *fakeFW) DeleteChain(t, c string) error { delete(f.chains, key(t, c)); return nil }
-func (f *fakeFW) Chains(t string) ([]string, error) {
-	var out []string
-	for k := range f.chains {
-		if tt, c, _ := strings.Cut(k, "/"); tt == t {
-			out = append(out, c)
-		}
-	}
-	return out, nil
-}
-func (f *fakeFW) Rules(t, c string) ([]string, error) {
-	var out []string
-	for _, r := range f.chains[key(t, c)] {
-		// iptables -S quotes the comment.
-		out = append(out, "-A "+c+" "+commentRE.ReplaceAllString(r, `"$1"`))
-	}
-	return out, nil
-}
-
 func TestHostRulesApplyRemoveAndGC(t *testing.T) {
 	n := namesFor("j-1", 3)
 	dests := []Destination{{Host: "registry.cleanroom.test", IPs: []net.IP{net.IPv4(10, 231, 254, 2)}, Port: 4873}}
@@ -247,15 +185,14 @@ func TestHostRulesApplyRemoveAndGC(t *testing.T) {
 	if err := rs.apply(fw); err != nil {
 		t.Fatal(err)
 	}
-	fwd := strings.Join(fw.chains[key("filter", n.fwdChain)], "\n")
+	fwdRules, _ := fw.rules("filter", n.fwdChain)
+	fwd := strings.Join(fwdRules, "\n")
 	if !strings.Contains(fwd, "-d 10.231.254.2/32 -p tcp --dport 4873 -j ACCEPT") || !strings.HasSuffix(fwd, "-j DROP -m comment --comment cleanroom job=j-1") {
 		t.Fatalf("forward chain:\n%s", fwd)
 	}
-	for _, rules := range fw.chains {
-		for _, r := range rules {
-			if !strings.Contains(r, "cleanroom job=j-1") {
-				t.Fatalf("rule without owner comment: %s", r)
-			}
+	for _, r := range fw.dump() {
+		if strings.Contains(r, ": ") && !strings.Contains(r, "cleanroom job=j-1") {
+			t.Fatalf("rule without owner comment: %s", r)
 		}
 	}
 	if err := rs.remove(fw); err != nil {
@@ -264,8 +201,8 @@ func TestHostRulesApplyRemoveAndGC(t *testing.T) {
 	if err := rs.remove(fw); err != nil {
 		t.Fatal("second remove:", err)
 	}
-	if len(fw.chains) != 4 || len(fw.chains["filter/INPUT"]) != 0 || len(fw.chains["nat/POSTROUTING"]) != 0 {
-		t.Fatalf("leftovers: %v", fw.chains)
+	if left := fw.dump(); len(left) != 0 {
+		t.Fatalf("leftovers: %v", left)
 	}
 
 	// GC: two jobs' rules present, one kept.
@@ -276,13 +213,14 @@ func TestHostRulesApplyRemoveAndGC(t *testing.T) {
 	if err := gcRules(fw, func(j string) bool { return j == "j-2" }, map[string]bool{}, &rep, false); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := fw.chains[key("filter", n.inChain)]; ok {
+	if _, ok := fw.rules("filter", n.inChain); ok {
 		t.Fatal("dead job's chain survived GC")
 	}
-	if _, ok := fw.chains[key("filter", n2.inChain)]; !ok {
+	if _, ok := fw.rules("filter", n2.inChain); !ok {
 		t.Fatal("kept job's chain removed by GC")
 	}
-	for _, r := range fw.chains["filter/INPUT"] {
+	input, _ := fw.rules("filter", "INPUT")
+	for _, r := range input {
 		if strings.Contains(r, "job=j-1") {
 			t.Fatal("dead job's jump survived GC")
 		}
@@ -316,5 +254,3 @@ func TestSandboxRulesDenyByDefault(t *testing.T) {
 		}
 	}
 }
-
-var commentRE = regexp.MustCompile(`(cleanroom job=[^ ]+)`)
