@@ -69,6 +69,16 @@ type Config struct {
 	// its per-job, read-only .npmrc (never in its environment).
 	RegistryTokenSecret string             `yaml:"registry_token_secret,omitempty"`
 	InstallScripts      api.InstallScripts `yaml:"install_scripts,omitempty"`
+	// Artifacts bound the copies of a job's artifacts on this host.
+	Artifacts ArtifactsConfig `yaml:"artifacts,omitempty"`
+}
+
+// ArtifactsConfig bounds what the agent copies out of a job's workspace
+// before it uploads it: total bytes (apparent sizes, so a sparse file counts
+// whole; default the job's disk limit) and number of files (default 10000).
+type ArtifactsConfig struct {
+	MaxBytes api.ByteSize `yaml:"max_bytes,omitempty"`
+	MaxFiles int          `yaml:"max_files,omitempty"`
 }
 
 // ContainerdConfig locates the containerd daemon the sandboxes run in.
@@ -227,6 +237,12 @@ func (c *Config) Validate() error {
 	}
 	if v, err := api.ParseOnViolation(string(c.Network.OnViolation)); err != nil || v == "" {
 		add("network.on_violation", "must be deny or kill")
+	}
+	if c.Artifacts.MaxBytes < 0 {
+		add("artifacts.max_bytes", "must not be negative")
+	}
+	if c.Artifacts.MaxFiles < 0 {
+		add("artifacts.max_files", "must not be negative")
 	}
 	switch c.Network.Mode {
 	case NetworkModeDirect, NetworkModeForward:

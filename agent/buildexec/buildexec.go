@@ -63,8 +63,10 @@ type Config struct {
 	// InstallScripts allowed on every job of this agent (merged with the
 	// job's own allow-list).
 	InstallScripts api.InstallScripts
-	Logger         hclog.Logger
-	StepStop       time.Duration // grace between SIGTERM and SIGKILL
+	// Artifacts bound the copies of a job's artifacts on this host.
+	Artifacts ArtifactLimits
+	Logger    hclog.Logger
+	StepStop  time.Duration // grace between SIGTERM and SIGKILL
 }
 
 // Executor runs jobs; safe for concurrent use.

@@ -1,6 +1,7 @@
 package buildexec
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"sort"
@@ -51,7 +52,7 @@ func TestCollectArtifactsNeverLeavesTheWorkspace(t *testing.T) {
 	must(os.Symlink(secret, filepath.Join(ws, "toplink")))
 
 	out := t.TempDir()
-	arts, err := collectArtifacts(ws, []string{"dist/", "toplink", "nothing/*"}, out)
+	arts, err := collectArtifacts(context.Background(), ws, []string{"dist/", "toplink", "nothing/*"}, out, ArtifactLimits{MaxBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func TestCollectArtifactsNeverLeavesTheWorkspace(t *testing.T) {
 		t.Errorf("artifacts = %v, want the two regular files only", names)
 	}
 	for _, bad := range []string{"../x", "/etc/passwd", ".."} {
-		if _, err := collectArtifacts(ws, []string{bad}, t.TempDir()); err == nil {
+		if _, err := collectArtifacts(context.Background(), ws, []string{bad}, t.TempDir(), ArtifactLimits{MaxBytes: 1 << 20}); err == nil {
 			t.Errorf("pattern %q accepted", bad)
 		}
 	}

@@ -3,6 +3,8 @@ package buildexec
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"io/fs"
@@ -84,21 +86,75 @@ func writeSBOM(ws string, lf *supplychain.Lockfile, path string) error {
 	return f.Close()
 }
 
+// ArtifactLimits bound what a job's artifacts may take on the build host,
+// where the agent copies them before the upload. They are checked before a
+// byte is copied.
+type ArtifactLimits struct {
+	// MaxBytes is the total size of a job's artifacts, counted by the files'
+	// apparent sizes (a sparse file counts whole: its copy is dense); 0 means
+	// the job's workspace disk limit.
+	MaxBytes int64
+	// MaxFiles is the number of artifact files; 0 means DefaultArtifactFiles.
+	MaxFiles int
+}
+
+// DefaultArtifactFiles is the number of artifact files a job may have when
+// the agent's config says nothing.
+const DefaultArtifactFiles = 10000
+
+// collected is one artifact file copied out of the workspace, with the
+// sha256 computed while it was copied.
+type collected struct {
+	agent.Artifact
+	SHA256 string
+}
+
 // collectArtifacts copies the regular files at or below each pattern
-// (workspace-relative paths, shell globs allowed) into outDir. Symlinks are
-// never followed and nothing outside the workspace is read: a build cannot
-// smuggle a host file out as an artifact.
-func collectArtifacts(ws string, patterns []string, outDir string) ([]agent.Artifact, error) {
-	if err := os.MkdirAll(outDir, 0o700); err != nil {
-		return nil, err
-	}
+// (workspace-relative paths, shell globs allowed) into outDir, hashing them
+// as they stream. Symlinks are never followed and nothing outside the
+// workspace is read: a build cannot smuggle a host file out as an artifact.
+// Every file is listed and checked against lim first (names without
+// control characters, count, total apparent size), so a build that
+// exceeds them copies nothing; the copy stops when ctx ends.
+func collectArtifacts(ctx context.Context, ws string, patterns []string, outDir string, lim ArtifactLimits) ([]collected, error) {
 	root, err := os.OpenRoot(ws)
 	if err != nil {
 		return nil, err
 	}
 	defer root.Close()
+	files, err := listArtifacts(ctx, root, patterns, lim)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(outDir, 0o700); err != nil {
+		return nil, err
+	}
+	out := make([]collected, 0, len(files))
+	for _, p := range files {
+		c, err := copyArtifact(ctx, root, p, outDir)
+		if err != nil {
+			return nil, fmt.Errorf("collecting %s: %w", p.name, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+type artifactFile struct {
+	name string // workspace-relative, slash-separated
+	size int64  // apparent size when listed
+}
+
+// listArtifacts resolves the patterns to regular files and checks them
+// against lim, before anything is copied.
+func listArtifacts(ctx context.Context, root *os.Root, patterns []string, lim ArtifactLimits) ([]artifactFile, error) {
+	maxFiles := lim.MaxFiles
+	if maxFiles <= 0 {
+		maxFiles = DefaultArtifactFiles
+	}
 	seen := map[string]bool{}
-	var out []agent.Artifact
+	var files []artifactFile
+	var total int64
 	for _, pat := range patterns {
 		clean := filepath.Clean(strings.TrimSuffix(pat, "/"))
 		if filepath.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
@@ -113,31 +169,28 @@ func collectArtifacts(ws string, patterns []string, outDir string) ([]agent.Arti
 				if err != nil {
 					return err
 				}
+				if err := ctx.Err(); err != nil {
+					return err
+				}
 				if !d.Type().IsRegular() || seen[p] {
 					return nil // directories are walked; symlinks, devices skipped
 				}
+				if bad := controlChar(p); bad >= 0 {
+					return fmt.Errorf("artifact name %q has a control character (%U): refused", p, bad)
+				}
+				info, err := d.Info()
+				if err != nil {
+					return err
+				}
 				seen[p] = true
-				src, err := root.Open(p)
-				if err != nil {
-					return err
+				total += info.Size()
+				files = append(files, artifactFile{name: filepath.ToSlash(p), size: info.Size()})
+				if len(files) > maxFiles {
+					return fmt.Errorf("more than %d artifact files (artifacts.max_files)", maxFiles)
 				}
-				defer src.Close()
-				dst := filepath.Join(outDir, p)
-				if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
-					return err
+				if total > lim.MaxBytes {
+					return fmt.Errorf("artifacts larger than %s (artifacts.max_bytes) at %s (%s)", api.ByteSize(lim.MaxBytes), p, api.ByteSize(info.Size()))
 				}
-				f, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-				if err != nil {
-					return err
-				}
-				if _, err := io.Copy(f, src); err != nil {
-					f.Close()
-					return err
-				}
-				if err := f.Close(); err != nil {
-					return err
-				}
-				out = append(out, agent.Artifact{Name: filepath.ToSlash(p), Path: dst, Kind: api.KindFile})
 				return nil
 			})
 			if err != nil {
@@ -145,7 +198,61 @@ func collectArtifacts(ws string, patterns []string, outDir string) ([]agent.Arti
 			}
 		}
 	}
-	return out, nil
+	return files, nil
+}
+
+// controlChar returns the first control or bidirectional-override rune of
+// s (a name that could rewrite a terminal or disguise itself), or -1.
+func controlChar(s string) rune {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) || (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069) {
+			return r
+		}
+	}
+	return -1
+}
+
+// copyArtifact copies one listed file into outDir, hashing it on the way,
+// and refuses it if it grew since it was listed.
+func copyArtifact(ctx context.Context, root *os.Root, a artifactFile, outDir string) (collected, error) {
+	src, err := root.Open(filepath.FromSlash(a.name))
+	if err != nil {
+		return collected{}, err
+	}
+	defer src.Close()
+	dst := filepath.Join(outDir, filepath.FromSlash(a.name))
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return collected{}, err
+	}
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return collected{}, err
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(ctxReader{ctx, src}, a.size+1))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n > a.size {
+		err = fmt.Errorf("grew past its listed %d bytes while it was copied", a.size)
+	}
+	if err != nil {
+		return collected{}, err
+	}
+	return collected{Artifact: agent.Artifact{Name: a.name, Path: dst, Kind: api.KindFile}, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// ctxReader ends a copy when its context does.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // normalize turns typed values into plain JSON values for the provenance's

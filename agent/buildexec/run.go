@@ -350,7 +350,11 @@ func (r *jobRun) steps(context.Context) error {
 // outputs copies the artifacts out of the sandbox's workspace and writes
 // the SBOM and the signed provenance that covers them.
 func (r *jobRun) outputs(ctx context.Context) error {
-	arts, err := collectArtifacts(r.sb.WorkspacePath(), r.job.Spec.Artifacts, filepath.Join(r.dir, "out"))
+	lim := r.e.cfg.Artifacts
+	if lim.MaxBytes <= 0 {
+		lim.MaxBytes = r.limits.DiskBytes
+	}
+	files, err := collectArtifacts(ctx, r.sb.WorkspacePath(), r.job.Spec.Artifacts, filepath.Join(r.dir, "out"), lim)
 	if err != nil {
 		return failed(1, "collecting artifacts: %v", err)
 	}
@@ -358,15 +362,18 @@ func (r *jobRun) outputs(ctx context.Context) error {
 	if err := writeSBOM(r.ws, r.lf, sbomPath); err != nil {
 		return failed(1, "writing SBOM: %v", err)
 	}
-	var subjects []supplychain.Artifact
-	for _, a := range append(arts, agent.Artifact{Name: supplychain.SBOMFile, Path: sbomPath}) {
-		h, err := supplychain.HashFile(a.Path)
-		if err != nil {
-			return failed(1, "hashing artifact %s: %v", a.Name, err)
-		}
-		h.Name = a.Name
-		subjects = append(subjects, h)
+	arts := make([]agent.Artifact, 0, len(files)+2)
+	subjects := make([]supplychain.Artifact, 0, len(files)+1)
+	for _, f := range files {
+		arts = append(arts, f.Artifact)
+		subjects = append(subjects, supplychain.Artifact{Name: f.Name, SHA256: f.SHA256})
 	}
+	sbomSubj, err := supplychain.HashFile(sbomPath)
+	if err != nil {
+		return failed(1, "hashing the SBOM: %v", err)
+	}
+	sbomSubj.Name = supplychain.SBOMFile
+	subjects = append(subjects, sbomSubj)
 	if len(arts) == 0 {
 		r.log.say("no artifacts matched %v: provenance covers the SBOM only", r.job.Spec.Artifacts)
 	}

@@ -77,7 +77,8 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger) (agent.Executor, err
 		Hosts: hosts, HostNS: cfg.Network.HostNetNS,
 		DataDir: cfg.DataDir, NetStateDir: cfg.Network.StateDir, Limits: lim, Secrets: store, Signing: priv, Sandbox: sb,
 		InstallScripts: cfg.InstallScripts, RegistryTokenSecret: cfg.RegistryTokenSecret,
-		Logger: log.Named("job"),
+		Artifacts: buildexec.ArtifactLimits{MaxBytes: int64(cfg.Artifacts.MaxBytes), MaxFiles: cfg.Artifacts.MaxFiles},
+		Logger:    log.Named("job"),
 	})
 	if err != nil {
 		sb.Close()
