@@ -147,7 +147,10 @@ func (s *sink) close() error {
 }
 
 // decodePacket turns an IPv4/IPv6 packet (as NFLOG copies it) into proto,
-// src and dst ("ip:port" for TCP/UDP, "ip" otherwise).
+// src and dst ("ip:port" for TCP/UDP, "ip" otherwise). IPv6 extension
+// headers are walked to the transport header (see ipv6Transport). A TCP or
+// UDP packet whose ports are not in the copy — a fragment other than the
+// first, a copy cut short — is reported without ports.
 func decodePacket(b []byte) (proto, src, dst string, ok bool) {
 	if len(b) < 1 {
 		return "", "", "", false
@@ -165,13 +168,15 @@ func decodePacket(b []byte) (proto, src, dst string, ok bool) {
 			return "", "", "", false
 		}
 		p, sip, dip = b[9], net.IP(b[12:16]), net.IP(b[16:20])
-		l4 = b[ihl:]
+		if binary.BigEndian.Uint16(b[6:8])&0x1fff == 0 { // fragment offset
+			l4 = b[ihl:]
+		}
 	case 6:
 		if len(b) < 40 {
 			return "", "", "", false
 		}
-		p, sip, dip = b[6], net.IP(b[8:24]), net.IP(b[24:40])
-		l4 = b[40:]
+		sip, dip = net.IP(b[8:24]), net.IP(b[24:40])
+		p, l4 = ipv6Transport(b[6], b[40:])
 	default:
 		return "", "", "", false
 	}
@@ -195,6 +200,64 @@ func decodePacket(b []byte) (proto, src, dst string, ok bool) {
 	default:
 		return "ip/" + strconv.Itoa(int(p)), sip.String(), dip.String(), true
 	}
+}
+
+// IPv6 next-header values of the extension headers ipv6Transport walks.
+const (
+	ipv6HopByHop = 0
+	ipv6Routing  = 43
+	ipv6Fragment = 44
+	ipv6AH       = 51
+	ipv6DestOpts = 60
+)
+
+// maxIPv6ExtHeaders bounds the walk: a packet has at most one of each
+// extension header, destination options twice (RFC 8200 4.1).
+const maxIPv6ExtHeaders = 8
+
+// ipv6Transport follows the chain of extension headers that starts with
+// next header nh at b (the bytes after the fixed IPv6 header) and returns
+// the protocol after the last one with the bytes that follow it. It stops at
+// anything that is not one of the extension headers it knows (a transport
+// protocol, ESP 50, no next header 59, an unknown header); on a header cut
+// short, at the header limit, or after a fragment header of a fragment
+// other than the first (whose payload has no transport header), it returns
+// what it reached with no bytes.
+func ipv6Transport(nh uint8, b []byte) (uint8, []byte) {
+	for range maxIPv6ExtHeaders {
+		var n int
+		switch nh {
+		case ipv6HopByHop, ipv6Routing, ipv6DestOpts:
+			if len(b) < 2 {
+				return nh, nil
+			}
+			n = (int(b[1]) + 1) * 8
+		case ipv6AH:
+			if len(b) < 2 {
+				return nh, nil
+			}
+			n = (int(b[1]) + 2) * 4
+		case ipv6Fragment:
+			if len(b) < 8 {
+				return nh, nil
+			}
+			if binary.BigEndian.Uint16(b[2:4])>>3 != 0 { // fragment offset
+				return b[0], nil
+			}
+			n = 8
+		default:
+			return nh, b
+		}
+		if len(b) < n {
+			return nh, nil
+		}
+		nh, b = b[0], b[n:]
+	}
+	switch nh {
+	case ipv6HopByHop, ipv6Routing, ipv6Fragment, ipv6AH, ipv6DestOpts:
+		return nh, nil // still in the chain after maxIPv6ExtHeaders
+	}
+	return nh, b
 }
 
 // nflogReader reads the sandbox's NFLOG group. Its socket is opened inside
