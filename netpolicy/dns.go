@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -21,6 +22,7 @@ type responder struct {
 	udp     *dns.Server
 	tcp     *dns.Server
 	wg      sync.WaitGroup
+	closing atomic.Bool
 	closeMu sync.Once
 }
 
@@ -122,11 +124,23 @@ func (r *responder) listen(nsPath, addr string) error {
 	r.udp = &dns.Server{PacketConn: pc, Handler: r, NotifyStartedFunc: notify}
 	r.tcp = &dns.Server{Listener: ln, Handler: r, NotifyStartedFunc: notify,
 		ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second}
-	for _, s := range []*dns.Server{r.udp, r.tcp} {
+	for _, sv := range []struct {
+		s         *dns.Server
+		component string
+	}{{r.udp, componentDNSUDP}, {r.tcp, componentDNSTCP}} {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			_ = s.ActivateAndServe()
+			err := sv.s.ActivateAndServe()
+			if r.closing.Load() {
+				return
+			}
+			// The sandbox's names are no longer answered (or no longer
+			// audited): that is an audit failure.
+			if err == nil {
+				err = errors.New("server stopped")
+			}
+			r.sink.fail(sv.component, fmt.Errorf("serving dns: %w", err))
 		}()
 	}
 	<-started
@@ -140,6 +154,7 @@ func (r *responder) close() error {
 	}
 	var err error
 	r.closeMu.Do(func() {
+		r.closing.Store(true)
 		err = errors.Join(r.udp.Shutdown(), r.tcp.Shutdown())
 		r.wg.Wait()
 	})

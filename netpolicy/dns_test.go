@@ -4,6 +4,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -11,12 +12,15 @@ import (
 func TestResponderAnswersOnlyAllowedNames(t *testing.T) {
 	var mu sync.Mutex
 	var events []Event
-	s := &sink{job: "j1", redact: func(s string) string {
+	s, err := newSink(Config{Job: "j1", Redact: func(s string) string {
 		if s == "secret-abc.evil.example" {
 			return "[REDACTED].evil.example"
 		}
 		return s
-	}, onEvent: func(e Event) { mu.Lock(); events = append(events, e); mu.Unlock() }, names: map[string]string{}, violations: make(chan Event, 1)}
+	}, OnEvent: func(e Event) { mu.Lock(); events = append(events, e); mu.Unlock() }}, "cr-j1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	r := newResponder([]Destination{{Host: "Registry.Cleanroom.Test", IPs: []net.IP{net.IPv4(10, 231, 254, 2)}, Port: 4873}}, s)
 	if err := r.listen("", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
@@ -59,4 +63,58 @@ func TestResponderAnswersOnlyAllowedNames(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testResponder is a responder on loopback, closed at the end of the test.
+func testResponder(t *testing.T, s *sink, tweak func(*responder)) *responder {
+	t.Helper()
+	r := newResponder([]Destination{{Host: "registry.cleanroom.test", IPs: []net.IP{net.IPv4(10, 231, 254, 2)}, Port: 4873}}, s)
+	if tweak != nil {
+		tweak(r)
+	}
+	if err := r.listen("", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return r
+}
+
+func TestResponderExitIsAnAuditFailure(t *testing.T) {
+	for _, tc := range []struct {
+		component string
+		kill      func(*responder) error
+	}{
+		{componentDNSUDP, func(r *responder) error { return r.udp.PacketConn.Close() }},
+		{componentDNSTCP, func(r *responder) error { return r.tcp.Listener.Close() }},
+	} {
+		t.Run(tc.component, func(t *testing.T) {
+			s, evs := testSink(t, Config{Policy: Policy{Kill: true}})
+			r := testResponder(t, s, nil)
+			if err := tc.kill(r); err != nil {
+				t.Fatal(err)
+			}
+			awaitFailure(t, s, evs, tc.component)
+			select {
+			case v := <-s.violations:
+				if v.Rule != RuleAuditFailure {
+					t.Errorf("violation %+v", v)
+				}
+			default:
+				t.Error("kill mode: no violation")
+			}
+		})
+	}
+	t.Run("close is not a failure", func(t *testing.T) {
+		s, _ := testSink(t, Config{})
+		r := testResponder(t, s, nil)
+		if err := r.close(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		assertNoFailure(t, s)
+	})
 }

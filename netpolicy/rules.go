@@ -17,6 +17,7 @@ const (
 	RuleAllowRegistry = "allow-registry"
 	RuleDNSAllow      = "dns-allow"
 	RuleDNSRefused    = "dns-refused"
+	RuleAuditFailure  = "audit-failure"
 	nflogPrefix       = "cr "
 	chainDeny         = "CR-DENY"
 	chainMeta         = "CR-META"
