@@ -50,35 +50,58 @@ const (
 	VerdictDeny  = "deny"
 )
 
+// ProtoAudit is the proto of an event about the audit itself (rule
+// RuleAuditFailure): Domain names the component that failed, Answer says
+// why.
+const ProtoAudit = "audit"
+
+// Components of the audit, as named in a RuleAuditFailure event's Domain.
+const (
+	componentNflog     = "nflog"
+	componentConntrack = "conntrack"
+	componentDNSUDP    = "dns-udp"
+	componentDNSTCP    = "dns-tcp"
+	componentAuditLog  = "audit-log"
+)
+
 // sink stamps, redacts and delivers events: to OnEvent, to the append-only
-// log, and (first deny only, kill mode) to the violations channel.
+// log, and (first deny only, kill mode) to the violations channel. It also
+// reports the first failure of the audit itself (a reader or responder that
+// exits, a write to the log that fails) on auditFailed.
 //
 // fsync policy: each event is one write(2) on an O_APPEND descriptor, so
 // lines from several sandboxes sharing a file never interleave; the file is
 // fsynced when the sandbox closes (not per event, which would cost a disk
 // flush per DNS query). A host crash can lose the tail of a running job's
-// events, never corrupt earlier lines.
+// events, never corrupt earlier lines. After a failed write the file gets
+// no more lines (a short write may have left half a line): the failure is
+// reported once and Close returns it.
 type sink struct {
 	runner, job, sandbox string
 	redact               func(string) string
 	onEvent              func(Event)
 	kill                 bool
 	violations           chan Event
+	auditFailed          chan error
 
-	mu     sync.Mutex
-	file   *os.File
-	closed bool
-	once   sync.Once
-	names  map[string]string // dst IP → name answered by the responder
+	mu       sync.Mutex
+	file     *os.File
+	writeErr error // the first failed write to file; nothing is written after it
+	closed   bool
+	stopping bool // Close has begun: readers stop on purpose, nothing is a failure
+	failed   bool // a failure has been reported
+	once     sync.Once
+	names    map[string]string // dst IP → name answered by the responder
 }
 
 func newSink(cfg Config, sandbox string) (*sink, error) {
 	s := &sink{
 		runner: cfg.Runner, job: cmp.Or(cfg.Job, cfg.ID), sandbox: sandbox,
 		redact: cfg.Redact, onEvent: cfg.OnEvent,
-		kill:       cfg.Policy.Kill,
-		violations: make(chan Event, 1),
-		names:      map[string]string{},
+		kill:        cfg.Policy.Kill,
+		violations:  make(chan Event, 1),
+		auditFailed: make(chan error, 1),
+		names:       map[string]string{},
 	}
 	if cfg.AuditLog != "" {
 		f, err := os.OpenFile(cfg.AuditLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
@@ -109,9 +132,15 @@ func (s *sink) emit(e Event) {
 			e.Domain = s.names[host]
 		}
 	}
-	if s.file != nil {
-		if b, err := json.Marshal(e); err == nil {
-			_, _ = s.file.Write(append(b, '\n'))
+	var werr error
+	if s.file != nil && s.writeErr == nil {
+		b, err := json.Marshal(e)
+		if err == nil {
+			_, err = s.file.Write(append(b, '\n'))
+		}
+		if err != nil {
+			s.writeErr = fmt.Errorf("writing %s: %w", s.file.Name(), err)
+			werr = s.writeErr
 		}
 	}
 	s.mu.Unlock()
@@ -121,6 +150,34 @@ func (s *sink) emit(e Event) {
 	if s.kill && e.Verdict == VerdictDeny {
 		s.once.Do(func() { s.violations <- e })
 	}
+	if werr != nil {
+		s.fail(componentAuditLog, werr)
+	}
+}
+
+// fail reports that component of the audit stopped working while the
+// sandbox runs: the first time only, and never once Close has begun. The
+// event comes first, so whoever reads auditFailed finds it already
+// delivered to OnEvent; it is a deny, so in kill mode it is also the
+// violation (unless an earlier deny was).
+func (s *sink) fail(component string, err error) {
+	s.mu.Lock()
+	if s.stopping || s.closed || s.failed {
+		s.mu.Unlock()
+		return
+	}
+	s.failed = true
+	s.mu.Unlock()
+	s.emit(Event{Proto: ProtoAudit, Domain: component, Answer: err.Error(), Verdict: VerdictDeny, Rule: RuleAuditFailure})
+	s.auditFailed <- fmt.Errorf("%w: %s: %w", ErrAuditFailed, component, err) // buffered, sent once
+}
+
+// stopReporting is called when Close begins: readers and the responder are
+// about to be stopped on purpose.
+func (s *sink) stopReporting() {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
 }
 
 func (s *sink) rememberName(ip, name string) {
@@ -139,7 +196,7 @@ func (s *sink) close() error {
 	if s.file == nil {
 		return nil
 	}
-	err := errors.Join(s.file.Sync(), s.file.Close())
+	err := errors.Join(s.writeErr, s.file.Sync(), s.file.Close())
 	if err != nil {
 		return fmt.Errorf("closing audit log: %w", err)
 	}
@@ -147,7 +204,10 @@ func (s *sink) close() error {
 }
 
 // decodePacket turns an IPv4/IPv6 packet (as NFLOG copies it) into proto,
-// src and dst ("ip:port" for TCP/UDP, "ip" otherwise).
+// src and dst ("ip:port" for TCP/UDP, "ip" otherwise). IPv6 extension
+// headers are walked to the transport header (see ipv6Transport). A TCP or
+// UDP packet whose ports are not in the copy — a fragment other than the
+// first, a copy cut short — is reported without ports.
 func decodePacket(b []byte) (proto, src, dst string, ok bool) {
 	if len(b) < 1 {
 		return "", "", "", false
@@ -165,13 +225,15 @@ func decodePacket(b []byte) (proto, src, dst string, ok bool) {
 			return "", "", "", false
 		}
 		p, sip, dip = b[9], net.IP(b[12:16]), net.IP(b[16:20])
-		l4 = b[ihl:]
+		if binary.BigEndian.Uint16(b[6:8])&0x1fff == 0 { // fragment offset
+			l4 = b[ihl:]
+		}
 	case 6:
 		if len(b) < 40 {
 			return "", "", "", false
 		}
-		p, sip, dip = b[6], net.IP(b[8:24]), net.IP(b[24:40])
-		l4 = b[40:]
+		sip, dip = net.IP(b[8:24]), net.IP(b[24:40])
+		p, l4 = ipv6Transport(b[6], b[40:])
 	default:
 		return "", "", "", false
 	}
@@ -197,6 +259,64 @@ func decodePacket(b []byte) (proto, src, dst string, ok bool) {
 	}
 }
 
+// IPv6 next-header values of the extension headers ipv6Transport walks.
+const (
+	ipv6HopByHop = 0
+	ipv6Routing  = 43
+	ipv6Fragment = 44
+	ipv6AH       = 51
+	ipv6DestOpts = 60
+)
+
+// maxIPv6ExtHeaders bounds the walk: a packet has at most one of each
+// extension header, destination options twice (RFC 8200 4.1).
+const maxIPv6ExtHeaders = 8
+
+// ipv6Transport follows the chain of extension headers that starts with
+// next header nh at b (the bytes after the fixed IPv6 header) and returns
+// the protocol after the last one with the bytes that follow it. It stops at
+// anything that is not one of the extension headers it knows (a transport
+// protocol, ESP 50, no next header 59, an unknown header); on a header cut
+// short, at the header limit, or after a fragment header of a fragment
+// other than the first (whose payload has no transport header), it returns
+// what it reached with no bytes.
+func ipv6Transport(nh uint8, b []byte) (uint8, []byte) {
+	for range maxIPv6ExtHeaders {
+		var n int
+		switch nh {
+		case ipv6HopByHop, ipv6Routing, ipv6DestOpts:
+			if len(b) < 2 {
+				return nh, nil
+			}
+			n = (int(b[1]) + 1) * 8
+		case ipv6AH:
+			if len(b) < 2 {
+				return nh, nil
+			}
+			n = (int(b[1]) + 2) * 4
+		case ipv6Fragment:
+			if len(b) < 8 {
+				return nh, nil
+			}
+			if binary.BigEndian.Uint16(b[2:4])>>3 != 0 { // fragment offset
+				return b[0], nil
+			}
+			n = 8
+		default:
+			return nh, b
+		}
+		if len(b) < n {
+			return nh, nil
+		}
+		nh, b = b[0], b[n:]
+	}
+	switch nh {
+	case ipv6HopByHop, ipv6Routing, ipv6Fragment, ipv6AH, ipv6DestOpts:
+		return nh, nil // still in the chain after maxIPv6ExtHeaders
+	}
+	return nh, b
+}
+
 // nflogReader reads the sandbox's NFLOG group. Its socket is opened inside
 // the sandbox namespace, so every packet it sees belongs to that sandbox:
 // attribution is by namespace, not by parsing a prefix someone could spoof.
@@ -206,6 +326,26 @@ type nflogReader struct {
 	group   uint16
 	marker  string        // prefix of our own end-of-stream message
 	drained chan struct{} // the reader has reached the marker
+	exited  chan struct{} // closed when the reader stopped on an error of its own
+}
+
+// receiveError decides what the reader does after a failed receive (the
+// return value of go-nflog's ErrorFunc: 0 goes on, anything else ends the
+// reader). When close asked it to stop, it ends quietly; a timeout or a
+// temporary error is retried; any other error ends the reader, and that is
+// an audit failure: denied packets would no longer be recorded, and kill
+// mode would no longer fire.
+func (r *nflogReader) receiveError(ctx context.Context, err error, s *sink) int {
+	if ctx.Err() != nil {
+		return 1
+	}
+	var oe *netlink.OpError
+	if errors.As(err, &oe) && (oe.Timeout() || oe.Temporary()) {
+		return 0
+	}
+	close(r.exited)
+	s.fail(componentNflog, fmt.Errorf("receiving nflog messages: %w", err))
+	return 1
 }
 
 // nflogDrainTimeout bounds how long close waits for the reader to work
@@ -242,7 +382,8 @@ func startNflog(nsPath string, group uint16, s *sink) (*nflogReader, error) {
 		nf.Close()
 		return nil, fmt.Errorf("making drain marker: %w", err)
 	}
-	r := &nflogReader{nf: nf, group: group, marker: "cr-drain-" + hex.EncodeToString(nonce[:]), drained: make(chan struct{}, 1)}
+	r := &nflogReader{nf: nf, group: group, marker: "cr-drain-" + hex.EncodeToString(nonce[:]),
+		drained: make(chan struct{}, 1), exited: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	hook := func(a nflog.Attribute) int {
@@ -275,16 +416,7 @@ func startNflog(nsPath string, group uint16, s *sink) (*nflogReader, error) {
 		s.emit(e)
 		return 0
 	}
-	errf := func(err error) int {
-		if ctx.Err() != nil {
-			return 1
-		}
-		var oe *netlink.OpError
-		if errors.As(err, &oe) && (oe.Timeout() || oe.Temporary()) {
-			return 0
-		}
-		return 1
-	}
+	errf := func(err error) int { return r.receiveError(ctx, err, s) }
 	if err := nf.RegisterWithErrorFunc(ctx, hook, errf); err != nil {
 		cancel()
 		nf.Close()
@@ -356,6 +488,8 @@ func (r *nflogReader) drain(ctx context.Context) error {
 	select {
 	case <-r.drained:
 		return nil
+	case <-r.exited:
+		return errors.New("nflog reader stopped before reaching the end of its queue")
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for the nflog reader to reach the end of its queue: %w", ctx.Err())
 	case <-time.After(nflogDrainTimeout):
@@ -391,6 +525,16 @@ const (
 func (r *nflogReader) close(ctx context.Context) error {
 	if r == nil {
 		return nil
+	}
+	select {
+	case <-r.exited:
+		// The reader is gone (already reported as an audit failure):
+		// there is no one to drain the queue for, and its socket may be
+		// what failed.
+		r.cancel()
+		_ = r.nf.Close()
+		return nil
+	default:
 	}
 	// Let the reader take what is already queued on the socket (the last
 	// denied packets of the job) before the hook is removed.
@@ -435,37 +579,48 @@ func startConntrack(nsPath string, allowed func(dst net.IP, port uint16) (string
 		return nil, fmt.Errorf("subscribing to conntrack events: %w", err)
 	}
 	r := &ctReader{conn: c, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		for {
-			select {
-			case ev := <-evs:
-				if ev.Flow == nil {
-					continue
-				}
-				t := ev.Flow.TupleOrig
-				rule, ok := allowed(net.IP(t.IP.DestinationAddress.AsSlice()), t.Proto.DestinationPort)
-				if !ok {
-					continue
-				}
-				proto := "tcp"
-				if t.Proto.Protocol == 17 {
-					proto = "udp"
-				}
-				s.emit(Event{
-					Proto:   proto,
-					Src:     net.JoinHostPort(t.IP.SourceAddress.String(), strconv.Itoa(int(t.Proto.SourcePort))),
-					Dst:     net.JoinHostPort(t.IP.DestinationAddress.String(), strconv.Itoa(int(t.Proto.DestinationPort))),
-					Verdict: VerdictAllow, Rule: rule,
-				})
-			case <-errc:
-				return
-			case <-r.stop:
-				return
-			}
-		}
-	}()
+	go r.run(evs, errc, allowed, s)
 	return r, nil
+}
+
+// run turns the events of the conntrack socket into allow events until
+// close stops it. The library's worker hands over an error when it stops on
+// its own (a failed receive, a message it cannot decode): that is an audit
+// failure, as allowed flows would no longer be recorded.
+func (r *ctReader) run(evs <-chan conntrack.Event, errc <-chan error, allowed func(dst net.IP, port uint16) (string, bool), s *sink) {
+	defer close(r.done)
+	for {
+		select {
+		case ev := <-evs:
+			if ev.Flow == nil {
+				continue
+			}
+			t := ev.Flow.TupleOrig
+			rule, ok := allowed(net.IP(t.IP.DestinationAddress.AsSlice()), t.Proto.DestinationPort)
+			if !ok {
+				continue
+			}
+			proto := "tcp"
+			if t.Proto.Protocol == 17 {
+				proto = "udp"
+			}
+			s.emit(Event{
+				Proto:   proto,
+				Src:     net.JoinHostPort(t.IP.SourceAddress.String(), strconv.Itoa(int(t.Proto.SourcePort))),
+				Dst:     net.JoinHostPort(t.IP.DestinationAddress.String(), strconv.Itoa(int(t.Proto.DestinationPort))),
+				Verdict: VerdictAllow, Rule: rule,
+			})
+		case err := <-errc:
+			select {
+			case <-r.stop:
+			default:
+				s.fail(componentConntrack, fmt.Errorf("receiving conntrack events: %w", err))
+			}
+			return
+		case <-r.stop:
+			return
+		}
+	}
 }
 
 func (r *ctReader) close() error {

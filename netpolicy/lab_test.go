@@ -127,10 +127,16 @@ func closeAndCheck(t *testing.T, l *lab.Lab, nw *netpolicy.Network) {
 	assertGone(t, l, nw)
 }
 
-// assertGone checks nothing of nw remains in the lab host namespace.
+// assertGone checks nothing of nw remains in the lab host namespace, and
+// that no audit failure was reported (Close stops the readers on purpose).
 func assertGone(t *testing.T, l *lab.Lab, nw *netpolicy.Network) {
 	t.Helper()
 	ctx := context.Background()
+	select {
+	case err := <-nw.AuditFailed():
+		t.Errorf("audit failure reported for %s: %v", nw.ID, err)
+	default:
+	}
 	if _, err := os.Stat(nw.NetNSPath()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("namespace %s still exists (%v)", nw.NetNSPath(), err)
 	}
@@ -302,6 +308,58 @@ func TestKillModeFiresOnFirstViolation(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no violation signalled")
+	}
+}
+
+// A reader that dies while the job runs cannot go unnoticed: AuditFailed
+// fires, an event says why, kill mode fires its violation, and Close still
+// cleans up everything.
+func TestDeadNflogReaderIsReported(t *testing.T) {
+	l := newLab(t)
+	rec := &recorder{}
+	cfg := labConfig(t, l, "j-deadreader", rec)
+	cfg.Policy.Kill = true
+	nw, err := netpolicy.Setup(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nw.Close(context.Background()) // when the test fails early; Close is idempotent
+	select {
+	case err := <-nw.AuditFailed():
+		t.Fatalf("audit failure before the reader was broken: %v", err)
+	default:
+	}
+	if err := netpolicy.BreakNflogReader(nw); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-nw.AuditFailed():
+		if !errors.Is(err, netpolicy.ErrAuditFailed) || !strings.Contains(err.Error(), "nflog") {
+			t.Errorf("audit failure %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("AuditFailed did not fire after the nflog reader died")
+	}
+	e := rec.waitFor(t, "audit failure", func(e netpolicy.Event) bool { return e.Rule == netpolicy.RuleAuditFailure })
+	if e.Proto != netpolicy.ProtoAudit || e.Verdict != "deny" || e.Domain != "nflog" || !strings.Contains(e.Answer, "receiving nflog messages") ||
+		e.Job != "j-deadreader" || e.Runner != "r-test" || e.Sandbox != nw.Name {
+		t.Errorf("audit-failure event %+v", e)
+	}
+	select {
+	case v := <-nw.Violations():
+		if v.Rule != netpolicy.RuleAuditFailure {
+			t.Errorf("violation %+v", v)
+		}
+	case <-time.After(time.Second):
+		t.Error("kill mode: no violation for the dead reader")
+	}
+	closeAndCheck(t, l, nw) // also: AuditFailed fired once only
+	b, err := os.ReadFile(cfg.AuditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"rule":"audit-failure"`) {
+		t.Errorf("audit log has no audit-failure line:\n%s", b)
 	}
 }
 

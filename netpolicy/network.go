@@ -24,6 +24,9 @@ var (
 	ErrRules     = errors.New("setting up firewall rules")
 	ErrDNS       = errors.New("setting up dns responder")
 	ErrAudit     = errors.New("setting up egress audit")
+	// ErrAuditFailed wraps what AuditFailed delivers: the audit stopped
+	// while the sandbox ran.
+	ErrAuditFailed = errors.New("egress audit failed")
 	// ErrForwardingDisabled: forward mode on a host without ip_forward=1.
 	// cleanroom never turns forwarding on by itself.
 	ErrForwardingDisabled = errors.New("forward mode needs net.ipv4.ip_forward=1 in the host namespace (cleanroom never sets it)")
@@ -131,8 +134,25 @@ func (n *Network) ResolvConf() []byte {
 func (n *Network) ResolvConfPath() string { return n.resolv }
 
 // Violations fires once, with the first denied attempt, when the policy's
-// Kill is set; it never fires otherwise.
+// Kill is set; it never fires otherwise. An audit failure (see AuditFailed)
+// is a denied attempt for this purpose.
 func (n *Network) Violations() <-chan Event { return n.sink.violations }
+
+// AuditFailed fires once, with an error wrapping ErrAuditFailed, when the
+// egress audit stops working while the sandbox runs: the NFLOG reader (denied
+// packets), the conntrack reader (allowed flows) or the DNS responder (UDP
+// or TCP server) exits with an error, or a write to Config.AuditLog fails.
+// From then on attempts may go unrecorded (and, for the responder, names
+// unanswered), so the caller must end the job, whatever the policy's mode.
+//
+// Before the channel fires, the failure has been emitted as an event
+// (proto ProtoAudit, verdict deny, rule RuleAuditFailure, the component in
+// Domain and the error in Answer) through OnEvent; in kill mode that event
+// also fires Violations, unless an earlier deny did. The channel is
+// buffered: nothing blocks if no one reads it. It never fires once Close
+// has begun (readers stopped by Close are not failures), so a clean Close
+// leaves it empty; it is never closed.
+func (n *Network) AuditFailed() <-chan error { return n.sink.auditFailed }
 
 // Setup builds the sandbox network, failing closed: on any error it tears
 // down what it built and returns an error wrapping ErrNamespace, ErrRules,
@@ -489,6 +509,9 @@ const linkGoneTimeout = 3 * time.Second
 
 func (n *Network) teardown(ctx context.Context) error {
 	var errs []error
+	if n.sink != nil {
+		n.sink.stopReporting()
+	}
 	// Everything up to the namespace's deletion goes concurrently: the DNS
 	// responder, the audit readers and the host rules are independent.
 	par := make([]error, 3)

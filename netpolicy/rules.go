@@ -17,6 +17,8 @@ const (
 	RuleAllowRegistry = "allow-registry"
 	RuleDNSAllow      = "dns-allow"
 	RuleDNSRefused    = "dns-refused"
+	RuleDNSTCPLimit   = "dns-tcp-limit"
+	RuleAuditFailure  = "audit-failure"
 	nflogPrefix       = "cr "
 	chainDeny         = "CR-DENY"
 	chainMeta         = "CR-META"

@@ -2,6 +2,7 @@ package netpolicy
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"strconv"
@@ -137,6 +138,8 @@ func TestDecodePacket(t *testing.T) {
 	copy(v6udp[8:], net.ParseIP("fd8c:1ea7::2"))
 	copy(v6udp[24:], net.ParseIP("fd00:bad::2"))
 	copy(v6udp[40:], []byte{0, 53, 0, 53})
+	v4frag := append([]byte(nil), v4tcp...)
+	v4frag[6], v4frag[7] = 0x00, 0xb9 // fragment offset 185
 	v4icmp := make([]byte, 28)
 	v4icmp[0], v4icmp[9] = 0x45, 1
 	copy(v4icmp[12:], []byte{10, 231, 0, 2, 169, 254, 169, 254})
@@ -149,6 +152,7 @@ func TestDecodePacket(t *testing.T) {
 		{"ipv4 tcp", v4tcp, "tcp", "10.231.0.2:40000", "10.231.253.2:80", true},
 		{"ipv6 udp", v6udp, "udp", "[fd8c:1ea7::2]:53", "[fd00:bad::2]:53", true},
 		{"ipv4 icmp", v4icmp, "icmp", "10.231.0.2", "169.254.169.254", true},
+		{"ipv4 non-first fragment has no ports", v4frag, "tcp", "10.231.0.2", "10.231.253.2", true},
 		{"truncated", []byte{0x45, 0}, "", "", "", false},
 		{"not ip", []byte{0x10, 0, 0, 0}, "", "", "", false},
 	}
@@ -157,6 +161,91 @@ func TestDecodePacket(t *testing.T) {
 			p, s, d, ok := decodePacket(tc.b)
 			if p != tc.proto || s != tc.src || d != tc.dst || ok != tc.ok {
 				t.Fatalf("got %q %q %q %v", p, s, d, ok)
+			}
+		})
+	}
+}
+
+// v6packet is an IPv6 packet from fd8c:1ea7::2 to fd00:bad::2 whose fixed
+// header names next header nh, followed by the given headers.
+func v6packet(nh uint8, headers ...[]byte) []byte {
+	b := make([]byte, 40)
+	b[0], b[6] = 0x60, nh
+	copy(b[8:], net.ParseIP("fd8c:1ea7::2"))
+	copy(b[24:], net.ParseIP("fd00:bad::2"))
+	for _, h := range headers {
+		b = append(b, h...)
+	}
+	return b
+}
+
+// extHeader is a hop-by-hop, routing or destination options header of
+// units × 8 bytes that names next.
+func extHeader(next uint8, units int) []byte {
+	b := make([]byte, units*8)
+	b[0], b[1] = next, byte(units-1)
+	return b
+}
+
+// ahHeader is an authentication header with a 96-bit ICV (24 bytes).
+func ahHeader(next uint8) []byte {
+	b := make([]byte, 24)
+	b[0], b[1] = next, 4 // (4+2) × 4 bytes
+	return b
+}
+
+// fragHeader is a fragment header at offset (in 8-byte units).
+func fragHeader(next uint8, offset uint16, more bool) []byte {
+	b := make([]byte, 8)
+	b[0] = next
+	v := offset << 3
+	if more {
+		v |= 1
+	}
+	binary.BigEndian.PutUint16(b[2:], v)
+	return b
+}
+
+func TestDecodePacketWalksIPv6ExtensionHeaders(t *testing.T) {
+	const src, dst = "fd8c:1ea7::2", "fd00:bad::2"
+	ports := []byte{0x9c, 0x40, 0, 80} // 40000 → 80
+	withPorts := func(proto string) [3]string { return [3]string{proto, "[" + src + "]:40000", "[" + dst + "]:80"} }
+	noPorts := func(proto string) [3]string { return [3]string{proto, src, dst} }
+	nineDestOpts := [][]byte{}
+	for range 9 {
+		nineDestOpts = append(nineDestOpts, extHeader(60, 1))
+	}
+	nineDestOpts = append(nineDestOpts, ports)
+	tests := []struct {
+		name string
+		b    []byte
+		want [3]string
+	}{
+		{"hop-by-hop", v6packet(0, extHeader(6, 1), ports), withPorts("tcp")},
+		{"routing", v6packet(43, extHeader(17, 3), ports), withPorts("udp")},
+		{"destination options", v6packet(60, extHeader(6, 2), ports), withPorts("tcp")},
+		{"first fragment", v6packet(44, fragHeader(17, 0, true), ports), withPorts("udp")},
+		{"authentication header", v6packet(51, ahHeader(6), ports), withPorts("tcp")},
+		{"chain of five", v6packet(0, extHeader(60, 1), extHeader(43, 2), extHeader(44, 3), fragHeader(60, 0, true), extHeader(6, 1), ports), withPorts("tcp")},
+		{"icmpv6 after hop-by-hop", v6packet(0, extHeader(58, 1), []byte{128, 0, 0, 0}), noPorts("icmpv6")},
+		{"non-first fragment has no ports", v6packet(44, fragHeader(6, 185, false), ports), noPorts("tcp")},
+		{"non-first fragment after hop-by-hop", v6packet(0, extHeader(44, 1), fragHeader(17, 1, true), ports), noPorts("udp")},
+		{"stops at esp", v6packet(0, extHeader(50, 1), ports), noPorts("ip/50")},
+		{"stops at no next header", v6packet(60, extHeader(59, 1), ports), noPorts("ip/59")},
+		{"no room for the first extension header", v6packet(0), noPorts("ip/0")},
+		{"extension header longer than the packet", v6packet(0, extHeader(6, 2)[:12]), noPorts("ip/0")},
+		{"routing header cut in its length byte", v6packet(0, extHeader(43, 1), []byte{6}), noPorts("ip/43")},
+		{"fragment header cut short", v6packet(44, fragHeader(6, 0, false)[:4]), noPorts("ip/44")},
+		{"authentication header cut short", v6packet(51, ahHeader(6)[:16]), noPorts("ip/51")},
+		{"transport header cut short", v6packet(0, extHeader(6, 1), ports[:2]), noPorts("tcp")},
+		{"more extension headers than the bound", v6packet(60, nineDestOpts...), noPorts("ip/60")},
+		{"eight extension headers are walked", v6packet(60, append(nineDestOpts[:7:7], extHeader(17, 1), ports)...), withPorts("udp")},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, s, d, ok := decodePacket(tc.b)
+			if got := [3]string{p, s, d}; got != tc.want || !ok {
+				t.Fatalf("got %q %v, want %q", got, ok, tc.want)
 			}
 		})
 	}
