@@ -41,11 +41,14 @@ type env struct {
 	tr    *http.Transport
 }
 
-func newEnv(t testing.TB, ttl time.Duration) *env {
+func newEnv(t testing.TB, ttl time.Duration, tweaks ...func(*coordinator.Config)) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), tr: &http.Transport{}}
 	tok := coordinator.NewAdminToken()
 	e.cfg = coordinator.Config{DataDir: filepath.Join(e.dir, "coord"), AdminToken: tok, LeaseTTL: ttl, ReapInterval: ttl / 5}
+	for _, tweak := range tweaks {
+		tweak(&e.cfg)
+	}
 	e.start("127.0.0.1:0")
 	e.admin = api.NewClient(e.URL, tok)
 	e.admin.HTTP = &http.Client{Transport: e.tr}

@@ -31,6 +31,8 @@ type jobRun struct {
 	// reporting is set once the result is being sent: the job ending under
 	// a waiting heartbeat is then expected, not a lost lease.
 	reporting atomic.Bool
+	// spoolErr is the first spool write error (spoolFailed): the job fails.
+	spoolErr atomic.Pointer[error]
 }
 
 // runJob carries one claim from workspace to result. Whatever happens, the
@@ -74,7 +76,10 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 	}()
 
 	logs, err := newLogShipper(jr, filepath.Join(jr.spool, "log"))
-	events := newEventShipper(jr)
+	events, evSpoolErr := newEventShipper(jr)
+	if err == nil {
+		err = evSpoolErr
+	}
 	var res Result
 	if err == nil {
 		res = jr.execute(jobCtx, logs, events)
@@ -100,6 +105,9 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 		logSize, flushErr = logs.close(reportCtx)
 	}
 	evErr := events.close(reportCtx)
+	if err := jr.spoolError(); err != nil {
+		res.fail(jr.redact(err.Error()))
+	}
 	switch cause := context.Cause(jobCtx); {
 	case cause == ErrLeaseLost || cause == ErrRevoked:
 		jr.log.Warn("job abandoned: no result reported", "cause", cause)
@@ -258,6 +266,19 @@ func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *lo
 			io.WriteString(logs, jr.redact(fmt.Sprintf("[cleanroom] artifact %s not uploaded: %v\n", art.Name, err)))
 			jr.log.Error("uploading artifact", "name", art.Name, "error", err)
 		}
+	}
+}
+
+// fail makes the result failed for reason, which goes before an earlier
+// failure's reason; an exit code of 0 becomes -1 (the agent failed the job,
+// not the build).
+func (r *Result) fail(reason string) {
+	if r.State != api.StateSucceeded && r.Reason != "" {
+		reason += "; " + r.Reason
+	}
+	r.State, r.Reason = api.StateFailed, reason
+	if r.ExitCode == 0 {
+		r.ExitCode = -1
 	}
 }
 
