@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -95,9 +96,13 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 			}
 		}()
 	}
-	// Upload what the executor produced unless the lease is gone.
+	// Upload what the executor produced unless the lease is gone. The
+	// signed provenance lists every artifact: one the coordinator does not
+	// have fails the job.
 	if context.Cause(jobCtx) != ErrLeaseLost && context.Cause(jobCtx) != ErrRevoked {
-		jr.uploadArtifacts(reportCtx, res.Artifacts, logs)
+		if failed := jr.uploadArtifacts(reportCtx, res.Artifacts, logs); len(failed) > 0 {
+			res.fail(jr.redact(strings.Join(failed, "; ")))
+		}
 	}
 	var logSize int64
 	var flushErr error
@@ -240,9 +245,11 @@ func (jr *jobRun) heartbeat(ctx context.Context) {
 	}
 }
 
-// uploadArtifacts sends each artifact file with its sha256. A missing or
-// non-regular file is noted in the log and skipped.
-func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *logShipper) {
+// uploadArtifacts sends each artifact file with its sha256 and returns why
+// each artifact that could not be hashed (a missing or non-regular file) or
+// uploaded (after retries) is missing, naming it. Those are noted in the log
+// too, and the others are still sent.
+func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *logShipper) (failed []string) {
 	for _, art := range arts {
 		kind := art.Kind
 		if kind == "" {
@@ -251,6 +258,7 @@ func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *lo
 		digest, err := fileSHA256(art.Path)
 		if err != nil {
 			io.WriteString(logs, jr.redact(fmt.Sprintf("[cleanroom] artifact %s skipped: %v\n", art.Name, err)))
+			failed = append(failed, fmt.Sprintf("artifact %s not uploaded: %v", art.Name, err))
 			continue
 		}
 		err = jr.a.retry(ctx, "uploading artifact", func() error {
@@ -265,8 +273,10 @@ func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *lo
 		if err != nil {
 			io.WriteString(logs, jr.redact(fmt.Sprintf("[cleanroom] artifact %s not uploaded: %v\n", art.Name, err)))
 			jr.log.Error("uploading artifact", "name", art.Name, "error", err)
+			failed = append(failed, fmt.Sprintf("artifact %s not uploaded: %v", art.Name, err))
 		}
 	}
+	return failed
 }
 
 // fail makes the result failed for reason, which goes before an earlier
