@@ -26,7 +26,8 @@ import (
 // while the agent runs (loseLease, revoke) and script failures of log
 // appends (logFaults) that a real coordinator gives only by accident.
 type fakeCoordinator struct {
-	ttl time.Duration // of every lease handed out
+	ttl      time.Duration // of every lease handed out
+	logLimit int64         // the leases' LogLimit (0: none, as an older coordinator)
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every change
@@ -88,7 +89,7 @@ func (f *fakeCoordinator) add(t testing.TB, id string, files map[string]string) 
 	f.jobs[id] = &fakeJob{source: src, token: token, calls: map[string]int{}, artifacts: map[string][]byte{}}
 	f.queue = append(f.queue, api.Claim{
 		Job:   api.Job{ID: id, State: api.StateRunning, Attempts: 1, Spec: spec, Source: api.Source{Kind: api.SourceUpload, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(src))}},
-		Lease: api.Lease{Token: token, TTL: api.Duration(f.ttl), Expires: time.Now().Add(f.ttl)},
+		Lease: api.Lease{Token: token, TTL: api.Duration(f.ttl), Expires: time.Now().Add(f.ttl), LogLimit: f.logLimit},
 	})
 	f.changedLocked()
 }
@@ -170,7 +171,7 @@ func (f *fakeCoordinator) Heartbeat(ctx context.Context, jobID string, req api.H
 	if _, err := f.lease("Heartbeat", jobID, req.Token); err != nil {
 		return api.HeartbeatResponse{}, err
 	}
-	return api.HeartbeatResponse{Lease: api.Lease{Token: req.Token, TTL: api.Duration(f.ttl), Expires: time.Now().Add(f.ttl)}}, nil
+	return api.HeartbeatResponse{Lease: api.Lease{Token: req.Token, TTL: api.Duration(f.ttl), Expires: time.Now().Add(f.ttl), LogLimit: f.logLimit}}, nil
 }
 
 func (f *fakeCoordinator) DownloadSource(ctx context.Context, jobID string, token int64, w io.Writer) (int64, error) {

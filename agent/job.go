@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +32,8 @@ type jobRun struct {
 	// reporting is set once the result is being sent: the job ending under
 	// a waiting heartbeat is then expected, not a lost lease.
 	reporting atomic.Bool
+	// spoolErr is the first spool write error (spoolFailed): the job fails.
+	spoolErr atomic.Pointer[error]
 }
 
 // runJob carries one claim from workspace to result. Whatever happens, the
@@ -74,7 +77,10 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 	}()
 
 	logs, err := newLogShipper(jr, filepath.Join(jr.spool, "log"))
-	events := newEventShipper(jr)
+	events, evSpoolErr := newEventShipper(jr)
+	if err == nil {
+		err = evSpoolErr
+	}
 	var res Result
 	if err == nil {
 		res = jr.execute(jobCtx, logs, events)
@@ -90,9 +96,13 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 			}
 		}()
 	}
-	// Upload what the executor produced unless the lease is gone.
+	// Upload what the executor produced unless the lease is gone. The
+	// signed provenance lists every artifact: one the coordinator does not
+	// have fails the job.
 	if context.Cause(jobCtx) != ErrLeaseLost && context.Cause(jobCtx) != ErrRevoked {
-		jr.uploadArtifacts(reportCtx, res.Artifacts, logs)
+		if failed := jr.uploadArtifacts(reportCtx, res.Artifacts, logs); len(failed) > 0 {
+			res.fail(jr.redact(strings.Join(failed, "; ")))
+		}
 	}
 	var logSize int64
 	var flushErr error
@@ -100,6 +110,9 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 		logSize, flushErr = logs.close(reportCtx)
 	}
 	evErr := events.close(reportCtx)
+	if err := jr.spoolError(); err != nil {
+		res.fail(jr.redact(err.Error()))
+	}
 	switch cause := context.Cause(jobCtx); {
 	case cause == ErrLeaseLost || cause == ErrRevoked:
 		jr.log.Warn("job abandoned: no result reported", "cause", cause)
@@ -232,9 +245,11 @@ func (jr *jobRun) heartbeat(ctx context.Context) {
 	}
 }
 
-// uploadArtifacts sends each artifact file with its sha256. A missing or
-// non-regular file is noted in the log and skipped.
-func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *logShipper) {
+// uploadArtifacts sends each artifact file with its sha256 and returns why
+// each artifact that could not be hashed (a missing or non-regular file) or
+// uploaded (after retries) is missing, naming it. Those are noted in the log
+// too, and the others are still sent.
+func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *logShipper) (failed []string) {
 	for _, art := range arts {
 		kind := art.Kind
 		if kind == "" {
@@ -243,6 +258,7 @@ func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *lo
 		digest, err := fileSHA256(art.Path)
 		if err != nil {
 			io.WriteString(logs, jr.redact(fmt.Sprintf("[cleanroom] artifact %s skipped: %v\n", art.Name, err)))
+			failed = append(failed, fmt.Sprintf("artifact %s not uploaded: %v", art.Name, err))
 			continue
 		}
 		err = jr.a.retry(ctx, "uploading artifact", func() error {
@@ -257,7 +273,22 @@ func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *lo
 		if err != nil {
 			io.WriteString(logs, jr.redact(fmt.Sprintf("[cleanroom] artifact %s not uploaded: %v\n", art.Name, err)))
 			jr.log.Error("uploading artifact", "name", art.Name, "error", err)
+			failed = append(failed, fmt.Sprintf("artifact %s not uploaded: %v", art.Name, err))
 		}
+	}
+	return failed
+}
+
+// fail makes the result failed for reason, which goes before an earlier
+// failure's reason; an exit code of 0 becomes -1 (the agent failed the job,
+// not the build).
+func (r *Result) fail(reason string) {
+	if r.State != api.StateSucceeded && r.Reason != "" {
+		reason += "; " + r.Reason
+	}
+	r.State, r.Reason = api.StateFailed, reason
+	if r.ExitCode == 0 {
+		r.ExitCode = -1
 	}
 }
 

@@ -17,20 +17,70 @@ import (
 // logChunk is the largest log request the agent sends.
 const logChunk = 256 << 10
 
+// ErrSpool is the cause of a job failed because its spool could not be
+// written: its log or its egress audit trail would be lost, so the job
+// fails closed instead of going on unrecorded.
+var ErrSpool = errors.New("job spool not writable")
+
+// spoolFile is a spool file as the shippers use it: an *os.File, or in
+// tests a disk that fills up.
+type spoolFile interface {
+	io.Writer
+	io.WriterAt
+	io.ReaderAt
+	io.Closer
+}
+
+// openSpool creates a spool file (0600); tests replace it to fail writes.
+var openSpool = func(path string, flag int) (spoolFile, error) {
+	f, err := os.OpenFile(path, flag, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// spoolFailed fails the job closed after a spool write error: the first
+// error is kept for the result and cancels the job.
+func (jr *jobRun) spoolFailed(err error) {
+	err = fmt.Errorf("%w: %w", ErrSpool, err)
+	if jr.spoolErr.CompareAndSwap(nil, &err) {
+		jr.log.Error("spool write failed; failing the job", "error", err)
+		jr.cancel(err)
+	}
+}
+
+// spoolError is the first spool write error of the job, or nil.
+func (jr *jobRun) spoolError() error {
+	if p := jr.spoolErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // logShipper is the job's output writer. Writes go to a spool file on disk
 // (never blocking on the network); a goroutine sends the bytes to the
 // coordinator in chunks with job-wide offsets, retrying with backoff and
 // jitter while it is unreachable. A chunk sent twice is stored once, and a
 // 409 with an expected offset re-synchronises the sender.
+//
+// The spool keeps at most limit bytes of the attempt's output (the lease's
+// LogLimit, the coordinator's cap), then api.LogTruncatedMarker once; the
+// rest is counted and dropped, so the spool never holds more than the cap
+// plus the marker and the coordinator gets no writes it would drop.
 type logShipper struct {
 	shipper
-	jr   *jobRun
-	f    *os.File
-	base int64 // job-wide offset of the spool's first byte
+	jr     *jobRun
+	f      spoolFile
+	base   int64 // job-wide offset of the spool's first byte
+	limit  int64 // most output bytes kept
+	marker string
 
 	// under mu
-	written int64 // bytes in the spool
+	written int64 // bytes in the spool: output up to limit, then the marker
 	sent    int64 // spool bytes the coordinator acknowledged
+	full    bool  // the limit was passed or the spool failed: writes are dropped
+	dropped int64 // output bytes not kept
 }
 
 // shipper is what the log and event shippers share: the sending goroutine's
@@ -94,26 +144,48 @@ func newLogShipper(jr *jobRun, path string) (*logShipper, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating spool: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := openSpool(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC)
 	if err != nil {
 		return nil, fmt.Errorf("creating log spool: %w", err)
 	}
-	l := &logShipper{shipper: newShipper(), jr: jr, f: f, base: jr.lease.LogOffset}
+	limit := jr.lease.LogLimit
+	if limit <= 0 {
+		limit = api.DefaultLogLimit
+	}
+	l := &logShipper{shipper: newShipper(), jr: jr, f: f, base: jr.lease.LogOffset, limit: limit, marker: api.LogTruncatedMarker(limit)}
 	go l.run()
 	return l, nil
 }
 
-// Write appends to the spool and wakes the sender.
+// Write appends to the spool and wakes the sender. It always takes all of
+// p, so the build's output pipe is drained whatever happens: past the limit
+// the marker is written once and the rest is dropped; a spool write error
+// fails the job (ErrSpool) and later output is dropped.
 func (l *logShipper) Write(p []byte) (int, error) {
 	l.mu.Lock()
-	n, err := l.f.WriteAt(p, l.written)
-	l.written += int64(n)
-	l.mu.Unlock()
-	l.wake()
-	if err != nil {
-		return n, fmt.Errorf("writing log spool: %w", err)
+	if l.full {
+		l.dropped += int64(len(p))
+		l.mu.Unlock()
+		return len(p), nil
 	}
-	return n, nil
+	keep := p
+	if room := l.limit - l.written; int64(len(p)) > room {
+		// The same cut as the store's: limit bytes kept, then the marker.
+		keep = append(p[:room:room], l.marker...)
+		l.full = true
+		l.dropped += int64(len(p)) - room
+	}
+	n, err := l.f.WriteAt(keep, l.written)
+	l.written += int64(n)
+	if err != nil {
+		l.full = true
+	}
+	l.mu.Unlock()
+	if err != nil {
+		l.jr.spoolFailed(fmt.Errorf("writing log spool: %w", err))
+	}
+	l.wake()
+	return len(p), nil
 }
 
 func (l *logShipper) run() {
@@ -184,45 +256,62 @@ func (l *logShipper) close(ctx context.Context) (int64, error) {
 	l.f.Close()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.dropped > 0 {
+		l.jr.log.Info("job log capped", "limit", l.limit, "dropped_bytes", l.dropped)
+	}
 	if l.sent < l.written && l.lost == nil {
 		l.lost = fmt.Errorf("sending log: %d bytes undelivered", l.written-l.sent)
 	}
 	return l.base + l.written, l.lost
 }
 
-// eventShipper implements Reporter: events are appended to memory (and a
-// spool file for inspection) and sent in numbered batches; the numbers make
-// a retried batch idempotent.
+// eventShipper implements Reporter: events are appended to memory and to
+// a spool file (the host's copy of the audit trail: a write error fails the
+// job) and sent in numbered batches; the numbers make a retried batch
+// idempotent.
 type eventShipper struct {
 	shipper
 	jr *jobRun
 
-	spool *os.File // written under mu
+	spool spoolFile // written under mu; nil after a write error
 
 	// under mu
 	events []api.EgressEvent
 	sent   int
 }
 
-func newEventShipper(jr *jobRun) *eventShipper {
+// newEventShipper starts the event shipper. It is usable even when its
+// spool file could not be created; the error then fails the job.
+func newEventShipper(jr *jobRun) (*eventShipper, error) {
 	e := &eventShipper{shipper: newShipper(), jr: jr}
-	if err := os.MkdirAll(jr.spool, 0o700); err == nil {
-		e.spool, _ = os.OpenFile(filepath.Join(jr.spool, "egress.jsonl"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	err := os.MkdirAll(jr.spool, 0o700)
+	if err == nil {
+		e.spool, err = openSpool(filepath.Join(jr.spool, "egress.jsonl"), os.O_WRONLY|os.O_CREATE|os.O_APPEND)
 	}
 	go e.run()
-	return e
+	if err != nil {
+		return e, fmt.Errorf("%w: creating egress spool: %w", ErrSpool, err)
+	}
+	return e, nil
 }
 
 // Event queues one egress event as the executor stamped it (netpolicy
 // names runner, job, sandbox and time where the event is born; the
 // coordinator sets runner and job from the lease again when it stores it).
 func (e *eventShipper) Event(ev api.EgressEvent) {
+	var err error
 	e.mu.Lock()
 	e.events = append(e.events, ev)
 	if e.spool != nil {
-		_ = json.NewEncoder(e.spool).Encode(ev)
+		if err = json.NewEncoder(e.spool).Encode(ev); err != nil {
+			e.spool.Close()
+			e.spool = nil
+		}
 	}
 	e.mu.Unlock()
+	if err != nil {
+		e.jr.spoolFailed(fmt.Errorf("writing egress spool: %w", err))
+	}
 	e.wake()
 }
 

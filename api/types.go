@@ -413,6 +413,12 @@ type Lease struct {
 	// LogOffset is where this attempt's log starts: earlier attempts of a
 	// re-queued job keep their bytes, and offsets are job-wide.
 	LogOffset int64 `json:"log_offset"`
+	// LogLimit is the coordinator's per-job log cap in bytes (its
+	// max_log). The agent spools and sends no more than this of an
+	// attempt's output, then LogTruncatedMarker once, so a build that
+	// prints without end fills neither the agent's disk nor the store.
+	// 0 (an older coordinator): DefaultLogLimit.
+	LogLimit int64 `json:"log_limit,omitempty"`
 }
 
 // ClaimRequest asks for up to Slots jobs, waiting up to Wait for one to arrive.

@@ -28,8 +28,11 @@ func fence(r *http.Request, tok int64) (store.Fence, error) {
 	return f, nil
 }
 
+// lease is what a runner is told of its lease with a claim and every
+// heartbeat, including the log cap it spools up to.
 func (s *Server) lease(j store.Job) api.Lease {
-	return api.Lease{Token: j.LeaseToken, Expires: j.LeaseExpires, TTL: api.Duration(s.cfg.LeaseTTL), LogOffset: j.LogOffset}
+	return api.Lease{Token: j.LeaseToken, Expires: j.LeaseExpires, TTL: api.Duration(s.cfg.LeaseTTL), LogOffset: j.LogOffset,
+		LogLimit: s.cfg.MaxLog}
 }
 
 func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) error {

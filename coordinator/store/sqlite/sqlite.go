@@ -30,7 +30,7 @@ type Options struct {
 }
 
 // DefaultLogMax is the per-job log cap when Options leave it zero.
-const DefaultLogMax = 16 << 20
+const DefaultLogMax = api.DefaultLogLimit
 
 // Store is the SQLite store. Create it with Open.
 type Store struct {
@@ -67,7 +67,7 @@ func Open(ctx context.Context, path string, opts Options) (_ *Store, retErr erro
 		opts.Log.MaxBytes = DefaultLogMax
 	}
 	if opts.Log.Marker == "" {
-		opts.Log.Marker = fmt.Sprintf("\n[cleanroom: log truncated: more than %d bytes; the rest of this job's output was dropped]\n", opts.Log.MaxBytes)
+		opts.Log.Marker = api.LogTruncatedMarker(opts.Log.MaxBytes)
 	}
 	return &Store{db: db, log: opts.Log}, nil
 }
