@@ -53,8 +53,13 @@ type jobRun struct {
 	arts      []agent.Artifact
 }
 
-// errEgressViolation is the cancel cause when on_violation is kill.
-var errEgressViolation = errors.New("egress violation")
+// Causes with which the watcher ends a job's steps.
+var (
+	// errEgressViolation: a denied attempt, with on_violation kill.
+	errEgressViolation = errors.New("egress violation")
+	// errAuditStopped: the job's egress could no longer be audited.
+	errAuditStopped = errors.New("egress audit stopped")
+)
 
 // jobError ends a job: the phase that returns it says why in one line.
 // jobRun.result is the one place it becomes the job's result.
@@ -289,21 +294,35 @@ func (r *jobRun) sandbox(ctx context.Context) error {
 	return nil
 }
 
-// watch ends the job at the first denied attempt when on_violation is
-// kill. Nothing runs before the sandbox exists, so nothing can violate the
-// policy before this watcher starts.
+// watch ends the job when its egress can no longer be audited (a reader,
+// the DNS responder or the audit file failed: nothing may run unaudited, in
+// any mode) and, when on_violation is kill, at the first denied attempt.
+// Nothing runs before the sandbox exists, so nothing can happen before this
+// watcher starts; the network's channels are buffered.
 func (r *jobRun) watch(ctx context.Context) error {
-	if !r.netPolicy.Kill {
-		return nil
+	var violations <-chan netpolicy.Event
+	if r.netPolicy.Kill {
+		violations = r.nw.Violations()
+	}
+	stop := func(cause error) {
+		r.cancelRun(cause)
+		if err := r.sb.Kill(ctx); err != nil {
+			r.e.cfg.Logger.Error("killing the sandbox", "job", r.job.ID, "cause", cause, "error", err)
+		}
 	}
 	go func() {
 		select {
-		case ev := <-r.nw.Violations():
-			r.log.say("egress violation: %s %s → %s%s: ending the job now (on_violation: kill)", ev.Proto, ev.Src, ev.Dst, domainNote(ev.Domain))
-			r.cancelRun(errEgressViolation)
-			if err := r.sb.Kill(ctx); err != nil {
-				r.e.cfg.Logger.Error("killing the sandbox after an egress violation", "job", r.job.ID, "error", err)
+		case err := <-r.nw.AuditFailed():
+			r.log.say("egress audit stopped (%v): ending the job now, nothing may run unaudited", err)
+			stop(fmt.Errorf("%w: %v", errAuditStopped, err))
+		case ev := <-violations:
+			if ev.Rule == netpolicy.RuleAuditFailure { // the audit's own failure, reported as a deny
+				r.log.say("egress audit stopped (%s: %s): ending the job now, nothing may run unaudited", ev.Domain, ev.Answer)
+				stop(fmt.Errorf("%w: %s: %s", errAuditStopped, ev.Domain, ev.Answer))
+				return
 			}
+			r.log.say("egress violation: %s %s → %s%s: ending the job now (on_violation: kill)", ev.Proto, ev.Src, ev.Dst, domainNote(ev.Domain))
+			stop(errEgressViolation)
 		case <-r.runCtx.Done():
 		}
 	}()
@@ -332,8 +351,8 @@ func (r *jobRun) steps(context.Context) error {
 		if err != nil {
 			return failed(127, "%s: %v", st.name, err)
 		}
-		if errors.Is(context.Cause(r.runCtx), errEgressViolation) {
-			return &jobError{reason: "egress violation", exit: exitOr(res.ExitCode, 1)} // the watcher said why
+		if cause := context.Cause(r.runCtx); errors.Is(cause, errEgressViolation) || errors.Is(cause, errAuditStopped) {
+			return &jobError{reason: cause.Error(), exit: exitOr(res.ExitCode, 1)} // the watcher said why
 		}
 		if res.Failed() {
 			reason := fmt.Sprintf("%s step failed: %s", st.name, res)

@@ -41,9 +41,13 @@ type world struct {
 	// build step starts.
 	violate    bool
 	violations chan netpolicy.Event
-	netCfg     netpolicy.Config
-	sbOpts     sandbox.Options
-	ws         string
+	// auditFails, when set, makes the network report a failed audit reader
+	// as the build step starts.
+	auditFails  bool
+	auditFailed chan error
+	netCfg      netpolicy.Config
+	sbOpts      sandbox.Options
+	ws          string
 }
 
 func (w *world) record(s string) {
@@ -69,6 +73,7 @@ func (w *world) Setup(_ context.Context, cfg netpolicy.Config) (jobNetwork, erro
 		return nil, w.netErr
 	}
 	w.violations = make(chan netpolicy.Event, 1)
+	w.auditFailed = make(chan error, 1)
 	return &fakeNetwork{w}, nil
 }
 
@@ -91,6 +96,7 @@ func (n *fakeNetwork) Allowed() []netpolicy.Destination {
 	return []netpolicy.Destination{{Host: "registry.cleanroom.test", IPs: []net.IP{net.IPv4(10, 0, 0, 1)}, Port: 4873}}
 }
 func (n *fakeNetwork) Violations() <-chan netpolicy.Event { return n.w.violations }
+func (n *fakeNetwork) AuditFailed() <-chan error          { return n.w.auditFailed }
 func (n *fakeNetwork) Close(context.Context) error {
 	n.w.record("network close")
 	return nil
@@ -106,8 +112,12 @@ func (s *fakeSandbox) ID() string            { return "cr-fake" }
 func (s *fakeSandbox) WorkspacePath() string { return s.w.ws }
 func (s *fakeSandbox) Run(ctx context.Context, st sandbox.Step) (sandbox.Result, error) {
 	s.w.record("run " + st.Args[0])
-	if s.w.violate && st.Args[0] == "/bin/sh" {
-		s.w.violations <- netpolicy.Event{Proto: "tcp", Src: "10.0.0.2:1234", Dst: "169.254.169.254:80", Verdict: "deny"}
+	if (s.w.violate || s.w.auditFails) && st.Args[0] == "/bin/sh" {
+		if s.w.violate {
+			s.w.violations <- netpolicy.Event{Proto: "tcp", Src: "10.0.0.2:1234", Dst: "169.254.169.254:80", Verdict: "deny"}
+		} else {
+			s.w.auditFailed <- errors.New("netpolicy: egress audit failed: nflog: reading: socket closed")
+		}
 		select { // a step that would run for ever, ended by the kill
 		case <-s.killed:
 			return sandbox.Result{ExitCode: 137, Reason: sandbox.ReasonKilledHost}, nil
@@ -331,6 +341,22 @@ func TestKillModeViolationEndsTheJob(t *testing.T) {
 				t.Fatalf("result = %+v, calls %v", res, w.log())
 			}
 			if !strings.Contains(log, "ending the job now (on_violation: kill)") {
+				t.Errorf("log: %s", log)
+			}
+		})
+	}
+}
+
+func TestAuditFailureEndsTheJobInAnyMode(t *testing.T) {
+	for _, mode := range []api.OnViolation{api.OnViolationDeny, api.OnViolationKill} {
+		t.Run(string(mode), func(t *testing.T) {
+			w := &world{auditFails: true}
+			e := newFakeExecutor(t, w, func(c *Config) { c.OnViolation = mode })
+			res, log := run(t, e, w, api.JobSpec{})
+			if res.State != api.StateFailed || !strings.HasPrefix(res.Reason, "egress audit stopped: ") || !strings.Contains(res.Reason, "nflog") || !w.has("kill") {
+				t.Fatalf("result = %+v, calls %v", res, w.log())
+			}
+			if !strings.Contains(log, "nothing may run unaudited") {
 				t.Errorf("log: %s", log)
 			}
 		})

@@ -38,6 +38,7 @@ type networks interface {
 type jobNetwork interface {
 	Allowed() []netpolicy.Destination
 	Violations() <-chan netpolicy.Event
+	AuditFailed() <-chan error
 	Close(ctx context.Context) error
 }
 
