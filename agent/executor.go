@@ -64,6 +64,10 @@ type Artifact struct {
 	Name string
 	Path string
 	Kind string
+	// SHA256, if set, is the file's digest as the executor computed it while
+	// it wrote the file, so the agent does not read it again; the
+	// coordinator checks it on upload.
+	SHA256 string
 }
 
 // ExecutorFunc adapts a function to Executor (tests, simple executors).

@@ -255,7 +255,10 @@ func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *lo
 		if kind == "" {
 			kind = api.KindFile
 		}
-		digest, err := fileSHA256(art.Path)
+		digest, err := art.SHA256, checkRegular(art.Path)
+		if err == nil && digest == "" {
+			digest, err = fileSHA256(art.Path)
+		}
 		if err != nil {
 			io.WriteString(logs, jr.redact(fmt.Sprintf("[cleanroom] artifact %s skipped: %v\n", art.Name, err)))
 			failed = append(failed, fmt.Sprintf("artifact %s not uploaded: %v", art.Name, err))
@@ -292,15 +295,20 @@ func (r *Result) fail(reason string) {
 	}
 }
 
-// fileSHA256 hashes a regular file, refusing symlinks and special files.
-func fileSHA256(path string) (string, error) {
+// checkRegular refuses symlinks and special files as artifacts.
+func checkRegular(path string) error {
 	fi, err := os.Lstat(path)
 	if err != nil {
-		return "", fmt.Errorf("reading artifact: %w", err)
+		return fmt.Errorf("reading artifact: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("reading artifact %s: not a regular file", path)
+		return fmt.Errorf("reading artifact %s: not a regular file", path)
 	}
+	return nil
+}
+
+// fileSHA256 hashes a regular file.
+func fileSHA256(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("reading artifact: %w", err)

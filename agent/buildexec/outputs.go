@@ -102,21 +102,14 @@ type ArtifactLimits struct {
 // the agent's config says nothing.
 const DefaultArtifactFiles = 10000
 
-// collected is one artifact file copied out of the workspace, with the
-// sha256 computed while it was copied.
-type collected struct {
-	agent.Artifact
-	SHA256 string
-}
-
 // collectArtifacts copies the regular files at or below each pattern
 // (workspace-relative paths, shell globs allowed) into outDir, hashing them
 // as they stream. Symlinks are never followed and nothing outside the
 // workspace is read: a build cannot smuggle a host file out as an artifact.
-// Every file is listed and checked against lim first (names without
+// Each artifact carries the sha256 computed while it was copied. Every file is listed and checked against lim first (names without
 // control characters, count, total apparent size), so a build that
 // exceeds them copies nothing; the copy stops when ctx ends.
-func collectArtifacts(ctx context.Context, ws string, patterns []string, outDir string, lim ArtifactLimits) ([]collected, error) {
+func collectArtifacts(ctx context.Context, ws string, patterns []string, outDir string, lim ArtifactLimits) ([]agent.Artifact, error) {
 	root, err := os.OpenRoot(ws)
 	if err != nil {
 		return nil, err
@@ -129,7 +122,7 @@ func collectArtifacts(ctx context.Context, ws string, patterns []string, outDir 
 	if err := os.MkdirAll(outDir, 0o700); err != nil {
 		return nil, err
 	}
-	out := make([]collected, 0, len(files))
+	out := make([]agent.Artifact, 0, len(files))
 	for _, p := range files {
 		c, err := copyArtifact(ctx, root, p, outDir)
 		if err != nil {
@@ -214,19 +207,19 @@ func controlChar(s string) rune {
 
 // copyArtifact copies one listed file into outDir, hashing it on the way,
 // and refuses it if it grew since it was listed.
-func copyArtifact(ctx context.Context, root *os.Root, a artifactFile, outDir string) (collected, error) {
+func copyArtifact(ctx context.Context, root *os.Root, a artifactFile, outDir string) (agent.Artifact, error) {
 	src, err := root.Open(filepath.FromSlash(a.name))
 	if err != nil {
-		return collected{}, err
+		return agent.Artifact{}, err
 	}
 	defer src.Close()
 	dst := filepath.Join(outDir, filepath.FromSlash(a.name))
 	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
-		return collected{}, err
+		return agent.Artifact{}, err
 	}
 	f, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return collected{}, err
+		return agent.Artifact{}, err
 	}
 	h := sha256.New()
 	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(ctxReader{ctx, src}, a.size+1))
@@ -237,9 +230,9 @@ func copyArtifact(ctx context.Context, root *os.Root, a artifactFile, outDir str
 		err = fmt.Errorf("grew past its listed %d bytes while it was copied", a.size)
 	}
 	if err != nil {
-		return collected{}, err
+		return agent.Artifact{}, err
 	}
-	return collected{Artifact: agent.Artifact{Name: a.name, Path: dst, Kind: api.KindFile}, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	return agent.Artifact{Name: a.name, Path: dst, Kind: api.KindFile, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
 // ctxReader ends a copy when its context does.

@@ -373,7 +373,7 @@ func (r *jobRun) outputs(ctx context.Context) error {
 	if lim.MaxBytes <= 0 {
 		lim.MaxBytes = r.limits.DiskBytes
 	}
-	files, err := collectArtifacts(ctx, r.sb.WorkspacePath(), r.job.Spec.Artifacts, filepath.Join(r.dir, "out"), lim)
+	arts, err := collectArtifacts(ctx, r.sb.WorkspacePath(), r.job.Spec.Artifacts, filepath.Join(r.dir, "out"), lim)
 	if err != nil {
 		return failed(1, "collecting artifacts: %v", err)
 	}
@@ -381,10 +381,8 @@ func (r *jobRun) outputs(ctx context.Context) error {
 	if err := writeSBOM(r.ws, r.lf, sbomPath); err != nil {
 		return failed(1, "writing SBOM: %v", err)
 	}
-	arts := make([]agent.Artifact, 0, len(files)+2)
-	subjects := make([]supplychain.Artifact, 0, len(files)+1)
-	for _, f := range files {
-		arts = append(arts, f.Artifact)
+	subjects := make([]supplychain.Artifact, 0, len(arts)+1)
+	for _, f := range arts {
 		subjects = append(subjects, supplychain.Artifact{Name: f.Name, SHA256: f.SHA256})
 	}
 	sbomSubj, err := supplychain.HashFile(sbomPath)
@@ -401,7 +399,7 @@ func (r *jobRun) outputs(ctx context.Context) error {
 		return failed(1, "signing provenance: %v", err)
 	}
 	r.arts = append(arts,
-		agent.Artifact{Name: supplychain.SBOMFile, Path: sbomPath, Kind: api.KindSBOM},
+		agent.Artifact{Name: supplychain.SBOMFile, Path: sbomPath, Kind: api.KindSBOM, SHA256: sbomSubj.SHA256},
 		agent.Artifact{Name: supplychain.ProvenanceFile, Path: provPath, Kind: api.KindProvenance})
 	r.log.say("%d artifact(s), SBOM (%d components) and signed provenance ready", len(arts), len(r.lf.Packages))
 	return nil
