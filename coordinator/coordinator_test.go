@@ -411,6 +411,12 @@ func TestJobIsLostAfterMaxAttempts(t *testing.T) {
 			if !strings.Contains(got.Reason, "lease expired") {
 				t.Fatalf("lost reason = %q", got.Reason)
 			}
+			// The coordinator's line in the log is one of cleanroom's own.
+			var buf bytes.Buffer
+			c.AdminClient().ReadLog(ctx, j.ID, 0, false, &buf)
+			if want := "\n" + api.Record("[cleanroom: "+got.Reason+"]"); !strings.HasSuffix(buf.String(), want) {
+				t.Fatalf("log = %q, want it to end with %q", buf.String(), want)
+			}
 			return
 		}
 		if time.Now().After(deadline) {
@@ -519,7 +525,7 @@ func TestLogAppendIsIdempotentAndRefusesGaps(t *testing.T) {
 	}
 	buf.Reset()
 	c.AdminClient().ReadLog(ctx, j.ID, 0, true, &buf)
-	if !strings.HasPrefix(buf.String(), "hello world\n"+strings.Repeat("x", 52)) || !strings.Contains(buf.String(), "log truncated") || !strings.HasSuffix(buf.String(), "dropped]\n") {
+	if !strings.HasPrefix(buf.String(), "hello world\n"+strings.Repeat("x", 52)) || !strings.Contains(buf.String(), "\n"+string(api.RecordMarker)+"[cleanroom: log truncated") || !strings.HasSuffix(buf.String(), "dropped]\n") {
 		t.Fatalf("truncated log = %q", buf.String())
 	}
 }

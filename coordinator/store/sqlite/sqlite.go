@@ -67,7 +67,7 @@ func Open(ctx context.Context, path string, opts Options) (_ *Store, retErr erro
 		opts.Log.MaxBytes = DefaultLogMax
 	}
 	if opts.Log.Marker == "" {
-		opts.Log.Marker = fmt.Sprintf("\n[cleanroom: log truncated: more than %d bytes; the rest of this job's output was dropped]\n", opts.Log.MaxBytes)
+		opts.Log.Marker = "\n" + api.Record(fmt.Sprintf("[cleanroom: log truncated: more than %d bytes; the rest of this job's output was dropped]", opts.Log.MaxBytes))
 	}
 	return &Store{db: db, log: opts.Log}, nil
 }
@@ -834,7 +834,7 @@ func (s *Store) ReapExpired(ctx context.Context, now time.Time) ([]store.Reaped,
 			if err != nil {
 				return fmt.Errorf("reaping job %s: %w", e.id, err)
 			}
-			if err := s.appendTx(ctx, tx, e.id, []byte("\n[cleanroom: "+reason+"]\n")); err != nil {
+			if err := s.appendTx(ctx, tx, e.id, []byte("\n"+api.Record("[cleanroom: "+reason+"]"))); err != nil {
 				return err
 			}
 			out = append(out, store.Reaped{JobID: e.id, State: state})
