@@ -765,6 +765,14 @@ func TestArtifactsAreVerifiedListedAndDownloaded(t *testing.T) {
 	if err == nil {
 		t.Fatal("artifact name with .. accepted")
 	}
+	// Names that would rewrite a terminal or reorder text: 400 naming the field.
+	for _, name := range []string{"dist/\x1b[2Japp.js", "dist/a\nb", "dist/a\x7f", "dist/a\u009bb", "dist/evil\u202esj.exe", "dist/a\u2066b"} {
+		_, err := r.UploadArtifact(ctx, j.ID, cl.Lease.Token, name, api.KindFile, sha(data), bytes.NewReader(data))
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || len(ae.Fields) != 1 || ae.Fields[0].Field != "name" {
+			t.Errorf("uploading %q: %v, want 400 naming the field name", name, err)
+		}
+	}
 	a, err := r.UploadArtifact(ctx, j.ID, cl.Lease.Token, "sbom.cdx.json", api.KindSBOM, sha(data), bytes.NewReader(data))
 	if err != nil || a.SHA256 != sha(data) || a.Kind != api.KindSBOM {
 		t.Fatalf("upload: %+v %v", a, err)
