@@ -29,7 +29,7 @@ gutter "│ ", so no line of the build starts like one of cleanroom's.
 
 --raw prints the stored bytes unchanged instead: the build's output as it was
 printed (escape sequences included), and each of cleanroom's lines after the
-byte 0x1E (docs/api.md, "Job logs"). Do not send it to a terminal you trust.`,
+byte 0x1E (docs/api.md, "Job log format"). Do not send it to a terminal you trust.`,
 		Args: cobra.ExactArgs(1),
 	}
 	cf := addClientFlags(cmd, false)

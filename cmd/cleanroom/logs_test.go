@@ -166,6 +166,14 @@ func TestLogsNeverPrintABuildLineAsAnAgentLine(t *testing.T) {
 		}
 		check(strings.Join(args[:len(args)-1], " "), out.String())
 	}
+	// The job's reason, which can carry text the build chose, is shown the
+	// same way where the CLI prints it.
+	for _, args := range [][]string{{"status", job.ID}, {"jobs"}} {
+		cmd, out, errOut := cliCmd(t, url, admin, args...)
+		if err := cmd.Run(); err != nil || strings.Contains(out.String(), "\x1b") || !strings.Contains(out.String(), "build step failed: ␛]0;pwned␇") {
+			t.Errorf("%v: %v %s\n%q", args, err, errOut, out)
+		}
+	}
 	cmd, out, errOut := cliCmd(t, url, admin, "logs", "--raw", job.ID)
 	if err := cmd.Run(); err != nil || !bytes.Equal(out.Bytes(), log) {
 		t.Fatalf("logs --raw: %v %s\n%q\nwant the stored bytes %q", err, errOut, out, log)
