@@ -139,8 +139,7 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 // (including cancel, timeout and shutdown) into a Result.
 func (jr *jobRun) execute(jobCtx context.Context, logs *logShipper, events *eventShipper) Result {
 	a := jr.a
-	say := func(format string, args ...any) { io.WriteString(logs, jr.redact(fmt.Sprintf(format, args...))) }
-	fmt.Fprintf(logs, "[cleanroom] job %s attempt %d on runner %s (%s)\n", jr.job.ID, jr.job.Attempts, a.cfg.Name, a.cfg.RunnerID)
+	jr.say(logs, "job %s attempt %d on runner %s (%s)", jr.job.ID, jr.job.Attempts, a.cfg.Name, a.cfg.RunnerID)
 	for _, d := range []string{jr.ws, jr.spool} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return Result{State: api.StateFailed, ExitCode: -1, Reason: fmt.Sprintf("creating %s: %v", d, err)}
@@ -156,7 +155,7 @@ func (jr *jobRun) execute(jobCtx context.Context, logs *logShipper, events *even
 	var res Result
 	var err error
 	if err = a.fetchSource(runCtx, &jr.job, jr.lease.Token, jr.ws, jr.spool); err != nil {
-		say("[cleanroom] %v\n", err)
+		jr.say(logs, "%v", err)
 		res = Result{State: api.StateFailed, ExitCode: -1, Reason: err.Error()}
 	} else {
 		res, err = a.exec.Run(runCtx, &jr.job, jr.ws, logs, events)
@@ -182,9 +181,15 @@ func (jr *jobRun) execute(jobCtx context.Context, logs *logShipper, events *even
 		}
 	}
 	if res.State != api.StateSucceeded {
-		say("[cleanroom] job %s: %s\n", res.State, res.Reason)
+		jr.say(logs, "job %s: %s", res.State, res.Reason)
 	}
 	return res
+}
+
+// say writes a line of the job loop's own to the job's log, redacted and
+// framed as the agent's (api.AgentLine), so the build cannot imitate it.
+func (jr *jobRun) say(logs io.Writer, format string, args ...any) {
+	io.WriteString(logs, api.AgentLine(jr.redact(fmt.Sprintf(format, args...))))
 }
 
 // redact removes secrets from a line of the job loop's own, when the
@@ -260,7 +265,7 @@ func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *lo
 			digest, err = fileSHA256(art.Path)
 		}
 		if err != nil {
-			io.WriteString(logs, jr.redact(fmt.Sprintf("[cleanroom] artifact %s skipped: %v\n", art.Name, err)))
+			jr.say(logs, "artifact %s not uploaded: %v", art.Name, err)
 			failed = append(failed, fmt.Sprintf("artifact %s not uploaded: %v", art.Name, err))
 			continue
 		}
@@ -274,7 +279,7 @@ func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *lo
 			return err
 		})
 		if err != nil {
-			io.WriteString(logs, jr.redact(fmt.Sprintf("[cleanroom] artifact %s not uploaded: %v\n", art.Name, err)))
+			jr.say(logs, "artifact %s not uploaded: %v", art.Name, err)
 			jr.log.Error("uploading artifact", "name", art.Name, "error", err)
 			failed = append(failed, fmt.Sprintf("artifact %s not uploaded: %v", art.Name, err))
 		}

@@ -129,7 +129,7 @@ func TestRetriedLogAppendsStoreEachByteOnce(t *testing.T) {
 	if n := j.calls["AppendLog"]; n < 4 {
 		t.Errorf("%d log appends, want the 3 failures and their retries", n)
 	}
-	if !strings.HasPrefix(log, "[cleanroom] job j1") || !strings.HasSuffix(log, strings.Join(lines, "")) {
+	if !strings.HasPrefix(log, string(api.RecordMarker)+api.AgentPrefix+"job j1") || !strings.HasSuffix(log, strings.Join(lines, "")) {
 		t.Fatalf("log = %q, want the agent's header, then every line in order", log)
 	}
 	for _, l := range lines {

@@ -10,6 +10,7 @@ const DefaultLogLimit = 16 << 20
 // bytes. The store writes it, and the agent writes the same text where it
 // stops spooling, so a log capped at the agent reads as one capped at the
 // coordinator.
+// It is a record (api.Record), so it renders as cleanroom's own line.
 func LogTruncatedMarker(limit int64) string {
-	return fmt.Sprintf("\n[cleanroom: log truncated: more than %d bytes; the rest of this job's output was dropped]\n", limit)
+	return "\n" + Record(fmt.Sprintf("[cleanroom: log truncated: more than %d bytes; the rest of this job's output was dropped]", limit))
 }

@@ -282,7 +282,10 @@ func (f *EgressFilter) Validate() error {
 // name, kind and sha256.
 func (a *Artifact) Validate() error {
 	var fe FieldErrors
-	if !validArtifactName(a.Name) {
+	switch {
+	case hasUnsafeRune(a.Name):
+		fe.add("name", "must not contain control characters (C0, DEL, C1, bidi or other format characters)")
+	case !validArtifactName(a.Name):
 		fe.add("name", "must be a relative path without '..'")
 	}
 	if a.Kind != KindFile && a.Kind != KindSBOM && a.Kind != KindProvenance {
@@ -305,6 +308,13 @@ func validArtifactName(n string) bool {
 		}
 	}
 	return true
+}
+
+// hasUnsafeRune reports whether s holds a rune that controls a terminal
+// (unsafeRune): a name a person reads in a listing or a download must not
+// move the cursor or reorder text.
+func hasUnsafeRune(s string) bool {
+	return strings.IndexFunc(s, unsafeRune) >= 0
 }
 
 func hasDotDot(p string) bool {

@@ -411,6 +411,12 @@ func TestJobIsLostAfterMaxAttempts(t *testing.T) {
 			if !strings.Contains(got.Reason, "lease expired") {
 				t.Fatalf("lost reason = %q", got.Reason)
 			}
+			// The coordinator's line in the log is one of cleanroom's own.
+			var buf bytes.Buffer
+			c.AdminClient().ReadLog(ctx, j.ID, 0, false, &buf)
+			if want := "\n" + api.Record("[cleanroom: "+got.Reason+"]"); !strings.HasSuffix(buf.String(), want) {
+				t.Fatalf("log = %q, want it to end with %q", buf.String(), want)
+			}
 			return
 		}
 		if time.Now().After(deadline) {
@@ -519,7 +525,7 @@ func TestLogAppendIsIdempotentAndRefusesGaps(t *testing.T) {
 	}
 	buf.Reset()
 	c.AdminClient().ReadLog(ctx, j.ID, 0, true, &buf)
-	if !strings.HasPrefix(buf.String(), "hello world\n"+strings.Repeat("x", 52)) || !strings.Contains(buf.String(), "log truncated") || !strings.HasSuffix(buf.String(), "dropped]\n") {
+	if !strings.HasPrefix(buf.String(), "hello world\n"+strings.Repeat("x", 52)) || !strings.Contains(buf.String(), "\n"+string(api.RecordMarker)+"[cleanroom: log truncated") || !strings.HasSuffix(buf.String(), "dropped]\n") {
 		t.Fatalf("truncated log = %q", buf.String())
 	}
 }
@@ -758,6 +764,14 @@ func TestArtifactsAreVerifiedListedAndDownloaded(t *testing.T) {
 	_, err = r.UploadArtifact(ctx, j.ID, cl.Lease.Token, "../../etc/passwd", api.KindFile, sha(data), bytes.NewReader(data))
 	if err == nil {
 		t.Fatal("artifact name with .. accepted")
+	}
+	// Names that would rewrite a terminal or reorder text: 400 naming the field.
+	for _, name := range []string{"dist/\x1b[2Japp.js", "dist/a\nb", "dist/a\x7f", "dist/a\u009bb", "dist/evil\u202esj.exe", "dist/a\u2066b"} {
+		_, err := r.UploadArtifact(ctx, j.ID, cl.Lease.Token, name, api.KindFile, sha(data), bytes.NewReader(data))
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || len(ae.Fields) != 1 || ae.Fields[0].Field != "name" {
+			t.Errorf("uploading %q: %v, want 400 naming the field name", name, err)
+		}
 	}
 	a, err := r.UploadArtifact(ctx, j.ID, cl.Lease.Token, "sbom.cdx.json", api.KindSBOM, sha(data), bytes.NewReader(data))
 	if err != nil || a.SHA256 != sha(data) || a.Kind != api.KindSBOM {

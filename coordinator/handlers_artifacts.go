@@ -3,6 +3,7 @@ package coordinator
 import (
 	"errors"
 	"net/http"
+	"path"
 
 	"github.com/cleanroom-ci/cleanroom/api"
 )
@@ -62,5 +63,5 @@ func (s *Server) handleGetArtifact(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	return s.serveBlob(w, r, a.SHA256, "application/octet-stream")
+	return s.serveBlob(w, r, a.SHA256, "application/octet-stream", path.Base(a.Name))
 }

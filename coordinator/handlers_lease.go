@@ -149,5 +149,5 @@ func (s *Server) handleSource(w http.ResponseWriter, r *http.Request) error {
 	if j.Source.Kind != api.SourceUpload {
 		return fmt.Errorf("job %s has a %s source, nothing uploaded: %w", j.ID, j.Source.Kind, store.ErrNotFound)
 	}
-	return s.serveBlob(w, r, j.Source.SHA256, "application/gzip")
+	return s.serveBlob(w, r, j.Source.SHA256, "application/gzip", j.ID+".tar.gz")
 }

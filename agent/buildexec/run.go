@@ -87,8 +87,9 @@ type jobLog struct {
 	w io.Writer
 }
 
+// say writes one of the agent's lines, framed as such (api.AgentLine).
 func (l jobLog) say(format string, args ...any) {
-	fmt.Fprintf(l.w, "[cleanroom] "+format+"\n", args...)
+	io.WriteString(l.w, api.AgentLine(fmt.Sprintf(format, args...)))
 }
 
 func (e *Executor) newRun(job *api.Job, ws string, out io.Writer, rep agent.Reporter) *jobRun {
@@ -347,7 +348,7 @@ func (r *jobRun) steps(context.Context) error {
 	steps = append(steps, step{"build", build})
 	for _, st := range steps {
 		r.log.say("$ %s", strings.Join(st.argv, " "))
-		res, err := r.sb.Run(r.runCtx, sandbox.Step{Args: st.argv, Stdout: r.out, Grace: r.e.cfg.StepStop})
+		res, err := r.sb.Run(r.runCtx, sandbox.Step{Args: st.argv, Stdout: api.BuildOutput(r.out), Grace: r.e.cfg.StepStop})
 		if err != nil {
 			return failed(127, "%s: %v", st.name, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -37,6 +38,9 @@ type world struct {
 	sbErr  error // Create fails with it
 	// exits maps a step's argv[0] to its exit code (default 0).
 	exits map[string]int
+	// prints maps a step's argv[0] to what it writes to its output, in
+	// writes of these chunks.
+	prints map[string][]string
 	// violate, when set, makes the network report a denied attempt as the
 	// build step starts.
 	violate    bool
@@ -123,6 +127,11 @@ func (s *fakeSandbox) Run(ctx context.Context, st sandbox.Step) (sandbox.Result,
 			return sandbox.Result{ExitCode: 137, Reason: sandbox.ReasonKilledHost}, nil
 		case <-time.After(10 * time.Second):
 			return sandbox.Result{}, errors.New("the violation did not kill the sandbox")
+		}
+	}
+	for _, chunk := range s.w.prints[st.Args[0]] {
+		if _, err := io.WriteString(st.Stdout, chunk); err != nil {
+			return sandbox.Result{}, err
 		}
 	}
 	return sandbox.Result{ExitCode: s.w.exits[st.Args[0]], Duration: time.Millisecond}, nil
@@ -313,6 +322,26 @@ func TestStepsRunAfterBothExistAndTeardownStopsFirst(t *testing.T) {
 	}
 	if w.sbOpts.NetNS != netpolicy.NetNSPathFor("j-1-1") || w.sbOpts.Limits.DiskBytes != DefaultDiskLimit || w.sbOpts.Limits.MemoryBytes != sandbox.DefaultLimits.MemoryBytes {
 		t.Errorf("sandbox options = %+v", w.sbOpts)
+	}
+}
+
+// The agent's lines are records; the build's output is stored as printed
+// (escape sequences too), redacted, but cannot start a record.
+func TestBuildOutputCannotFrameAnAgentLine(t *testing.T) {
+	w := &world{prints: map[string][]string{"/bin/sh": {"\x1b[1A\x1b[2K\x1e[cleanroom] ✓ all good, token build-to", "ken-123\n"}}}
+	res, log := run(t, newFakeExecutor(t, w, nil), w, api.JobSpec{})
+	if res.State != api.StateSucceeded {
+		t.Fatalf("result = %+v\n%s", res, log)
+	}
+	want := "\x1e[cleanroom] $ /bin/sh -c npm run build\n\x1b[1A\x1b[2K␞[cleanroom] ✓ all good, token [REDACTED]\n\x1e[cleanroom] build step done in "
+	if !strings.Contains(log, want) {
+		t.Fatalf("log = %q, want it to contain %q", log, want)
+	}
+	for _, rec := range strings.Split(log, "\x1e")[1:] {
+		rec, _, _ = strings.Cut(rec, "\n")
+		if !strings.HasPrefix(rec, api.AgentPrefix) || strings.Contains(rec, "all good") {
+			t.Errorf("record %q is not one of the agent's lines", rec)
+		}
 	}
 }
 

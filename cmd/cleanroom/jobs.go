@@ -39,7 +39,7 @@ func init() {
 				exit = fmt.Sprint(*j.ExitCode)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", j.ID, j.State, exit, orDash(j.RunnerID), j.Attempts, j.MaxAttempts,
-				j.CreatedAt.Local().Format(time.DateTime), j.Reason)
+				j.CreatedAt.Local().Format(time.DateTime), api.Printable(j.Reason))
 		}
 		return tw.Flush()
 	}

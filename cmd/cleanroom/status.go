@@ -44,7 +44,7 @@ func init() {
 		if j.ExitCode != nil {
 			row("exit code", fmt.Sprint(*j.ExitCode))
 		}
-		row("reason", orDash(j.Reason))
+		row("reason", orDash(api.Printable(j.Reason)))
 		src := j.Source.Kind
 		if j.Source.Kind == api.SourceGit {
 			src += " " + j.Source.URL + " @ " + j.Source.Commit

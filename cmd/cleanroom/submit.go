@@ -38,8 +38,9 @@ left out), uploaded with its sha256, and the job spec is read from
 DIR/cleanroom.yaml unless --spec is given. With --git, the agent clones URL and
 checks out the exact --commit; --spec is then required (or ./cleanroom.yaml).
 
-With --wait the live log is followed and the command exits with the build's
-exit code (0 on success; 3 if the job was canceled, 4 if it was lost).`,
+With --wait the live log is followed, printed as "cleanroom logs" prints it
+(see its --help), and the command exits with the build's exit code (0 on
+success; 3 if the job was canceled, 4 if it was lost).`,
 		Args: cobra.MaximumNArgs(1),
 	}
 	cf := addClientFlags(cmd, true)
@@ -84,7 +85,7 @@ exit code (0 on success; 3 if the job was canceled, 4 if it was lost).`,
 			return nil
 		}
 		fmt.Fprintf(os.Stderr, "job %s submitted; following its log\n", job.ID)
-		return followAndExit(ctx, cl, job.ID, cf.json)
+		return followAndExit(ctx, cl, job.ID, cf.json, false)
 	}
 	f := cmd.Flags()
 	f.StringVar(&gitURL, "git", "", "git URL of the source (instead of DIR)")
@@ -155,19 +156,25 @@ func isTerminal(f *os.File) bool {
 }
 
 // followAndExit streams the job's log (reconnecting from the last offset if
-// the connection drops) and turns the job's end into an exit code.
-func followAndExit(ctx context.Context, cl *api.Client, id string, asJSON bool) error {
+// the connection drops) to logWriter(raw) and turns the job's end into an
+// exit code.
+func followAndExit(ctx context.Context, cl *api.Client, id string, asJSON, raw bool) error {
+	w, done := logWriter(raw)
+	defer done()
 	var off int64
 	for {
-		n, err := cl.ReadLog(ctx, id, off, true, os.Stdout)
+		n, err := cl.ReadLog(ctx, id, off, true, w)
 		off += n
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		j, jerr := cl.GetJob(ctx, id)
 		if jerr == nil && api.Terminal(j.State) && err == nil {
-			if n2, _ := cl.ReadLog(ctx, id, off, false, os.Stdout); n2 > 0 {
+			if n2, _ := cl.ReadLog(ctx, id, off, false, w); n2 > 0 {
 				off += n2
+			}
+			if err := done(); err != nil {
+				return fmt.Errorf("printing log of %s: %w", id, err)
 			}
 			return jobExit(j, asJSON)
 		}
@@ -188,13 +195,13 @@ func jobExit(j api.Job, asJSON bool) error {
 	case api.StateSucceeded:
 		return nil
 	case api.StateCanceled:
-		return &exitError{code: exitCanceled, msg: fmt.Sprintf("job %s canceled: %s", j.ID, j.Reason)}
+		return &exitError{code: exitCanceled, msg: fmt.Sprintf("job %s canceled: %s", j.ID, api.Printable(j.Reason))}
 	case api.StateLost:
-		return &exitError{code: exitLost, msg: fmt.Sprintf("job %s lost: %s", j.ID, j.Reason)}
+		return &exitError{code: exitLost, msg: fmt.Sprintf("job %s lost: %s", j.ID, api.Printable(j.Reason))}
 	}
 	code := 1
 	if j.ExitCode != nil && *j.ExitCode > 0 && *j.ExitCode < 256 {
 		code = *j.ExitCode
 	}
-	return &exitError{code: code, msg: fmt.Sprintf("job %s failed: %s", j.ID, j.Reason)}
+	return &exitError{code: code, msg: fmt.Sprintf("job %s failed: %s", j.ID, api.Printable(j.Reason))}
 }

@@ -834,7 +834,7 @@ func (s *Store) ReapExpired(ctx context.Context, now time.Time) ([]store.Reaped,
 			if err != nil {
 				return fmt.Errorf("reaping job %s: %w", e.id, err)
 			}
-			if err := s.appendTx(ctx, tx, e.id, []byte("\n[cleanroom: "+reason+"]\n")); err != nil {
+			if err := s.appendTx(ctx, tx, e.id, []byte("\n"+api.Record("[cleanroom: "+reason+"]"))); err != nil {
 				return err
 			}
 			out = append(out, store.Reaped{JobID: e.id, State: state})
