@@ -65,6 +65,9 @@ type Config struct {
 	InstallScripts api.InstallScripts
 	Logger         hclog.Logger
 	StepStop       time.Duration // grace between SIGTERM and SIGKILL
+	// Git is where git sources may come from (FetchGit); no hosts = git
+	// sources are refused.
+	Git GitConfig
 }
 
 // Executor runs jobs; safe for concurrent use.

@@ -77,6 +77,10 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger) (agent.Executor, err
 		Hosts: hosts, HostNS: cfg.Network.HostNetNS,
 		DataDir: cfg.DataDir, NetStateDir: cfg.Network.StateDir, Limits: lim, Secrets: store, Signing: priv, Sandbox: sb,
 		InstallScripts: cfg.InstallScripts, RegistryTokenSecret: cfg.RegistryTokenSecret,
+		Git: buildexec.GitConfig{
+			Hosts: cfg.Git.Hosts, CAFile: cfg.Git.CAFile,
+			MaxBytes: int64(cfg.Git.MaxBytes), MaxFiles: cfg.Git.MaxFiles,
+		},
 		Logger: log.Named("job"),
 	})
 	if err != nil {
