@@ -191,6 +191,10 @@ func (e *Executor) checkout(ctx context.Context, c cage, rawURL, commit string) 
 			return g.runner()(ctx, c.command(st.args...), stdout, msg)
 		})
 		if err != nil {
+			if strings.Contains(msg.String(), "File too large") {
+				// git hit the cage's file-size limit (RLIMIT_FSIZE).
+				err = fmt.Errorf("%w: %w", errGitTooBig, err)
+			}
 			if s := printable(msg.String()); s != "" {
 				return fmt.Errorf("fetching the git source: %s: %w: %s", st.what, err, s)
 			}
@@ -385,23 +389,30 @@ type cageCmd struct {
 }
 
 // cageScript runs as root inside the fresh mount namespace (already in the
-// fetch's network namespace): a private tmpfs on /tmp holds an empty HOME
-// and the workspace (bind-mounted: its real parent is closed to the git
-// user), the responder's resolv.conf is bound over /etc/resolv.conf, the
-// CA (if any) is copied where the git user can read it; then git runs as
-// the git user with no capabilities, no new privileges and a file-size
-// limit. Arguments: workspace, resolv.conf, CA file or "", uid, file-size
-// limit, then the git command line.
+// fetch's network namespace): the responder's resolv.conf is bound over
+// /etc/resolv.conf; a private tmpfs on /tmp then holds an empty HOME (with
+// the CA, if any, readable by the git user) and the workspace, bound at
+// /tmp/src through the script's working directory (so a workspace or CA
+// under the host's /tmp is read before the tmpfs hides it; the
+// workspace's real parent stays closed to the git user). Then git runs in
+// /tmp/src as the git user with no capabilities, no new privileges and a
+// file-size limit (SIGXFSZ ignored, so a write past it fails with EFBIG,
+// "File too large", which git reports and FetchGit recognises). Arguments: workspace, resolv.conf, CA file or "", uid,
+// file-size limit, then the git command line.
 const cageScript = `set -eu
 ws=$1 resolv=$2 ca=$3 uid=$4 fsize=$5
 shift 5
+mount --bind -o ro "$resolv" /etc/resolv.conf
+cert=
+if [ -n "$ca" ]; then cert=$(cat "$ca"); fi
+cd "$ws"
 mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev tmpfs /tmp
 mkdir -m 0700 /tmp/home /tmp/src
+mount --no-canonicalize --bind /proc/self/cwd /tmp/src
+if [ -n "$cert" ]; then printf '%s\n' "$cert" >/tmp/home/ca.pem; chmod 0444 /tmp/home/ca.pem; fi
 chown "$uid:$uid" /tmp/home
-mount --bind "$ws" /tmp/src
-mount --bind -o ro "$resolv" /etc/resolv.conf
-if [ -n "$ca" ]; then cp "$ca" /tmp/home/ca.pem; chmod 0444 /tmp/home/ca.pem; fi
 cd /tmp/src
+trap '' XFSZ
 exec prlimit --fsize="$fsize" -- setpriv --reuid="$uid" --regid="$uid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- "$@"
 `
 

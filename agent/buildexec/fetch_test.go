@@ -67,7 +67,7 @@ func TestGitCageCommand(t *testing.T) {
 			t.Errorf("env has %s: the agent's environment reached the cage", k)
 		}
 	}
-	for _, w := range []string{"--reuid=\"$uid\"", "--no-new-privs", "--bounding-set=-all", "--clear-groups", "--fsize=", "mount --bind \"$ws\" /tmp/src",
+	for _, w := range []string{"--reuid=\"$uid\"", "--no-new-privs", "--bounding-set=-all", "--clear-groups", "--fsize=", "mount --no-canonicalize --bind /proc/self/cwd /tmp/src",
 		"mount --bind -o ro \"$resolv\" /etc/resolv.conf", "mount -t tmpfs"} {
 		if !strings.Contains(cageScript, w) {
 			t.Errorf("the cage script lacks %q", w)
@@ -84,13 +84,14 @@ func TestGitCageCommand(t *testing.T) {
 // fakeGit is a cageRunner that plays git: clone writes files (what write
 // says), rev-parse prints head. Every command is recorded.
 type fakeGit struct {
-	mu    sync.Mutex
-	cmds  []cageCmd
-	ws    string
-	head  string
-	fail  error                                // clone fails with it
-	write func(ctx context.Context, ws string) // what clone writes
-	block bool                                 // clone waits for its context
+	mu     sync.Mutex
+	cmds   []cageCmd
+	ws     string
+	head   string
+	fail   error                                // clone fails with it
+	stderr string                               // what the failing clone says (default: cannot connect)
+	write  func(ctx context.Context, ws string) // what clone writes
+	block  bool                                 // clone waits for its context
 }
 
 func (f *fakeGit) run(ctx context.Context, c cageCmd, stdout, stderr io.Writer) error {
@@ -101,7 +102,10 @@ func (f *fakeGit) run(ctx context.Context, c cageCmd, stdout, stderr io.Writer) 
 	switch sub {
 	case "clone":
 		if f.fail != nil {
-			fmt.Fprint(stderr, "fatal: unable to access '"+testGitURL+"/': Failed to connect\x1b[2K\n")
+			if f.stderr == "" {
+				f.stderr = "fatal: unable to access '" + testGitURL + "/': Failed to connect\x1b[2K\n"
+			}
+			fmt.Fprint(stderr, f.stderr)
 			return f.fail
 		}
 		if f.write != nil {
@@ -226,6 +230,7 @@ func TestFetchGitRefusals(t *testing.T) {
 		{"host not allowed", &fakeGit{fail: errors.New("exit status 128")}, nil,
 			func(j *api.Job) { j.Source.URL = "https://10.231.253.2/x.git" }, "git host 10.231.253.2:443 is not among this runner's git hosts", true},
 		{"clone fails", &fakeGit{fail: errors.New("exit status 128")}, nil, nil, "cloning: exit status 128: fatal: unable to access", true},
+		{"file size limit", &fakeGit{fail: errors.New("exit status 128"), stderr: "fatal: write error: File too large\n"}, nil, nil, "limit of 1MiB (git.max_bytes)", true},
 		{"too big while cloning", &fakeGit{write: big, block: true}, nil, nil, "limit of 1MiB (git.max_bytes)", true},
 		{"too big at the end", &fakeGit{write: big, head: testGitCommit}, nil, nil, "limit of 1MiB (git.max_bytes)", true},
 		{"sparse file", &fakeGit{write: sparse, head: testGitCommit}, nil, nil, "git.max_bytes", true},
