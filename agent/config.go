@@ -1,7 +1,8 @@
 // Package agent owns the build agent: registration with a coordinator (key
 // pair, runner token, config file), and the job loop — claim with N slots
-// (long-poll), fetch and safely extract the source on the host side, run the
-// job through an Executor, stream the log through an on-disk spool, send
+// (long-poll), download and safely extract an uploaded source on the host
+// side (a git source is fetched by the Executor in its cage, SourceFetcher;
+// without one git sources are refused), run the job through an Executor, stream the log through an on-disk spool, send
 // heartbeats (cancel arrives through them), upload egress events, artifacts
 // and the result, remove the workspace — and graceful stop. The sandbox,
 // network policy and secrets are composed by the Executor that cmd/cleanroom

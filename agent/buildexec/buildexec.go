@@ -1,5 +1,5 @@
 // Package buildexec owns the composition of one job on the build host: the
-// supply-chain gate, the secret grant and the job environment, the network
+// git source fetch in a cage of its own (fetch.go), the supply-chain gate, the secret grant and the job environment, the network
 // policy, the sandbox and its steps (npm ci, allowed install scripts, the
 // build), artifact collection, the SBOM and the signed provenance — and the
 // teardown of all of it, whatever happens. It is the agent.Executor that
