@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -215,26 +214,29 @@ func TestAgentRunsAnUploadedJobAndReportsEverything(t *testing.T) {
 	}
 }
 
-func TestAgentChecksOutAGitCommit(t *testing.T) {
-	testutil.CheckGoroutines(t)
-	repo := t.TempDir()
-	git := func(args ...string) string {
-		cmd := exec.Command("git", append([]string{"-C", repo, "-c", "user.email=t@t", "-c", "user.name=t"}, args...)...)
-		cmd.Env = append(os.Environ(), "GIT_CONFIG_GLOBAL=/dev/null")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("git %v: %v %s", args, err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
-	git("init", "-q")
-	os.WriteFile(filepath.Join(repo, "v.txt"), []byte("one"), 0o644)
-	git("add", ".")
-	git("commit", "-qm", "one")
-	first := git("rev-parse", "HEAD")
-	os.WriteFile(filepath.Join(repo, "v.txt"), []byte("two"), 0o644)
-	git("commit", "-qam", "two")
+// fetchingExec is an executor that fetches git sources (SourceFetcher):
+// it writes what it was asked for into the workspace, and a link that
+// leaves it when link is set.
+type fetchingExec struct {
+	agent.ExecutorFunc
+	link bool
+}
 
+func (f fetchingExec) FetchGit(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) error {
+	fmt.Fprintf(out, "[cleanroom] fetching %s in a cage\n", job.Source.URL)
+	rep.Event(api.EgressEvent{Proto: "tcp", Dst: "10.0.0.9:443", Verdict: api.VerdictAllow})
+	if f.link {
+		if err := os.Symlink("/etc", filepath.Join(ws, "etc")); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(filepath.Join(ws, "v.txt"), []byte(job.Source.Commit[:7]), 0o644)
+}
+
+// A git source is fetched by the executor's cage, with its log lines and
+// egress events under the job; the links check still applies.
+func TestAgentFetchesGitThroughTheExecutor(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	e := newEnv(t, 5*time.Second)
 	cfg := e.register("g", 1, nil)
 	ex := agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
@@ -242,14 +244,54 @@ func TestAgentChecksOutAGitCommit(t *testing.T) {
 		fmt.Fprintf(out, "v=%s\n", b)
 		return agent.Result{}, nil
 	})
-	e.runAgent(cfg, ex, nil)
-	j, err := e.admin.SubmitGit(context.Background(), spec, api.Source{Kind: api.SourceGit, URL: repo, Commit: first})
+	e.runAgent(cfg, fetchingExec{ExecutorFunc: ex}, nil)
+	commit := "0123456789abcdef0123456789abcdef01234567"
+	j, err := e.admin.SubmitGit(context.Background(), spec, api.Source{Kind: api.SourceGit, URL: "https://git.example/app.git", Commit: commit})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.waitState(j.ID, 20*time.Second, api.StateSucceeded)
-	if log := e.logOf(j.ID); !strings.Contains(log, "v=one") {
+	if log := e.logOf(j.ID); !strings.Contains(log, "v=0123456") || !strings.Contains(log, "fetching https://git.example/app.git in a cage") {
 		t.Fatalf("log = %q", log)
+	}
+	var evs []api.EgressEvent
+	e.admin.QueryEgress(context.Background(), api.EgressFilter{Job: j.ID}, func(ev api.EgressEvent) error { evs = append(evs, ev); return nil })
+	if len(evs) != 1 || evs[0].Dst != "10.0.0.9:443" {
+		t.Fatalf("the fetch's egress events are not the job's: %+v", evs)
+	}
+}
+
+// A git source is refused before the executor runs when the executor
+// cannot fetch git in a cage (the job loop never clones on the host
+// itself), or when the fetched tree has a link leaving the workspace.
+func TestAgentRefusesGitSources(t *testing.T) {
+	tests := []struct {
+		name       string
+		exec       func(agent.ExecutorFunc) agent.Executor
+		wantReason string
+	}{
+		{"executor without a cage", func(f agent.ExecutorFunc) agent.Executor { return f }, "git sources are not supported"},
+		{"link leaving the workspace", func(f agent.ExecutorFunc) agent.Executor { return fetchingExec{ExecutorFunc: f, link: true} }, "unsafe"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			e := newEnv(t, 5*time.Second)
+			cfg := e.register("g", 1, nil)
+			var ran atomic.Bool
+			e.runAgent(cfg, tc.exec(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
+				ran.Store(true)
+				return agent.Result{}, nil
+			}), nil)
+			j, err := e.admin.SubmitGit(context.Background(), spec, api.Source{Kind: api.SourceGit, URL: "https://git.example/app.git", Commit: strings.Repeat("a", 40)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := e.waitState(j.ID, 10*time.Second, api.StateFailed, api.StateSucceeded)
+			if got.State != api.StateFailed || !strings.Contains(got.Reason, tc.wantReason) || ran.Load() {
+				t.Fatalf("job = %+v, executor ran = %v; want failed saying %q", got, ran.Load(), tc.wantReason)
+			}
+		})
 	}
 }
 

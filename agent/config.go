@@ -1,7 +1,8 @@
 // Package agent owns the build agent: registration with a coordinator (key
 // pair, runner token, config file), and the job loop — claim with N slots
-// (long-poll), fetch and safely extract the source on the host side, run the
-// job through an Executor, stream the log through an on-disk spool, send
+// (long-poll), download and safely extract an uploaded source on the host
+// side (a git source is fetched by the Executor in its cage, SourceFetcher;
+// without one git sources are refused), run the job through an Executor, stream the log through an on-disk spool, send
 // heartbeats (cancel arrives through them), upload egress events, artifacts
 // and the result, remove the workspace — and graceful stop. The sandbox,
 // network policy and secrets are composed by the Executor that cmd/cleanroom
@@ -71,6 +72,9 @@ type Config struct {
 	InstallScripts      api.InstallScripts `yaml:"install_scripts,omitempty"`
 	// Artifacts bound the copies of a job's artifacts on this host.
 	Artifacts ArtifactsConfig `yaml:"artifacts,omitempty"`
+	// Git is where git sources may be fetched from; none = git sources
+	// are refused by this agent.
+	Git GitConfig `yaml:"git,omitempty"`
 }
 
 // ArtifactsConfig bounds what the agent copies out of a job's workspace
@@ -79,6 +83,25 @@ type Config struct {
 type ArtifactsConfig struct {
 	MaxBytes api.ByteSize `yaml:"max_bytes,omitempty"`
 	MaxFiles int          `yaml:"max_files,omitempty"`
+}
+
+// GitConfig is the agent's policy for git sources. The fetch runs in a
+// network namespace of its own whose only destinations are Hosts (through
+// the same netpolicy as a sandbox), as an unprivileged user, within
+// MaxBytes and MaxFiles.
+type GitConfig struct {
+	// Hosts are the host:port destinations git may reach (an https URL's
+	// port is 443 unless it names one). Empty: git sources are refused.
+	Hosts []string `yaml:"hosts,omitempty"`
+	// CAFile, if set, is a PEM bundle git trusts for the hosts' TLS
+	// certificates (instead of the system's).
+	CAFile string `yaml:"ca_file,omitempty"`
+	// MaxBytes bounds the clone directory (pack and checkout) while git
+	// runs (default 1GiB).
+	MaxBytes api.ByteSize `yaml:"max_bytes,omitempty"`
+	// MaxFiles bounds the number of files and directories of the checkout
+	// (default 100000).
+	MaxFiles int `yaml:"max_files,omitempty"`
 }
 
 // ContainerdConfig locates the containerd daemon the sandboxes run in.
@@ -124,6 +147,8 @@ const (
 	DefaultGracePeriod         = 5 * time.Minute
 	DefaultJobTimeout          = time.Hour
 	DefaultNetStateDir         = "/var/lib/cleanroom/net"
+	DefaultGitMaxBytes         = 1 << 30
+	DefaultGitMaxFiles         = 100000
 )
 
 // LoadConfig reads, defaults and validates the config at path. Relative
@@ -148,7 +173,7 @@ func LoadConfig(path string) (*Config, error) {
 }
 
 func (c *Config) resolvePaths(dir string) {
-	for _, p := range []*string{&c.SigningKey, &c.DataDir, &c.RunnerTokenFile, &c.SecretsFile, &c.CAFile, &c.Network.StateDir} {
+	for _, p := range []*string{&c.SigningKey, &c.DataDir, &c.RunnerTokenFile, &c.SecretsFile, &c.CAFile, &c.Network.StateDir, &c.Git.CAFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -180,6 +205,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Network.StateDir == "" {
 		c.Network.StateDir = DefaultNetStateDir
+	}
+	if c.Git.MaxBytes == 0 {
+		c.Git.MaxBytes = DefaultGitMaxBytes
+	}
+	if c.Git.MaxFiles == 0 {
+		c.Git.MaxFiles = DefaultGitMaxFiles
 	}
 }
 
@@ -254,6 +285,20 @@ func (c *Config) Validate() error {
 	}
 	if c.Network.HostNetNS != "" && !filepath.IsAbs(c.Network.HostNetNS) {
 		add("network.host_netns", "must be an absolute path such as /run/netns/lab")
+	}
+	for i, h := range c.Git.Hosts {
+		if _, p, err := net.SplitHostPort(h); err != nil || strings.Contains(h, "/") || p == "" {
+			add(fmt.Sprintf("git.hosts[%d]", i), "must be host:port, e.g. git.corp.example:443")
+		}
+	}
+	if len(c.Git.Hosts) > 0 && c.Network.Mode != NetworkModeForward {
+		add("git.hosts", "git hosts are reached through forward mode (network.mode: forward)")
+	}
+	if c.Git.MaxBytes < 0 {
+		add("git.max_bytes", "must not be negative")
+	}
+	if c.Git.MaxFiles < 0 {
+		add("git.max_files", "must not be negative")
 	}
 	spec := api.JobSpec{Build: api.Build{Script: "x"}, Resources: c.Limits}
 	if err := spec.Validate(); err != nil {

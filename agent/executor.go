@@ -30,6 +30,19 @@ type StringRedactor interface {
 	RedactString(string) string
 }
 
+// SourceFetcher is implemented by executors that can fetch a git source in
+// a cage of their own: a throwaway network namespace under the runner's
+// egress policy for git hosts, as an unprivileged user, with size limits.
+// The job loop never fetches a git source itself; an executor without it
+// refuses git sources.
+type SourceFetcher interface {
+	// FetchGit puts job.Source (a git URL and commit) into the empty
+	// workspace ws, checked out at exactly that commit. Its own log lines
+	// go to out; every egress attempt of the fetch goes to rep, like a
+	// build's. An error ends the job with it as the reason.
+	FetchGit(ctx context.Context, job *api.Job, ws string, out io.Writer, rep Reporter) error
+}
+
 // CapacityReporter is implemented by executors with resource limits: the
 // agent advertises them with its claims (see Agent.Capacity).
 type CapacityReporter interface {

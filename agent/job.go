@@ -154,7 +154,7 @@ func (jr *jobRun) execute(jobCtx context.Context, logs *logShipper, events *even
 
 	var res Result
 	var err error
-	if err = a.fetchSource(runCtx, &jr.job, jr.lease.Token, jr.ws, jr.spool); err != nil {
+	if err = a.fetchSource(runCtx, &jr.job, jr.lease.Token, jr.ws, jr.spool, logs, events); err != nil {
 		jr.say(logs, "%v", err)
 		res = Result{State: api.StateFailed, ExitCode: -1, Reason: err.Error()}
 	} else {

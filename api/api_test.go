@@ -274,3 +274,53 @@ func TestPrefixFields(t *testing.T) {
 		t.Errorf("plain error: %v", got)
 	}
 }
+
+func TestGitSourceURLs(t *testing.T) {
+	commit := strings.Repeat("a", 40)
+	tests := []struct {
+		url  string
+		want string // part of the message; "" = accepted
+	}{
+		{"https://git.corp.example/team/app.git", ""},
+		{"https://git.corp.example:8443/app.git", ""},
+		{"HTTPS://git.corp.example/app", ""},
+		{"https://ci:s3cr3t-token@git.corp.example/app.git", "credentials"},
+		{"https://oauth2@git.corp.example/app.git", "credentials"},
+		{"https://:tok@git.corp.example/app.git", "credentials"},
+		{"http://git.corp.example/app.git", `scheme "http"`},
+		{"ssh://git@git.corp.example/app.git", "ssh is not supported"},
+		{"git+ssh://git.corp.example/app.git", "ssh is not supported"},
+		{"git@git.corp.example:team/app.git", "ssh (user@host:path)"},
+		{"file:///srv/git/app.git", `scheme "file"`},
+		{"/srv/git/app.git", "local paths"},
+		{"./app", "local paths"},
+		{"app.git", "local paths"},
+		{"ext::sh -c touch% /tmp/pwned", "spaces"},
+		{"ext::sh", "transports"},
+		{"fd::3", "transports"},
+		{"-uhttps://x/y", "must not start with '-'"},
+		{"https://-oProxyCommand=x/y", "host must not start"},
+		{"https:///app.git", "must name a host"},
+		{"https://git.corp.example:99999/x", "bad port"},
+		{"https://git.corp.example/a\nb", "control characters"},
+		{"", "required"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.url, func(t *testing.T) {
+			err := (&api.Source{Kind: api.SourceGit, URL: tc.url, Commit: commit}).Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			var fe api.FieldErrors
+			if !errors.As(err, &fe) || len(fe) != 1 || fe[0].Field != "source.url" || !strings.Contains(fe[0].Message, tc.want) {
+				t.Fatalf("got %v, want a source.url error saying %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "s3cr3t") || strings.Contains(err.Error(), "tok@") {
+				t.Fatalf("the error repeats the credentials: %v", err)
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -178,13 +179,8 @@ func (s *Source) Validate() error {
 	var fe FieldErrors
 	switch s.Kind {
 	case SourceGit:
-		switch {
-		case s.URL == "":
-			fe.add("source.url", "required for a git source")
-		case strings.HasPrefix(s.URL, "-"):
-			fe.add("source.url", "must not start with '-'")
-		case strings.HasPrefix(s.URL, "ext::") || strings.HasPrefix(s.URL, "fd::"):
-			fe.add("source.url", "transport not allowed")
+		if msg := gitURLProblem(s.URL); msg != "" {
+			fe.add("source.url", "%s", msg)
 		}
 		if !commitRE.MatchString(s.Commit) {
 			fe.add("source.commit", "must be a full lowercase hex commit id (40 or 64 characters)")
@@ -197,6 +193,63 @@ func (s *Source) Validate() error {
 		fe.add("source.kind", "must be %q or %q", SourceUpload, SourceGit)
 	}
 	return fe.orNil()
+}
+
+// gitURLProblem says what is wrong with a git source URL ("" = nothing).
+// Only https:// URLs without credentials are accepted: the agent fetches
+// them in a network cage as an unprivileged user (no ssh keys, no agent
+// socket, no .netrc, no local repositories), and the URL is stored,
+// returned by the jobs API and signed into the provenance, so a token in it
+// would leak to every reader.
+func gitURLProblem(raw string) string {
+	switch {
+	case raw == "":
+		return "required for a git source"
+	case strings.HasPrefix(raw, "-"):
+		return "must not start with '-'"
+	case len(raw) > 2048:
+		return "longer than 2048 bytes"
+	case strings.IndexFunc(raw, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0:
+		return "must not contain spaces or control characters"
+	case strings.Contains(raw, "::"):
+		return "git transports (ext::, fd::, …) are not allowed: use an https:// URL"
+	}
+	if !strings.Contains(raw, "://") {
+		colon, slash := strings.IndexByte(raw, ':'), strings.IndexByte(raw, '/')
+		if colon > 0 && (slash < 0 || colon < slash) && strings.ContainsAny(raw[:colon], "@.") {
+			return "ssh (user@host:path) is not supported: use an https:// URL"
+		}
+		if colon < 0 || (slash >= 0 && slash < colon) {
+			return "local paths are not allowed: use an https:// URL"
+		}
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "not a URL: use https://host/path"
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "https":
+	case "ssh", "git+ssh", "ssh+git":
+		return "ssh is not supported: use an https:// URL"
+	default:
+		return fmt.Sprintf("scheme %q is not allowed: use an https:// URL", u.Scheme)
+	}
+	if u.User != nil {
+		// Never echo the URL: it holds the credentials.
+		return "must not contain credentials (user or password): the URL is stored, shown and signed; use a repository the runner may read without them"
+	}
+	if u.Host == "" || u.Hostname() == "" || u.Opaque != "" {
+		return "must name a host: https://host/path"
+	}
+	if strings.HasPrefix(u.Hostname(), "-") {
+		return "host must not start with '-'"
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return "bad port"
+		}
+	}
+	return ""
 }
 
 // Validate checks a submit: the spec (fields "spec.…") and the source.

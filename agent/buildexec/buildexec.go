@@ -1,5 +1,5 @@
 // Package buildexec owns the composition of one job on the build host: the
-// supply-chain gate, the secret grant and the job environment, the network
+// git source fetch in a cage of its own (fetch.go), the supply-chain gate, the secret grant and the job environment, the network
 // policy, the sandbox and its steps (npm ci, allowed install scripts, the
 // build), artifact collection, the SBOM and the signed provenance — and the
 // teardown of all of it, whatever happens. It is the agent.Executor that
@@ -67,6 +67,9 @@ type Config struct {
 	Artifacts ArtifactLimits
 	Logger    hclog.Logger
 	StepStop  time.Duration // grace between SIGTERM and SIGKILL
+	// Git is where git sources may come from (FetchGit); no hosts = git
+	// sources are refused.
+	Git GitConfig
 }
 
 // Executor runs jobs; safe for concurrent use.

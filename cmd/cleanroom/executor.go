@@ -78,7 +78,11 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger) (agent.Executor, err
 		DataDir: cfg.DataDir, NetStateDir: cfg.Network.StateDir, Limits: lim, Secrets: store, Signing: priv, Sandbox: sb,
 		InstallScripts: cfg.InstallScripts, RegistryTokenSecret: cfg.RegistryTokenSecret,
 		Artifacts: buildexec.ArtifactLimits{MaxBytes: int64(cfg.Artifacts.MaxBytes), MaxFiles: cfg.Artifacts.MaxFiles},
-		Logger:    log.Named("job"),
+		Git: buildexec.GitConfig{
+			Hosts: cfg.Git.Hosts, CAFile: cfg.Git.CAFile,
+			MaxBytes: int64(cfg.Git.MaxBytes), MaxFiles: cfg.Git.MaxFiles,
+		},
+		Logger: log.Named("job"),
 	})
 	if err != nil {
 		sb.Close()

@@ -262,6 +262,12 @@ type AgentOptions struct {
 	// RegistryTokenSecret names the secrets-file entry written into every
 	// job's .npmrc as the registry token (agent config registry_token_secret).
 	RegistryTokenSecret string
+	// Hosts are static name → IP answers added to the registry's
+	// (network.hosts), e.g. the lab's git server.
+	Hosts map[string]string
+	// Git is the agent's git section (hosts, CA, limits); zero: git
+	// sources are refused.
+	Git agent.GitConfig
 }
 
 // Agent is a registered agent process.
@@ -308,6 +314,10 @@ func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 	}
 	cfg.Network.Registries = []string{RegistryURL}
 	cfg.Network.Hosts = map[string]string{lab.RegistryName: lab.RegistryIP.String()}
+	for h, ip := range o.Hosts {
+		cfg.Network.Hosts[h] = ip
+	}
+	cfg.Git = o.Git
 	cfg.Network.OnViolation = api.OnViolation(o.OnViolation)
 	cfg.Network.Mode = o.Mode
 	// A short grace period: Close (SIGTERM) then ends within its 15 s even
@@ -452,6 +462,25 @@ func (e *Env) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// GitURL is the lab git server's URL of repository name.
+func GitURL(name string) string {
+	return fmt.Sprintf("https://%s:%d/%s.git", lab.GitName, lab.GitPort, name)
+}
+
+// StartGit starts the lab's HTTPS git server on the registry host
+// (lab.GitName, lab.GitPort; its CA in the returned server's CAFile). It
+// stops with the lab.
+func (e *Env) StartGit() (*lab.GitServer, error) {
+	dir := filepath.Join(e.Dir, "git")
+	addr := net.JoinHostPort(lab.RegistryIP.String(), fmt.Sprint(lab.GitPort))
+	g, err := e.Lab.ServeGit(e.Lab.RegistryNS, addr, dir, lab.GitName)
+	if err != nil {
+		return nil, err
+	}
+	e.say("git server https://%s:%d/ (git http-backend, its own CA) on the registry host", lab.GitName, lab.GitPort)
+	return g, nil
 }
 
 // ReadSpec is a tiny helper for tests: the YAML of a job spec file as a map.
