@@ -67,6 +67,9 @@ type Config struct {
 	Artifacts ArtifactLimits
 	Logger    hclog.Logger
 	StepStop  time.Duration // grace between SIGTERM and SIGKILL
+	// Observe, if set, is called (synchronously: it must not block) with
+	// how long each job's sandbox and network took to set up and tear down.
+	Observe func(Observation)
 }
 
 // Executor runs jobs; safe for concurrent use.
@@ -136,6 +139,9 @@ func newExecutor(cfg Config, sb sandboxes, nw networks, chown func(string) error
 		cfg.Limits.DiskBytes = DefaultDiskLimit
 	}
 	cfg.Limits = cfg.Limits.WithDefaults()
+	if cfg.Observe != nil {
+		sb, nw = observe(sb, nw, cfg.Observe)
+	}
 	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), sandboxes: sb, networks: nw, chown: chown, digests: map[string]string{}}
 }
 
