@@ -8,19 +8,16 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
-	"github.com/cleanroom-ci/cleanroom/internal/version"
+	cmetrics "github.com/cleanroom-ci/cleanroom/internal/metrics"
 )
 
 // The coordinator's Prometheus metrics (docs/operations.md lists them). Each
-// Server has a registry of its own, never the global default one, so tests
-// and several servers in one process do not mix. Counters and histograms are
+// Server has a registry of its own (internal/metrics), never the global
+// default one, so tests and several servers in one process do not mix. Counters and histograms are
 // updated where things happen; what the store knows (jobs by state, runners
 // online) is read from it at each scrape by jobsCollector, so it is never
 // stale and survives restarts. No label carries a job or runner id.
@@ -47,7 +44,7 @@ type metrics struct {
 // newMetrics registers every metric of s (whose store it reads at scrape).
 func newMetrics(s *Server) *metrics {
 	m := &metrics{
-		reg: prometheus.NewRegistry(),
+		reg: cmetrics.NewRegistry(),
 		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "cleanroom_queue_wait_seconds",
 			Help:    "Time from a job's submission to its first claim by a runner.",
@@ -93,25 +90,11 @@ func newMetrics(s *Server) *metrics {
 		}
 	}
 	m.reg.MustRegister(
-		version.Get().Collector(),
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		newStoreCollector(s),
 		m.queueWait, m.claimDuration, m.leaseExpiries, m.egressEvents,
 		m.storeDuration, m.httpRequests, m.httpDuration,
 	)
 	return m
-}
-
-// handler serves the registry in the Prometheus text (or OpenMetrics)
-// format. A failed store read drops only the metrics that need it.
-func (m *metrics) handler(log hclog.Logger) http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
-		ErrorLog:      log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Error}),
-		ErrorHandling: promhttp.ContinueOnError,
-		Registry:      m.reg, // promhttp_metric_handler_errors_total
-		Timeout:       10 * time.Second,
-	})
 }
 
 // claimed records a claim's answer: how long it waited, and for each job
@@ -233,7 +216,7 @@ func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter 
 
 // handleMetrics serves /metrics, behind the metrics token when one is set.
 func (s *Server) handleMetrics() http.HandlerFunc {
-	h := s.metrics.handler(s.log)
+	h := cmetrics.Handler(s.metrics.reg, s.log) // a failed store read drops only the metrics that need it
 	return func(w http.ResponseWriter, r *http.Request) {
 		if s.metricsHash != nil {
 			tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")

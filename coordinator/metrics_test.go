@@ -1,22 +1,21 @@
 package coordinator_test
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net/http"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store/sqlite"
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 )
 
 // get fetches path with an optional bearer token and returns status and body.
@@ -35,29 +34,14 @@ func (c *coord) get(path, token string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// scrape reads /metrics into series → value; a series is written as in the
-// exposition, e.g. `cleanroom_jobs{state="queued"}` (labels sorted by name).
+// scrape reads /metrics into series → value.
 func (c *coord) scrape() map[string]float64 {
 	c.t.Helper()
 	code, body := c.get("/metrics", "")
 	if code != http.StatusOK {
 		c.t.Fatalf("GET /metrics: %d %s", code, body)
 	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(body))
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			c.t.Fatalf("parsing %q: %v", line, err)
-		}
-		out[line[:i]] = v
-	}
-	return out
+	return testutil.ParseMetrics(c.t, body)
 }
 
 // want checks that each series has the value given.
@@ -151,7 +135,7 @@ func TestMetricsFollowJobsClaimsEgressAndExpiries(t *testing.T) {
 			t.Errorf("/metrics names %s", id)
 		}
 	}
-	problems, err := testutil.GatherAndLint(c.srv.Gatherer())
+	problems, err := promtest.GatherAndLint(c.srv.Gatherer())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,15 +1,13 @@
 // Package version owns the build's identity: the version and commit that
 // `make build` stamps into the binary with -ldflags -X (from git describe and
 // git rev-parse), or, for a plain `go build`, what the Go toolchain recorded
-// in the binary's build info. `cleanroom version`, the coordinator's and the
-// agent's cleanroom_build_info metric all read it from here.
+// in the binary's build info. `cleanroom version` and the cleanroom_build_info
+// metric (internal/metrics) read it from here.
 package version
 
 import (
 	"runtime"
 	"runtime/debug"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Set by the linker: go build -ldflags "-X <pkg>.version=v1.2.3 -X <pkg>.commit=abc…".
@@ -68,14 +66,4 @@ func resolve(v, c string, read func() (*debug.BuildInfo, bool)) Info {
 // String is the one line `cleanroom --version` prints.
 func (i Info) String() string {
 	return "cleanroom " + i.Version + " (commit " + i.Commit + ", " + i.GoVersion + ")"
-}
-
-// Collector is the cleanroom_build_info gauge (always 1) whose labels name
-// this build, for the coordinator's and the agent's registries.
-func (i Info) Collector() prometheus.Collector {
-	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name:        "cleanroom_build_info",
-		Help:        "The version, commit and Go version this binary was built from; always 1.",
-		ConstLabels: prometheus.Labels{"version": i.Version, "commit": i.Commit, "goversion": i.GoVersion},
-	}, func() float64 { return 1 })
 }
