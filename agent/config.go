@@ -71,6 +71,9 @@ type Config struct {
 	InstallScripts      api.InstallScripts `yaml:"install_scripts,omitempty"`
 	// Artifacts bound the copies of a job's artifacts on this host.
 	Artifacts ArtifactsConfig `yaml:"artifacts,omitempty"`
+	// MetricsListen, if set, is the host:port of the agent's plain-HTTP
+	// /metrics, /healthz and /readyz (off by default).
+	MetricsListen string `yaml:"metrics_listen,omitempty"`
 }
 
 // ArtifactsConfig bounds what the agent copies out of a job's workspace
@@ -237,6 +240,11 @@ func (c *Config) Validate() error {
 	}
 	if v, err := api.ParseOnViolation(string(c.Network.OnViolation)); err != nil || v == "" {
 		add("network.on_violation", "must be deny or kill")
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			add("metrics_listen", "must be host:port, e.g. 127.0.0.1:9101")
+		}
 	}
 	if c.Artifacts.MaxBytes < 0 {
 		add("artifacts.max_bytes", "must not be negative")
