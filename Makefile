@@ -26,8 +26,15 @@ help:
 	@echo "make build   build bin/cleanroom"
 	@echo "make image   build the node sandbox image into the private containerd"
 
+# build stamps the version (git describe) and commit into the binary:
+# `cleanroom version`, --version and the cleanroom_build_info metric show them.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+VERSION_PKG := github.com/cleanroom-ci/cleanroom/internal/version
+LDFLAGS := -X $(VERSION_PKG).version=$(VERSION) -X $(VERSION_PKG).commit=$(COMMIT)
+
 build:
-	$(GO) build -o $(BIN)/cleanroom ./cmd/cleanroom
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cleanroom ./cmd/cleanroom
 
 # deps installs the Debian packages the product and its tests need, only when
 # something is missing (apt-get update runs at most once per call).

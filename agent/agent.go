@@ -56,6 +56,9 @@ type Agent struct {
 	exec   Executor
 	log    hclog.Logger
 
+	metrics   *Metrics
+	readiness *readiness
+
 	running   atomic.Int64
 	freed     chan struct{}
 	hardStop  context.CancelCauseFunc
@@ -106,6 +109,17 @@ func New(cfg *Config, exec Executor, log hclog.Logger, opts ...Option) (*Agent, 
 		capacity := c.Capacity()
 		a.Capacity = &capacity
 	}
+	if a.metrics = o.metrics; a.metrics == nil {
+		a.metrics = NewMetrics()
+	}
+	if err := a.metrics.bind(a); err != nil {
+		return nil, err
+	}
+	a.client = meteredCoordinator{cl, a.metrics}
+	a.readiness = &readiness{}
+	if r, ok := exec.(ReadinessReporter); ok {
+		a.readiness.checks = r.ReadyChecks()
+	}
 	return a, nil
 }
 
@@ -115,7 +129,11 @@ func (a *Agent) Done() <-chan struct{} { return a.done }
 // Client is the agent's coordinator client, or nil when New was given
 // another Coordinator.
 func (a *Agent) Client() *api.Client {
-	cl, _ := a.client.(*api.Client)
+	c := a.client
+	if m, ok := c.(meteredCoordinator); ok {
+		c = m.Coordinator
+	}
+	cl, _ := c.(*api.Client)
 	return cl
 }
 

@@ -75,6 +75,9 @@ type Config struct {
 	// Git is where git sources may be fetched from; none = git sources
 	// are refused by this agent.
 	Git GitConfig `yaml:"git,omitempty"`
+	// MetricsListen, if set, is the host:port of the agent's plain-HTTP
+	// /metrics, /healthz and /readyz (off by default).
+	MetricsListen string `yaml:"metrics_listen,omitempty"`
 }
 
 // ArtifactsConfig bounds what the agent copies out of a job's workspace
@@ -268,6 +271,11 @@ func (c *Config) Validate() error {
 	}
 	if v, err := api.ParseOnViolation(string(c.Network.OnViolation)); err != nil || v == "" {
 		add("network.on_violation", "must be deny or kill")
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			add("metrics_listen", "must be host:port, e.g. 127.0.0.1:9101")
+		}
 	}
 	if c.Artifacts.MaxBytes < 0 {
 		add("artifacts.max_bytes", "must not be negative")

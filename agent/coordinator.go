@@ -40,6 +40,7 @@ type Option func(*options)
 
 type options struct {
 	coordinator Coordinator
+	metrics     *Metrics
 }
 
 // WithCoordinator makes the agent talk to c instead of an api.Client built

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
 	"os"
 	"path/filepath"
 	"sync"
@@ -61,3 +62,6 @@ func (d *fullDisk) WriteAt(p []byte, off int64) (int, error) {
 	}
 	return n, err
 }
+
+// Gatherer exposes the registry to the lint test.
+func (m *Metrics) Gatherer() prometheus.Gatherer { return m.reg }

@@ -23,7 +23,9 @@ func (c *coord) get(ctx context.Context, token, path string, lease int64) *http.
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	if lease != 0 {
 		req.Header.Set(api.LeaseHeader, strconv.FormatInt(lease, 10))
 	}

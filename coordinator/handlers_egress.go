@@ -48,6 +48,7 @@ func (s *Server) handlePostEgress(w http.ResponseWriter, r *http.Request) error 
 	if err := s.store.AddEgress(r.Context(), f, seq, events); err != nil {
 		return err
 	}
+	s.metrics.egressStored(events)
 	writeJSON(w, http.StatusOK, map[string]int{"stored": len(events)})
 	return nil
 }

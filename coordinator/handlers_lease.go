@@ -43,6 +43,7 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) error {
 	if err := req.Validate(); err != nil {
 		return err
 	}
+	start := time.Now()
 	p := principalFrom(r.Context())
 	if err := s.store.TouchRunner(r.Context(), p.runner.ID, s.now()); err != nil {
 		return err
@@ -74,6 +75,7 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) error {
 		out.Claims = append(out.Claims, api.Claim{Job: c.Job.Job, Lease: s.lease(c.Job)})
 		s.log.Info("job claimed", "job", c.Job.ID, "runner", p.runner.ID, "attempt", c.Job.Attempts, "token", c.Token)
 	}
+	s.metrics.claimed(time.Since(start), res.claims, s.now())
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }

@@ -17,9 +17,15 @@ import (
 // routes registers the API of docs/api.md: one handler a route, each behind
 // auth (but registration and the public runner key) and adapt.
 func (s *Server) routes() {
-	s.mux.HandleFunc("GET /v1/healthz", func(w http.ResponseWriter, r *http.Request) {
+	alive := func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	}
+	s.mux.HandleFunc("GET /v1/healthz", alive)
+	s.mux.HandleFunc("GET /healthz", alive)
+	s.mux.HandleFunc("GET /readyz", s.handleReady)
+	if !s.cfg.DisableMetrics {
+		s.mux.HandleFunc("GET /metrics", s.handleMetrics())
+	}
 	route := func(pattern string, h handlerFunc) { s.mux.HandleFunc(pattern, s.adapt(h)) }
 	route("POST /v1/runners/register", s.handleRegister)
 	route("GET /v1/runners", s.auth(adminOnly, s.handleListRunners))

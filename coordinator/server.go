@@ -50,6 +50,16 @@ type Config struct {
 	Retention time.Duration
 	// PurgeInterval is how often Retention is applied (default 1h).
 	PurgeInterval time.Duration
+	// DisableMetrics turns /metrics off (it answers 404).
+	DisableMetrics bool
+	// MetricsToken, when set, is the bearer token /metrics requires; empty
+	// leaves /metrics open, as Prometheus endpoints usually are (it shows
+	// counts and timings, no job, runner or token).
+	MetricsToken string
+	// RunnerOnlineWindow is how recently a runner must have claimed to count
+	// as online in cleanroom_runners_online (default 3 × MaxClaimWait; a
+	// runner holding a live lease is online too).
+	RunnerOnlineWindow time.Duration
 	// Store overrides the SQLite store in DataDir (tests, PostgreSQL).
 	Store store.Store
 	// Logger receives the server's logs (default: discard).
@@ -77,6 +87,9 @@ func (c *Config) setDefaults() {
 	if c.MaxClaimWait <= 0 {
 		c.MaxClaimWait = 30 * time.Second
 	}
+	if c.RunnerOnlineWindow <= 0 {
+		c.RunnerOnlineWindow = 3 * c.MaxClaimWait
+	}
 	if c.ReapInterval <= 0 {
 		c.ReapInterval = min(c.LeaseTTL/4, 5*time.Second)
 	}
@@ -103,6 +116,10 @@ type Server struct {
 	hub       *hub
 	disp      *dispatcher
 	mux       *http.ServeMux
+	handler   http.Handler // mux, counted and timed
+	metrics   *metrics
+	// metricsHash is the sha256 of Config.MetricsToken (nil: open).
+	metricsHash []byte
 
 	// stopCtx ends long-polls and log follows when the server closes, so a
 	// shutdown never waits 30 s for them.
@@ -125,6 +142,10 @@ func New(ctx context.Context, cfg Config) (_ *Server, retErr error) {
 		return nil, errors.New("configuring coordinator: no data directory")
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, hub: newHub(), adminHash: hashSecret(cfg.AdminToken)}
+	if cfg.MetricsToken != "" {
+		s.metricsHash = hashSecret(cfg.MetricsToken)
+	}
+	s.metrics = newMetrics(s)
 	var err error
 	if s.blobs, err = newBlobs(filepath.Join(cfg.DataDir, "blobs")); err != nil {
 		return nil, err
@@ -137,6 +158,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, retErr error) {
 		}
 		s.store, s.ownStore = st, true
 	}
+	s.store = timedStore{Store: s.store, d: s.metrics.storeDuration}
 	defer func() {
 		if retErr != nil && s.ownStore {
 			s.store.Close()
@@ -149,6 +171,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, retErr error) {
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	s.mux = http.NewServeMux()
 	s.routes()
+	s.handler = s.metrics.instrument(s.mux)
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.disp.run(s.stopCtx, 2*time.Second) }()
 	go func() { defer s.wg.Done(); s.reapLoop(s.stopCtx) }()
@@ -215,8 +238,8 @@ func (s *Server) Purge(ctx context.Context) (PurgeReport, error) {
 
 func (s *Server) now() time.Time { return s.cfg.Now() }
 
-// Handler returns the HTTP API.
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler returns the HTTP API (with /healthz, /readyz and /metrics).
+func (s *Server) Handler() http.Handler { return s.handler }
 
 // Close stops long-polls, the dispatcher and the reaper, and closes the
 // store if the server opened it. Stop the http.Server first.
@@ -248,6 +271,7 @@ func (s *Server) reapLoop(ctx context.Context) {
 			continue
 		}
 		for _, r := range reaped {
+			s.metrics.leaseExpiries.WithLabelValues(r.State).Inc()
 			s.log.Warn("lease expired", "job", r.JobID, "new_state", r.State)
 			s.hub.notify("job:" + r.JobID)
 			s.hub.notify("log:" + r.JobID)

@@ -70,6 +70,9 @@ type Config struct {
 	// Git is where git sources may come from (FetchGit); no hosts = git
 	// sources are refused.
 	Git GitConfig
+	// Observe, if set, is called (synchronously: it must not block) with
+	// how long each job's sandbox and network took to set up and tear down.
+	Observe func(Observation)
 }
 
 // Executor runs jobs; safe for concurrent use.
@@ -139,6 +142,9 @@ func newExecutor(cfg Config, sb sandboxes, nw networks, chown func(string) error
 		cfg.Limits.DiskBytes = DefaultDiskLimit
 	}
 	cfg.Limits = cfg.Limits.WithDefaults()
+	if cfg.Observe != nil {
+		sb, nw = observe(sb, nw, cfg.Observe)
+	}
 	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), sandboxes: sb, networks: nw, chown: chown, digests: map[string]string{}}
 }
 

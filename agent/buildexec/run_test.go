@@ -391,3 +391,39 @@ func TestAuditFailureEndsTheJobInAnyMode(t *testing.T) {
 		})
 	}
 }
+
+func TestObserveTimesSetupAndTeardownOfSandboxAndNetwork(t *testing.T) {
+	tests := []struct {
+		name string
+		w    *world
+		want []string
+	}{
+		{"job runs", &world{}, []string{"network setup ok", "network teardown ok", "sandbox setup ok", "sandbox teardown ok"}},
+		{"network fails", &world{netErr: errors.New("no iptables")}, []string{"network setup error", "sandbox setup ok", "sandbox teardown ok"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var got []string
+			e := newFakeExecutor(t, tc.w, func(c *Config) {
+				c.Observe = func(o Observation) {
+					outcome := "ok"
+					if o.Err != nil {
+						outcome = "error"
+					}
+					if o.Duration < 0 {
+						t.Errorf("negative duration %v", o)
+					}
+					mu.Lock()
+					got = append(got, o.Part+" "+o.Op+" "+outcome)
+					mu.Unlock()
+				}
+			})
+			run(t, e, tc.w, api.JobSpec{})
+			slices.Sort(got)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("observations = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

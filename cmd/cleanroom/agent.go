@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -97,13 +98,21 @@ cancels running jobs at once (they are still torn down).`,
 			if err != nil {
 				return err
 			}
-			ex, err := newExecutor(cfg, log)
+			m := agent.NewMetrics()
+			ex, err := newExecutor(cfg, log, m)
 			if err != nil {
 				return err
 			}
-			a, err := agent.New(cfg, ex, log)
+			a, err := agent.New(cfg, ex, log, agent.WithMetrics(m))
 			if err != nil {
 				return err
+			}
+			if cfg.MetricsListen != "" {
+				stop, err := serveAgentMetrics(cmd.Context(), a, cfg.MetricsListen, log)
+				if err != nil {
+					return err
+				}
+				defer stop()
 			}
 			// An executor that must reclaim a crashed run's leftovers (sandboxes,
 			// namespaces, rules) does so before the first claim.
@@ -148,4 +157,24 @@ cancels running jobs at once (they are still torn down).`,
 	run.Flags().StringVar(&logFormat, "log-format", "text", "log format: text (for people) or json (for machines)")
 	agentCmd.AddCommand(reg, run)
 	rootCmd.AddCommand(agentCmd)
+}
+
+// serveAgentMetrics serves the agent's /metrics, /healthz and /readyz on
+// addr until the returned stop is called (after Run, so /readyz says the
+// job loop stopped while the agent shuts down).
+func serveAgentMetrics(ctx context.Context, a *agent.Agent, addr string, log hclog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening for metrics on %s: %w", addr, err)
+	}
+	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- a.ServeMetrics(mctx, ln) }()
+	log.Info("metrics listening", "url", "http://"+ln.Addr().String()+"/metrics")
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			log.Warn("serving metrics", "error", err)
+		}
+	}, nil
 }

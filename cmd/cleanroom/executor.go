@@ -19,14 +19,16 @@ import (
 // sandboxExecutor is the real executor plus what the agent runs at start-up.
 type sandboxExecutor struct {
 	*buildexec.Executor
-	sb  *sandbox.Client
-	cfg *agent.Config
+	sb      *sandbox.Client
+	cfg     *agent.Config
+	metrics *agent.Metrics
 }
 
 // newExecutor composes the supply-chain gate, secrets, network policy and
 // sandbox for `agent run`. Any part that cannot be set up stops the agent
 // with a reason: an agent that cannot enforce the policy must not claim jobs.
-var newExecutor = func(cfg *agent.Config, log hclog.Logger) (agent.Executor, error) {
+// Sandbox and network timings and garbage collection go to m.
+var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (agent.Executor, error) {
 	keyPEM, err := os.ReadFile(cfg.SigningKey)
 	if err != nil {
 		return nil, fmt.Errorf("reading signing key: %w", err)
@@ -82,13 +84,14 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger) (agent.Executor, err
 			Hosts: cfg.Git.Hosts, CAFile: cfg.Git.CAFile,
 			MaxBytes: int64(cfg.Git.MaxBytes), MaxFiles: cfg.Git.MaxFiles,
 		},
-		Logger: log.Named("job"),
+		Logger:  log.Named("job"),
+		Observe: observe(m),
 	})
 	if err != nil {
 		sb.Close()
 		return nil, err
 	}
-	return &sandboxExecutor{Executor: ex, sb: sb, cfg: cfg}, nil
+	return &sandboxExecutor{Executor: ex, sb: sb, cfg: cfg, metrics: m}, nil
 }
 
 // builderID names this runner in provenance; verify --coordinator resolves
@@ -106,6 +109,7 @@ func (e *sandboxExecutor) Startup(ctx context.Context, log hclog.Logger) error {
 		Agent: e.cfg.Name, HostNS: e.cfg.Network.HostNetNS,
 		NetStateDir: e.cfg.Network.StateDir,
 	})
+	recordGC(e.metrics, rep)
 	if !rep.Empty() {
 		log.Warn("reclaimed what a previous run left behind", "containers", rep.Sandbox.Containers,
 			"namespaces", rep.Network.Namespaces, "links", rep.Network.Links, "chains", rep.Network.Chains)

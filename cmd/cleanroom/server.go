@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,6 +37,10 @@ type serverConfig struct {
 	MaxLog         api.ByteSize `yaml:"max_log"`
 	Retention      api.Duration `yaml:"retention"`
 	LogFormat      string       `yaml:"log_format"`
+	// NoMetrics turns /metrics off; MetricsTokenFile holds a bearer token
+	// /metrics then requires (default: open, as /metrics usually is).
+	NoMetrics        bool   `yaml:"no_metrics"`
+	MetricsTokenFile string `yaml:"metrics_token_file"`
 }
 
 func newLogger(name, format string) hclog.Logger {
@@ -89,6 +94,8 @@ submit tokens. Plain HTTP is refused on a non-loopback address unless
 	f.Var(sizeFlag{&c.MaxLog}, "max-log", "log bytes kept per job; past it a truncation marker is stored")
 	f.Var(durationFlag{&c.Retention}, "retention", "delete jobs that ended longer ago than this (e.g. 90d), with their logs, egress events and artifacts; 0 keeps everything")
 	f.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text (for people) or json (for machines)")
+	f.BoolVar(&c.NoMetrics, "no-metrics", false, "do not serve Prometheus metrics at /metrics")
+	f.StringVar(&c.MetricsTokenFile, "metrics-token-file", "", "file holding a bearer token that /metrics then requires (default: /metrics is open)")
 	rootCmd.AddCommand(cmd)
 }
 
@@ -134,6 +141,12 @@ func mergeServerConfig(cmd *cobra.Command, c *serverConfig, fc serverConfig) {
 	if !set("log-format") && fc.LogFormat != "" {
 		c.LogFormat = fc.LogFormat
 	}
+	if !set("no-metrics") && fc.NoMetrics {
+		c.NoMetrics = true
+	}
+	if !set("metrics-token-file") && fc.MetricsTokenFile != "" {
+		c.MetricsTokenFile = fc.MetricsTokenFile
+	}
 }
 
 func runServer(ctx context.Context, c serverConfig) error {
@@ -158,9 +171,15 @@ func runServer(ctx context.Context, c serverConfig) error {
 	if created {
 		fmt.Fprintf(os.Stderr, "Admin token (shown once; also saved in %s, mode 0600):\n\n    %s\n\n", tokFile, tok)
 	}
+	var metricsToken string
+	if c.MetricsTokenFile != "" {
+		if metricsToken, err = readMetricsToken(c.MetricsTokenFile); err != nil {
+			return err
+		}
+	}
 	srv, err := coordinator.New(ctx, coordinator.Config{DataDir: c.DataDir, AdminToken: tok, LeaseTTL: c.LeaseTTL.D(),
 		MaxAttempts: c.MaxAttempts, MaxUpload: int64(c.MaxUpload), MaxArtifact: int64(c.MaxArtifact), MaxLog: int64(c.MaxLog),
-		Retention: c.Retention.D(), Logger: log})
+		Retention: c.Retention.D(), DisableMetrics: c.NoMetrics, MetricsToken: metricsToken, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -181,6 +200,20 @@ func runServer(ctx context.Context, c serverConfig) error {
 	sctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return srv.Serve(sctx, ln, c.TLSCert, c.TLSKey)
+}
+
+// readMetricsToken reads the bearer token /metrics requires from file: one
+// line of at least 16 characters.
+func readMetricsToken(file string) (string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("reading metrics token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 || strings.ContainsAny(tok, " \t\n") {
+		return "", fmt.Errorf("reading metrics token %s: want one line of at least 16 characters, no spaces", file)
+	}
+	return tok, nil
 }
 
 // durationFlag and sizeFlag let pflag parse api.Duration and api.ByteSize.

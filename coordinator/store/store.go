@@ -125,8 +125,28 @@ type LogLimits struct {
 	Marker string
 }
 
+// Stats is what the coordinator's metrics read from the store at each
+// scrape, in one cheap query each.
+type Stats struct {
+	// Jobs counts jobs by state (states with none are absent).
+	Jobs map[string]int
+	// RunnersOnline counts runners not revoked that were seen at or after
+	// the given time or hold an unexpired lease.
+	RunnersOnline int
+}
+
 // Store is the coordinator's state. All methods are safe for concurrent use.
 type Store interface {
+	// Ready checks with one short query that the store answers and that
+	// its schema is the one this build migrates to (the coordinator's
+	// /readyz).
+	Ready(ctx context.Context) error
+	// Stats counts jobs by state and the runners online: seen at or after
+	// seenSince, or holding a lease that has not expired at now (an agent
+	// whose slots are all busy claims nothing, but its heartbeats keep its
+	// leases).
+	Stats(ctx context.Context, seenSince, now time.Time) (Stats, error)
+
 	CreateToken(ctx context.Context, t Token) error
 	// ListTokens lists every token, oldest first (hashes included; callers
 	// must not expose them).

@@ -1,6 +1,6 @@
 // Package testutil owns the helpers shared by the project's tests: gating
-// root-only tests, finding the containerd instance the test run started, and
-// checking that a test leaves no goroutines behind.
+// root-only tests, finding the containerd instance the test run started,
+// checking that a test leaves no goroutines behind, and reading /metrics.
 //
 // Root tests are never skipped silently in CI: when CI=true (as .ci/run sets)
 // and the process is not root, RequiresRoot fails the test instead of skipping.

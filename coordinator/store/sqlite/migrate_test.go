@@ -41,3 +41,19 @@ func TestVersion1DatabaseMigratesAndKeepsItsJobs(t *testing.T) {
 		t.Fatalf("old job after migration: %+v %v", j, err)
 	}
 }
+
+// A database ahead of or behind this build is not ready.
+func TestReadyRequiresTheCurrentSchemaVersion(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "cleanroom.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM schema_version WHERE version = ?`, SchemaVersion); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ready(ctx); err == nil {
+		t.Fatal("ready with a migration missing: no error")
+	}
+}

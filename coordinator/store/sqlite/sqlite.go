@@ -164,6 +164,47 @@ func (s *Store) Version(ctx context.Context) (int, error) {
 	return v, nil
 }
 
+// Ready checks that the database answers and is at SchemaVersion.
+func (s *Store) Ready(ctx context.Context) error {
+	v, err := s.Version(ctx)
+	if err != nil {
+		return err
+	}
+	if v != SchemaVersion {
+		return fmt.Errorf("checking schema version: database is at version %d, this build needs %d", v, SchemaVersion)
+	}
+	return nil
+}
+
+// Stats counts jobs by state (an index-only scan of jobs_state) and the
+// runners online.
+func (s *Store) Stats(ctx context.Context, seenSince, now time.Time) (store.Stats, error) {
+	st := store.Stats{Jobs: map[string]int{}}
+	rows, err := s.db.QueryContext(ctx, `SELECT state, COUNT(*) FROM jobs GROUP BY state`)
+	if err != nil {
+		return st, fmt.Errorf("counting jobs: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var state string
+		var n int
+		if err := rows.Scan(&state, &n); err != nil {
+			return st, fmt.Errorf("counting jobs: %w", err)
+		}
+		st.Jobs[state] = n
+	}
+	if err := rows.Err(); err != nil {
+		return st, fmt.Errorf("counting jobs: %w", err)
+	}
+	err = s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM runners r WHERE r.revoked_at IS NULL AND (r.last_seen >= ?
+		OR EXISTS (SELECT 1 FROM jobs j WHERE j.state = 'running' AND j.runner_id = r.id AND j.lease_expires >= ?))`,
+		nanos(seenSince), nanos(now)).Scan(&st.RunnersOnline)
+	if err != nil {
+		return st, fmt.Errorf("counting runners online: %w", err)
+	}
+	return st, nil
+}
+
 // inTx runs fn in an IMMEDIATE transaction (the DSN's _txlock), so the
 // read-then-write sequences inside are atomic against other writers.
 func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) (retErr error) {
