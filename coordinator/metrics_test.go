@@ -159,7 +159,7 @@ func TestHealthzAndReadyz(t *testing.T) {
 	checkGoroutines(t)
 	c := startCoord(t)
 	for _, p := range []string{"/healthz", "/v1/healthz", "/readyz"} {
-		if code, body := c.get(p, ""); code != http.StatusOK {
+		if code, body := c.getBody(p, ""); code != http.StatusOK {
 			t.Errorf("GET %s: %d %s", p, code, body)
 		}
 	}
