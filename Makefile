@@ -12,8 +12,8 @@ STATICCHECK_VERSION := v0.8.2
 export CLEANROOM_CACHE ?= /var/cache/cleanroom
 TOOLS := $(CLEANROOM_CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)
 
-DEBIAN_PACKAGES := containerd runc iptables conntrack debootstrap e2fsprogs iproute2 iputils-ping util-linux git ca-certificates tcpdump bc
-DEBIAN_COMMANDS := containerd runc iptables conntrack debootstrap mkfs.ext4 ip ping nsenter git bc
+DEBIAN_PACKAGES := containerd runc iptables conntrack debootstrap e2fsprogs iproute2 iputils-ping util-linux git ca-certificates tcpdump bc chromium fonts-dejavu-core
+DEBIAN_COMMANDS := containerd runc iptables conntrack debootstrap mkfs.ext4 ip ping nsenter git bc chromium
 
 .PHONY: all build deps tools lint test test-unit bench image demo clean containerd-start containerd-stop help
 

@@ -140,7 +140,12 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 	if !ok || tok == "" {
 		return principal{}, fmt.Errorf("reading bearer token: %w", api.ErrUnauthorized)
 	}
-	tok = strings.TrimSpace(tok)
+	return s.authenticateToken(r.Context(), strings.TrimSpace(tok))
+}
+
+// authenticateToken resolves a token (from a bearer header or the
+// console's sign-in form).
+func (s *Server) authenticateToken(ctx context.Context, tok string) (principal, error) {
 	switch {
 	case strings.HasPrefix(tok, PrefixAdmin):
 		if subtle.ConstantTimeCompare(hashSecret(tok), s.adminHash) == 1 {
@@ -151,7 +156,7 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 		if !ok {
 			break
 		}
-		rn, err := s.store.Runner(r.Context(), id)
+		rn, err := s.store.Runner(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
 			break
 		}
@@ -170,7 +175,7 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 		if !ok {
 			break
 		}
-		_, err := s.store.CheckToken(r.Context(), kind, id, hashSecret(secret), s.now())
+		_, err := s.store.CheckToken(ctx, kind, id, hashSecret(secret), s.now())
 		if err == nil {
 			return principal{kind: kind, tokenID: id}, nil
 		}

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -173,11 +174,16 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) error {
 // it: a submit token sees only the jobs submitted with it, and gets 404 for
 // any other (whether it exists is none of its business).
 func (s *Server) visibleJob(r *http.Request, id string) (store.Job, error) {
-	j, err := s.store.Job(r.Context(), id)
+	return s.jobFor(r.Context(), principalFrom(r.Context()), id)
+}
+
+// jobFor is visibleJob for principal p (the console's sessions).
+func (s *Server) jobFor(ctx context.Context, p principal, id string) (store.Job, error) {
+	j, err := s.store.Job(ctx, id)
 	if err != nil {
 		return j, err
 	}
-	if p := principalFrom(r.Context()); p.kind == principalSubmit && j.Submitter != p.tokenID {
+	if p.kind == principalSubmit && j.Submitter != p.tokenID {
 		return store.Job{}, fmt.Errorf("looking up job %s: %w", id, store.ErrNotFound)
 	}
 	return j, nil

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator/console"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 )
 
@@ -51,6 +52,8 @@ func (s *Server) routes() {
 	route("POST /v1/jobs/{id}/egress", s.auth(runnerOnly, s.handlePostEgress))
 	route("PUT /v1/jobs/{id}/artifacts/{name...}", s.auth(runnerOnly, s.handlePutArtifact))
 	route("POST /v1/jobs/{id}/result", s.auth(runnerOnly, s.handleResult))
+
+	s.mux.Handle(console.Prefix, s.newConsole())
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -1,8 +1,10 @@
 // Package coordinator owns the coordinator: the HTTP JSON API under /v1
 // (docs/api.md), authentication of admin, submit and runner tokens, the
 // claim dispatcher (long-poll with in-process wake-ups), the lease reaper,
-// and the blob directory for uploaded sources and artifacts. Persistent state
-// lives behind coordinator/store.
+// and the blob directory for uploaded sources and artifacts; it mounts the
+// read-only web console (coordinator/console) under /ui/ and decides what
+// each signed-in token sees there. Persistent state lives behind
+// coordinator/store.
 package coordinator
 
 import (

@@ -94,7 +94,11 @@ type JobFilter struct {
 	State string
 	// Submitter, when set, keeps only jobs submitted with that token.
 	Submitter string
-	Limit     int
+	// Runner, when set, keeps only jobs claimed (last) by that runner id.
+	Runner string
+	Limit  int
+	// Offset skips that many matching jobs (paging, newest first).
+	Offset int
 }
 
 // EgressFilter selects egress events for QueryEgress.
@@ -103,6 +107,22 @@ type EgressFilter struct {
 	// Submitter, when set, keeps only events of jobs submitted with that
 	// token (what a submit token may read).
 	Submitter string
+	// Match narrows by fields inside the event (the console's explorer).
+	Match EgressMatch
+	// Offset skips that many matching events (paging, oldest first).
+	Offset int
+}
+
+// EgressMatch selects events by what they record. Zero fields match all.
+type EgressMatch struct {
+	// Rule is a rule name (default-deny, dns-refused, ...), exactly.
+	Rule string
+	// Dst is a destination "host:port" exactly, or a host (IPv4 or IPv6,
+	// without brackets) on any port.
+	Dst string
+	// Domain is a queried name or any name under it ("example.com" matches
+	// "a.example.com."); a trailing dot is ignored.
+	Domain string
 }
 
 // Reaped is a job whose lease expired: re-queued, or lost after its last
@@ -217,6 +237,9 @@ type Store interface {
 	AddEgress(ctx context.Context, f Fence, firstSeq int64, events []api.EgressEvent) error
 	// QueryEgress calls fn for each matching event, oldest first.
 	QueryEgress(ctx context.Context, f EgressFilter, fn func(api.EgressEvent) error) error
+	// CountEgress counts the events of each of jobIDs with the verdict
+	// ("" any); jobs without events are absent from the map.
+	CountEgress(ctx context.Context, jobIDs []string, verdict string) (map[string]int, error)
 
 	// AddArtifact records an artifact under the lease (replacing one of the
 	// same name).

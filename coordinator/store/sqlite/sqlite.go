@@ -556,14 +556,14 @@ func (s *Store) ListJobs(ctx context.Context, f store.JobFilter) ([]store.Job, e
 	if f.Submitter != "" {
 		where, args = append(where, "submitter = ?"), append(args, f.Submitter)
 	}
+	if f.Runner != "" {
+		where, args = append(where, "runner_id = ?"), append(args, f.Runner)
+	}
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
 	q += ` ORDER BY seq DESC`
-	if f.Limit > 0 {
-		q += ` LIMIT ?`
-		args = append(args, f.Limit)
-	}
+	q, args = limitOffset(q, args, f.Limit, f.Offset)
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing jobs: %w", err)
@@ -1016,15 +1016,13 @@ func (s *Store) QueryEgress(ctx context.Context, f store.EgressFilter, fn func(a
 	if !f.Until.IsZero() {
 		where, args = append(where, "time < ?"), append(args, nanos(f.Until))
 	}
+	where, args = egressMatch(f.Match, where, args)
 	q := `SELECT event FROM egress`
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
 	q += ` ORDER BY time, id`
-	if f.Limit > 0 {
-		q += ` LIMIT ?`
-		args = append(args, f.Limit)
-	}
+	q, args = limitOffset(q, args, f.Limit, f.Offset)
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return fmt.Errorf("querying egress events: %w", err)
@@ -1047,6 +1045,81 @@ func (s *Store) QueryEgress(ctx context.Context, f store.EgressFilter, fn func(a
 		return fmt.Errorf("querying egress events: %w", err)
 	}
 	return nil
+}
+
+// egressMatch adds the conditions of m on the stored event's JSON.
+func egressMatch(m store.EgressMatch, where []string, args []any) ([]string, []any) {
+	if m.Rule != "" {
+		where, args = append(where, "json_extract(event, '$.rule') = ?"), append(args, m.Rule)
+	}
+	if m.Dst != "" {
+		host := strings.Trim(m.Dst, "[]")
+		where = append(where, `(json_extract(event, '$.dst') = ? OR json_extract(event, '$.dst') LIKE ? ESCAPE '\'
+			OR json_extract(event, '$.dst') LIKE ? ESCAPE '\')`)
+		args = append(args, m.Dst, likeEscape(host)+":%", "["+likeEscape(host)+"]:%")
+	}
+	if d := strings.TrimSuffix(m.Domain, "."); d != "" {
+		where = append(where, `(rtrim(json_extract(event, '$.domain'), '.') = ? OR rtrim(json_extract(event, '$.domain'), '.') LIKE ? ESCAPE '\')`)
+		args = append(args, d, "%."+likeEscape(d))
+	}
+	return where, args
+}
+
+// likeEscape escapes the LIKE wildcards of s (with ESCAPE '\').
+func likeEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
+}
+
+// limitOffset appends LIMIT and OFFSET (SQLite needs a LIMIT for an
+// OFFSET: -1 is none).
+func limitOffset(q string, args []any, limit, offset int) (string, []any) {
+	switch {
+	case offset > 0 && limit > 0:
+		return q + ` LIMIT ? OFFSET ?`, append(args, limit, offset)
+	case offset > 0:
+		return q + ` LIMIT -1 OFFSET ?`, append(args, offset)
+	case limit > 0:
+		return q + ` LIMIT ?`, append(args, limit)
+	}
+	return q, args
+}
+
+// CountEgress counts the events of each job with the verdict ("" any).
+func (s *Store) CountEgress(ctx context.Context, jobIDs []string, verdict string) (map[string]int, error) {
+	out := map[string]int{}
+	for len(jobIDs) > 0 {
+		// A bounded IN list per query (SQLite's variable limit).
+		batch := jobIDs[:min(len(jobIDs), 500)]
+		jobIDs = jobIDs[len(batch):]
+		q := `SELECT job_id, count(*) FROM egress WHERE job_id IN (?` + strings.Repeat(",?", len(batch)-1) + `)`
+		args := make([]any, 0, len(batch)+1)
+		for _, id := range batch {
+			args = append(args, id)
+		}
+		if verdict != "" {
+			q += ` AND verdict = ?`
+			args = append(args, verdict)
+		}
+		rows, err := s.db.QueryContext(ctx, q+` GROUP BY job_id`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("counting egress events: %w", err)
+		}
+		for rows.Next() {
+			var id string
+			var n int
+			if err := rows.Scan(&id, &n); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("counting egress events: %w", err)
+			}
+			out[id] = n
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, fmt.Errorf("counting egress events: %w", err)
+		}
+	}
+	return out, nil
 }
 
 // --- artifacts ---------------------------------------------------------------
