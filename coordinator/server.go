@@ -50,6 +50,10 @@ type Config struct {
 	Retention time.Duration
 	// PurgeInterval is how often Retention is applied (default 1h).
 	PurgeInterval time.Duration
+	// EgressHeartbeat is how often an egress follow stream with nothing
+	// to send writes an empty line, so proxies keep it open, and checks
+	// that its token is still valid (default 15s).
+	EgressHeartbeat time.Duration
 	// Store overrides the SQLite store in DataDir (tests, PostgreSQL).
 	Store store.Store
 	// Logger receives the server's logs (default: discard).
@@ -82,6 +86,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PurgeInterval <= 0 {
 		c.PurgeInterval = time.Hour
+	}
+	if c.EgressHeartbeat <= 0 {
+		c.EgressHeartbeat = 15 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
