@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -21,7 +23,7 @@ import (
 func init() {
 	var f api.EgressFilter
 	var denied, follow bool
-	var since, until string
+	var since, until, statePath string
 	var after int64
 	cmd := &cobra.Command{
 		Use:   "egress",
@@ -35,12 +37,13 @@ coordinator stores. --after N prints the events after cursor N, in cursor
 order. --follow then keeps printing new events as they are stored, for ever:
 when the connection breaks or the coordinator restarts it reconnects (with
 backoff, saying so on stderr) after the last cursor it printed, so no event is
-skipped or printed twice. Keep the last cursor printed to resume a later run
-with --after (docs/egress-log.md, "Shipping to a SIEM").`,
+skipped or printed twice. --state FILE keeps the last cursor printed in FILE
+and starts after it, so a restarted shipper (a systemd service) resumes where
+it stopped (docs/egress-log.md, "Shipping to a SIEM").`,
 		Args: cobra.NoArgs,
 	}
 	cf := addClientFlags(cmd, true)
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+	cmd.RunE = func(cmd *cobra.Command, _ []string) (retErr error) {
 		cl, err := cf.client()
 		if err != nil {
 			return err
@@ -58,6 +61,22 @@ with --after (docs/egress-log.md, "Shipping to a SIEM").`,
 			f.After = &after
 		}
 		out := cmd.OutOrStdout()
+		var st *cursorFile
+		if statePath != "" {
+			st = &cursorFile{path: statePath, out: out}
+			saved, ok, err := st.load()
+			if err != nil {
+				return err
+			}
+			if ok || f.After == nil {
+				f.After = &saved
+			}
+			defer func() {
+				if err := st.save(); err != nil && retErr == nil {
+					retErr = err
+				}
+			}()
+		}
 		var print func(api.EgressRecord) error
 		flush := func() error { return nil }
 		switch {
@@ -79,6 +98,15 @@ with --after (docs/egress-log.md, "Shipping to a SIEM").`,
 			}
 			flush = tw.Flush
 		}
+		if st != nil {
+			show := print
+			print = func(r api.EgressRecord) error {
+				if err := show(r); err != nil {
+					return err
+				}
+				return st.note(r.Cursor)
+			}
+		}
 		if follow {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -97,6 +125,7 @@ with --after (docs/egress-log.md, "Shipping to a SIEM").`,
 	fl.StringVar(&until, "until", "", "before this time (RFC 3339, or a duration ago)")
 	fl.IntVar(&f.Limit, "limit", 0, "at most this many events (0 = all); with --follow, exit after this many")
 	fl.Int64Var(&after, "after", 0, "only events after this cursor, in cursor order (0 = from the first)")
+	fl.StringVar(&statePath, "state", "", "keep the last cursor printed in this file and start after the one it holds (then --after is used only when the file does not exist yet)")
 	fl.BoolVarP(&follow, "follow", "f", false, "keep printing new events as they are stored, reconnecting after the last cursor printed (from cursor 0 without --after)")
 	rootCmd.AddCommand(cmd)
 }
@@ -180,6 +209,67 @@ func followEgress(ctx context.Context, cl *api.Client, f api.EgressFilter, print
 		case <-time.After(wait):
 		}
 	}
+}
+
+// cursorFile keeps the last cursor printed in a file, so that a later run
+// (a restarted shipper) starts after it. The file is replaced atomically,
+// at most once a second while events come and once more at the end, and
+// only after what was printed before it is synced when the output is a
+// file: it never names an event that is not written, so a crash can make a
+// run print again at most the last second's events, never skip one.
+type cursorFile struct {
+	path    string
+	out     io.Writer
+	cur     int64 // last cursor printed
+	saved   int64
+	savedAt time.Time
+}
+
+// load returns the cursor in the file; ok is false when there is none yet.
+func (c *cursorFile) load() (cur int64, ok bool, err error) {
+	b, err := os.ReadFile(c.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("reading cursor state: %w", err)
+	}
+	cur, err = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || cur < 0 {
+		return 0, false, fmt.Errorf("reading cursor state %s: not a cursor: %q", c.path, b)
+	}
+	c.cur, c.saved = cur, cur
+	return cur, true, nil
+}
+
+// note records a printed cursor, saving it when the last save is a
+// second old.
+func (c *cursorFile) note(cur int64) error {
+	c.cur = cur
+	if time.Since(c.savedAt) < time.Second {
+		return nil
+	}
+	return c.save()
+}
+
+// save writes the last cursor printed, if it changed, after syncing the
+// output.
+func (c *cursorFile) save() error {
+	if c.cur == c.saved && !c.savedAt.IsZero() {
+		return nil
+	}
+	if f, ok := c.out.(*os.File); ok {
+		_ = f.Sync() // a pipe or terminal cannot be synced; a file must be
+	}
+	tmp := c.path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(c.cur, 10)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("saving cursor state: %w", err)
+	}
+	if err := os.Rename(tmp, c.path); err != nil {
+		return fmt.Errorf("saving cursor state: %w", err)
+	}
+	c.saved, c.savedAt = c.cur, time.Now()
+	return nil
 }
 
 func parseWhen(s string) (time.Time, error) {

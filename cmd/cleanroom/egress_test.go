@@ -8,10 +8,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator"
@@ -130,14 +134,13 @@ func postBatch(t *testing.T, r *api.Client, cl api.Claim, first, n int) {
 	}
 }
 
-// `cleanroom egress --follow --after 0 --json` keeps printing while its
-// connection is reset mid-stream and then the coordinator restarts under
-// it: it says on stderr that it reconnects, resumes after the last cursor
-// it printed, and prints every event once.
-func TestEgressFollowCommandResumesAcrossACoordinatorRestart(t *testing.T) {
+// coordinatorWithJob starts a coordinator and returns a runner client
+// holding the lease of a job.
+func coordinatorWithJob(t *testing.T) (*testCoordinator, *api.Client, api.Claim) {
+	t.Helper()
 	c := &testCoordinator{t: t, dir: t.TempDir(), addr: "127.0.0.1:0", admin: coordinator.NewAdminToken()}
 	c.start()
-	defer c.Stop()
+	t.Cleanup(c.Stop)
 	url := "http://" + c.addr
 	ctx := context.Background()
 	admin := api.NewClient(url, c.admin)
@@ -158,27 +161,50 @@ func TestEgressFollowCommandResumesAcrossACoordinatorRestart(t *testing.T) {
 	if err != nil || len(resp.Claims) != 1 {
 		t.Fatalf("claiming: %v %v", resp, err)
 	}
-	cl := resp.Claims[0]
+	return c, runner, resp.Claims[0]
+}
 
+// startEgress runs `cleanroom egress args...` in this process, with every
+// flag of an earlier run back at its default, and returns its outcome.
+func startEgress(ctx context.Context, t *testing.T, stdout, stderr io.Writer, args ...string) <-chan error {
+	t.Helper()
+	cmd, _, err := rootCmd.Find([]string{"egress"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		f.Value.Set(f.DefValue)
+		f.Changed = false
+	})
+	cmd.SetContext(ctx) // cobra would keep the first run's
+	rootCmd.SetArgs(append([]string{"egress", "--cli-config", ""}, args...))
+	rootCmd.SetOut(stdout)
+	rootCmd.SetErr(stderr)
+	done := make(chan error, 1)
+	go func() {
+		err := rootCmd.ExecuteContext(ctx)
+		rootCmd.SetOut(nil)
+		rootCmd.SetErr(nil)
+		rootCmd.SetArgs(nil)
+		done <- err
+	}()
+	return done
+}
+
+// `cleanroom egress --follow --after 0 --json` keeps printing while its
+// connection is reset mid-stream and then the coordinator restarts under
+// it: it says on stderr that it reconnects, resumes after the last cursor
+// it printed, and prints every event once.
+func TestEgressFollowCommandResumesAcrossACoordinatorRestart(t *testing.T) {
+	c, runner, cl := coordinatorWithJob(t)
 	const total = 3000
 	postBatch(t, runner, cl, 0, 1000)
 	var stdout, stderr testutil.SyncBuffer
 	proxy := newCutter(t, c.addr, 100_000) // about half of the first 1000 events
-	rootCmd.SetArgs([]string{"egress", "--url", "http://" + proxy.ln.Addr().String(), "--token", c.admin, "--cli-config", "", "--follow", "--after", "0", "--json", "--limit", fmt.Sprint(total)})
-	rootCmd.SetOut(&stdout)
-	rootCmd.SetErr(&stderr)
-	defer func() { rootCmd.SetOut(nil); rootCmd.SetErr(nil); rootCmd.SetArgs(nil) }()
-	runCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	runCtx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	done := make(chan error, 1)
-	// cobra keeps a subcommand's context from the first Execute: set it
-	// (the test runs more than once with -count).
-	egressCmd, _, err := rootCmd.Find([]string{"egress"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	egressCmd.SetContext(runCtx)
-	go func() { done <- rootCmd.ExecuteContext(runCtx) }()
+	done := startEgress(runCtx, t, &stdout, &stderr, "--url", "http://"+proxy.ln.Addr().String(), "--token", c.admin,
+		"--follow", "--after", "0", "--json", "--limit", fmt.Sprint(total), "--state", filepath.Join(c.dir, "cursor"))
 
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
@@ -216,6 +242,9 @@ func TestEgressFollowCommandResumesAcrossACoordinatorRestart(t *testing.T) {
 		seen[r.Dst]++
 	}
 	t.Logf("stderr:\n%s", stderr.String())
+	if b, _ := os.ReadFile(filepath.Join(c.dir, "cursor")); strings.TrimSpace(string(b)) != fmt.Sprint(last) {
+		t.Errorf("state file holds %q, want the last cursor printed, %d", b, last)
+	}
 	for i := range total {
 		if seen[fmt.Sprint(i)] != 1 {
 			t.Fatalf("event %d printed %d times; stderr:\n%s", i, seen[fmt.Sprint(i)], stderr.String())
@@ -230,5 +259,43 @@ func TestEgressRowShowsCursorAndDomain(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("row %q lacks %q", got, want)
 		}
+	}
+}
+
+// --state keeps the last cursor printed: a second run prints only the
+// events stored since, and --after counts only before the file exists.
+func TestEgressStateFileResumesAfterTheLastCursorPrinted(t *testing.T) {
+	c, runner, cl := coordinatorWithJob(t)
+	state := filepath.Join(t.TempDir(), "cursor")
+	run := func(args ...string) []api.EgressRecord {
+		t.Helper()
+		var stdout, stderr testutil.SyncBuffer
+		args = append([]string{"--url", "http://" + c.addr, "--token", c.admin, "--json", "--state", state}, args...)
+		if err := <-startEgress(context.Background(), t, &stdout, &stderr, args...); err != nil {
+			t.Fatalf("egress %v: %v\n%s", args, err, stderr.String())
+		}
+		var out []api.EgressRecord
+		for _, line := range strings.Fields(stdout.String()) {
+			var r api.EgressRecord
+			if err := json.Unmarshal([]byte(line), &r); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, r)
+		}
+		return out
+	}
+	postBatch(t, runner, cl, 0, 3)
+	if got := run("--after", "1"); len(got) != 2 || got[0].Dst != "1" {
+		t.Fatalf("first run printed %+v, want events 1 and 2 (after cursor 1)", got)
+	}
+	if b, _ := os.ReadFile(state); strings.TrimSpace(string(b)) != "3" {
+		t.Fatalf("state %q after the first run, want 3", b)
+	}
+	postBatch(t, runner, cl, 3, 2)
+	if got := run("--after", "0"); len(got) != 2 || got[0].Dst != "3" || got[1].Dst != "4" {
+		t.Fatalf("second run printed %+v, want events 3 and 4", got)
+	}
+	if got := run(); len(got) != 0 {
+		t.Fatalf("third run printed %+v, want nothing new", got)
 	}
 }
