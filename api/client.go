@@ -29,6 +29,10 @@ type Client struct {
 	// HTTP is the transport; nil means a client without a global timeout
 	// (long-polls and log follows set their own deadlines via contexts).
 	HTTP *http.Client
+	// FollowIdle is how long FollowEgress waits for a line — an event or
+	// the coordinator's heartbeat — before it gives the connection up as
+	// dead (0: DefaultFollowIdle).
+	FollowIdle time.Duration
 }
 
 // NewClient returns a client for baseURL with token.
@@ -363,8 +367,74 @@ func (c *Client) PostEgress(ctx context.Context, jobID string, token, firstSeq i
 	return nil
 }
 
-// QueryEgress streams matching events (JSON lines) to fn, oldest first.
+// QueryEgress streams matching events to fn, oldest first (in cursor
+// order when f.After is set).
 func (c *Client) QueryEgress(ctx context.Context, f EgressFilter, fn func(EgressEvent) error) error {
+	return c.QueryEgressRecords(ctx, f, func(r EgressRecord) error { return fn(r.EgressEvent) })
+}
+
+// QueryEgressRecords streams matching events with their cursors to fn:
+// oldest first, or in cursor order after f.After when it is set.
+func (c *Client) QueryEgressRecords(ctx context.Context, f EgressFilter, fn func(EgressRecord) error) error {
+	req, err := c.newRequest(ctx, http.MethodGet, "/v1/egress", egressQuery(f), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return readRecords(resp.Body, func() {}, fn)
+}
+
+// DefaultFollowIdle is how long FollowEgress waits for a line when
+// Client.FollowIdle is zero: four of the coordinator's default heartbeats.
+const DefaultFollowIdle = time.Minute
+
+// FollowEgress streams the events after f.After (after cursor 0, i.e. all,
+// when it is nil) in cursor order, and then each matching event as the
+// coordinator stores it. It returns nil when the coordinator ends the
+// stream (it stops, or f.Limit events were sent), fn's error, or an error
+// when the connection breaks or stays silent — no event and no heartbeat —
+// for Client.FollowIdle. To resume without a gap or a duplicate, call it
+// again with After set to the last cursor fn was given.
+func (c *Client) FollowEgress(ctx context.Context, f EgressFilter, fn func(EgressRecord) error) error {
+	idle := c.FollowIdle
+	if idle <= 0 {
+		idle = DefaultFollowIdle
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	errIdle := fmt.Errorf("following egress events: nothing received for %s", idle)
+	timer := time.AfterFunc(idle, func() { cancel(errIdle) })
+	defer timer.Stop()
+	q := egressQuery(f)
+	if f.After == nil {
+		q.Set("after", "0")
+	}
+	q.Set("follow", "1")
+	req, err := c.newRequest(ctx, http.MethodGet, "/v1/egress", q, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(req)
+	if err == nil {
+		defer resp.Body.Close()
+		err = readRecords(resp.Body, func() { timer.Reset(idle) }, func(r EgressRecord) error {
+			timer.Stop() // a slow fn is not a silent connection
+			defer timer.Reset(idle)
+			return fn(r)
+		})
+	}
+	if errors.Is(context.Cause(ctx), errIdle) {
+		return errIdle
+	}
+	return err
+}
+
+// egressQuery encodes f as the query of GET /v1/egress.
+func egressQuery(f EgressFilter) url.Values {
 	q := url.Values{}
 	for k, v := range map[string]string{"job": f.Job, "runner": f.Runner, "verdict": f.Verdict} {
 		if v != "" {
@@ -380,26 +450,37 @@ func (c *Client) QueryEgress(ctx context.Context, f EgressFilter, fn func(Egress
 	if f.Limit > 0 {
 		q.Set("limit", strconv.Itoa(f.Limit))
 	}
-	req, err := c.newRequest(ctx, http.MethodGet, "/v1/egress", q, nil)
-	if err != nil {
-		return err
+	if f.After != nil {
+		q.Set("after", strconv.FormatInt(*f.After, 10))
 	}
-	resp, err := c.do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	return q
+}
+
+// readRecords decodes the JSON lines of body into fn, calling seen for
+// every line (empty lines are heartbeats). Only complete lines count: a
+// line cut off by a broken connection is an error, never a record.
+func readRecords(body io.Reader, seen func(), fn func(EgressRecord) error) error {
+	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			return i + 1, data[:i], nil
+		}
+		if atEOF && len(data) > 0 {
+			return 0, nil, io.ErrUnexpectedEOF
+		}
+		return 0, nil, nil
+	})
 	for sc.Scan() {
+		seen()
 		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
 			continue
 		}
-		var e EgressEvent
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+		var r EgressRecord
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			return fmt.Errorf("decoding egress event: %w", err)
 		}
-		if err := fn(e); err != nil {
+		if err := fn(r); err != nil {
 			return err
 		}
 	}

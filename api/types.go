@@ -490,6 +490,16 @@ type EgressEvent struct {
 	Process *string   `json:"process"`
 }
 
+// EgressRecord is an egress event as the coordinator serves it, with its
+// cursor: one JSON object, {"cursor": N, "time": …, …the event's fields}.
+// The cursor is store-wide and increases with every stored event (not by
+// one: numbers may be skipped), so "events after N" misses nothing and
+// repeats nothing.
+type EgressRecord struct {
+	Cursor int64 `json:"cursor"`
+	EgressEvent
+}
+
 // EgressFilter selects events for GET /v1/egress. Zero fields match all.
 type EgressFilter struct {
 	Job     string
@@ -498,6 +508,10 @@ type EgressFilter struct {
 	Since   time.Time
 	Until   time.Time
 	Limit   int
+	// After, when set, keeps only the events whose cursor is greater and
+	// orders them by cursor instead of by time (?after=N; 0 is "from the
+	// first event").
+	After *int64
 }
 
 // Artifact describes a stored artifact file of a job.

@@ -328,6 +328,9 @@ func (f *EgressFilter) Validate() error {
 	if f.Verdict != "" && f.Verdict != VerdictAllow && f.Verdict != VerdictDeny {
 		fe.add("verdict", "must be allow or deny")
 	}
+	if f.After != nil && *f.After < 0 {
+		fe.add("after", "must be a cursor (0 or more)")
+	}
 	return fe.orNil()
 }
 

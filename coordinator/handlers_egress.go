@@ -49,6 +49,7 @@ func (s *Server) handlePostEgress(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	s.metrics.egressStored(events)
+	s.hub.notify(egressKey)
 	writeJSON(w, http.StatusOK, map[string]int{"stored": len(events)})
 	return nil
 }
@@ -97,6 +98,22 @@ func parseEvents(body []byte) ([]api.EgressEvent, error) {
 	return events, nil
 }
 
+// egressKey is the hub key notified whenever events are stored: every
+// follow stream waits on it.
+const egressKey = "egress"
+
+// egressPage bounds the events a follow stream reads in one query, so it
+// holds no read transaction while writing to a slow client.
+const egressPage = 1000
+
+// egressWriteTimeout ends a follow stream whose client has not taken a
+// write for this long; it resumes from its last cursor when it reconnects.
+const egressWriteTimeout = time.Minute
+
+// handleQueryEgress answers GET /v1/egress: the matching events as JSON
+// lines, each an api.EgressRecord. With after=N, the events with a cursor
+// greater than N in cursor order; with follow=1 (after defaults to 0) the
+// stream then stays open and sends new events as they are stored.
 func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	f := api.EgressFilter{Job: q.Get("job"), Runner: q.Get("runner"), Verdict: q.Get("verdict")}
@@ -120,6 +137,17 @@ func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) error
 		}
 		f.Limit = n
 	}
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			fe = append(fe, api.FieldError{Field: "after", Message: "must be a cursor (0 or more)"})
+		}
+		f.After = &n
+	}
+	follow := q.Get("follow") == "1" || q.Get("follow") == "true"
+	if follow && f.After == nil {
+		f.After = new(int64)
+	}
 	if err := f.Validate(); err != nil {
 		fe = append(fe, api.PrefixFields("", err)...)
 	}
@@ -131,14 +159,18 @@ func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) error
 		sf.Submitter = p.tokenID
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
+	if follow {
+		s.followEgress(w, r, sf)
+		return nil
+	}
 	enc := json.NewEncoder(w)
 	started := false
-	err := s.store.QueryEgress(r.Context(), sf, func(e api.EgressEvent) error {
+	err := s.store.QueryEgressRecords(r.Context(), sf, func(rec api.EgressRecord) error {
 		if !started {
 			w.WriteHeader(http.StatusOK)
 			started = true
 		}
-		return enc.Encode(e)
+		return enc.Encode(rec)
 	})
 	if err != nil && !started {
 		return err
@@ -147,4 +179,83 @@ func (s *Server) handleQueryEgress(w http.ResponseWriter, r *http.Request) error
 		w.WriteHeader(http.StatusOK)
 	}
 	return nil
+}
+
+// followEgress streams the events after *f.After and then every event
+// stored later, a page at a time, woken by the hub. When it has been idle
+// for EgressHeartbeat it writes an empty line (proxies see traffic; clients
+// skip it) and checks the request's token again, ending the stream if it
+// was revoked or expired. It ends with the server, the client, a write the
+// client has not taken for egressWriteTimeout, or after f.Limit events.
+// The client resumes after the last cursor it received: nothing is lost
+// or repeated, whichever way the stream ended.
+func (s *Server) followEgress(w http.ResponseWriter, r *http.Request, f store.EgressFilter) {
+	ctx := r.Context()
+	rc := http.NewResponseController(w)
+	write := func(b []byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(egressWriteTimeout)) // not every writer has one
+		if _, err := w.Write(b); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no") // nginx: pass lines on at once
+	w.WriteHeader(http.StatusOK)
+	if !write(nil) {
+		return
+	}
+	after, left := *f.After, f.Limit
+	hb := time.NewTicker(s.cfg.EgressHeartbeat)
+	defer hb.Stop()
+	var buf bytes.Buffer
+	for {
+		changed := s.hub.wait(egressKey)
+		page := f
+		page.After, page.Limit = &after, egressPage
+		if left > 0 {
+			page.Limit = min(left, egressPage)
+		}
+		buf.Reset()
+		enc := json.NewEncoder(&buf)
+		n, last := 0, after
+		err := s.store.QueryEgressRecords(ctx, page, func(rec api.EgressRecord) error {
+			n, last = n+1, rec.Cursor
+			return enc.Encode(rec)
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("following egress events", "error", err)
+			}
+			return // the headers are out: the client sees the stream end and resumes
+		}
+		if n > 0 {
+			if !write(buf.Bytes()) {
+				return
+			}
+			after = last
+			if left > 0 {
+				if left -= n; left == 0 {
+					return
+				}
+			}
+			if n == page.Limit {
+				continue // more are waiting
+			}
+		}
+		select {
+		case <-changed:
+		case <-hb.C:
+			if _, err := s.authenticate(r); err != nil {
+				return
+			}
+			if !write([]byte("\n")) {
+				return
+			}
+		case <-ctx.Done():
+			return
+		case <-s.stopCtx.Done():
+			return
+		}
+	}
 }

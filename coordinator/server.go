@@ -62,6 +62,10 @@ type Config struct {
 	// as online in cleanroom_runners_online (default 3 × MaxClaimWait; a
 	// runner holding a live lease is online too).
 	RunnerOnlineWindow time.Duration
+	// EgressHeartbeat is how often an egress follow stream with nothing
+	// to send writes an empty line, so proxies keep it open, and checks
+	// that its token is still valid (default 15s).
+	EgressHeartbeat time.Duration
 	// Store overrides the SQLite store in DataDir (tests, PostgreSQL).
 	Store store.Store
 	// Logger receives the server's logs (default: discard).
@@ -97,6 +101,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PurgeInterval <= 0 {
 		c.PurgeInterval = time.Hour
+	}
+	if c.EgressHeartbeat <= 0 {
+		c.EgressHeartbeat = 15 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()

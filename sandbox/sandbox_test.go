@@ -474,7 +474,7 @@ func TestGCCleansUpAfterKilledProcess(t *testing.T) {
 	job := f.jobID("killed")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestGCCleansUpAfterKilledProcess$")
 	cmd.Env = append(os.Environ(), "CLEANROOM_GC_HELPER=1", "CLEANROOM_GC_STATE="+state, "CLEANROOM_GC_AGENT="+f.agent, "CLEANROOM_GC_JOB="+job)
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -552,22 +552,4 @@ func tail(s string) string {
 		return s[len(s)-2000:]
 	}
 	return s
-}
-
-// syncBuffer is a bytes.Buffer safe to read while a process writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

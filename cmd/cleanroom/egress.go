@@ -1,9 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -14,18 +22,28 @@ import (
 
 func init() {
 	var f api.EgressFilter
-	var denied bool
-	var since, until string
+	var denied, follow bool
+	var since, until, statePath string
+	var after int64
 	cmd := &cobra.Command{
 		Use:   "egress",
-		Short: "Query the egress audit log (every allowed and denied attempt, DNS included)",
+		Short: "Query or follow the egress audit log (every allowed and denied attempt, DNS included)",
 		Long: `Query egress events. By default a table; with --json one JSON object per line,
-in the format of docs/egress-log.md, ready for a SIEM. --since and --until take an
-RFC 3339 time or a duration back from now (e.g. 24h).`,
+in the format of docs/egress-log.md plus the event's "cursor", ready for a SIEM.
+--since and --until take an RFC 3339 time or a duration back from now (e.g. 24h).
+
+Every stored event has a cursor, a number that increases with each event the
+coordinator stores. --after N prints the events after cursor N, in cursor
+order. --follow then keeps printing new events as they are stored, for ever:
+when the connection breaks or the coordinator restarts it reconnects (with
+backoff, saying so on stderr) after the last cursor it printed, so no event is
+skipped or printed twice. --state FILE keeps the last cursor printed in FILE
+and starts after it, so a restarted shipper (a systemd service) resumes where
+it stopped (docs/egress-log.md, "Shipping to a SIEM").`,
 		Args: cobra.NoArgs,
 	}
 	cf := addClientFlags(cmd, true)
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+	cmd.RunE = func(cmd *cobra.Command, _ []string) (retErr error) {
 		cl, err := cf.client()
 		if err != nil {
 			return err
@@ -39,28 +57,65 @@ RFC 3339 time or a duration back from now (e.g. 24h).`,
 		if f.Until, err = parseWhen(until); err != nil {
 			return fmt.Errorf("parsing --until: %w", err)
 		}
-		if cf.json {
-			enc := json.NewEncoder(os.Stdout)
-			return cl.QueryEgress(cmd.Context(), f, func(e api.EgressEvent) error { return enc.Encode(e) })
+		if cmd.Flags().Changed("after") {
+			f.After = &after
 		}
-		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "TIME\tRUNNER\tJOB\tPROTO\tDESTINATION\tVERDICT\tRULE")
-		err = cl.QueryEgress(cmd.Context(), f, func(e api.EgressEvent) error {
-			dst := e.Dst
-			if e.Domain != "" {
-				dst = e.Domain
-				if e.Dst != "" {
-					dst += " (" + e.Dst + ")"
-				}
+		out := cmd.OutOrStdout()
+		var st *cursorFile
+		if statePath != "" {
+			st = &cursorFile{path: statePath, out: out}
+			saved, ok, err := st.load()
+			if err != nil {
+				return err
 			}
-			_, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05.000"),
-				e.Runner, e.Job, e.Proto, orDash(dst), e.Verdict, orDash(e.Rule))
-			return err
-		})
-		if err != nil {
+			if ok || f.After == nil {
+				f.After = &saved
+			}
+			defer func() {
+				if err := st.save(); err != nil && retErr == nil {
+					retErr = err
+				}
+			}()
+		}
+		var print func(api.EgressRecord) error
+		flush := func() error { return nil }
+		switch {
+		case cf.json:
+			enc := json.NewEncoder(out)
+			print = func(r api.EgressRecord) error { return enc.Encode(r) }
+		case follow: // fixed widths: lines are printed as events come
+			fmt.Fprintf(out, egressRowFormat, egressHeader...)
+			print = func(r api.EgressRecord) error {
+				_, err := fmt.Fprintf(out, egressRowFormat, egressRow(r)...)
+				return err
+			}
+		default:
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", egressHeader...)
+			print = func(r api.EgressRecord) error {
+				_, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", egressRow(r)...)
+				return err
+			}
+			flush = tw.Flush
+		}
+		if st != nil {
+			show := print
+			print = func(r api.EgressRecord) error {
+				if err := show(r); err != nil {
+					return err
+				}
+				return st.note(r.Cursor)
+			}
+		}
+		if follow {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return followEgress(ctx, cl, f, print, cmd.ErrOrStderr())
+		}
+		if err := cl.QueryEgressRecords(cmd.Context(), f, print); err != nil {
 			return fmt.Errorf("querying egress: %w", err)
 		}
-		return tw.Flush()
+		return flush()
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.Job, "job", "", "only this job")
@@ -68,8 +123,153 @@ RFC 3339 time or a duration back from now (e.g. 24h).`,
 	fl.BoolVar(&denied, "denied", false, "only denied attempts")
 	fl.StringVar(&since, "since", "", "from this time (RFC 3339, or a duration ago like 24h)")
 	fl.StringVar(&until, "until", "", "before this time (RFC 3339, or a duration ago)")
-	fl.IntVar(&f.Limit, "limit", 0, "at most this many events (0 = all)")
+	fl.IntVar(&f.Limit, "limit", 0, "at most this many events (0 = all); with --follow, exit after this many")
+	fl.Int64Var(&after, "after", 0, "only events after this cursor, in cursor order (0 = from the first)")
+	fl.StringVar(&statePath, "state", "", "keep the last cursor printed in this file and start after the one it holds (then --after is used only when the file does not exist yet)")
+	fl.BoolVarP(&follow, "follow", "f", false, "keep printing new events as they are stored, reconnecting after the last cursor printed (from cursor 0 without --after)")
 	rootCmd.AddCommand(cmd)
+}
+
+var egressHeader = []any{"CURSOR", "TIME", "RUNNER", "JOB", "PROTO", "DESTINATION", "VERDICT", "RULE"}
+
+// egressRowFormat lays out a followed table, whose widths cannot wait for
+// the last row.
+const egressRowFormat = "%-8s  %-23s  %-15s  %-18s  %-6s  %-36s  %-7s  %s\n"
+
+// egressRow is one table row; DESTINATION is "domain (dst)" when a domain
+// is known.
+func egressRow(r api.EgressRecord) []any {
+	dst := r.Dst
+	if r.Domain != "" {
+		dst = r.Domain
+		if r.Dst != "" {
+			dst += " (" + r.Dst + ")"
+		}
+	}
+	return []any{fmt.Sprint(r.Cursor), r.Time.Local().Format("2006-01-02 15:04:05.000"), r.Runner, r.Job, r.Proto, orDash(dst), r.Verdict, orDash(r.Rule)}
+}
+
+// printError is print's failure, which ends a follow (stdout is gone)
+// instead of reconnecting.
+type printError struct{ err error }
+
+func (e *printError) Error() string { return e.err.Error() }
+
+// followEgress prints the events after f.After (0 when nil), then new ones
+// as they are stored, until ctx ends (nil) or f.Limit events were printed.
+// A broken, silent or ended stream is resumed after the last cursor
+// printed, after a backoff of 200 ms doubling to 30 s (reset by an event),
+// with a line on stderr; a refused request (4xx: a revoked token, a bad
+// filter) ends it with its error.
+func followEgress(ctx context.Context, cl *api.Client, f api.EgressFilter, print func(api.EgressRecord) error, stderr io.Writer) error {
+	var last int64
+	if f.After != nil {
+		last = *f.After
+	}
+	limit, printed := f.Limit, 0
+	var delay time.Duration
+	for {
+		f.After, f.Limit = &last, 0
+		if limit > 0 {
+			f.Limit = limit - printed
+		}
+		got := 0
+		err := cl.FollowEgress(ctx, f, func(r api.EgressRecord) error {
+			if err := print(r); err != nil {
+				return &printError{err}
+			}
+			last, got = r.Cursor, got+1
+			return nil
+		})
+		printed += got
+		var pe *printError
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case limit > 0 && printed >= limit:
+			return nil
+		case errors.As(err, &pe):
+			return fmt.Errorf("printing egress events: %w", pe.err)
+		case err != nil && !api.Retryable(err):
+			return fmt.Errorf("following egress: %w", err)
+		}
+		if got > 0 {
+			delay = 0
+		}
+		delay = min(max(2*delay, 200*time.Millisecond), 30*time.Second)
+		wait := delay/2 + rand.N(delay/2+1) // jitter: many shippers do not reconnect at once
+		why := "the coordinator ended the stream"
+		if err != nil {
+			why = err.Error()
+		}
+		fmt.Fprintf(stderr, "cleanroom: egress follow: %s; reconnecting after cursor %d in %s\n", why, last, wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// cursorFile keeps the last cursor printed in a file, so that a later run
+// (a restarted shipper) starts after it. The file is replaced atomically,
+// at most once a second while events come and once more at the end, and
+// only after what was printed before it is synced when the output is a
+// file: it never names an event that is not written, so a crash can make a
+// run print again at most the last second's events, never skip one.
+type cursorFile struct {
+	path    string
+	out     io.Writer
+	cur     int64 // last cursor printed
+	saved   int64
+	savedAt time.Time
+}
+
+// load returns the cursor in the file; ok is false when there is none yet.
+func (c *cursorFile) load() (cur int64, ok bool, err error) {
+	b, err := os.ReadFile(c.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("reading cursor state: %w", err)
+	}
+	cur, err = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || cur < 0 {
+		return 0, false, fmt.Errorf("reading cursor state %s: not a cursor: %q", c.path, b)
+	}
+	c.cur, c.saved = cur, cur
+	return cur, true, nil
+}
+
+// note records a printed cursor, saving it when the last save is a
+// second old.
+func (c *cursorFile) note(cur int64) error {
+	c.cur = cur
+	if time.Since(c.savedAt) < time.Second {
+		return nil
+	}
+	return c.save()
+}
+
+// save writes the last cursor printed, if it changed, after syncing the
+// output.
+func (c *cursorFile) save() error {
+	if c.cur == c.saved && !c.savedAt.IsZero() {
+		return nil
+	}
+	if f, ok := c.out.(*os.File); ok {
+		_ = f.Sync() // a pipe or terminal cannot be synced; a file must be
+	}
+	tmp := c.path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(c.cur, 10)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("saving cursor state: %w", err)
+	}
+	if err := os.Rename(tmp, c.path); err != nil {
+		return fmt.Errorf("saving cursor state: %w", err)
+	}
+	c.saved, c.savedAt = c.cur, time.Now()
+	return nil
 }
 
 func parseWhen(s string) (time.Time, error) {

@@ -235,11 +235,23 @@ type Store interface {
 	// (the caller stamps runner and job from the lease); numbers already
 	// stored are skipped.
 	AddEgress(ctx context.Context, f Fence, firstSeq int64, events []api.EgressEvent) error
-	// QueryEgress calls fn for each matching event, oldest first.
+	// QueryEgress calls fn for each matching event, as QueryEgressRecords
+	// but without the cursor.
 	QueryEgress(ctx context.Context, f EgressFilter, fn func(api.EgressEvent) error) error
 	// CountEgress counts the events of each of jobIDs with the verdict
 	// ("" any); jobs without events are absent from the map.
 	CountEgress(ctx context.Context, jobIDs []string, verdict string) (map[string]int, error)
+	// QueryEgressRecords calls fn for each matching event with its cursor:
+	// with f.After set, the events whose cursor is greater, in cursor
+	// order; otherwise oldest first by event time.
+	//
+	// Every stored event gets a cursor when AddEgress stores it: an
+	// integer greater than any cursor handed out before (never reused,
+	// not even after the event is purged), and none for an event skipped
+	// as already stored. Cursors must become readable in order: once a
+	// reader sees cursor N, no event with a smaller cursor may appear
+	// later, or a follower resuming after N would miss it.
+	QueryEgressRecords(ctx context.Context, f EgressFilter, fn func(api.EgressRecord) error) error
 
 	// AddArtifact records an artifact under the lease (replacing one of the
 	// same name).

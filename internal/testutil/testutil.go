@@ -1,15 +1,18 @@
 // Package testutil owns the helpers shared by the project's tests: gating
 // root-only tests, finding the containerd instance the test run started,
-// checking that a test leaves no goroutines behind, and reading /metrics.
+// checking that a test leaves no goroutines behind, reading /metrics, and a
+// buffer safe to read while something writes to it.
 //
 // Root tests are never skipped silently in CI: when CI=true (as .ci/run sets)
 // and the process is not root, RequiresRoot fails the test instead of skipping.
 package testutil
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 )
@@ -97,4 +100,23 @@ func CheckGoroutines(t testing.TB) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
+}
+
+// SyncBuffer is a bytes.Buffer safe to read while a process or a command
+// writes to it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -3,31 +3,42 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"path/filepath"
 	"testing"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 )
 
-// A database written by the first schema (jobs without a submitter) opens,
-// migrates, and keeps its jobs: they belong to no submit token.
-func TestVersion1DatabaseMigratesAndKeepsItsJobs(t *testing.T) {
-	ctx := context.Background()
+// oldDatabase writes a database at schema version, as that build left it,
+// runs the statements of rows on it, and returns its path.
+func oldDatabase(t *testing.T, version int, rows ...string) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "cleanroom.db")
 	db, err := sql.Open("sqlite", "file:"+path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range []string{
-		`CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at INTEGER NOT NULL)`,
-		migrations[0],
-		`INSERT INTO schema_version VALUES (1, 0)`,
-		`INSERT INTO jobs (id, state, spec, source, created_at, max_attempts) VALUES ('j-old', 'succeeded', '{"build":"x"}', '{"kind":"git"}', 0, 3)`,
-	} {
-		if _, err := db.ExecContext(ctx, q); err != nil {
+	defer db.Close()
+	qs := []string{`CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at INTEGER NOT NULL)`}
+	for v := 1; v <= version; v++ {
+		qs = append(qs, migrations[v-1], fmt.Sprintf(`INSERT INTO schema_version VALUES (%d, 0)`, v))
+	}
+	for _, q := range append(qs, rows...) {
+		if _, err := db.Exec(q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	db.Close()
+	return path
+}
 
+// A database written by the first schema (jobs without a submitter) opens,
+// migrates, and keeps its jobs: they belong to no submit token.
+func TestVersion1DatabaseMigratesAndKeepsItsJobs(t *testing.T) {
+	ctx := context.Background()
+	path := oldDatabase(t, 1,
+		`INSERT INTO jobs (id, state, spec, source, created_at, max_attempts) VALUES ('j-old', 'succeeded', '{"build":"x"}', '{"kind":"git"}', 0, 3)`)
 	s, err := Open(ctx, path, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -39,6 +50,42 @@ func TestVersion1DatabaseMigratesAndKeepsItsJobs(t *testing.T) {
 	j, err := s.Job(ctx, "j-old")
 	if err != nil || j.Submitter != "" || j.State != "succeeded" {
 		t.Fatalf("old job after migration: %+v %v", j, err)
+	}
+}
+
+// A version 2 database's egress events keep their ids as cursors, and after
+// the migration an id is never handed out again, even when the event that
+// had the highest one is deleted (as a purge does).
+func TestVersion2EgressIDsBecomeCursorsNeverReused(t *testing.T) {
+	ctx := context.Background()
+	path := oldDatabase(t, 2,
+		`INSERT INTO jobs (id, state, spec, source, created_at, max_attempts) VALUES ('j-old', 'succeeded', '{"build":"x"}', '{"kind":"git"}', 0, 3)`,
+		`INSERT INTO egress (id, job_id, runner_id, seq, time, verdict, event) VALUES
+			(7, 'j-old', 'r-1', 0, 1, 'deny', '{"job":"j-old","proto":"tcp","verdict":"deny","process":null}'),
+			(9, 'j-old', 'r-1', 1, 2, 'allow', '{"job":"j-old","proto":"dns","verdict":"allow","process":null}')`)
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var cursors []int64
+	zero := int64(0)
+	err = s.QueryEgressRecords(ctx, store.EgressFilter{EgressFilter: api.EgressFilter{After: &zero}}, func(r api.EgressRecord) error {
+		cursors = append(cursors, r.Cursor)
+		return nil
+	})
+	if err != nil || len(cursors) != 2 || cursors[0] != 7 || cursors[1] != 9 {
+		t.Fatalf("cursors after migration %v (%v), want [7 9]", cursors, err)
+	}
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM egress WHERE id = 9`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO egress (job_id, runner_id, seq, time, verdict, event) VALUES ('j-old', 'r-1', 2, 3, 'deny', '{}')`); err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	if err := s.db.QueryRowContext(ctx, `SELECT MAX(id) FROM egress`).Scan(&id); err != nil || id != 10 {
+		t.Fatalf("the next event got id %d (%v), want 10", id, err)
 	}
 }
 

@@ -116,6 +116,21 @@ var migrations = []string{
 	// audit tokens see them.
 	`ALTER TABLE jobs ADD COLUMN submitter TEXT NOT NULL DEFAULT '';
 	CREATE INDEX jobs_submitter ON jobs(submitter, seq);`,
+	// 3: an egress event's id is its cursor (GET /v1/egress?after=N), so it
+	// must never be handed out twice: without AUTOINCREMENT SQLite reuses
+	// the highest id after a purge deleted it, and a follower that had seen
+	// it would skip the new event. The table is rebuilt with the same ids;
+	// inserting them sets sqlite_sequence to the highest.
+	`CREATE TABLE egress_v3 (
+		id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, runner_id TEXT NOT NULL,
+		seq INTEGER NOT NULL, time INTEGER NOT NULL, verdict TEXT NOT NULL,
+		event TEXT NOT NULL, UNIQUE (job_id, seq));
+	INSERT INTO egress_v3 (id, job_id, runner_id, seq, time, verdict, event)
+		SELECT id, job_id, runner_id, seq, time, verdict, event FROM egress ORDER BY id;
+	DROP TABLE egress;
+	ALTER TABLE egress_v3 RENAME TO egress;
+	CREATE INDEX egress_time ON egress(time);
+	CREATE INDEX egress_runner ON egress(runner_id, time);`,
 }
 
 // SchemaVersion is the version this build migrates to.
@@ -978,7 +993,8 @@ func (s *Store) ReadLog(ctx context.Context, jobID string, offset int64, maxByte
 
 // AddEgress stores events under the lease as given (the coordinator has set
 // their runner and job from the lease), skipping sequence numbers already
-// stored.
+// stored. Each stored event gets the next id of the AUTOINCREMENT column,
+// its cursor; a skipped one gets none.
 func (s *Store) AddEgress(ctx context.Context, f store.Fence, firstSeq int64, events []api.EgressEvent) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		if _, err := checkLeaseTx(ctx, tx, f); err != nil {
@@ -994,10 +1010,23 @@ func (s *Store) AddEgress(ctx context.Context, f store.Fence, firstSeq int64, ev
 	})
 }
 
-// QueryEgress streams matching events oldest first.
+// QueryEgress streams matching events like QueryEgressRecords, without
+// their cursors.
 func (s *Store) QueryEgress(ctx context.Context, f store.EgressFilter, fn func(api.EgressEvent) error) error {
+	return s.QueryEgressRecords(ctx, f, func(r api.EgressRecord) error { return fn(r.EgressEvent) })
+}
+
+// QueryEgressRecords streams matching events with their cursors (the
+// egress table's id): after f.After in cursor order when it is set, else
+// oldest first by event time. Cursors become visible in order because
+// SQLite has one writer at a time: a batch's ids are assigned and committed
+// before the next batch's transaction begins.
+func (s *Store) QueryEgressRecords(ctx context.Context, f store.EgressFilter, fn func(api.EgressRecord) error) error {
 	var where []string
 	var args []any
+	if f.After != nil {
+		where, args = append(where, "id > ?"), append(args, *f.After)
+	}
 	if f.Submitter != "" {
 		where, args = append(where, "job_id IN (SELECT id FROM jobs WHERE submitter = ?)"), append(args, f.Submitter)
 	}
@@ -1017,11 +1046,15 @@ func (s *Store) QueryEgress(ctx context.Context, f store.EgressFilter, fn func(a
 		where, args = append(where, "time < ?"), append(args, nanos(f.Until))
 	}
 	where, args = egressMatch(f.Match, where, args)
-	q := `SELECT event FROM egress`
+	q := `SELECT id, event FROM egress`
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
-	q += ` ORDER BY time, id`
+	if f.After != nil {
+		q += ` ORDER BY id`
+	} else {
+		q += ` ORDER BY time, id`
+	}
 	q, args = limitOffset(q, args, f.Limit, f.Offset)
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
@@ -1029,15 +1062,15 @@ func (s *Store) QueryEgress(ctx context.Context, f store.EgressFilter, fn func(a
 	}
 	defer rows.Close()
 	for rows.Next() {
+		var rec api.EgressRecord
 		var raw string
-		if err := rows.Scan(&raw); err != nil {
+		if err := rows.Scan(&rec.Cursor, &raw); err != nil {
 			return fmt.Errorf("querying egress events: %w", err)
 		}
-		var e api.EgressEvent
-		if err := json.Unmarshal([]byte(raw), &e); err != nil {
-			return fmt.Errorf("decoding egress event: %w", err)
+		if err := json.Unmarshal([]byte(raw), &rec.EgressEvent); err != nil {
+			return fmt.Errorf("decoding egress event %d: %w", rec.Cursor, err)
 		}
-		if err := fn(e); err != nil {
+		if err := fn(rec); err != nil {
 			return err
 		}
 	}
