@@ -295,14 +295,17 @@ func TestGitSourceURLs(t *testing.T) {
 		{"/srv/git/app.git", "local paths"},
 		{"./app", "local paths"},
 		{"app.git", "local paths"},
-		{"ext::sh -c touch% /tmp/pwned", "spaces"},
+		{"ext::sh -c touch% /tmp/pwned", "without spaces"},
 		{"ext::sh", "transports"},
 		{"fd::3", "transports"},
 		{"-uhttps://x/y", "must not start with '-'"},
 		{"https://-oProxyCommand=x/y", "host must not start"},
 		{"https:///app.git", "must name a host"},
 		{"https://git.corp.example:99999/x", "bad port"},
-		{"https://git.corp.example/a\nb", "control characters"},
+		{"https://git.corp.example/a\nb", "printable ASCII"},
+		{"https://git.corp.example/\u009b2Japp", "printable ASCII"},
+		{"https://git.corp.example/\u202egnp.exe", "printable ASCII"},
+		{"https://gït.corp.example/app", "printable ASCII"},
 		{"", "required"},
 	}
 	for _, tc := range tests {
@@ -322,5 +325,17 @@ func TestGitSourceURLs(t *testing.T) {
 				t.Fatalf("the error repeats the credentials: %v", err)
 			}
 		})
+	}
+}
+
+func TestLabelValuesRefuseTerminalControls(t *testing.T) {
+	spec := api.JobSpec{Build: api.Build{Script: "x"}, Labels: map[string]string{"zone": "\x1b[2Jb"}}
+	err := spec.Validate()
+	if err == nil || !strings.Contains(err.Error(), "labels.zone") {
+		t.Fatalf("err = %v", err)
+	}
+	spec.Labels["zone"] = "eu-west-1"
+	if err := spec.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }

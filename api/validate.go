@@ -153,6 +153,9 @@ func (s *JobSpec) Validate() error {
 		if len(v) > 128 {
 			fe.add("labels."+k, "value longer than 128 bytes")
 		}
+		if HasUnsafeRune(v) {
+			fe.add("labels."+k, "value has a control or format character")
+		}
 	}
 	for i, p := range s.InstallScripts.Allow {
 		if !npmPackRE.MatchString(p) {
@@ -209,8 +212,8 @@ func gitURLProblem(raw string) string {
 		return "must not start with '-'"
 	case len(raw) > 2048:
 		return "longer than 2048 bytes"
-	case strings.IndexFunc(raw, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0:
-		return "must not contain spaces or control characters"
+	case strings.IndexFunc(raw, func(r rune) bool { return r <= ' ' || r > 0x7e }) >= 0:
+		return "must be printable ASCII without spaces (an IDN host in punycode, other characters percent-encoded)"
 	case strings.Contains(raw, "::"):
 		return "git transports (ext::, fd::, …) are not allowed: use an https:// URL"
 	}
@@ -275,7 +278,7 @@ func (r *RegisterRequest) Validate() error {
 		fe.add("public_key", "must be a 32-byte ed25519 public key")
 	}
 	for k, v := range r.Labels {
-		if !ValidLabelKey(k) || len(v) > 128 {
+		if !ValidLabelKey(k) || len(v) > 128 || HasUnsafeRune(v) {
 			fe.add("labels."+k, "invalid label")
 		}
 	}
@@ -339,7 +342,7 @@ func (f *EgressFilter) Validate() error {
 func (a *Artifact) Validate() error {
 	var fe FieldErrors
 	switch {
-	case hasUnsafeRune(a.Name):
+	case HasUnsafeRune(a.Name):
 		fe.add("name", "must not contain control characters (C0, DEL, C1, bidi or other format characters)")
 	case !validArtifactName(a.Name):
 		fe.add("name", "must be a relative path without '..'")
@@ -366,10 +369,10 @@ func validArtifactName(n string) bool {
 	return true
 }
 
-// hasUnsafeRune reports whether s holds a rune that controls a terminal
+// HasUnsafeRune reports whether s holds a rune that controls a terminal
 // (unsafeRune): a name a person reads in a listing or a download must not
 // move the cursor or reorder text.
-func hasUnsafeRune(s string) bool {
+func HasUnsafeRune(s string) bool {
 	return strings.IndexFunc(s, unsafeRune) >= 0
 }
 

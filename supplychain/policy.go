@@ -7,7 +7,9 @@ import (
 	"net/url"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"unicode"
 )
 
 // Rule names of lockfile violations, stable strings the job log and tests
@@ -40,7 +42,11 @@ type Violation struct {
 }
 
 func (v Violation) String() string {
-	s := fmt.Sprintf("%s: %s: %q", v.Path, v.Rule, v.Value)
+	path := v.Path // a lockfile key: quoted when it holds anything but printable text
+	if strings.IndexFunc(path, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		path = strconv.Quote(path)
+	}
+	s := fmt.Sprintf("%s: %s: %q", path, v.Rule, v.Value)
 	if v.Reason != "" {
 		s += " (" + v.Reason + ")"
 	}
