@@ -135,15 +135,23 @@ func (e *Executor) FetchGit(ctx context.Context, job *api.Job, ws string, out io
 
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	var violations <-chan netpolicy.Event
 	if kill {
-		go func() {
-			select {
-			case <-nw.Violations():
-				cancel(errGitViolation)
-			case <-fctx.Done():
-			}
-		}()
+		violations = nw.Violations()
 	}
+	go func() { // as for a sandbox: nothing runs unaudited, in any mode
+		select {
+		case err := <-nw.AuditFailed():
+			cancel(fmt.Errorf("%w: %v", errAuditStopped, err))
+		case ev := <-violations:
+			if ev.Rule == netpolicy.RuleAuditFailure {
+				cancel(fmt.Errorf("%w: %s: %s", errAuditStopped, ev.Domain, ev.Answer))
+				return
+			}
+			cancel(errGitViolation)
+		case <-fctx.Done():
+		}
+	}()
 	c := cage{
 		netns: netpolicy.NetNSPathFor(id), resolv: netpolicy.ResolvConfPathFor(e.cfg.NetStateDir, id),
 		ws: ws, caFile: g.CAFile, maxBytes: g.maxBytes(),
@@ -156,6 +164,8 @@ func (e *Executor) FetchGit(ctx context.Context, job *api.Job, ws string, out io
 			return fmt.Errorf("git source refused: more than %d files (git.max_files)", g.maxFiles())
 		case errors.Is(cause, errGitViolation):
 			return fmt.Errorf("git fetch ended: %w (on_violation: kill)", errGitViolation)
+		case errors.Is(cause, errAuditStopped):
+			return fmt.Errorf("git fetch ended: %w", cause)
 		case ctx.Err() != nil:
 			return fmt.Errorf("git fetch ended: %w", context.Cause(ctx))
 		}
@@ -361,11 +371,32 @@ func prepareWorkspace(ws string) error {
 // reclaimWorkspace gives the workspace and everything git wrote back to
 // root (links themselves, never their targets).
 func reclaimWorkspace(ws string) error {
-	err := filepath.WalkDir(ws, func(p string, d fs.DirEntry, err error) error {
+	// Through os.Root: a directory the git user swapped for a symlink while
+	// this walks cannot make root change anything outside the workspace.
+	root, err := os.OpenRoot(ws)
+	if err != nil {
+		return fmt.Errorf("taking the git checkout back from uid %d: %w", GitUID, err)
+	}
+	defer root.Close()
+	err = fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		return os.Lchown(p, 0, 0)
+		if err := root.Lchown(p, 0, 0); err != nil {
+			return err
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		// No group/other write, no setuid, setgid or sticky bits survive.
+		if mode := info.Mode(); mode&(0o022|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != 0 {
+			return root.Chmod(p, mode.Perm()&^0o022)
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("taking the git checkout back from uid %d: %w", GitUID, err)
@@ -406,7 +437,15 @@ mount --bind -o ro "$resolv" /etc/resolv.conf
 cert=
 if [ -n "$ca" ]; then cert=$(cat "$ca"); fi
 cd "$ws"
+for d in /run /dev/shm /var/tmp; do
+	if [ -d "$d" ]; then mount -t tmpfs -o mode=0755,size=1m,nosuid,nodev,noexec tmpfs "$d"; fi
+done
 mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev tmpfs /tmp
+printf 'hosts: files dns\n' >/tmp/.nsswitch.conf
+printf '127.0.0.1 localhost\n::1 localhost\n' >/tmp/.hosts
+chmod 0444 /tmp/.nsswitch.conf /tmp/.hosts
+mount --bind -o ro /tmp/.nsswitch.conf /etc/nsswitch.conf
+mount --bind -o ro /tmp/.hosts /etc/hosts
 mkdir -m 0700 /tmp/home /tmp/src
 mount --no-canonicalize --bind /proc/self/cwd /tmp/src
 if [ -n "$cert" ]; then printf '%s\n' "$cert" >/tmp/home/ca.pem; chmod 0444 /tmp/home/ca.pem; fi
@@ -432,7 +471,7 @@ var gitConfigArgs = []string{
 // command is git args run in the cage.
 func (c cage) command(args ...string) cageCmd {
 	argv := []string{"nsenter", "--net=" + c.netns, "--",
-		"unshare", "--mount", "--propagation", "private", "--",
+		"unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc", "--",
 		"/bin/sh", "-c", cageScript, "cleanroom-git-cage",
 		c.ws, c.resolv, c.caFile, strconv.Itoa(GitUID), strconv.FormatInt(c.maxBytes, 10),
 		"git"}

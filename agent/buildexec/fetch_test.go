@@ -34,7 +34,7 @@ func TestGitCageCommand(t *testing.T) {
 	c := cage{netns: "/run/netns/cr-j-1-1-git", resolv: "/net/sandboxes/j-1-1-git/resolv.conf", ws: "/data/workspaces/j-1", caFile: "/etc/ca.pem", maxBytes: 1 << 20}
 	cmd := c.command("clone", "--", testGitURL, ".")
 
-	want := []string{"nsenter", "--net=/run/netns/cr-j-1-1-git", "--", "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", cageScript, "cleanroom-git-cage",
+	want := []string{"nsenter", "--net=/run/netns/cr-j-1-1-git", "--", "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc", "--", "/bin/sh", "-c", cageScript, "cleanroom-git-cage",
 		"/data/workspaces/j-1", "/net/sandboxes/j-1-1-git/resolv.conf", "/etc/ca.pem", "65534", "1048576", "git"}
 	if !slices.Equal(cmd.Args[:len(want)], want) {
 		t.Fatalf("argv starts %q\nwant %q", cmd.Args[:len(want)], want)
@@ -280,5 +280,47 @@ func TestFetchGitViolationKills(t *testing.T) {
 	}
 	if !w.netCfg.Policy.Kill {
 		t.Error("the cage's policy is not kill")
+	}
+}
+
+// Taking the checkout back chowns only what is inside the workspace (a
+// symlink is chowned itself, never its target) and strips group/other
+// write and the setuid, setgid and sticky bits.
+func TestReclaimWorkspaceStaysInsideAndStripsModes(t *testing.T) {
+	testutil.RequiresRoot(t)
+	ws, outside := t.TempDir(), t.TempDir()
+	target := filepath.Join(outside, "host-file")
+	if err := os.WriteFile(target, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(target, GitUID, GitUID); err != nil {
+		t.Fatal(err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Mkdir(filepath.Join(ws, "open"), 0o777))
+	must(os.Chmod(filepath.Join(ws, "open"), 0o777|os.ModeSticky))
+	must(os.WriteFile(filepath.Join(ws, "open", "suid"), []byte("x"), 0o755))
+	must(os.Chmod(filepath.Join(ws, "open", "suid"), 0o4777))
+	must(os.Symlink(target, filepath.Join(ws, "link")))
+	for _, p := range []string{"open", "open/suid", "link"} {
+		must(os.Lchown(filepath.Join(ws, p), GitUID, GitUID))
+	}
+	must(reclaimWorkspace(ws))
+	for p, want := range map[string]os.FileMode{"open": os.ModeDir | 0o755, "open/suid": 0o755} {
+		info, err := os.Stat(filepath.Join(ws, p))
+		must(err)
+		if info.Mode() != want || info.Sys().(*syscall.Stat_t).Uid != 0 {
+			t.Errorf("%s: mode %v uid %d, want %v uid 0", p, info.Mode(), info.Sys().(*syscall.Stat_t).Uid, want)
+		}
+	}
+	info, err := os.Stat(target)
+	must(err)
+	if uid := info.Sys().(*syscall.Stat_t).Uid; uid != GitUID {
+		t.Errorf("the symlink's target outside the workspace was chowned to %d", uid)
 	}
 }
