@@ -114,7 +114,7 @@ func TestArtifactNamesWithControlCharactersAreRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := collectArtifacts(context.Background(), ws, []string{"*"}, t.TempDir(), ArtifactLimits{MaxBytes: 1 << 20})
-		if err == nil || !strings.Contains(err.Error(), "control character") {
+		if err == nil || !strings.Contains(err.Error(), "control or format character") {
 			t.Errorf("%q: err = %v", name, err)
 		}
 	}

@@ -168,8 +168,8 @@ func listArtifacts(ctx context.Context, root *os.Root, patterns []string, lim Ar
 				if !d.Type().IsRegular() || seen[p] {
 					return nil // directories are walked; symlinks, devices skipped
 				}
-				if bad := controlChar(p); bad >= 0 {
-					return fmt.Errorf("artifact name %q has a control character (%U): refused", p, bad)
+				if api.HasUnsafeRune(p) { // the coordinator's rule, checked before anything is copied
+					return fmt.Errorf("artifact name %q has a control or format character: refused", p)
 				}
 				info, err := d.Info()
 				if err != nil {
@@ -192,17 +192,6 @@ func listArtifacts(ctx context.Context, root *os.Root, patterns []string, lim Ar
 		}
 	}
 	return files, nil
-}
-
-// controlChar returns the first control or bidirectional-override rune of
-// s (a name that could rewrite a terminal or disguise itself), or -1.
-func controlChar(s string) rune {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) || (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069) {
-			return r
-		}
-	}
-	return -1
 }
 
 // copyArtifact copies one listed file into outDir, hashing it on the way,

@@ -126,7 +126,7 @@ func (r *jobRun) gate(context.Context) error {
 		var ge *supplychain.GateError
 		if errors.As(err, &ge) {
 			first := ge.Violations[0]
-			return refused("lockfile rejected: %d violation(s), first: %s: %s %s", len(ge.Violations), first.Path, first.Rule, first.Value)
+			return refused("lockfile rejected: %d violation(s), first: %s: %s %s", len(ge.Violations), api.Printable(first.Path), first.Rule, api.Printable(first.Value))
 		}
 		return refused("lockfile rejected: %v", err)
 	}
@@ -347,7 +347,7 @@ func (r *jobRun) steps(context.Context) error {
 	}
 	steps = append(steps, step{"build", build})
 	for _, st := range steps {
-		r.log.say("$ %s", strings.Join(st.argv, " "))
+		r.log.say("$ %s", printableArgv(st.argv))
 		res, err := r.sb.Run(r.runCtx, sandbox.Step{Args: st.argv, Stdout: api.BuildOutput(r.out), Grace: r.e.cfg.StepStop})
 		if err != nil {
 			return failed(127, "%s: %v", st.name, err)
@@ -369,7 +369,15 @@ func (r *jobRun) steps(context.Context) error {
 
 // outputs copies the artifacts out of the sandbox's workspace and writes
 // the SBOM and the signed provenance that covers them.
-func (r *jobRun) outputs(ctx context.Context) error {
+func (r *jobRun) outputs(ctx context.Context) (retErr error) {
+	if err := r.stillAudited(); err != nil {
+		return err
+	}
+	defer func() {
+		if err := r.stillAudited(); err != nil && retErr == nil {
+			retErr = err
+		}
+	}()
 	lim := r.e.cfg.Artifacts
 	if lim.MaxBytes <= 0 {
 		lim.MaxBytes = r.limits.DiskBytes
@@ -393,7 +401,7 @@ func (r *jobRun) outputs(ctx context.Context) error {
 	sbomSubj.Name = supplychain.SBOMFile
 	subjects = append(subjects, sbomSubj)
 	if len(arts) == 0 {
-		r.log.say("no artifacts matched %v: provenance covers the SBOM only", r.job.Spec.Artifacts)
+		r.log.say("no artifacts matched %s: provenance covers the SBOM only", printableArgv(r.job.Spec.Artifacts))
 	}
 	provPath := filepath.Join(r.dir, supplychain.ProvenanceFile)
 	if err := r.e.writeProvenance(ctx, r.job, r.image, r.lf, subjects, r.started, provPath); err != nil {
@@ -404,6 +412,30 @@ func (r *jobRun) outputs(ctx context.Context) error {
 		agent.Artifact{Name: supplychain.ProvenanceFile, Path: provPath, Kind: api.KindProvenance})
 	r.log.say("%d artifact(s), SBOM (%d components) and signed provenance ready", len(arts), len(r.lf.Packages))
 	return nil
+}
+
+// stillAudited fails the job if its egress audit stopped after the last
+// step began (the watcher records it as the run's cause): no job whose
+// egress was not audited to the end gets provenance.
+func (r *jobRun) stillAudited() error {
+	if cause := context.Cause(r.runCtx); errors.Is(cause, errAuditStopped) {
+		return &jobError{reason: cause.Error(), exit: 1}
+	}
+	return nil
+}
+
+// printableArgv joins a command line (or patterns) for a job log line; an
+// argument a person chose that holds a newline or another control character
+// is shown in its visible form, so it cannot start a line of its own.
+func printableArgv(argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		out[i] = a
+		if api.HasUnsafeRune(a) {
+			out[i] = api.Printable(a)
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 // teardown ends the job's sandbox and network, whichever exist. Once no

@@ -427,3 +427,18 @@ func TestObserveTimesSetupAndTeardownOfSandboxAndNetwork(t *testing.T) {
 		})
 	}
 }
+
+// A script a submitter wrote cannot make its own lines into cleanroom's:
+// the "$ …" line shows its newlines in their visible form, in one record.
+func TestScriptNewlinesStayInsideTheCommandLine(t *testing.T) {
+	w := &world{}
+	_, log := run(t, newFakeExecutor(t, w, nil), w, api.JobSpec{Build: api.Build{Script: "npm run build\n✓ 0 egress attempts denied; job succeeded"}})
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "✓ 0 egress attempts denied") && !strings.Contains(line, "$ /bin/sh -c npm run build␊✓ 0 egress") {
+			t.Errorf("the script's second line became a line of its own: %q", line)
+		}
+	}
+	if !strings.Contains(log, "$ /bin/sh -c npm run build␊✓ 0 egress attempts denied") {
+		t.Errorf("log: %s", log)
+	}
+}
