@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -552,4 +553,83 @@ func tail(s string) string {
 		return s[len(s)-2000:]
 	}
 	return s
+}
+
+// buildProbe builds testdata/seccompprobe for goarch as a static binary into
+// dir, as an attacker would bring it into a job.
+func buildProbe(t *testing.T, dir, name, goarch string) {
+	t.Helper()
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "./testdata/seccompprobe")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building the probe for %s: %v\n%s", goarch, err, out)
+	}
+}
+
+// probeResults parses "<probe> <result>" lines.
+func probeResults(out string) map[string]string {
+	res := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if name, r, ok := strings.Cut(strings.TrimSpace(l), " "); ok {
+			res[name] = r
+		}
+	}
+	return res
+}
+
+// deniedProbes are the probes of testdata/seccompprobe that must get EPERM.
+var deniedProbes = []string{
+	"io_uring_setup", "io_uring_enter", "io_uring_register", "bpf", "perf_event_open", "userfaultfd",
+	"keyctl", "add_key", "request_key", "kexec_load", "kexec_file_load", "open_by_handle_at",
+	"name_to_handle_at", "ptrace", "process_vm_readv", "process_vm_writev",
+	"socket/AF_PACKET", "socket/AF_BLUETOOTH", "socket/AF_ALG", "socket/AF_KEY", "socket/AF_VSOCK",
+	"socket/AF_XDP", "socket/AF_TIPC", "socket/AF_RDS", "socket/AF_CAN", "socket/AF_APPLETALK",
+	"socket/AF_X25", "socket/AF_LLC", "socket/AF_SMC", "socket/AF_KCM", "socket/AF_QIPCRTR", "socket/AF_MCTP",
+	"socketpair/AF_PACKET", "socketpair/AF_TIPC", "socketpair/AF_VSOCK",
+}
+
+func TestSeccompRefusesWhatABuildNeverNeeds(t *testing.T) {
+	testutil.RequiresCommands(t, "go")
+	f := newFixture(t)
+	ws := t.TempDir()
+	buildProbe(t, ws, "probe", runtime.GOARCH)
+	if runtime.GOARCH == "amd64" {
+		buildProbe(t, ws, "probe386", "386")
+	}
+	sb := f.create(t, sandbox.Options{Workspace: ws})
+
+	res, out := run(t, sb, sandbox.Step{Args: []string{"/workspace/probe"}, Timeout: time.Minute})
+	if res.Failed() {
+		t.Fatalf("probe: %s\n%s", res, out)
+	}
+	got := probeResults(out)
+	for _, p := range deniedProbes {
+		if got[p] != "EPERM" {
+			t.Errorf("%s: %q, want EPERM", p, got[p])
+		}
+	}
+	for _, p := range []string{"socket/AF_UNIX", "socket/AF_INET", "socket/AF_INET6", "socket/AF_NETLINK", "socketpair/AF_UNIX"} {
+		if got[p] != "ok" {
+			t.Errorf("%s: %q, want ok", p, got[p])
+		}
+	}
+
+	if runtime.GOARCH != "amd64" {
+		return
+	}
+	// A 32-bit x86 binary reaches socket() through socketcall(2), where
+	// libseccomp cannot check the family. The 32-bit ABI is not in the
+	// filter, so the probe must die at its first syscall; if it runs at
+	// all, every refusal must hold for it too.
+	res, out = run(t, sb, sandbox.Step{Args: []string{"/workspace/probe386"}, Timeout: time.Minute})
+	t.Logf("32-bit probe: %s, %d bytes of output", res, len(out))
+	got = probeResults(out)
+	for _, p := range deniedProbes {
+		if r, ok := got[p]; ok && r != "EPERM" && (p != "kexec_file_load" || r != "ENOSYS") {
+			t.Errorf("32-bit %s: %q, want EPERM", p, r)
+		}
+	}
+	if !res.Failed() && len(got) < len(deniedProbes) {
+		t.Errorf("32-bit probe exited 0 with partial output:\n%s", out)
+	}
 }

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/contrib/seccomp"
 	"github.com/containerd/containerd/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // The hardening of a sandbox is a list of small oci.SpecOpts, each testable on
@@ -214,6 +217,124 @@ func WithNoDeviceAccess() oci.SpecOpts {
 	}
 }
 
+// DeniedSyscalls are never needed by an npm build and each reaches kernel
+// code that has been the way out of containers: io_uring (its own syscall
+// path, missed by seccomp for the operations it runs), bpf and
+// perf_event_open (verifier and perf bugs), userfaultfd (stalls the kernel
+// at will to win races), the keyring, kexec, file handles (the "shocker"
+// escape: open_by_handle_at walks the host's filesystem from a handle), and
+// ptrace/process_vm_* (reading or steering other processes of the job).
+// Some of them are already refused by containerd's default profile unless a
+// capability is present; they are listed so that they stay refused whatever
+// the capabilities or the default profile of a later containerd.
+var DeniedSyscalls = []string{
+	"io_uring_setup", "io_uring_enter", "io_uring_register",
+	"bpf", "perf_event_open", "userfaultfd",
+	"keyctl", "add_key", "request_key",
+	"kexec_load", "kexec_file_load",
+	"open_by_handle_at", "name_to_handle_at",
+	"ptrace", "process_vm_readv", "process_vm_writev",
+}
+
+// SocketFamilies are the only address families socket(2) and socketpair(2)
+// accept in a sandbox: local sockets, IPv4, IPv6 and netlink (which libc and
+// node use to list interfaces). Every other family (packet, bluetooth, alg,
+// vsock, tipc, …) is rarely used kernel code, and on hosts that autoload
+// protocol modules socket() alone loads it.
+var SocketFamilies = []uint64{unix.AF_UNIX, unix.AF_INET, unix.AF_INET6, unix.AF_NETLINK}
+
+// errnoEPERM is what every refused syscall returns: programs treat EPERM as
+// "not allowed here" and fall back (libuv without io_uring, for one).
+var errnoEPERM = uint(unix.EPERM)
+
+// nativeArches is the one seccomp architecture of each platform whose
+// compat ABI is left out of the filter (see WithTightSeccomp).
+var nativeArches = map[string]specs.Arch{
+	"amd64": specs.ArchX86_64,
+	"arm64": specs.ArchAARCH64,
+}
+
+// WithTightSeccomp sets containerd's default seccomp profile (for the
+// spec's capabilities, so it must follow WithoutCapabilities) and narrows it:
+// DeniedSyscalls and socket families other than SocketFamilies fail with
+// EPERM.
+//
+// The narrowing removes names from the default's rules instead of adding
+// ERRNO rules next to them. libseccomp keeps one decision per syscall and
+// argument tree: an unconditional rule for a syscall wins over every
+// conditional rule for it, whatever their actions or order, so an "ERRNO if
+// family == AF_PACKET" next to the default's unconditional allow of a syscall
+// would never fire. socket and socketpair are therefore allowed only by
+// rules with a single arg0 == family condition each (runc turns several
+// conditions on one argument into separate rules, i.e. OR, which is what
+// these rules mean), and everything else falls to the default action.
+//
+// On amd64 the filter covers the native ABI only: for 32-bit x86 libseccomp
+// also allows socketcall(SYS_SOCKET, …) for every socket rule, with the
+// family condition dropped (the family sits behind a pointer there), which
+// would reopen every family to a 32-bit binary. Without the compat
+// architectures in the filter the kernel kills a process at its first 32-bit
+// syscall; an npm build has no 32-bit programs. arm64 drops its compat ABI
+// for the same surface reason.
+func WithTightSeccomp() oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		s.Linux.Seccomp = tightProfile(s)
+		return nil
+	}
+}
+
+func tightProfile(s *oci.Spec) *specs.LinuxSeccomp {
+	forCaps := s
+	if s.Process == nil || s.Process.Capabilities == nil {
+		// DefaultProfile reads the bounding set; no set means no capability.
+		forCaps = &oci.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}}
+	}
+	p := seccomp.DefaultProfile(forCaps)
+	p.DefaultAction = specs.ActErrno
+	p.DefaultErrnoRet = &errnoEPERM
+	if a, ok := nativeArches[runtime.GOARCH]; ok {
+		p.Architectures = []specs.Arch{a}
+	}
+	rebuilt := append([]string{"socket", "socketpair", "socketcall"}, DeniedSyscalls...)
+	p.Syscalls = withoutSyscalls(p.Syscalls, rebuilt)
+	// Redundant with the default action (runc skips rules whose action is
+	// the default's), but it keeps the denials readable in the spec.
+	p.Syscalls = append(p.Syscalls, specs.LinuxSyscall{
+		Names: append([]string{}, DeniedSyscalls...), Action: specs.ActErrno, ErrnoRet: &errnoEPERM,
+	})
+	for _, name := range []string{"socket", "socketpair"} {
+		for _, family := range SocketFamilies {
+			p.Syscalls = append(p.Syscalls, specs.LinuxSyscall{
+				Names:  []string{name},
+				Action: specs.ActAllow,
+				Args:   []specs.LinuxSeccompArg{{Index: 0, Value: family, Op: specs.OpEqualTo}},
+			})
+		}
+	}
+	return p
+}
+
+// withoutSyscalls removes names from every rule and drops rules left empty.
+func withoutSyscalls(rules []specs.LinuxSyscall, names []string) []specs.LinuxSyscall {
+	var out []specs.LinuxSyscall
+	for _, r := range rules {
+		var keep []string
+		for _, n := range r.Names {
+			if !slices.Contains(names, n) {
+				keep = append(keep, n)
+			}
+		}
+		if len(keep) > 0 {
+			r.Names = keep
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // hardeningOpts returns the complete option list for a sandbox. The image's
 // config is applied first only for its working directory; everything else is
 // ours.
@@ -224,7 +345,7 @@ func hardeningOpts(o *Options, cgroupsPath string) []oci.SpecOpts {
 		oci.WithUIDGID(BuildUID, BuildGID),
 		WithoutCapabilities(),
 		oci.WithNoNewPrivileges,
-		seccomp.WithDefaultProfile(),
+		WithTightSeccomp(),
 		oci.WithRootFSReadonly(),
 		WithPrivateNamespaces(),
 		WithNetNS(o.NetNS),

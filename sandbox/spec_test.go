@@ -2,12 +2,15 @@ package sandbox
 
 import (
 	"context"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 func applyOpts(t *testing.T, opts ...oci.SpecOpts) *oci.Spec {
@@ -116,5 +119,103 @@ func TestOptionsValidationReportsEveryProblem(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
+	}
+}
+
+func TestTightSeccompDeniesWhatABuildNeverNeeds(t *testing.T) {
+	eperm := uint(unix.EPERM)
+	// With every capability that makes the default profile allow more
+	// (bpf, perf_event_open, ptrace, open_by_handle_at), and with none.
+	for name, caps := range map[string][]string{
+		"no capabilities":   nil,
+		"wide capabilities": {"CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_BPF", "CAP_PERFMON", "CAP_DAC_READ_SEARCH", "CAP_SYS_BOOT"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := applyOpts(t, func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+				s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps}
+				return nil
+			}, WithTightSeccomp())
+			p := s.Linux.Seccomp
+			if p.DefaultAction != specs.ActErrno || p.DefaultErrnoRet == nil || *p.DefaultErrnoRet != eperm {
+				t.Errorf("default action %s errno %v, want ERRNO EPERM", p.DefaultAction, p.DefaultErrnoRet)
+			}
+			denied := map[string]bool{}
+			for _, r := range p.Syscalls {
+				for _, n := range r.Names {
+					if slices.Contains(DeniedSyscalls, n) && r.Action != specs.ActErrno {
+						t.Errorf("%s has action %s", n, r.Action)
+					}
+					if r.Action == specs.ActErrno && r.ErrnoRet != nil && *r.ErrnoRet == eperm {
+						denied[n] = true
+					}
+				}
+			}
+			for _, n := range []string{"io_uring_setup", "io_uring_enter", "io_uring_register", "bpf", "perf_event_open",
+				"userfaultfd", "keyctl", "add_key", "request_key", "kexec_load", "kexec_file_load",
+				"open_by_handle_at", "name_to_handle_at", "ptrace"} {
+				if !denied[n] {
+					t.Errorf("%s is not denied with EPERM", n)
+				}
+			}
+		})
+	}
+}
+
+func TestTightSeccompAllowsOnlyFourSocketFamilies(t *testing.T) {
+	s := applyOpts(t, WithoutCapabilities(), WithTightSeccomp())
+	want := []uint64{unix.AF_UNIX, unix.AF_INET, unix.AF_INET6, unix.AF_NETLINK}
+	got := map[string][]uint64{}
+	for _, r := range s.Linux.Seccomp.Syscalls {
+		for _, n := range r.Names {
+			if n != "socket" && n != "socketpair" && n != "socketcall" {
+				continue
+			}
+			// Any rule but "allow if arg0 == family" would widen the
+			// allow-list: libseccomp lets an unconditional rule win over
+			// conditional ones, and OR-splits several conditions.
+			if r.Action != specs.ActAllow || len(r.Args) != 1 || r.Args[0].Index != 0 || r.Args[0].Op != specs.OpEqualTo {
+				t.Errorf("%s rule %+v, want only allow with arg0 == family", n, r)
+				continue
+			}
+			got[n] = append(got[n], r.Args[0].Value)
+		}
+	}
+	for _, n := range []string{"socket", "socketpair"} {
+		if !slices.Equal(got[n], want) {
+			t.Errorf("%s allowed for families %v, want %v", n, got[n], want)
+		}
+	}
+	if len(got["socketcall"]) > 0 {
+		t.Errorf("socketcall allowed: %v", got["socketcall"])
+	}
+	if a := s.Linux.Seccomp.Architectures; runtime.GOARCH == "amd64" && !slices.Equal(a, []specs.Arch{specs.ArchX86_64}) {
+		t.Errorf("architectures %v, want only x86_64 (libseccomp drops socket's family condition for 32-bit x86)", a)
+	}
+}
+
+func TestTightSeccompKeepsTheDefaultProfilesOtherRules(t *testing.T) {
+	s := applyOpts(t, WithoutCapabilities(), WithTightSeccomp())
+	allowed := map[string]bool{}
+	for _, r := range s.Linux.Seccomp.Syscalls {
+		if r.Action == specs.ActAllow && len(r.Args) == 0 {
+			for _, n := range r.Names {
+				allowed[n] = true
+			}
+		}
+	}
+	for _, n := range []string{"read", "write", "openat", "execve", "connect", "epoll_wait"} {
+		if !allowed[n] {
+			t.Errorf("%s no longer allowed", n)
+		}
+	}
+}
+
+func TestTightSeccompOnABareSpec(t *testing.T) {
+	s := &oci.Spec{}
+	if err := WithTightSeccomp()(context.Background(), nil, &containers.Container{}, s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Linux.Seccomp == nil || len(s.Linux.Seccomp.Syscalls) == 0 {
+		t.Fatal("no profile set")
 	}
 }
