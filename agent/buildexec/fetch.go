@@ -139,9 +139,10 @@ func (e *Executor) FetchGit(ctx context.Context, job *api.Job, ws string, out io
 	if kill {
 		violations = nw.Violations()
 	}
+	auditFailed := nw.AuditFailed()
 	go func() { // as for a sandbox: nothing runs unaudited, in any mode
 		select {
-		case err := <-nw.AuditFailed():
+		case err := <-auditFailed:
 			cancel(fmt.Errorf("%w: %v", errAuditStopped, err))
 		case ev := <-violations:
 			if ev.Rule == netpolicy.RuleAuditFailure {

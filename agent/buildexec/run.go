@@ -311,9 +311,10 @@ func (r *jobRun) watch(ctx context.Context) error {
 			r.e.cfg.Logger.Error("killing the sandbox", "job", r.job.ID, "cause", cause, "error", err)
 		}
 	}
+	auditFailed := r.nw.AuditFailed()
 	go func() {
 		select {
-		case err := <-r.nw.AuditFailed():
+		case err := <-auditFailed:
 			r.log.say("egress audit stopped (%v): ending the job now, nothing may run unaudited", err)
 			stop(fmt.Errorf("%w: %v", errAuditStopped, err))
 		case ev := <-violations:
