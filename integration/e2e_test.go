@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -789,8 +790,19 @@ func closeAndCheckResidue(ctx context.Context, t *testing.T) []string {
 		problems = append(problems, fmt.Sprintf("the forbidden host received %d packet(s) during the run: %v", len(p), p))
 	}
 	labID, dir := e.Lab.ID, e.Dir
+	// A relay left open on purpose: Close must stop it.
+	relay, _, relayErr := e.Forward()
+	if relayErr != nil {
+		problems = append(problems, fmt.Sprintf("forwarding the coordinator: %v", relayErr))
+	}
 	if err := e.Close(); err != nil {
 		problems = append(problems, fmt.Sprintf("closing the environment: %v", err))
+	}
+	if relayErr == nil {
+		if c, err := net.DialTimeout("tcp", strings.TrimPrefix(relay, "http://"), time.Second); err == nil {
+			c.Close()
+			problems = append(problems, "the coordinator relay "+relay+" still accepts connections after Close")
+		}
 	}
 	mine := map[string]bool{}
 	for _, id := range jobs {

@@ -401,6 +401,19 @@ func configRunnerToken(t *testing.T, a *harness.Agent) string {
 	return c.RunnerToken
 }
 
+// forward relays the root namespace's loopback to the coordinator
+// (harness.Env.Forward) for this test: a browser or a scraper can use the
+// returned base URL; the relay stops when the test ends.
+func forward(t *testing.T, e *harness.Env) string {
+	t.Helper()
+	base, stop, err := e.Forward()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return base
+}
+
 // ---- CLI helpers -------------------------------------------------------------
 
 // cli runs the CLI and fails the test on a non-zero exit.
