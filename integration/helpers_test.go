@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -25,6 +27,7 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/snapshots"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"gopkg.in/yaml.v3"
 
 	"github.com/cleanroom-ci/cleanroom/api"
@@ -412,6 +415,30 @@ func forward(t *testing.T, e *harness.Env) string {
 	}
 	t.Cleanup(stop)
 	return base
+}
+
+// scrape reads the coordinator's /metrics through a relay (base), lints
+// it as `promtool check metrics` would, and returns series → value
+// (testutil.ParseMetrics) and the raw exposition.
+func scrape(t *testing.T, base string) (map[string]float64, string) {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatalf("scraping /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scraping /metrics: %d %v: %s", resp.StatusCode, err, body)
+	}
+	problems, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatalf("linting /metrics: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("/metrics lint: %s: %s", p.Metric, p.Text)
+	}
+	return testutil.ParseMetrics(t, string(body)), string(body)
 }
 
 // ---- CLI helpers -------------------------------------------------------------
