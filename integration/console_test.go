@@ -4,14 +4,11 @@ import (
 	"bufio"
 	"encoding/csv"
 	"encoding/json"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +17,6 @@ import (
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/integration/harness"
 	"github.com/cleanroom-ci/cleanroom/internal/browsertest"
-	"github.com/cleanroom-ci/cleanroom/internal/lab"
 )
 
 // The web console in a real headless Chromium, with a real job from the
@@ -36,7 +32,7 @@ func TestConsoleShowsAContainedJobInChromium(t *testing.T) {
 	e := env(t)
 	a := agentFor(t, e, "main", harness.AgentOptions{Labels: "lane=" + laneMain})
 	// The relay first: its cleanup then runs after the browser's.
-	base := forwardCoordinator(t, e)
+	base := forward(t, e)
 	b := browsertest.New(t)
 	ctx := timeout(t, 5*time.Minute)
 
@@ -193,73 +189,4 @@ func appendFile(t *testing.T, path, text string) {
 	if _, err := f.WriteString(text); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// forwardCoordinator makes the coordinator, which listens on the lab host
-// namespace's own loopback, reachable for the browser on the root
-// namespace's loopback: each connection to the returned base URL is
-// relayed to a connection opened inside the lab host namespace. Nothing
-// leaves loopback; everything stops with the test.
-func forwardCoordinator(t *testing.T, e *harness.Env) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu     sync.Mutex
-		conns  []net.Conn
-		closed bool
-		wg     sync.WaitGroup
-	)
-	// track keeps c to close at cleanup, or closes it if cleanup ran.
-	track := func(c net.Conn) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if closed {
-			c.Close()
-			return false
-		}
-		conns = append(conns, c)
-		return true
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			down, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			var up net.Conn
-			err = lab.Do(e.Lab.HostNSPath(), func() error {
-				var err error
-				up, err = net.DialTimeout("tcp", harness.CoordinatorAddr, 5*time.Second)
-				return err
-			})
-			if err != nil {
-				down.Close()
-				continue
-			}
-			if !track(down) || !track(up) {
-				down.Close()
-				up.Close()
-				return
-			}
-			wg.Add(2)
-			go func() { defer wg.Done(); _, _ = io.Copy(up, down); up.(*net.TCPConn).CloseWrite() }()
-			go func() { defer wg.Done(); _, _ = io.Copy(down, up); down.(*net.TCPConn).CloseWrite() }()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		closed = true
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return "http://" + ln.Addr().String()
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -282,15 +283,19 @@ func TestHelloBuildsWithVerifiableProvenance(t *testing.T) {
 // A dependency's postinstall tries every exfiltration channel: each attempt
 // is denied and audited under the right job, nothing reaches the forbidden
 // host, and no secret — deploy secret, runner token, or the granted build
-// secret in any encoding — appears in the log or the audit trail.
+// secret in any encoding — appears in the log or the audit trail. The
+// coordinator's /metrics, scraped before and after, counts the job and
+// every denied attempt by rule, with no job or runner id in any label.
 func TestEvilPostinstallIsContainedAndAudited(t *testing.T) {
 	e := env(t)
 	a := agentFor(t, e, "main", harness.AgentOptions{Labels: "lane=" + laneMain})
 	ctx := timeout(t, 4*time.Minute)
+	metricsURL := forward(t, e)
 
 	dir := copyExample(t, "evil-postinstall")
 	editSpec(t, dir, func(s map[string]any) { s["labels"] = map[string]any{"lane": laneMain} })
 	fbd := len(e.Lab.ForbiddenPackets())
+	before, _ := scrape(t, metricsURL)
 	id := submit(ctx, t, e, dir)
 	j := waitTerminal(ctx, t, e, id, 3*time.Minute)
 	log := jobLog(ctx, t, e, id)
@@ -348,6 +353,7 @@ func TestEvilPostinstallIsContainedAndAudited(t *testing.T) {
 	if p := e.Lab.ForbiddenPackets()[fbd:]; len(p) > 0 {
 		t.Errorf("the forbidden host received %d packet(s): %v", len(p), p)
 	}
+	checkMetricsMoved(t, before, metricsURL, events, id, a.RunnerID())
 
 	// Secrets: none may appear, in any encoding, in the log, the events
 	// the coordinator serves, or the agent's own audit file.
@@ -379,6 +385,48 @@ func TestEvilPostinstallIsContainedAndAudited(t *testing.T) {
 	// The malware did print the granted secret: it must show as the marker.
 	if !strings.Contains(log, "env: NPM_READ_TOKEN="+"[REDACTED]") {
 		t.Errorf("the log does not show the granted secret as [REDACTED] where the malware printed it; log:\n%s", log)
+	}
+}
+
+// checkMetricsMoved scrapes /metrics after a job has ended and compares it
+// with before: the job was claimed and counted as succeeded, each of its
+// stored events was counted under its verdict and rule (at least once: a
+// batch posted twice is counted twice), and no label names the job or the
+// runner.
+func checkMetricsMoved(t *testing.T, before map[string]float64, base string, events []api.EgressEvent, jobID, runnerID string) {
+	t.Helper()
+	after, raw := scrape(t, base)
+	moved := func(series string, atLeast float64) {
+		t.Helper()
+		if _, ok := after[series]; !ok {
+			t.Errorf("/metrics has no series %s", series)
+			return
+		}
+		if d := after[series] - before[series]; d < atLeast {
+			t.Errorf("%s moved by %v during the job, want at least %v", series, d, atLeast)
+		}
+	}
+	moved(`cleanroom_jobs{state="succeeded"}`, 1)
+	moved(`cleanroom_claim_duration_seconds_count{outcome="job"}`, 1)
+	moved(`cleanroom_queue_wait_seconds_count`, 1)
+	byRule := map[[2]string]float64{}
+	for _, ev := range events {
+		byRule[[2]string{ev.Verdict, ev.Rule}]++
+	}
+	for _, rule := range []string{"default-deny", "metadata-deny", "dns-refused"} {
+		if byRule[[2]string{api.VerdictDeny, rule}] == 0 {
+			t.Errorf("the job has no denied event with rule %s", rule)
+		}
+	}
+	for vr, n := range byRule {
+		moved(fmt.Sprintf(`cleanroom_egress_events_total{rule=%q,verdict=%q}`, vr[1], vr[0]), n)
+	}
+	// Ids are unbounded: as label values they would grow the series
+	// without limit (Prometheus naming conventions).
+	for _, id := range []string{jobID, runnerID} {
+		if strings.Contains(raw, id) {
+			t.Errorf("/metrics names %s in a label", id)
+		}
 	}
 }
 
@@ -789,8 +837,19 @@ func closeAndCheckResidue(ctx context.Context, t *testing.T) []string {
 		problems = append(problems, fmt.Sprintf("the forbidden host received %d packet(s) during the run: %v", len(p), p))
 	}
 	labID, dir := e.Lab.ID, e.Dir
+	// A relay left open on purpose: Close must stop it.
+	relay, _, relayErr := e.Forward()
+	if relayErr != nil {
+		problems = append(problems, fmt.Sprintf("forwarding the coordinator: %v", relayErr))
+	}
 	if err := e.Close(); err != nil {
 		problems = append(problems, fmt.Sprintf("closing the environment: %v", err))
+	}
+	if relayErr == nil {
+		if c, err := net.DialTimeout("tcp", strings.TrimPrefix(relay, "http://"), time.Second); err == nil {
+			c.Close()
+			problems = append(problems, "the coordinator relay "+relay+" still accepts connections after Close")
+		}
 	}
 	mine := map[string]bool{}
 	for _, id := range jobs {

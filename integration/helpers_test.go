@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -25,6 +27,7 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/snapshots"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"gopkg.in/yaml.v3"
 
 	"github.com/cleanroom-ci/cleanroom/api"
@@ -399,6 +402,43 @@ func configRunnerToken(t *testing.T, a *harness.Agent) string {
 		t.Fatalf("no runner_token in %s: %v", a.Config, err)
 	}
 	return c.RunnerToken
+}
+
+// forward relays the root namespace's loopback to the coordinator
+// (harness.Env.Forward) for this test: a browser or a scraper can use the
+// returned base URL; the relay stops when the test ends.
+func forward(t *testing.T, e *harness.Env) string {
+	t.Helper()
+	base, stop, err := e.Forward()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return base
+}
+
+// scrape reads the coordinator's /metrics through a relay (base), lints
+// it as `promtool check metrics` would, and returns series → value
+// (testutil.ParseMetrics) and the raw exposition.
+func scrape(t *testing.T, base string) (map[string]float64, string) {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatalf("scraping /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scraping /metrics: %d %v: %s", resp.StatusCode, err, body)
+	}
+	problems, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatalf("linting /metrics: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("/metrics lint: %s: %s", p.Metric, p.Text)
+	}
+	return testutil.ParseMetrics(t, string(body)), string(body)
 }
 
 // ---- CLI helpers -------------------------------------------------------------

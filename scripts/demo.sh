@@ -3,8 +3,10 @@
 # Starts a private containerd (stopped on exit), builds the node image (cached
 # after the first run), then runs integration/cmd/demo, which brings up a lab
 # network with no route out, the internal registry, a coordinator and an
-# agent, runs the four example scenarios through the real CLI and removes
-# everything it made. KEEP=1 keeps it all running until Ctrl-C.
+# agent, runs the four example scenarios through the real CLI, prints the web
+# console's address on this machine's loopback with an audit token that opens
+# it, and removes everything it made. KEEP=1 keeps it all (the console
+# included) running until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (containerd, network namespaces, iptables)" >&2; exit 1; }

@@ -7,7 +7,8 @@
 // node image (make test / make demo start one).
 //
 // Every process it starts is recorded by PID and stopped by Close; every
-// namespace, folder and file it makes is removed by Close.
+// namespace, folder and file it makes is removed by Close, and so is every
+// loopback relay to the coordinator (Forward).
 package harness
 
 import (
@@ -74,6 +75,7 @@ type Env struct {
 
 	mu     sync.Mutex
 	procs  []*Proc
+	stops  []func() // relays made by Forward
 	closed bool
 }
 
@@ -418,9 +420,9 @@ func jsonField(s, key string) string {
 	return rest[:k]
 }
 
-// Close stops every process the harness started (SIGTERM, then SIGKILL after
-// 15 s: agents destroy their sandboxes on the way out), stops the registry,
-// removes the lab and the temp dir.
+// Close stops the relays made by Forward, every process the harness started
+// (SIGTERM, then SIGKILL after 15 s: agents destroy their sandboxes on the
+// way out), stops the registry, removes the lab and the temp dir.
 func (e *Env) Close() error {
 	e.mu.Lock()
 	if e.closed {
@@ -429,8 +431,12 @@ func (e *Env) Close() error {
 	}
 	e.closed = true
 	procs := append([]*Proc{}, e.procs...)
+	stops := e.stops
 	e.mu.Unlock()
 	var errs []error
+	for _, stop := range stops {
+		stop()
+	}
 	// Agents first, then the coordinator (they report to it on the way out).
 	for i := len(procs) - 1; i >= 0; i-- {
 		p := procs[i]

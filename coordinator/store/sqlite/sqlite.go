@@ -131,6 +131,20 @@ var migrations = []string{
 	ALTER TABLE egress_v3 RENAME TO egress;
 	CREATE INDEX egress_time ON egress(time);
 	CREATE INDEX egress_runner ON egress(runner_id, time);`,
+	// 4: the console's egress explorer filters on fields of the event's
+	// JSON and pages oldest first. Each index below holds, next to the
+	// time, the event's domain as egressMatch compares it: SQLite then
+	// tests a domain filter on the index entries and reads only the rows
+	// it shows, instead of parsing every event's JSON (a domain with 50
+	// events in a million: 2.4 s → under 0.2 s). egress_rule and
+	// egress_verdict give one rule's or one verdict's events in time
+	// order; egress_time_domain replaces egress_time for everything else
+	// (time ranges included). The expressions must stay exactly those of
+	// egressMatch, or SQLite cannot use them (TestExplorerFiltersUseIndexes).
+	`DROP INDEX IF EXISTS egress_time;
+	CREATE INDEX egress_time_domain ON egress(time, rtrim(json_extract(event, '$.domain'), '.'));
+	CREATE INDEX egress_verdict ON egress(verdict, time, rtrim(json_extract(event, '$.domain'), '.'));
+	CREATE INDEX egress_rule ON egress(json_extract(event, '$.rule'), time, rtrim(json_extract(event, '$.domain'), '.'));`,
 }
 
 // SchemaVersion is the version this build migrates to.

@@ -2,7 +2,9 @@
 // machine — a lab network with no route out, the internal registry, a
 // coordinator and a registered agent — runs the four example scenarios
 // through the real CLI, shows what a user would see, checks each outcome,
-// and removes everything it made (unless KEEP=1).
+// prints the web console's address (relayed to this machine's loopback)
+// with an audit token that opens it, and removes everything it made (with
+// KEEP=1, after Ctrl-C).
 //
 // It expects a running containerd with the node image (make demo starts
 // them) and the cleanroom binary (-bin).
@@ -69,7 +71,7 @@ func run(ctx context.Context, bin, repo string) (retErr error) {
 	record := func(name string, start time.Time, ok bool, note string) {
 		phases = append(phases, phase{name, time.Since(start), ok, note})
 	}
-	defer func() {
+	summary := func() {
 		banner("summary")
 		for _, p := range phases {
 			mark := "ok  "
@@ -78,7 +80,7 @@ func run(ctx context.Context, bin, repo string) (retErr error) {
 			}
 			fmt.Printf("  %s %-44s %6.1fs  %s\n", mark, p.name, p.took.Seconds(), p.note)
 		}
-	}()
+	}
 
 	banner("starting: lab network, internal registry, coordinator, agent")
 	t := time.Now()
@@ -90,20 +92,36 @@ func run(ctx context.Context, bin, repo string) (retErr error) {
 		AgentEnv: []string{"DEPLOY_TOKEN=" + deploySecret},
 	})
 	if err != nil {
+		summary()
 		return err
 	}
+	// At the end: the summary, then (after a run whose checks all passed)
+	// the console's address and a token that opens it, then with KEEP=1 a
+	// wait for Ctrl-C; then everything is stopped and removed, the
+	// console's relay included.
+	keep := os.Getenv("KEEP") == "1"
+	var consoleBase string
 	defer func() {
-		if os.Getenv("KEEP") == "1" && retErr == nil {
-			fmt.Printf("\nKEEP=1: everything stays up. Coordinator: ip netns exec %s %s jobs --url %s --token %s\nPress Ctrl-C to stop and clean up.\n",
-				env.Lab.HostNS, bin, env.URL, env.Admin)
+		summary()
+		if retErr == nil {
+			consoleBase, retErr = showConsole(ctx, env, keep)
+		}
+		if keep && retErr == nil {
+			fmt.Printf("The API answers on the same address: %s jobs --url %s --token %s\nPress Ctrl-C to stop and clean up.\n",
+				bin, consoleBase, env.Admin)
 			<-ctx.Done()
 		}
 		t := time.Now()
+		fmt.Println()
 		err := env.Close()
-		record("stop everything and clean up", t, err == nil, "")
-		if err != nil && retErr == nil {
-			retErr = err
+		if err != nil {
+			fmt.Printf("stopping and cleaning up failed after %.1fs: %v\n", time.Since(t).Seconds(), err)
+			if retErr == nil {
+				retErr = err
+			}
+			return
 		}
+		fmt.Printf("stopped everything and cleaned up (lab namespaces, registry, coordinator, agent, console relay) in %.1fs\n", time.Since(t).Seconds())
 	}()
 	// The build secret is the registry's real read-only token: every job
 	// gets it in its .npmrc (registry_token_secret), and the
@@ -221,4 +239,30 @@ secrets:
 		return fmt.Errorf("%d check(s) failed: %s", len(failures), strings.Join(failures, "; "))
 	}
 	return nil
+}
+
+// showConsole makes the web console reachable on this machine's loopback
+// (the coordinator listens inside the lab, which has no route in or out),
+// creates an audit token — it reads every job and egress event and changes
+// nothing — and prints both. The relay stops with the environment.
+func showConsole(ctx context.Context, env *harness.Env, keep bool) (baseURL string, _ error) {
+	banner("web console")
+	base, _, err := env.Forward()
+	if err != nil {
+		return "", err
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	out, errOut, code := env.CLI(cctx, "token", "create", "--kind", "audit", "--expires", "0", "--note", "make demo console")
+	token := strings.TrimSpace(out)
+	if code != 0 || !strings.HasPrefix(token, "cru_") {
+		return "", fmt.Errorf("creating an audit token for the console: exit %d: %s%s", code, out, errOut)
+	}
+	fmt.Printf("Console: %s/ui/  (sign in with the audit token: %s)\n", base, token)
+	if keep {
+		fmt.Println("KEEP=1: the console, the coordinator, the agent and the lab stay up until Ctrl-C.")
+	} else {
+		fmt.Println("The console stops with the demo, now; KEEP=1 make demo keeps it up until Ctrl-C.")
+	}
+	return base, nil
 }
