@@ -33,7 +33,7 @@ const (
 // exitCodeHelp is the table printed in --help.
 const exitCodeHelp = `Exit codes:
   0      success (with --wait: the build succeeded)
-  1-63   with --wait or logs -f: the build's own exit code (the build failed)
+  1-255  with --wait or logs -f: the build failed with this exit code
   64     usage: wrong command line, invalid cleanroom.yaml or CLI config
   65     refused by policy: lockfile gate, or the coordinator refused the job
   69     unreachable: the coordinator could not be reached (gave up after --retry-for)
@@ -42,8 +42,9 @@ const exitCodeHelp = `Exit codes:
   72     the job was lost
   75     timeout: --wait-timeout passed before the job ended
   77     auth: token missing, wrong, revoked, or not allowed to do this
-A build that itself exits with 64-78 or above is passed through too; with
---json the result's "state" tells a build failure ("failed") from the rest.`
+A build's own code passes through even when it is one of the numbers
+below; with --json the result's "state" ("failed") tells them apart.
+Details: docs/cli.md.`
 
 // exitError ends the process with code after printing msg ("" prints
 // nothing): a build's exit code, or one of cleanroom's own above.
