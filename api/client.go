@@ -67,7 +67,11 @@ func (c *Client) newRequest(ctx context.Context, method, path string, q url.Valu
 func (c *Client) do(req *http.Request) (*http.Response, error) {
 	resp, err := c.http().Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("calling %s %s: %w", req.Method, req.URL.Path, err)
+		err = fmt.Errorf("calling %s %s: %w", req.Method, req.URL.Path, err)
+		if req.Context().Err() == nil {
+			err = WithClass(err, ErrUnreachable)
+		}
+		return nil, err
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return resp, nil
@@ -228,6 +232,13 @@ func (c *Client) SubmitUpload(ctx context.Context, spec JobSpec, sha256 string, 
 		return Job{}, fmt.Errorf("decoding submitted job: %w", err)
 	}
 	return out, nil
+}
+
+// Policy returns what the online runners enforce (GET /v1/policy).
+func (c *Client) Policy(ctx context.Context) (Policy, error) {
+	var out Policy
+	err := c.doJSON(ctx, http.MethodGet, "/v1/policy", nil, nil, &out)
+	return out, err
 }
 
 // GetJob returns one job.

@@ -22,6 +22,10 @@ var (
 	ErrInvalid = errors.New("invalid request")
 	// ErrTooLarge: an upload over the coordinator's cap.
 	ErrTooLarge = errors.New("too large")
+	// ErrUnreachable: the client got no answer (connection refused, DNS,
+	// TLS, a dropped connection). Not an HTTP status: the client marks its
+	// transport failures with it, so callers can say "unreachable".
+	ErrUnreachable = errors.New("coordinator unreachable")
 )
 
 // Error is a non-2xx answer of the coordinator. Its JSON form is the body of

@@ -390,16 +390,20 @@ type Job struct {
 	RunnerID string  `json:"runner_id,omitempty"`
 	// Submitter is the id of the submit token the job was submitted with,
 	// or "admin".
-	Submitter   string     `json:"submitter,omitempty"`
-	Attempts    int        `json:"attempts"`
-	MaxAttempts int        `json:"max_attempts"`
-	ExitCode    *int       `json:"exit_code,omitempty"`
-	Reason      string     `json:"reason,omitempty"`
-	Cancel      bool       `json:"cancel_requested,omitempty"`
-	LogSize     int64      `json:"log_size"`
-	CreatedAt   time.Time  `json:"created_at"`
-	StartedAt   *time.Time `json:"started_at,omitempty"`
-	FinishedAt  *time.Time `json:"finished_at,omitempty"`
+	Submitter   string `json:"submitter,omitempty"`
+	Attempts    int    `json:"attempts"`
+	MaxAttempts int    `json:"max_attempts"`
+	ExitCode    *int   `json:"exit_code,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+	Cancel      bool   `json:"cancel_requested,omitempty"`
+	// QueuedReason says why a queued job has not been claimed yet, from
+	// the runners the coordinator knows ("no runner online has labels
+	// gpu=yes"); only GET /v1/jobs/{id} fills it, and only while queued.
+	QueuedReason string     `json:"queued_reason,omitempty"`
+	LogSize      int64      `json:"log_size"`
+	CreatedAt    time.Time  `json:"created_at"`
+	StartedAt    *time.Time `json:"started_at,omitempty"`
+	FinishedAt   *time.Time `json:"finished_at,omitempty"`
 }
 
 // Lease is a runner's right to work on a job until Expires. Token is the
@@ -429,6 +433,18 @@ type ClaimRequest struct {
 	// whose resources ask for more is left in the queue for a runner that
 	// has it, instead of being claimed here and refused. nil: any job.
 	Capacity *Resources `json:"capacity,omitempty"`
+	// Registries are the registry URLs this runner's lockfile gate allows
+	// (its network.registries). The coordinator publishes the union of the
+	// online runners' in GET /v1/policy, so the CLI runs the same gate
+	// before it uploads a project.
+	Registries []string `json:"registries,omitempty"`
+}
+
+// Policy is the answer of GET /v1/policy: what the runners online enforce,
+// so a submitter can check a project before uploading it. Registries is
+// empty when no online runner has reported its registries.
+type Policy struct {
+	Registries []string `json:"registries"`
 }
 
 // Claim is one job handed to a runner with its lease.

@@ -64,10 +64,12 @@ func PrefixFields(prefix string, err error) FieldErrors {
 
 // Limits the coordinator enforces on every spec.
 const (
-	MaxTimeout     = 24 * time.Hour
-	MaxLabels      = 32
-	MaxArtifacts   = 256
-	maxScriptBytes = 64 << 10
+	MaxTimeout   = 24 * time.Hour
+	MaxLabels    = 32
+	MaxArtifacts = 256
+	// MaxClaimRegistries bounds the registries a claim reports.
+	MaxClaimRegistries = 16
+	maxScriptBytes     = 64 << 10
 )
 
 var (
@@ -310,6 +312,14 @@ func (r *ClaimRequest) Validate() error {
 	var fe FieldErrors
 	if r.Slots < 1 || r.Slots > 256 {
 		fe.add("slots", "must be 1-256")
+	}
+	if len(r.Registries) > MaxClaimRegistries {
+		fe.add("registries", "at most %d", MaxClaimRegistries)
+	}
+	for i, u := range r.Registries {
+		if pu, err := url.Parse(u); err != nil || len(u) > 2048 || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			fe.add(fmt.Sprintf("registries[%d]", i), "must be an http(s) URL of at most 2048 bytes")
+		}
 	}
 	return fe.orNil()
 }

@@ -194,7 +194,11 @@ func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, j.Job)
+	out, err := s.withQueuedReason(r.Context(), j.Job)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

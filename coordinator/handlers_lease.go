@@ -37,7 +37,7 @@ func (s *Server) lease(j store.Job) api.Lease {
 
 func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) error {
 	var req api.ClaimRequest
-	if err := decodeJSON(w, r, 4<<10, &req); err != nil {
+	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
 		return err
 	}
 	if err := req.Validate(); err != nil {
@@ -45,6 +45,7 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) error {
 	}
 	start := time.Now()
 	p := principalFrom(r.Context())
+	s.fleet.claimed(p.runner.ID, req)
 	if err := s.store.TouchRunner(r.Context(), p.runner.ID, s.now()); err != nil {
 		return err
 	}

@@ -44,6 +44,7 @@ func (s *Server) routes() {
 	route("GET /v1/jobs/{id}/artifacts", s.auth(readers, s.handleListArtifacts))
 	route("GET /v1/jobs/{id}/artifacts/{name...}", s.auth(readers, s.handleGetArtifact))
 	route("GET /v1/egress", s.auth(readers, s.handleQueryEgress))
+	route("GET /v1/policy", s.auth(readers, s.handlePolicy))
 
 	route("POST /v1/jobs/claim", s.auth(runnerOnly, s.handleClaim))
 	route("POST /v1/jobs/{id}/heartbeat", s.auth(runnerOnly, s.handleHeartbeat))

@@ -11,7 +11,8 @@ import (
 )
 
 func init() {
-	var follow, raw bool
+	var follow bool
+	var fo followOpts
 	cmd := &cobra.Command{
 		Use:   "logs [-f] [--raw] JOB",
 		Short: "Print a job's log; with -f, follow it until the job ends",
@@ -29,7 +30,13 @@ gutter "│ ", so no line of the build starts like one of cleanroom's.
 
 --raw prints the stored bytes unchanged instead: the build's output as it was
 printed (escape sequences included), and each of cleanroom's lines after the
-byte 0x1E (docs/api.md, "Job log format"). Do not send it to a terminal you trust.`,
+byte 0x1E (docs/api.md, "Job log format"). Do not send it to a terminal you trust.
+
+With -f, a queued job's reason for waiting is printed on stderr, an
+unreachable coordinator is retried for --retry-for, and the command exits
+as "cleanroom submit --wait" does.
+
+` + exitCodeHelp,
 		Args: cobra.ExactArgs(1),
 	}
 	cf := addClientFlags(cmd, false)
@@ -39,9 +46,9 @@ byte 0x1E (docs/api.md, "Job log format"). Do not send it to a terminal you trus
 			return err
 		}
 		if follow {
-			return followAndExit(cmd.Context(), cl, args[0], false, raw)
+			return followAndExit(cmd.Context(), cl, args[0], fo)
 		}
-		w, done := logWriter(raw)
+		w, done := logWriter(fo.raw, os.Stdout)
 		_, err = cl.ReadLog(cmd.Context(), args[0], 0, false, w)
 		if derr := done(); err == nil && derr != nil {
 			err = derr
@@ -52,20 +59,21 @@ byte 0x1E (docs/api.md, "Job log format"). Do not send it to a terminal you trus
 		return nil
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "stream new output until the job ends, then exit with its exit code")
-	cmd.Flags().BoolVar(&raw, "raw", false, "print the stored bytes unchanged (control characters and record markers included)")
+	fo.addFlags(cmd)
+	cmd.Flags().BoolVar(&fo.raw, "raw", false, "print the stored bytes unchanged (control characters and record markers included)")
 	rootCmd.AddCommand(cmd)
 }
 
-// logWriter returns where a job log printed on stdout goes: with raw the
+// logWriter returns where a job log printed on out goes: with raw the
 // stored bytes as they are, else an api.LogRenderer, styled on a terminal
 // unless NO_COLOR is set or TERM is dumb. done ends the output (a line the
 // log left open is ended, so what is printed next starts a line of its own);
 // it may be called more than once.
-func logWriter(raw bool) (w io.Writer, done func() error) {
+func logWriter(raw bool, out *os.File) (w io.Writer, done func() error) {
 	if raw {
-		return os.Stdout, func() error { return nil }
+		return out, func() error { return nil }
 	}
-	styled := isTerminal(os.Stdout) && os.Getenv("NO_COLOR") == "" && os.Getenv("TERM") != "dumb"
-	lr := api.NewLogRenderer(os.Stdout, styled)
+	styled := isTerminal(out) && os.Getenv("NO_COLOR") == "" && os.Getenv("TERM") != "dumb"
+	lr := api.NewLogRenderer(out, styled)
 	return lr, lr.Flush
 }

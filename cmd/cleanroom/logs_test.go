@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,26 +43,7 @@ func cliCmd(t *testing.T, url, token string, args ...string) (*exec.Cmd, *bytes.
 // and admin token.
 func startCoordinator(t *testing.T) (string, string) {
 	t.Helper()
-	admin := coordinator.NewAdminToken()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := coordinator.New(context.Background(), coordinator.Config{DataDir: t.TempDir(), AdminToken: admin, LeaseTTL: 30 * time.Second})
-	if err != nil {
-		ln.Close()
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln, "", "") }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serving: %v", err)
-		}
-	})
-	return "http://" + ln.Addr().String(), admin
+	return startCoordinatorWith(t, func(*coordinator.Config) {})
 }
 
 // A build that prints escape sequences and fake agent lines neither

@@ -5,21 +5,11 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
 )
-
-// exitError carries a process exit code out of a command (for example the
-// exit code of a build or of a sandboxed command) without printing twice.
-type exitError struct {
-	code int
-	msg  string
-}
-
-func (e *exitError) Error() string { return e.msg }
 
 var rootCmd = &cobra.Command{
 	Use:   "cleanroom",
@@ -30,21 +20,21 @@ inside, and logs every egress attempt for audit.
 
 Operators run "cleanroom server" (the coordinator) and "cleanroom agent run" on
 each build host; developers and pipelines use "cleanroom submit"; security
-teams use "cleanroom egress".`,
+teams use "cleanroom egress".
+
+` + exitCodeHelp,
 	SilenceUsage:  true,
 	SilenceErrors: true,
 }
 
 func main() {
-	if err := rootCmd.Execute(); err != nil {
-		var ee *exitError
-		if errors.As(err, &ee) {
-			if ee.msg != "" {
-				fmt.Fprintln(os.Stderr, "cleanroom:", ee.msg)
-			}
-			os.Exit(ee.code)
-		}
-		fmt.Fprintln(os.Stderr, "cleanroom:", err)
-		os.Exit(1)
+	markUsageErrors(rootCmd)
+	err := rootCmd.Execute()
+	if err == nil {
+		return
 	}
+	if msg := err.Error(); msg != "" {
+		fmt.Fprintln(os.Stderr, "cleanroom:", msg)
+	}
+	os.Exit(exitCode(err))
 }

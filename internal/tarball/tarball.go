@@ -21,6 +21,10 @@ type Options struct {
 	// SkipDirs are directory names left out, with all they hold, at any
 	// depth (node_modules, .git).
 	SkipDirs []string
+	// Include, when set, is asked for every entry (its slash-separated
+	// path relative to dir): false leaves it out, and a directory with all
+	// it holds.
+	Include func(rel string) bool
 }
 
 // WriteDir writes the tree below dir to w as a tar archive. Entries are named
@@ -40,7 +44,7 @@ func WriteDir(w io.Writer, dir string, o Options) error {
 		if err != nil {
 			return err
 		}
-		return addEntry(tw, dir, p, d, o.SkipDirs)
+		return addEntry(tw, dir, p, d, o)
 	}); err != nil {
 		return fmt.Errorf("packing %s: %w", dir, err)
 	}
@@ -56,13 +60,19 @@ func WriteDir(w io.Writer, dir string, o Options) error {
 }
 
 // addEntry writes the walked entry p (below dir) to tw.
-func addEntry(tw *tar.Writer, dir, p string, d fs.DirEntry, skipDirs []string) error {
+func addEntry(tw *tar.Writer, dir, p string, d fs.DirEntry, o Options) error {
 	rel, err := filepath.Rel(dir, p)
 	if err != nil || rel == "." {
 		return err
 	}
+	if o.Include != nil && !o.Include(filepath.ToSlash(rel)) {
+		if d.IsDir() {
+			return filepath.SkipDir
+		}
+		return nil
+	}
 	if d.IsDir() {
-		for _, n := range skipDirs {
+		for _, n := range o.SkipDirs {
 			if d.Name() == n {
 				return filepath.SkipDir
 			}

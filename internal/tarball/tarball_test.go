@@ -130,3 +130,16 @@ func TestWriteDirNamesTheDirectoryInItsError(t *testing.T) {
 		t.Fatalf("WriteDir(missing) = %v, want ErrNotExist naming %s", err, missing)
 	}
 }
+
+func TestWriteDirAsksIncludeForEveryEntry(t *testing.T) {
+	dir := tree(t)
+	var buf bytes.Buffer
+	keep := map[string]bool{"blobs": true, "blobs/sha256": true, "run.sh": true, "sub": false}
+	if err := WriteDir(&buf, dir, Options{Include: func(rel string) bool { return keep[rel] }}); err != nil {
+		t.Fatal(err)
+	}
+	got := readArchive(t, &buf)
+	if s := strings.Join(slices.Sorted(maps.Keys(got)), " "); s != "blobs/ blobs/sha256/ run.sh" {
+		t.Fatalf("archive has %s, want only the included entries", s)
+	}
+}

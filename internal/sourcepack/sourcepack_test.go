@@ -1,0 +1,138 @@
+package sourcepack
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// project writes files (path -> content) below a new directory.
+func project(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestSelectLeavesOutSecretsIgnoredFilesAndStaleOutputs(t *testing.T) {
+	dir := project(t, map[string]string{
+		"package.json":         "{}",
+		"src/a.js":             "a",
+		".env":                 "SECRET=1",
+		".env.local":           "SECRET=2",
+		".env.example":         "SECRET=",
+		"pkg/.env.production":  "SECRET=3",
+		".npmrc":               "registry=https://npm.example/\n//npm.example/:_authToken=abc123\n",
+		"pkg/.npmrc":           "registry=https://npm.example/\n//npm.example/:_authToken=${NPM_TOKEN}\n",
+		"dist/app.js":          "stale",
+		"coverage/x":           "c",
+		".gitignore":           "coverage/\n*.log\n",
+		"web/.gitignore":       "!keep.log\ncache/\n",
+		"web/keep.log":         "k",
+		"web/drop.log":         "d",
+		"web/cache/c":          "c",
+		"web/src/b.js":         "b",
+		".cleanroomignore":     "docs/\n!generated/\n",
+		"docs/big.pdf":         "pdf",
+		"generated/g.js":       "g",
+		"node_modules/x/i.js":  "x",
+		".git/HEAD":            "ref",
+		"web/node_modules/y/i": "y",
+	})
+	if err := os.WriteFile(filepath.Join(dir, ".gitignore"), []byte("coverage/\n*.log\ngenerated/\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Select(dir, []string{"dist/", "out/*.tgz"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inc []string
+	for _, e := range p.Included {
+		inc = append(inc, e.Path)
+	}
+	want := []string{".cleanroomignore", ".env.example", ".gitignore", "generated/", "generated/g.js", "package.json", "pkg/", "pkg/.npmrc",
+		"src/", "src/a.js", "web/", "web/.gitignore", "web/keep.log", "web/src/", "web/src/b.js"}
+	if !slices.Equal(inc, want) {
+		t.Errorf("included %q\nwant     %q", inc, want)
+	}
+	reasons := map[string]string{}
+	for _, e := range p.Left {
+		reasons[e.Path] = e.Reason
+	}
+	for path, why := range map[string]string{
+		".env": "environment file", ".env.local": "environment file", "pkg/.env.production": "environment file",
+		".npmrc": ".npmrc holds credentials (line 2: //npm.example/:_authToken)", "dist/": "artifacts (dist)",
+		"coverage/": "ignored by .gitignore:1: coverage/", "web/drop.log": "ignored by .gitignore:2: *.log",
+		"web/cache/": "ignored by web/.gitignore:2: cache/", "docs/": "ignored by .cleanroomignore:1: docs/",
+		"node_modules/": "always", ".git/": "always", "web/node_modules/": "always",
+	} {
+		if !strings.Contains(reasons[path], why) {
+			t.Errorf("%s left out for %q, want a reason with %q", path, reasons[path], why)
+		}
+	}
+	if strings.Contains(reasons[".npmrc"], "abc123") {
+		t.Errorf("the reason shows the credential: %q", reasons[".npmrc"])
+	}
+	if p.Files != 10 {
+		t.Errorf("Files = %d, want 10", p.Files)
+	}
+
+	var buf bytes.Buffer
+	if err := p.Write(&buf); err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	var names []string
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, h.Name)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, want) {
+		t.Errorf("archive has %q\nwant        %q", names, want)
+	}
+}
+
+func TestCredentialLine(t *testing.T) {
+	for content, want := range map[string]string{
+		"registry=https://r/\n":                 "",
+		"//r/:_authToken=${NPM_TOKEN}\n":        "",
+		"; //r/:_authToken=x\n":                 "",
+		"//r/:username=me\n//r/:email=a@b\n":    "",
+		"//r/:_authToken=abc\n":                 "line 1: //r/:_authToken",
+		"\n_auth = \"dXNlcjpwYXNz\"\n":          "line 2: _auth",
+		"//r/:_password=cGFzcw==\n":             "line 1: //r/:_password",
+		"//r/path/:_authToken=npm_xxxxxxxxxx\n": "line 1: //r/path/:_authToken",
+		"//r/:token=abc\n":                      "line 1: //r/:token",
+	} {
+		f := filepath.Join(t.TempDir(), ".npmrc")
+		os.WriteFile(f, []byte(content), 0o644)
+		if got := credentialLine(f); got != want {
+			t.Errorf("credentialLine(%q) = %q, want %q", content, got, want)
+		}
+	}
+}
