@@ -1,0 +1,22 @@
+package main
+
+import "time"
+
+// Every table prints times in the local zone with its offset, so a time
+// copied from a table into a ticket or another tool means the same instant
+// everywhere (JSON output keeps the API's RFC 3339 in UTC).
+const (
+	timeFormat      = time.RFC3339
+	timeFormatMilli = "2006-01-02T15:04:05.000Z07:00"
+)
+
+// formatTime formats t for a table.
+func formatTime(t time.Time) string { return t.Local().Format(timeFormat) }
+
+// whenOr formats t for a table, or returns none when t is nil.
+func whenOr(t *time.Time, none string) string {
+	if t == nil {
+		return none
+	}
+	return formatTime(*t)
+}
