@@ -28,7 +28,7 @@ func TestTeamSecretGrantedToItsTeamRefusedToAnother(t *testing.T) {
 	})
 	web, api_ := teamToken(ctx, t, e, "web"), teamToken(ctx, t, e, "api")
 
-	id := submitWith(ctx, t, e, dir, web)
+	id := submit(ctx, t, e, dir, "--token", web)
 	j := waitTerminal(ctx, t, e, id, 3*time.Minute)
 	log := jobLog(ctx, t, e, id)
 	if j.State != api.StateSucceeded || j.Team != "web" {
@@ -45,7 +45,7 @@ func TestTeamSecretGrantedToItsTeamRefusedToAnother(t *testing.T) {
 	assertSandboxGone(ctx, t, e, id)
 
 	watch := watchContainerd(ctx, t)
-	id = submitWith(ctx, t, e, dir, api_)
+	id = submit(ctx, t, e, dir, "--token", api_)
 	j = waitTerminal(ctx, t, e, id, time.Minute)
 	log = jobLog(ctx, t, e, id)
 	if j.State != api.StateFailed || j.Team != "api" || !strings.Contains(j.Reason, `"WEB_TOKEN"`) || !strings.Contains(j.Reason, `team is "api"`) {
@@ -62,17 +62,4 @@ func teamToken(ctx context.Context, t *testing.T, e *harness.Env, team string) s
 		t.Fatalf("token create --team %s: %+v %v", team, tok, err)
 	}
 	return tok.Token
-}
-
-// submitWith submits dir with token instead of the admin token.
-func submitWith(ctx context.Context, t *testing.T, e *harness.Env, dir, token string) string {
-	t.Helper()
-	var j api.Job
-	if err := json.Unmarshal([]byte(cli(ctx, t, e, "submit", dir, "--json", "--token", token)), &j); err != nil || j.ID == "" {
-		t.Fatalf("submit --json: no job: %v", err)
-	}
-	suite.mu.Lock()
-	suite.jobs = append(suite.jobs, j.ID)
-	suite.mu.Unlock()
-	return j.ID
 }
