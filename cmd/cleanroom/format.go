@@ -20,3 +20,13 @@ func whenOr(t *time.Time, none string) string {
 	}
 	return formatTime(*t)
 }
+
+// printJSONList writes a list for --json: always an array, "[]" when
+// empty, never null. A command about one thing prints one object
+// (printJSON); a stream (egress) prints one object per line.
+func printJSONList[T any](items []T) error {
+	if items == nil {
+		items = []T{}
+	}
+	return printJSON(items)
+}

@@ -32,7 +32,7 @@ func init() {
 			return fmt.Errorf("listing jobs: %w", err)
 		}
 		if cf.json {
-			return printJSON(js)
+			return printJSONList(js)
 		}
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "JOB\tSTATE\tEXIT\tRUNNER\tATTEMPTS\tCREATED\tREASON")

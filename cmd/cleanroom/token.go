@@ -81,7 +81,7 @@ The token is printed once; only its hash is stored.`,
 			return fmt.Errorf("listing tokens: %w", err)
 		}
 		if lf.json {
-			return printJSON(ts)
+			return printJSONList(ts)
 		}
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tKIND\tTEAM\tNOTE\tCREATED\tEXPIRES\tUSES LEFT\tSTATUS")

@@ -96,3 +96,18 @@ func TestJobsStateIsValidated(t *testing.T) {
 		t.Fatalf("jobs printed %q", stdout)
 	}
 }
+
+// --json prints an array for every list, [] when it is empty, and one
+// object for one thing.
+func TestJSONListsAreArraysEvenWhenEmpty(t *testing.T) {
+	url, admin := startCoordinator(t)
+	for _, args := range [][]string{{"jobs"}, {"runners"}, {"token", "list"}, {"jobs", "--state", "lost"}} {
+		cmd, stdout, stderr := cliCmd(t, url, admin, append(args, "--json")...)
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, stderr)
+		}
+		if got := strings.TrimSpace(stdout.String()); got != "[]" {
+			t.Errorf("%v --json printed %q, want []", args, got)
+		}
+	}
+}
