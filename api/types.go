@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +29,19 @@ const (
 	StateCanceled  = "canceled"
 	StateLost      = "lost"
 )
+
+// JobStates lists every job state, in lifecycle order, for validating a
+// filter and for messages.
+var JobStates = []string{StateQueued, StateRunning, StateSucceeded, StateFailed, StateCanceled, StateLost}
+
+// CheckJobState returns an error listing the states when s is not one
+// ("" is no filter and valid).
+func CheckJobState(s string) error {
+	if s == "" || slices.Contains(JobStates, s) {
+		return nil
+	}
+	return fmt.Errorf("unknown job state %q: want one of %s", s, strings.Join(JobStates, ", "))
+}
 
 // Terminal reports whether a job in this state will never change again, which
 // is when log followers stop and results are refused.
@@ -390,7 +404,12 @@ type Job struct {
 	RunnerID string  `json:"runner_id,omitempty"`
 	// Submitter is the id of the submit token the job was submitted with,
 	// or "admin".
-	Submitter   string `json:"submitter,omitempty"`
+	Submitter string `json:"submitter,omitempty"`
+	// Team is the team of the submit token the job was submitted with;
+	// empty for a token without a team and for admin-submitted jobs. The
+	// agent grants a build secret restricted to teams (secrets file
+	// "teams:") only to a job of one of them.
+	Team        string `json:"team,omitempty"`
 	Attempts    int    `json:"attempts"`
 	MaxAttempts int    `json:"max_attempts"`
 	ExitCode    *int   `json:"exit_code,omitempty"`
@@ -584,6 +603,9 @@ type TokenRequest struct {
 	Expires Duration `json:"expires,omitempty"`
 	Uses    int      `json:"uses,omitempty"`
 	Note    string   `json:"note,omitempty"`
+	// Team (submit tokens only) is recorded on every job the token
+	// submits; build secrets may be restricted to teams.
+	Team string `json:"team,omitempty"`
 }
 
 // TokenResponse carries the new token, shown once.
@@ -593,6 +615,7 @@ type TokenResponse struct {
 	Token     string     `json:"token"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 	Uses      int        `json:"uses,omitempty"`
+	Team      string     `json:"team,omitempty"`
 }
 
 // TokenInfo describes a stored token (never its secret), for
@@ -601,6 +624,7 @@ type TokenInfo struct {
 	ID        string     `json:"id"`
 	Kind      string     `json:"kind"`
 	Note      string     `json:"note,omitempty"`
+	Team      string     `json:"team,omitempty"`
 	CreatedAt time.Time  `json:"created_at"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 	// UsesLeft is nil for unlimited.

@@ -79,10 +79,18 @@ var (
 	sha256RE    = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	npmPackRE   = regexp.MustCompile(`^(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*$`)
 	imageBadChr = regexp.MustCompile(`[\s]`)
+	teamRE      = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 )
 
 // ValidLabelKey reports whether k can be a runner or job label key.
 func ValidLabelKey(k string) bool { return labelKeyRE.MatchString(k) }
+
+// TeamSyntax describes a valid team name, for error messages.
+const TeamSyntax = "1-63 of a-z 0-9 . _ -, starting with a letter or digit"
+
+// ValidTeam reports whether t is a team name (lower case, so "Web" in a
+// secrets file cannot silently miss the team "web" of a token).
+func ValidTeam(t string) bool { return teamRE.MatchString(t) }
 
 // Validate checks a spec and returns every problem at once as FieldErrors, or
 // nil.
@@ -303,6 +311,13 @@ func (r *TokenRequest) Validate() error {
 	}
 	if r.Uses < 0 {
 		fe.add("uses", "must not be negative")
+	}
+	switch {
+	case r.Team == "":
+	case r.Kind != TokenSubmit:
+		fe.add("team", "only a submit token has a team")
+	case !ValidTeam(r.Team):
+		fe.add("team", "must be "+TeamSyntax)
 	}
 	return fe.orNil()
 }

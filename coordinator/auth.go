@@ -116,6 +116,8 @@ type principal struct {
 	runner store.Runner
 	// tokenID is the submit or audit token's id.
 	tokenID string
+	// team is the submit token's team ("" for none).
+	team string
 }
 
 // submitter is what a job submitted by p records as its submitter.
@@ -175,9 +177,9 @@ func (s *Server) authenticateToken(ctx context.Context, tok string) (principal, 
 		if !ok {
 			break
 		}
-		_, err := s.store.CheckToken(ctx, kind, id, hashSecret(secret), s.now())
+		t, err := s.store.CheckToken(ctx, kind, id, hashSecret(secret), s.now())
 		if err == nil {
-			return principal{kind: kind, tokenID: id}, nil
+			return principal{kind: kind, tokenID: id, team: t.Team}, nil
 		}
 		if !errors.Is(err, store.ErrTokenInvalid) {
 			return principal{}, err

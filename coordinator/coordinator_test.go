@@ -912,3 +912,42 @@ func TestCheckListenRefusesPlainHTTPOffLoopback(t *testing.T) {
 		}
 	}
 }
+
+// A submit token's team is stored with it, listed, copied onto every job it
+// submits and handed to the runner that claims the job; an admin-submitted
+// job has no team, and only a submit token may have one.
+func TestSubmitTokenTeamReachesItsJobsAndTheirClaims(t *testing.T) {
+	c := startCoord(t)
+	ctx := context.Background()
+	admin := c.AdminClient()
+	tok, err := admin.CreateToken(ctx, api.TokenRequest{Kind: api.TokenSubmit, Team: "web"})
+	if err != nil || tok.Team != "web" {
+		t.Fatalf("create: %+v %v", tok, err)
+	}
+	for _, bad := range []api.TokenRequest{{Kind: api.TokenAudit, Team: "web"}, {Kind: api.TokenSubmit, Team: "Web"}, {Kind: api.TokenSubmit, Team: "a b"}} {
+		_, err := admin.CreateToken(ctx, bad)
+		wantStatus(t, err, api.ErrInvalid)
+	}
+	ts, err := admin.ListTokens(ctx)
+	if err != nil || len(ts) != 1 || ts[0].Team != "web" {
+		t.Fatalf("tokens = %+v %v", ts, err)
+	}
+	spec, src := gitSpec()
+	web, err := c.client(tok.Token).SubmitGit(ctx, spec, src)
+	if err != nil || web.Team != "web" {
+		t.Fatalf("team job: %+v %v", web, err)
+	}
+	byAdmin, err := admin.SubmitGit(ctx, spec, src)
+	if err != nil || byAdmin.Team != "" {
+		t.Fatalf("admin job: %+v %v", byAdmin, err)
+	}
+	r, _ := c.Register("r", nil)
+	teams := map[string]string{}
+	for range 2 {
+		cl, _ := claimOne(t, r, time.Second)
+		teams[cl.Job.ID] = cl.Job.Team
+	}
+	if teams[web.ID] != "web" || teams[byAdmin.ID] != "" || len(teams) != 2 {
+		t.Fatalf("claimed teams %v", teams)
+	}
+}

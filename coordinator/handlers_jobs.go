@@ -52,13 +52,16 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 	if spec.MaxAttempts == 0 {
 		spec.MaxAttempts = s.cfg.MaxAttempts
 	}
+	// A job's team is its submit token's; an admin-submitted job has none
+	// (an admin submits for a team with a submit token of that team).
+	p := principalFrom(r.Context())
 	j := store.Job{Job: api.Job{ID: newID("j-", 8), State: api.StateQueued, Spec: spec, Source: src,
-		MaxAttempts: spec.MaxAttempts, CreatedAt: s.now().UTC(), Submitter: principalFrom(r.Context()).submitter()}}
+		MaxAttempts: spec.MaxAttempts, CreatedAt: s.now().UTC(), Submitter: p.submitter(), Team: p.team}}
 	if err := s.store.CreateJob(r.Context(), j); err != nil {
 		return err
 	}
 	s.disp.kick()
-	s.log.Info("job submitted", "job", j.ID, "source", src.Kind, "labels", spec.Labels)
+	s.log.Info("job submitted", "job", j.ID, "source", src.Kind, "labels", spec.Labels, "team", j.Team)
 	writeJSON(w, http.StatusCreated, j.Job)
 	return nil
 }
@@ -148,6 +151,9 @@ func (s *Server) checkGzip(digest string) error {
 
 func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) error {
 	f := store.JobFilter{State: r.URL.Query().Get("state"), Limit: 100}
+	if err := api.CheckJobState(f.State); err != nil {
+		return api.FieldErrors{{Field: "state", Message: err.Error()}}
+	}
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10000 {

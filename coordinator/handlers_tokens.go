@@ -8,7 +8,7 @@ import (
 )
 
 func toTokenInfo(t store.Token) api.TokenInfo {
-	return api.TokenInfo{ID: t.ID, Kind: t.Kind, Note: t.Note, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt,
+	return api.TokenInfo{ID: t.ID, Kind: t.Kind, Note: t.Note, Team: t.Team, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt,
 		UsesLeft: t.UsesLeft, RevokedAt: t.RevokedAt}
 }
 
@@ -55,7 +55,7 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) error
 	}
 	prefix := tokenPrefixes[req.Kind]
 	now := s.now().UTC()
-	t := store.Token{ID: newID("t-", 6), Kind: req.Kind, CreatedAt: now, Note: req.Note}
+	t := store.Token{ID: newID("t-", 6), Kind: req.Kind, CreatedAt: now, Note: req.Note, Team: req.Team}
 	secret := newSecret()
 	t.Hash = hashSecret(secret)
 	if req.Expires > 0 {
@@ -69,7 +69,7 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) error
 	if err := s.store.CreateToken(r.Context(), t); err != nil {
 		return err
 	}
-	s.log.Info("token created", "id", t.ID, "kind", t.Kind, "expires", t.ExpiresAt, "uses", req.Uses)
-	writeJSON(w, http.StatusCreated, api.TokenResponse{ID: t.ID, Kind: t.Kind, Token: prefix + t.ID + "." + secret, ExpiresAt: t.ExpiresAt, Uses: req.Uses})
+	s.log.Info("token created", "id", t.ID, "kind", t.Kind, "expires", t.ExpiresAt, "uses", req.Uses, "team", t.Team)
+	writeJSON(w, http.StatusCreated, api.TokenResponse{ID: t.ID, Kind: t.Kind, Token: prefix + t.ID + "." + secret, ExpiresAt: t.ExpiresAt, Uses: req.Uses, Team: t.Team})
 	return nil
 }

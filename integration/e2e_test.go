@@ -34,6 +34,7 @@ var (
 	deploySecret    = "dpl_live_" + randHex(12)
 	buildSecret     = "npm_rd/" + randHex(10) + "+e2e=" + randHex(4)
 	fakeRunnerToken = "crr_" + randHex(6) + "." + randHex(20)
+	webSecret       = "web_" + randHex(12)
 )
 
 // Lanes route jobs to agents: each agent has the label lane=<lane>, each
@@ -147,7 +148,8 @@ func env(t *testing.T) *harness.Env {
 		suite.env, suite.envErr = harness.Start(ctx, harness.Options{
 			Bin: suite.bin, Repo: suite.repo, Containerd: addr, Name: "e2e", Progress: progress,
 			Secrets: fmt.Sprintf("secrets:\n  - name: NPM_READ_TOKEN\n    value: %q\n    scope: build\n"+
-				"  - name: DEPLOY_TOKEN\n    value: %q\n    scope: deploy\n", buildSecret, deploySecret),
+				"  - name: DEPLOY_TOKEN\n    value: %q\n    scope: deploy\n"+
+				"  - name: WEB_TOKEN\n    value: %q\n    scope: build\n    teams: [web]\n", buildSecret, deploySecret, webSecret),
 			// The agent's own environment holds a deploy secret and a
 			// runner-token-looking value: a build must never see either.
 			AgentEnv: []string{"DEPLOY_TOKEN=" + deploySecret, "CLEANROOM_RUNNER_TOKEN=" + fakeRunnerToken},

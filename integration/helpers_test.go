@@ -453,10 +453,10 @@ func cli(ctx context.Context, t *testing.T, e *harness.Env, args ...string) stri
 	return out
 }
 
-func submit(ctx context.Context, t *testing.T, e *harness.Env, dir string) string {
+func submit(ctx context.Context, t *testing.T, e *harness.Env, dir string, flags ...string) string {
 	t.Helper()
 	var j api.Job
-	if err := json.Unmarshal([]byte(cli(ctx, t, e, "submit", dir, "--json")), &j); err != nil || j.ID == "" {
+	if err := json.Unmarshal([]byte(cli(ctx, t, e, append([]string{"submit", dir, "--json"}, flags...)...)), &j); err != nil || j.ID == "" {
 		t.Fatalf("submit --json: no job: %v", err)
 	}
 	suite.mu.Lock()

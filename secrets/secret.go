@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 )
 
 // Scope says where a secret may go. Only ScopeBuild secrets can ever reach a
@@ -30,6 +31,9 @@ var (
 	ErrUnknownSecret = errors.New("unknown secret")
 	// ErrDeployScope: a deploy-scope secret was requested for a build job.
 	ErrDeployScope = errors.New("deploy-scope secret cannot be granted to a build job")
+	// ErrTeamNotAllowed: a build secret restricted to teams was requested
+	// by a job of another team, or of none.
+	ErrTeamNotAllowed = errors.New("secret not available to the job's team")
 	// ErrAgentCredential: an agent credential was requested for a job.
 	ErrAgentCredential = errors.New("agent credential cannot be granted to a job")
 	// ErrTooMany: more entries or requested names than the fixed limits allow.
@@ -69,6 +73,9 @@ type Secret struct {
 	// Source says where the value came from: "inline", "file:/path",
 	// "env:NAME" or "agent".
 	Source string
+	// Teams (build scope only) are the teams whose jobs may be granted the
+	// secret; nil means any job, with or without a team.
+	Teams []string
 }
 
 // String describes the secret without its value.
@@ -89,6 +96,10 @@ func (s Secret) MarshalJSON() ([]byte, error) {
 		Source string `json:"source"`
 	}{s.Name, s.Scope, s.Source})
 }
+
+// teamRE is api.ValidTeam's syntax (this package imports no other of the
+// project): lower case, so "Web" in a file cannot silently miss "web".
+var teamRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
 // validName reports whether name is a portable environment variable name.
 func validName(name string) bool {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -35,6 +36,9 @@ type yamlEntry struct {
 	Value string `yaml:"value"`
 	From  string `yaml:"from"`
 	Scope string `yaml:"scope"`
+	// Teams restricts a build secret to the jobs of these teams (the
+	// team of the submit token that submitted the job).
+	Teams []string `yaml:"teams"`
 }
 
 // LoadFile reads a secrets file. It refuses a file readable by group or
@@ -125,7 +129,7 @@ func parseEntry(n *yaml.Node) (Secret, error) {
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		switch k := n.Content[i]; k.Value {
-		case "name", "value", "from", "scope":
+		case "name", "value", "from", "scope", "teams":
 		default:
 			return Secret{}, fmt.Errorf("%s: %w: unknown key %q (line %d)", where, ErrInvalid, k.Value, k.Line)
 		}
@@ -144,6 +148,12 @@ func parseEntry(n *yaml.Node) (Secret, error) {
 		return Secret{}, fmt.Errorf("%s: %w: scope is missing (build or deploy)", where, ErrInvalid)
 	default:
 		return Secret{}, fmt.Errorf("%s: %w: unknown scope %q (build or deploy)", where, ErrInvalid, e.Scope)
+	}
+	if hasKey(n, "teams") {
+		if err := checkTeams(s.Scope, e.Teams); err != nil {
+			return Secret{}, fmt.Errorf("%s: %w", where, err)
+		}
+		s.Teams = e.Teams
 	}
 	hasValue := hasKey(n, "value")
 	switch {
@@ -167,6 +177,24 @@ func parseEntry(n *yaml.Node) (Secret, error) {
 		return Secret{}, fmt.Errorf("%s: %w: %d bytes, at most %d", where, ErrTooLarge, len(s.Value), MaxValueSize)
 	}
 	return s, nil
+}
+
+// checkTeams validates a "teams:" list: build scope only (a deploy secret
+// is never granted at all), not empty (that would grant to nobody: remove
+// the entry instead), every name a valid team.
+func checkTeams(scope Scope, teams []string) error {
+	if scope != ScopeBuild {
+		return fmt.Errorf("%w: teams apply to build-scope secrets only", ErrInvalid)
+	}
+	if len(teams) == 0 {
+		return fmt.Errorf("%w: teams is empty (omit it to allow every team)", ErrInvalid)
+	}
+	for _, t := range teams {
+		if !teamRE.MatchString(t) {
+			return fmt.Errorf("%w: team %q: want 1-63 of a-z 0-9 . _ -, starting with a letter or digit", ErrInvalid, t)
+		}
+	}
+	return nil
 }
 
 func hasKey(n *yaml.Node, key string) bool {
@@ -234,11 +262,12 @@ func (s *Store) Names() []string {
 	return names
 }
 
-// Grant resolves the secrets a job asks for. Only build-scope secrets are
-// granted; every offending name (unknown, deploy scope, agent credential) is
-// reported at once so a job author fixes them in one round. The returned
-// values are copies.
-func (s *Store) Grant(names []string) ([]Secret, error) {
+// Grant resolves the secrets a job of team ("" for a job without one) asks
+// for. Only build-scope secrets are granted, and one restricted to teams
+// only to a job of one of them; every offending name (unknown, deploy scope,
+// another team's, agent credential) is reported at once so a job author
+// fixes them in one round. The returned values are copies.
+func (s *Store) Grant(team string, names []string) ([]Secret, error) {
 	if len(names) > MaxGrant {
 		return nil, fmt.Errorf("granting secrets: %d requested, at most %d: %w", len(names), MaxGrant, ErrTooMany)
 	}
@@ -254,8 +283,11 @@ func (s *Store) Grant(names []string) ([]Secret, error) {
 		seen[n] = true
 		sec, ok := s.file[n]
 		switch {
+		case ok && sec.Scope == ScopeBuild && !sec.allows(team):
+			errs = append(errs, fmt.Errorf("secret %q: %w (%s)", n, ErrTeamNotAllowed, teamPhrase(team)))
 		case ok && sec.Scope == ScopeBuild:
 			sec.Value = bytes.Clone(sec.Value)
+			sec.Teams = slices.Clone(sec.Teams)
 			out = append(out, sec)
 		case ok && sec.Scope == ScopeDeploy:
 			errs = append(errs, fmt.Errorf("secret %q: %w", n, ErrDeployScope))
@@ -269,6 +301,18 @@ func (s *Store) Grant(names []string) ([]Secret, error) {
 		return nil, fmt.Errorf("granting secrets: %w", errors.Join(errs...))
 	}
 	return out, nil
+}
+
+// allows reports whether a job of team may be granted the secret.
+func (sec Secret) allows(team string) bool {
+	return sec.Teams == nil || (team != "" && slices.Contains(sec.Teams, team))
+}
+
+func teamPhrase(team string) string {
+	if team == "" {
+		return "the job has no team"
+	}
+	return fmt.Sprintf("the job's team is %q", team)
 }
 
 func (s *Store) isAgent(name string) bool {

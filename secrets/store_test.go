@@ -43,7 +43,7 @@ secrets:
 	if got, want := strings.Join(st.Names(), ","), "DEPLOY_KEY,INLINE_ONE,NPM_READ_TOKEN"; got != want {
 		t.Errorf("Names = %s, want %s", got, want)
 	}
-	got, err := st.Grant([]string{"NPM_READ_TOKEN", "INLINE_ONE"})
+	got, err := st.Grant("", []string{"NPM_READ_TOKEN", "INLINE_ONE"})
 	if err != nil {
 		t.Fatalf("Grant: %v", err)
 	}
@@ -117,6 +117,10 @@ func TestLoadFileRejectsBadEntriesNamingFileLineAndSecret(t *testing.T) {
 		{"neither value nor from", "secrets:\n  - name: TOK\n    scope: build\n", ErrInvalid, []string{":2:", `"TOK"`, "neither"}},
 		{"unknown entry key", "secrets:\n  - name: TOK\n    value: x\n    scop: build\n", ErrInvalid, []string{":2:", `"TOK"`, `"scop"`}},
 		{"value too large", "secrets:\n  - name: BIG\n    from: file:" + big + "\n    scope: build\n", ErrTooLarge, []string{":2:", `"BIG"`}},
+		{"teams on a deploy secret", "secrets:\n  - name: KEY\n    value: x\n    scope: deploy\n    teams: [web]\n", ErrInvalid, []string{":2:", `"KEY"`, "build-scope"}},
+		{"empty teams", "secrets:\n  - name: TOK\n    value: x\n    scope: build\n    teams: []\n", ErrInvalid, []string{":2:", `"TOK"`, "empty"}},
+		{"upper-case team", "secrets:\n  - name: TOK\n    value: x\n    scope: build\n    teams: [Web]\n", ErrInvalid, []string{":2:", `"TOK"`, `"Web"`}},
+		{"teams not a list", "secrets:\n  - name: TOK\n    value: x\n    scope: build\n    teams: web\n", ErrInvalid, []string{":2:", `"TOK"`}},
 		{"too many entries", many.String(), ErrTooMany, []string{fmt.Sprintf(":%d:", MaxEntries+2), "257 entries"}},
 	}
 	for _, tc := range cases {
@@ -174,7 +178,7 @@ func TestGrantOnlyGivesBuildScope(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := st.Grant(tc.ask)
+			got, err := st.Grant("", tc.ask)
 			for _, s := range tc.sentinels {
 				if !errors.Is(err, s) {
 					t.Errorf("error %v is not %v", err, s)
@@ -200,6 +204,55 @@ func TestGrantOnlyGivesBuildScope(t *testing.T) {
 			}
 			if strings.Join(names, ",") != strings.Join(tc.granted, ",") {
 				t.Errorf("granted %v, want %v", names, tc.granted)
+			}
+		})
+	}
+}
+
+// A build secret with teams is granted only to a job of one of them: a job
+// of another team, or of none (admin-submitted, or a token without a team),
+// is refused, naming the secret and the job's team. A secret without teams
+// goes to every job.
+func TestGrantRestrictsTeamSecretsToTheirTeams(t *testing.T) {
+	st, err := LoadFile(writeFile(t, t.TempDir(), "s.yaml", `secrets:
+  - {name: WEB_TOKEN, value: web-token-123, scope: build, teams: [web, api]}
+  - {name: SHARED, value: shared-456789, scope: build}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		team    string
+		ask     []string
+		granted string
+		refused string // a substring of the error; "" for a grant
+	}{
+		{"web", []string{"WEB_TOKEN", "SHARED"}, "WEB_TOKEN,SHARED", ""},
+		{"api", []string{"WEB_TOKEN"}, "WEB_TOKEN", ""},
+		{"ops", []string{"SHARED"}, "SHARED", ""},
+		{"", []string{"SHARED"}, "SHARED", ""},
+		{"ops", []string{"SHARED", "WEB_TOKEN"}, "", `secret "WEB_TOKEN": secret not available to the job's team (the job's team is "ops")`},
+		{"", []string{"WEB_TOKEN"}, "", `secret "WEB_TOKEN": secret not available to the job's team (the job has no team)`},
+		{"we", []string{"WEB_TOKEN"}, "", `"WEB_TOKEN"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.team+":"+strings.Join(tc.ask, ","), func(t *testing.T) {
+			got, err := st.Grant(tc.team, tc.ask)
+			if tc.refused != "" {
+				if !errors.Is(err, ErrTeamNotAllowed) || !strings.Contains(err.Error(), tc.refused) || got != nil {
+					t.Fatalf("Grant = %v, %v; want a refusal containing %s", got, err, tc.refused)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for _, s := range got {
+				names = append(names, s.Name)
+			}
+			if strings.Join(names, ",") != tc.granted {
+				t.Fatalf("granted %v, want %s", names, tc.granted)
 			}
 		})
 	}

@@ -150,7 +150,7 @@ func (r *jobRun) gate(context.Context) error {
 // built from scratch; the job's resources must fit the runner's limits.
 func (r *jobRun) secrets(context.Context) error {
 	cfg := r.e.cfg
-	granted, err := cfg.Secrets.Grant(r.job.Spec.Secrets)
+	granted, err := cfg.Secrets.Grant(r.job.Team, r.job.Spec.Secrets)
 	if err != nil {
 		return refused("%v", err)
 	}
@@ -170,7 +170,7 @@ func (r *jobRun) secrets(context.Context) error {
 	// The registry token is a build-scope secret, so it is redacted like
 	// any other; it reaches npm through the npmrc, never the environment.
 	if cfg.RegistryTokenSecret != "" {
-		tok, err := cfg.Secrets.Grant([]string{cfg.RegistryTokenSecret})
+		tok, err := cfg.Secrets.Grant(r.job.Team, []string{cfg.RegistryTokenSecret})
 		if err != nil {
 			return refused("registry token (registry_token_secret): %v", err)
 		}

@@ -32,7 +32,7 @@ func init() {
 		}
 		if out == "" {
 			if cf.json {
-				return printJSON(arts)
+				return printJSONList(arts)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tKIND\tSIZE\tSHA256")

@@ -30,7 +30,7 @@ func init() {
 		Short: "Query or follow the egress audit log (every allowed and denied attempt, DNS included)",
 		Long: `Query egress events. By default a table; with --json one JSON object per line,
 in the format of docs/egress-log.md plus the event's "cursor", ready for a SIEM.
---since and --until take an RFC 3339 time or a duration back from now (e.g. 24h).
+--since and --until take an RFC 3339 time or a duration back from now (e.g. 24h, 7d).
 
 Every stored event has a cursor, a number that increases with each event the
 coordinator stores. --after N prints the events after cursor N, in cursor
@@ -121,7 +121,7 @@ it stopped (docs/egress-log.md, "Shipping to a SIEM").`,
 	fl.StringVar(&f.Job, "job", "", "only this job")
 	fl.StringVar(&f.Runner, "runner", "", "only this runner id")
 	fl.BoolVar(&denied, "denied", false, "only denied attempts")
-	fl.StringVar(&since, "since", "", "from this time (RFC 3339, or a duration ago like 24h)")
+	fl.StringVar(&since, "since", "", "from this time (RFC 3339, or a duration ago like 24h or 7d)")
 	fl.StringVar(&until, "until", "", "before this time (RFC 3339, or a duration ago)")
 	fl.IntVar(&f.Limit, "limit", 0, "at most this many events (0 = all); with --follow, exit after this many")
 	fl.Int64Var(&after, "after", 0, "only events after this cursor, in cursor order (0 = from the first)")
@@ -146,7 +146,7 @@ func egressRow(r api.EgressRecord) []any {
 			dst += " (" + r.Dst + ")"
 		}
 	}
-	return []any{fmt.Sprint(r.Cursor), r.Time.Local().Format("2006-01-02 15:04:05.000"), r.Runner, r.Job, r.Proto, orDash(dst), r.Verdict, orDash(r.Rule)}
+	return []any{fmt.Sprint(r.Cursor), r.Time.Local().Format(timeFormatMilli), r.Runner, r.Job, r.Proto, orDash(dst), r.Verdict, orDash(r.Rule)}
 }
 
 // printError is print's failure, which ends a follow (stdout is gone)
@@ -276,8 +276,8 @@ func parseWhen(s string) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
 	}
-	if d, err := time.ParseDuration(s); err == nil {
-		return time.Now().Add(-d), nil
+	if d, err := api.ParseDuration(s); err == nil {
+		return time.Now().Add(-d.D()), nil
 	}
 	return time.Parse(time.RFC3339Nano, s)
 }

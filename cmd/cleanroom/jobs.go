@@ -3,8 +3,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -20,6 +20,9 @@ func init() {
 	}
 	cf := addClientFlags(cmd, true)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := api.CheckJobState(f.State); err != nil {
+			return fmt.Errorf("--state: %w", err)
+		}
 		cl, err := cf.client()
 		if err != nil {
 			return err
@@ -29,7 +32,7 @@ func init() {
 			return fmt.Errorf("listing jobs: %w", err)
 		}
 		if cf.json {
-			return printJSON(js)
+			return printJSONList(js)
 		}
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "JOB\tSTATE\tEXIT\tRUNNER\tATTEMPTS\tCREATED\tREASON")
@@ -39,11 +42,11 @@ func init() {
 				exit = fmt.Sprint(*j.ExitCode)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", j.ID, j.State, exit, orDash(j.RunnerID), j.Attempts, j.MaxAttempts,
-				j.CreatedAt.Local().Format(time.DateTime), api.Printable(j.Reason))
+				formatTime(j.CreatedAt), api.Printable(j.Reason))
 		}
 		return tw.Flush()
 	}
-	cmd.Flags().StringVar(&f.State, "state", "", "only jobs in this state (queued, running, succeeded, failed, canceled, lost)")
+	cmd.Flags().StringVar(&f.State, "state", "", "only jobs in this state ("+strings.Join(api.JobStates, ", ")+")")
 	cmd.Flags().IntVar(&f.Limit, "limit", 50, "at most this many jobs")
 	rootCmd.AddCommand(cmd)
 }

@@ -28,7 +28,7 @@ func init() {
 			return fmt.Errorf("listing runners: %w", err)
 		}
 		if lf.json {
-			return printJSON(rs)
+			return printJSONList(rs)
 		}
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tNAME\tLABELS\tSLOTS\tLAST SEEN\tSTATUS")

@@ -24,7 +24,8 @@ func init() {
 		image, workspace, memory, disk, tmp string
 		cpus                                float64
 		pids                                int64
-		timeout, grace                      time.Duration
+		timeout                             api.Duration
+		grace                               = api.Duration(5 * time.Second)
 		env                                 []string
 		dir                                 string
 	)
@@ -93,7 +94,7 @@ the exit code is the command's.`,
 					fmt.Fprintln(os.Stderr, "cleanroom: destroying sandbox:", err)
 				}
 			}()
-			res, err := sb.Run(ctx, sandbox.Step{Args: args, Dir: dir, Timeout: timeout, Grace: grace, Stdout: os.Stdout, Stderr: os.Stderr})
+			res, err := sb.Run(ctx, sandbox.Step{Args: args, Dir: dir, Timeout: timeout.D(), Grace: grace.D(), Stdout: os.Stdout, Stderr: os.Stderr})
 			if err != nil {
 				if errors.Is(err, sandbox.ErrStepNotFound) {
 					return &exitError{code: 127, msg: err.Error()}
@@ -123,8 +124,8 @@ the exit code is the command's.`,
 	f.Int64Var(&pids, "pids", 1024, "maximum number of processes")
 	f.StringVar(&disk, "disk", "", "size of the workspace filesystem, e.g. 1g (default: no separate filesystem)")
 	f.StringVar(&tmp, "tmp", "512m", "size of the /tmp tmpfs (counts toward memory)")
-	f.DurationVar(&timeout, "timeout", 0, "wall-clock limit for the command (0 = none)")
-	f.DurationVar(&grace, "grace", 5*time.Second, "time between SIGTERM and SIGKILL on timeout or Ctrl-C")
+	f.Var(durationFlag{&timeout}, "timeout", "wall-clock limit for the command (0 = none)")
+	f.Var(durationFlag{&grace}, "grace", "time between SIGTERM and SIGKILL on timeout or Ctrl-C")
 	f.StringArrayVar(&env, "env", nil, "KEY=VALUE for the command's environment (repeatable)")
 	sandboxCmd.AddCommand(run)
 	rootCmd.AddCommand(sandboxCmd)

@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -149,7 +151,7 @@ func mergeServerConfig(cmd *cobra.Command, c *serverConfig, fc serverConfig) {
 	}
 }
 
-func runServer(ctx context.Context, c serverConfig) error {
+func runServer(ctx context.Context, c serverConfig) (retErr error) {
 	log := newLogger("coordinator", c.LogFormat)
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("starting server: --tls-cert and --tls-key go together")
@@ -157,9 +159,19 @@ func runServer(ctx context.Context, c serverConfig) error {
 	if err := coordinator.CheckListen(c.Listen, c.TLSCert != "", c.InsecureHTTP); err != nil {
 		return err
 	}
+	if c.TLSCert != "" { // fail before anything is created, not in Serve
+		if _, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey); err != nil {
+			return fmt.Errorf("loading TLS certificate: %w", err)
+		}
+	}
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
 		return fmt.Errorf("creating data directory: %w", err)
 	}
+	unlock, err := lockDataDir(c.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	tokFile := c.AdminTokenFile
 	if tokFile == "" {
 		tokFile = filepath.Join(c.DataDir, "admin.token")
@@ -168,8 +180,15 @@ func runServer(ctx context.Context, c serverConfig) error {
 	if err != nil {
 		return err
 	}
+	tokenShown := false
 	if created {
-		fmt.Fprintf(os.Stderr, "Admin token (shown once; also saved in %s, mode 0600):\n\n    %s\n\n", tokFile, tok)
+		// Printed once the listener is up; a start that fails before
+		// takes the unused token away, so the next start prints a new one.
+		defer func() {
+			if retErr != nil && !tokenShown {
+				os.Remove(tokFile)
+			}
+		}()
 	}
 	var metricsToken string
 	if c.MetricsTokenFile != "" {
@@ -197,9 +216,62 @@ func runServer(ctx context.Context, c serverConfig) error {
 		retention = c.Retention.String() + " after a job ends"
 	}
 	log.Info("coordinator listening", "url", scheme+"://"+ln.Addr().String(), "data_dir", c.DataDir, "retention", retention)
-	sctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return srv.Serve(sctx, ln, c.TLSCert, c.TLSKey)
+	if created {
+		fmt.Fprintf(os.Stderr, "Admin token (shown once; also saved in %s, mode 0600):\n\n    %s\n\n", tokFile, tok)
+		tokenShown = true
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case sig := <-sigs:
+			log.Info("coordinator shutting down", "signal", sig.String())
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	err = srv.Serve(sctx, ln, c.TLSCert, c.TLSKey)
+	if err != nil {
+		log.Error("coordinator stopped", "error", err)
+		return err
+	}
+	log.Info("coordinator stopped")
+	return nil
+}
+
+// dataDirLock is the file whose flock marks a data directory in use.
+const dataDirLock = "server.lock"
+
+// lockDataDir takes the data directory for this process: a second server
+// on the same directory (two writers of one SQLite database, blob store and
+// admin token) fails at once instead. The lock is an flock, so the kernel
+// releases it when the process ends, however it ends; the file keeps the
+// holder's pid for the message.
+func lockDataDir(dir string) (unlock func(), err error) {
+	path := filepath.Join(dir, dataDirLock)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening data directory lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			pid := strings.TrimSpace(string(holder))
+			if pid == "" {
+				pid = "unknown"
+			}
+			return nil, fmt.Errorf("data directory %s is in use by another cleanroom server (pid %s holds %s): stop it, or give this one its own --data-dir", dir, pid, path)
+		}
+		return nil, fmt.Errorf("locking data directory %s: %w", dir, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return func() { f.Close() }, nil
 }
 
 // readMetricsToken reads the bearer token /metrics requires from file: one

@@ -55,6 +55,8 @@ type Token struct {
 	UsesLeft  *int
 	RevokedAt *time.Time
 	Note      string
+	// Team (submit tokens only) is copied onto every job the token submits.
+	Team string
 }
 
 // Runner is a registered agent.

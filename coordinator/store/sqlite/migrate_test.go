@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
@@ -102,5 +103,44 @@ func TestReadyRequiresTheCurrentSchemaVersion(t *testing.T) {
 	}
 	if err := s.Ready(ctx); err == nil {
 		t.Fatal("ready with a migration missing: no error")
+	}
+}
+
+// A version 3 database's tokens and jobs migrate with no team (so a secret
+// restricted to teams is refused to their jobs), and a token and a job
+// written afterwards keep theirs.
+func TestVersion3TokensAndJobsMigrateWithoutTeamAndKeepNewOnes(t *testing.T) {
+	ctx := context.Background()
+	path := oldDatabase(t, 3,
+		`INSERT INTO tokens (id, kind, hash, created_at) VALUES ('t-old', 'submit', x'00', 0)`,
+		`INSERT INTO jobs (id, state, spec, source, created_at, max_attempts, submitter) VALUES ('j-old', 'queued', '{"build":"x"}', '{"kind":"git"}', 0, 3, 't-old')`)
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if j, err := s.Job(ctx, "j-old"); err != nil || j.Team != "" || j.Submitter != "t-old" {
+		t.Fatalf("old job after migration: %+v %v", j, err)
+	}
+	now := time.Unix(100, 0).UTC()
+	if err := s.CreateToken(ctx, store.Token{ID: "t-web", Kind: api.TokenSubmit, Hash: []byte{1}, CreatedAt: now, Team: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateJob(ctx, store.Job{Job: api.Job{ID: "j-web", CreatedAt: now, MaxAttempts: 1, Submitter: "t-web", Team: "web"}}); err != nil {
+		t.Fatal(err)
+	}
+	teams := map[string]string{}
+	ts, err := s.ListTokens(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range ts {
+		teams[tk.ID] = tk.Team
+	}
+	if teams["t-old"] != "" || teams["t-web"] != "web" {
+		t.Fatalf("token teams %v", teams)
+	}
+	if j, err := s.Job(ctx, "j-web"); err != nil || j.Team != "web" {
+		t.Fatalf("new job: %+v %v", j, err)
 	}
 }

@@ -145,6 +145,12 @@ var migrations = []string{
 	CREATE INDEX egress_time_domain ON egress(time, rtrim(json_extract(event, '$.domain'), '.'));
 	CREATE INDEX egress_verdict ON egress(verdict, time, rtrim(json_extract(event, '$.domain'), '.'));
 	CREATE INDEX egress_rule ON egress(json_extract(event, '$.rule'), time, rtrim(json_extract(event, '$.domain'), '.'));`,
+	// 5: a submit token may belong to a team, and a job records the team
+	// of the token that submitted it, so an agent grants a build secret
+	// restricted to teams only to their jobs. Older tokens and jobs have
+	// none.
+	`ALTER TABLE tokens ADD COLUMN team TEXT NOT NULL DEFAULT '';
+	ALTER TABLE jobs ADD COLUMN team TEXT NOT NULL DEFAULT '';`,
 }
 
 // SchemaVersion is the version this build migrates to.
@@ -288,8 +294,8 @@ func (s *Store) CreateToken(ctx context.Context, t store.Token) error {
 	if t.UsesLeft != nil {
 		uses = *t.UsesLeft
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (id, kind, hash, created_at, expires_at, uses_left, note) VALUES (?,?,?,?,?,?,?)`,
-		t.ID, t.Kind, t.Hash, nanos(t.CreatedAt), nullNanos(t.ExpiresAt), uses, t.Note)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (id, kind, hash, created_at, expires_at, uses_left, note, team) VALUES (?,?,?,?,?,?,?,?)`,
+		t.ID, t.Kind, t.Hash, nanos(t.CreatedAt), nullNanos(t.ExpiresAt), uses, t.Note, t.Team)
 	if err != nil {
 		return fmt.Errorf("creating token: %w", err)
 	}
@@ -300,14 +306,14 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-const tokenCols = `id, kind, hash, created_at, expires_at, uses_left, revoked_at, note`
+const tokenCols = `id, kind, hash, created_at, expires_at, uses_left, revoked_at, note, team`
 
 func scanToken(sc scanner) (store.Token, error) {
 	var t store.Token
 	var exp, revoked sql.NullInt64
 	var uses sql.NullInt64
 	var created int64
-	if err := sc.Scan(&t.ID, &t.Kind, &t.Hash, &created, &exp, &uses, &revoked, &t.Note); err != nil {
+	if err := sc.Scan(&t.ID, &t.Kind, &t.Hash, &created, &exp, &uses, &revoked, &t.Note, &t.Team); err != nil {
 		return t, err
 	}
 	t.CreatedAt = time.Unix(0, created).UTC()
@@ -518,7 +524,7 @@ func (s *Store) TouchRunner(ctx context.Context, id string, now time.Time) error
 // --- jobs --------------------------------------------------------------------
 
 const jobCols = `id, state, spec, source, created_at, started_at, finished_at, runner_id, lease_token,
-	lease_expires, attempts, max_attempts, cancel_requested, exit_code, reason, log_offset, log_stored, log_truncated, submitter`
+	lease_expires, attempts, max_attempts, cancel_requested, exit_code, reason, log_offset, log_stored, log_truncated, submitter, team`
 
 func scanJob(sc scanner) (store.Job, error) {
 	var j store.Job
@@ -527,7 +533,7 @@ func scanJob(sc scanner) (store.Job, error) {
 	var started, finished, leaseExp, exit sql.NullInt64
 	var runner sql.NullString
 	if err := sc.Scan(&j.ID, &j.State, &spec, &source, &created, &started, &finished, &runner, &j.LeaseToken,
-		&leaseExp, &j.Attempts, &j.MaxAttempts, &j.Cancel, &exit, &j.Reason, &j.LogOffset, &j.LogSize, &j.LogTruncated, &j.Submitter); err != nil {
+		&leaseExp, &j.Attempts, &j.MaxAttempts, &j.Cancel, &exit, &j.Reason, &j.LogOffset, &j.LogSize, &j.LogTruncated, &j.Submitter, &j.Team); err != nil {
 		return j, err
 	}
 	if err := json.Unmarshal([]byte(spec), &j.Spec); err != nil {
@@ -552,8 +558,8 @@ func scanJob(sc scanner) (store.Job, error) {
 
 // CreateJob inserts a queued job.
 func (s *Store) CreateJob(ctx context.Context, j store.Job) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO jobs (id, state, spec, source, labels, created_at, max_attempts, submitter) VALUES (?,?,?,?,?,?,?,?)`,
-		j.ID, api.StateQueued, mustJSON(j.Spec), mustJSON(j.Source), mustJSON(j.Spec.Labels), nanos(j.CreatedAt), j.MaxAttempts, j.Submitter)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO jobs (id, state, spec, source, labels, created_at, max_attempts, submitter, team) VALUES (?,?,?,?,?,?,?,?,?)`,
+		j.ID, api.StateQueued, mustJSON(j.Spec), mustJSON(j.Source), mustJSON(j.Spec.Labels), nanos(j.CreatedAt), j.MaxAttempts, j.Submitter, j.Team)
 	if err != nil {
 		return fmt.Errorf("creating job: %w", err)
 	}
