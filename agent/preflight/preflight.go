@@ -267,7 +267,7 @@ func contains(list []string, s string) bool {
 
 func lookPath(bin string) error {
 	if _, err := exec.LookPath(bin); err != nil {
-		return fmt.Errorf("%s not found on PATH", bin)
+		return fmt.Errorf("finding %s: not on PATH", bin)
 	}
 	return nil
 }

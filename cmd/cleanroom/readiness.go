@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/agent/buildexec"
@@ -34,7 +35,10 @@ func networkReady(stateDir string) error {
 	if err := preflight.NetworkTools(); err != nil {
 		return err
 	}
-	return preflight.Writable(stateDir)
+	if err := preflight.Writable(stateDir); err != nil {
+		return fmt.Errorf("network state dir: %w", err)
+	}
+	return nil
 }
 
 // observe feeds the executor's sandbox and network timings to the agent's
