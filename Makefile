@@ -15,7 +15,7 @@ TOOLS := $(CLEANROOM_CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)
 DEBIAN_PACKAGES := containerd runc iptables conntrack debootstrap e2fsprogs iproute2 iputils-ping util-linux git ca-certificates tcpdump bc chromium fonts-dejavu-core
 DEBIAN_COMMANDS := containerd runc iptables conntrack debootstrap mkfs.ext4 ip ping nsenter git bc chromium
 
-.PHONY: all build deps tools lint test test-unit bench image demo clean containerd-start containerd-stop help
+.PHONY: all build install deps tools lint test test-unit bench image demo clean containerd-start containerd-stop help
 
 all: build
 
@@ -24,6 +24,7 @@ help:
 	@echo "make test    lint + every test, with a private containerd (root)"
 	@echo "make bench   benchmarks, side by side with their baselines (root)"
 	@echo "make build   build bin/cleanroom"
+	@echo "make install install it to \$$(PREFIX)/bin (/usr/local/bin) and the systemd units, not enabled"
 	@echo "make image   build the node sandbox image into the private containerd"
 
 # build stamps the version (git describe) and commit into the binary:
@@ -35,6 +36,27 @@ LDFLAGS := -X $(VERSION_PKG).version=$(VERSION) -X $(VERSION_PKG).commit=$(COMMI
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cleanroom ./cmd/cleanroom
+
+# install puts the binary in $(DESTDIR)$(PREFIX)/bin and the systemd units
+# (dist/systemd, pointed at that binary) in $(DESTDIR)$(SYSTEMD_UNIT_DIR),
+# without enabling or starting them. systemd-analyze verify checks the units
+# when it is installed.
+PREFIX ?= /usr/local
+DESTDIR ?=
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
+UNITS := cleanroom-server.service cleanroom-agent.service
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	install -m 0755 $(BIN)/cleanroom $(DESTDIR)$(PREFIX)/bin/cleanroom
+	@for u in $(UNITS); do \
+		sed 's|/usr/local/bin/cleanroom|$(PREFIX)/bin/cleanroom|g' dist/systemd/$$u > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$u && \
+		chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$u && echo "installed $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$u" || exit 1; \
+	done
+	@if [ -z "$(DESTDIR)" ] && command -v systemd-analyze >/dev/null 2>&1; then \
+		for u in $(UNITS); do systemd-analyze verify --man=no $(SYSTEMD_UNIT_DIR)/$$u 2>&1 | grep -v -e containerd.service -e 'Cannot add dependency' || true; done; \
+	fi
+	@echo "enable them with: systemctl daemon-reload && systemctl enable --now cleanroom-server (docs/operations.md)"
 
 # deps installs the Debian packages the product and its tests need, only when
 # something is missing (apt-get update runs at most once per call).

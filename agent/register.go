@@ -32,6 +32,9 @@ type RegisterOptions struct {
 	// Registries are the internal npm registry URLs builds may install from
 	// (network.registries); more of the policy can be edited in the config.
 	Registries []string
+	// Hosts are static name → IP answers (network.hosts), for a registry
+	// whose name DNS does not know.
+	Hosts map[string]string
 	// Force overwrites an existing config and key.
 	Force bool
 	// HTTP overrides the client (tests).
@@ -40,6 +43,31 @@ type RegisterOptions struct {
 
 // ErrConfigExists: registering would overwrite a config (use Force).
 var ErrConfigExists = errors.New("agent config already exists")
+
+// Config is the config registering with o would write, less the runner id
+// and token, validated as `agent run` will validate it: every mistake is
+// reported before the registration token is spent.
+func (o RegisterOptions) Config() (*Config, error) {
+	dir := filepath.Dir(o.ConfigPath)
+	cfg := &Config{Coordinator: o.URL, CAFile: o.CAFile, Name: o.Name, Labels: o.Labels,
+		SigningKey: filepath.Join(dir, "agent.key"), DataDir: o.DataDir, Concurrency: o.Concurrency}
+	cfg.Network.Registries = o.Registries
+	if len(o.Hosts) > 0 {
+		cfg.Network.Hosts = o.Hosts
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = filepath.Join(dir, "data")
+	}
+	cfg.SetDefaults()
+	// Placeholders for what the coordinator hands out, so that Validate
+	// judges everything else.
+	probe := *cfg
+	probe.RunnerID, probe.RunnerToken = "pending", "pending"
+	if err := probe.Validate(); err != nil {
+		return nil, fmt.Errorf("validating the agent config to write: %w", err)
+	}
+	return cfg, nil
+}
 
 // Register generates the agent's ed25519 signing key, exchanges the
 // registration token for a runner token (sending the public key), and writes
@@ -50,19 +78,14 @@ func Register(ctx context.Context, o RegisterOptions) (_ *Config, retErr error) 
 			return nil, fmt.Errorf("registering into %s: %w", o.ConfigPath, ErrConfigExists)
 		}
 	}
-	dir := filepath.Dir(o.ConfigPath)
-	keyPath := filepath.Join(dir, "agent.key")
+	cfg, err := o.Config()
+	if err != nil {
+		return nil, err
+	}
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generating signing key: %w", err)
 	}
-	cfg := &Config{Coordinator: o.URL, CAFile: o.CAFile, Name: o.Name, Labels: o.Labels, SigningKey: keyPath,
-		DataDir: o.DataDir, Concurrency: o.Concurrency}
-	cfg.Network.Registries = o.Registries
-	if cfg.DataDir == "" {
-		cfg.DataDir = filepath.Join(dir, "data")
-	}
-	cfg.SetDefaults()
 	cl, err := newClient(cfg, "")
 	if err != nil {
 		return nil, err
@@ -76,7 +99,7 @@ func Register(ctx context.Context, o RegisterOptions) (_ *Config, retErr error) 
 		return nil, fmt.Errorf("registering with %s: %w", o.URL, err)
 	}
 	cfg.RunnerID, cfg.RunnerToken = resp.RunnerID, resp.RunnerToken
-	if err := SaveSigningKey(keyPath, priv); err != nil {
+	if err := SaveSigningKey(cfg.SigningKey, priv); err != nil {
 		return nil, err
 	}
 	if err := cfg.Save(o.ConfigPath); err != nil {

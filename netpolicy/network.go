@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
 	"time"
 
@@ -184,13 +183,8 @@ func Setup(ctx context.Context, cfg Config) (_ *Network, retErr error) {
 		}
 	}
 	if cfg.Mode == ModeForward {
-		var v string
-		err := doInNS(cfg.HostNS, func() (err error) { v, err = readSysctl("net/ipv4/ip_forward"); return })
-		if err != nil {
+		if err := CheckForwarding(cfg.HostNS); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrRules, err)
-		}
-		if strings.TrimSpace(v) != "1" {
-			return nil, fmt.Errorf("%w: %w", ErrRules, ErrForwardingDisabled)
 		}
 	}
 	pool := cfg.Pool

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cleanroom-ci/cleanroom/agent"
+	"github.com/cleanroom-ci/cleanroom/agent/preflight"
 	"github.com/cleanroom-ci/cleanroom/netpolicy"
 )
 
@@ -24,6 +25,8 @@ func init() {
 
 	var o agent.RegisterOptions
 	var labels string
+	var hosts []string
+	var skipCheck bool
 	reg := &cobra.Command{
 		Use:   "register",
 		Short: "Register this host as a runner and write its config",
@@ -33,7 +36,11 @@ config; its public half is sent to the coordinator so provenance signed by
 this runner can be verified). The config (YAML, mode 0600) is written to
 --config. Give the internal registry with --registry (or add network.registries
 to the config later), and the secrets file, limits and other policy settings in
-the config before "cleanroom agent run" (docs/configuration.md lists them).`,
+the config before "cleanroom agent run" (docs/configuration.md lists them).
+
+Before the token is spent, every field is validated as "agent run" will
+validate the written config, and the host is checked as "agent check" does
+(--skip-check skips the latter); a failure names its fix and spends nothing.`,
 		Example: `  cleanroom agent register --url https://ci.example:7070 --token crg_… \
       --name build-01 --labels os=linux --registry https://npm.internal.example/`,
 		Args: cobra.NoArgs,
@@ -60,6 +67,21 @@ the config before "cleanroom agent run" (docs/configuration.md lists them).`,
 					return fmt.Errorf("reading host name: %w", err)
 				}
 			}
+			if o.Hosts, err = parseHosts(hosts); err != nil {
+				return err
+			}
+			// Everything is checked before the registration token is
+			// spent: the fields, then (unless --skip-check) the host.
+			pending, err := o.Config()
+			if err != nil {
+				return explainRegisterError(err)
+			}
+			if !skipCheck {
+				rep := preflight.Run(cmd.Context(), pending, preflight.Options{ContainerdAddress: agentContainerdAddress(pending)})
+				if err := reportCheck(os.Stdout, rep, true); err != nil {
+					return &exitError{code: 1, msg: "refusing to register (the registration token was not spent): fix the failed checks above, or pass --skip-check to register anyway"}
+				}
+			}
 			cfg, err := agent.Register(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -79,6 +101,8 @@ the config before "cleanroom agent run" (docs/configuration.md lists them).`,
 	rf.StringVar(&o.CAFile, "ca-file", "", "PEM CA bundle for the coordinator's certificate")
 	rf.BoolVar(&o.Force, "force", false, "overwrite an existing config and key")
 	rf.StringArrayVar(&o.Registries, "registry", nil, "internal npm registry URL builds may install from (repeatable)")
+	rf.StringArrayVar(&hosts, "host", nil, "NAME=IP: a static answer for a registry or git host name DNS does not know (network.hosts; repeatable)")
+	rf.BoolVar(&skipCheck, "skip-check", false, "register without checking the host first (see agent check)")
 	_ = reg.MarkFlagRequired("url")
 	_ = reg.MarkFlagRequired("token")
 
@@ -155,7 +179,7 @@ cancels running jobs at once (they are still torn down).`,
 	}
 	run.Flags().StringVar(&cfgPath, "config", defaultAgentConfig, "agent config file (written by agent register)")
 	run.Flags().StringVar(&logFormat, "log-format", "text", "log format: text (for people) or json (for machines)")
-	agentCmd.AddCommand(reg, run)
+	agentCmd.AddCommand(reg, run, newAgentCheckCmd())
 	rootCmd.AddCommand(agentCmd)
 }
 

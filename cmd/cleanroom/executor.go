@@ -11,6 +11,7 @@ import (
 
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/agent/buildexec"
+	"github.com/cleanroom-ci/cleanroom/agent/preflight"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
 	"github.com/cleanroom-ci/cleanroom/secrets"
 	"github.com/cleanroom-ci/cleanroom/supplychain"
@@ -52,9 +53,16 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 	store.AddAgentCredential("runner token", []byte(tok))
 	store.AddAgentCredential("signing key", keyPEM)
 
-	addr := cfg.Containerd.Address
-	if env := os.Getenv("CLEANROOM_CONTAINERD_ADDRESS"); env != "" && addr == agent.DefaultContainerdAddress {
-		addr = env
+	addr := agentContainerdAddress(cfg)
+	// An agent that cannot enforce the policy must not claim jobs: every
+	// prerequisite is checked first (an unreachable registry only warns,
+	// it may come back).
+	rep := preflight.Run(context.Background(), cfg, preflight.Options{ContainerdAddress: addr})
+	for _, r := range rep.Failed(true) {
+		log.Error("host check failed", "check", r.Name, "problem", r.Detail, "fix", r.Fix)
+	}
+	if failed := rep.Failed(false); len(failed) > 0 {
+		return nil, fmt.Errorf("host check: %d problem(s) logged above (cleanroom agent check prints them with their fixes)", len(failed))
 	}
 	sb, err := sandbox.New(context.Background(), sandbox.Config{
 		Address: addr, Namespace: cfg.Containerd.Namespace, Agent: cfg.Name,
@@ -92,6 +100,15 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 		return nil, err
 	}
 	return &sandboxExecutor{Executor: ex, sb: sb, cfg: cfg, metrics: m}, nil
+}
+
+// agentContainerdAddress is the config's containerd socket, or
+// $CLEANROOM_CONTAINERD_ADDRESS when the config keeps the default.
+func agentContainerdAddress(cfg *agent.Config) string {
+	if env := os.Getenv("CLEANROOM_CONTAINERD_ADDRESS"); env != "" && cfg.Containerd.Address == agent.DefaultContainerdAddress {
+		return env
+	}
+	return cfg.Containerd.Address
 }
 
 // builderID names this runner in provenance; verify --coordinator resolves

@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"os/exec"
 
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/agent/buildexec"
+	"github.com/cleanroom-ci/cleanroom/agent/preflight"
 	"github.com/cleanroom-ci/cleanroom/sandbox/nodeimage"
 )
 
@@ -22,19 +20,10 @@ func (e *sandboxExecutor) ReadyChecks() []agent.ReadyCheck {
 	}
 	return []agent.ReadyCheck{
 		{Name: "containerd", Check: func(ctx context.Context) error {
-			ok, err := e.sb.Containerd().IsServing(ctx)
-			if err == nil && !ok {
-				err = errors.New("not serving")
-			}
-			if err != nil {
-				return fmt.Errorf("reaching containerd: %w", err)
-			}
-			return nil
-		}},
-		{Name: "image", Check: func(ctx context.Context) error {
-			_, err := e.sb.ImageDigest(ctx, image)
+			_, err := preflight.Containerd(ctx, e.sb)
 			return err
 		}},
+		{Name: "image", Check: func(ctx context.Context) error { return preflight.Image(ctx, e.sb, image) }},
 		{Name: "network_policy", Check: func(context.Context) error { return networkReady(e.cfg.Network.StateDir) }},
 	}
 }
@@ -43,20 +32,13 @@ func (e *sandboxExecutor) ReadyChecks() []agent.ReadyCheck {
 // making one: iptables and ip6tables on PATH, and the address pool's state
 // directory writable.
 func networkReady(stateDir string) error {
-	for _, bin := range []string{"iptables", "ip6tables"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return fmt.Errorf("finding %s: %w", bin, err)
-		}
+	if err := preflight.NetworkTools(); err != nil {
+		return err
 	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return fmt.Errorf("creating network state dir: %w", err)
+	if err := preflight.Writable(stateDir); err != nil {
+		return fmt.Errorf("network state dir: %w", err)
 	}
-	f, err := os.CreateTemp(stateDir, ".ready-*")
-	if err != nil {
-		return fmt.Errorf("writing to network state dir: %w", err)
-	}
-	f.Close()
-	return os.Remove(f.Name())
+	return nil
 }
 
 // observe feeds the executor's sandbox and network timings to the agent's

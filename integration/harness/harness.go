@@ -62,6 +62,9 @@ type Options struct {
 	// that kill an agent mid-job use a short one, so the lease expires in
 	// seconds rather than the default 30 s).
 	LeaseTTL time.Duration
+	// NoCoordinator leaves the coordinator out: the lab and the registry
+	// only, for a test that starts its own (the README quickstart).
+	NoCoordinator bool
 }
 
 // Env is a running environment.
@@ -161,6 +164,9 @@ func Start(ctx context.Context, o Options) (_ *Env, retErr error) {
 	}
 	e.say("internal registry %s (Verdaccio, no uplinks) seeded with the examples' packages (%.1fs)", RegistryURL, time.Since(t).Seconds())
 
+	if o.NoCoordinator {
+		return e, nil
+	}
 	t = time.Now()
 	srvDir := filepath.Join(dir, "server")
 	if err := os.MkdirAll(srvDir, 0o700); err != nil {
