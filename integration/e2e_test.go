@@ -1,7 +1,11 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -18,10 +22,12 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/snapshots"
+	"gopkg.in/yaml.v3"
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/integration/harness"
 	"github.com/cleanroom-ci/cleanroom/internal/lab"
+	"github.com/cleanroom-ci/cleanroom/internal/tarball"
 	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
 )
@@ -484,7 +490,9 @@ func TestDeploySecretRefusedBeforeSandbox(t *testing.T) {
 }
 
 // A lockfile entry resolved from a foreign host is refused by the gate,
-// naming the entry and the host, before any sandbox exists.
+// naming the entry and the host: by the CLI at the developer's desk before
+// anything is uploaded, and — for a pipeline that posts to the API directly
+// — by the agent, before any sandbox exists.
 func TestForeignLockfileRefused(t *testing.T) {
 	e := env(t)
 	agentFor(t, e, "main", harness.AgentOptions{Labels: "lane=" + laneMain})
@@ -493,7 +501,44 @@ func TestForeignLockfileRefused(t *testing.T) {
 
 	dir := copyExample(t, "foreign-lockfile")
 	editSpec(t, dir, func(s map[string]any) { s["labels"] = map[string]any{"lane": laneMain} })
-	id := submit(ctx, t, e, dir)
+	jobCount := func() int {
+		var jobs []api.Job
+		if err := json.Unmarshal([]byte(cli(ctx, t, e, "jobs", "--json", "--limit", "1000")), &jobs); err != nil {
+			t.Fatal(err)
+		}
+		return len(jobs)
+	}
+	before := jobCount()
+	if _, errOut, code := e.CLI(ctx, "submit", dir, "--json"); code != 65 || !strings.Contains(errOut, "evil.example.com") || !strings.Contains(errOut, "node_modules/picocolors") {
+		t.Errorf("cleanroom submit of a foreign lockfile: exit %d, stderr %q; want 65 (refused) naming the entry and the host", code, errOut)
+	}
+	if after := jobCount(); after != before {
+		t.Errorf("the CLI's refusal still created a job (%d jobs before, %d after)", before, after)
+	}
+
+	// Past the CLI (a pipeline posting to the API): the agent's gate.
+	base, stop, err := e.Forward()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	var archive bytes.Buffer
+	if err := tarball.WriteDir(&archive, dir, tarball.Options{Gzip: true, SkipDirs: []string{"node_modules", ".git"}}); err != nil {
+		t.Fatal(err)
+	}
+	var spec api.JobSpec
+	if b, err := os.ReadFile(filepath.Join(dir, "cleanroom.yaml")); err != nil || yaml.Unmarshal(b, &spec) != nil {
+		t.Fatalf("reading the example's spec: %v", err)
+	}
+	sum := sha256.Sum256(archive.Bytes())
+	posted, err := api.NewClient(base, e.Admin).SubmitUpload(ctx, spec, hex.EncodeToString(sum[:]), &archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := posted.ID
+	suite.mu.Lock()
+	suite.jobs = append(suite.jobs, id)
+	suite.mu.Unlock()
 	j := waitTerminal(ctx, t, e, id, time.Minute)
 	log := jobLog(ctx, t, e, id)
 	if j.State != api.StateFailed {
