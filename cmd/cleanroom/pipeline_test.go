@@ -1,9 +1,7 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator"
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 )
 
 const testRegistry = "http://registry.test:4873/"
@@ -129,24 +128,7 @@ func dirtyProject(t *testing.T) string {
 
 func archiveNames(t *testing.T, tgz []byte) []string {
 	t.Helper()
-	zr, err := gzip.NewReader(bytes.NewReader(tgz))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	var names []string
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, h.Name)
-	}
-	slices.Sort(names)
-	return names
+	return testutil.TarGzNames(t, bytes.NewReader(tgz))
 }
 
 func exitOf(t *testing.T, err error) int {

@@ -1,15 +1,14 @@
 package sourcepack
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 )
 
 // project writes files (path -> content) below a new directory.
@@ -95,23 +94,7 @@ func TestSelectLeavesOutSecretsIgnoredFilesAndStaleOutputs(t *testing.T) {
 	if err := p.Write(&buf); err != nil {
 		t.Fatal(err)
 	}
-	zr, err := gzip.NewReader(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	var names []string
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, h.Name)
-	}
-	slices.Sort(names)
+	names := testutil.TarGzNames(t, &buf)
 	if !slices.Equal(names, want) {
 		t.Errorf("archive has %q\nwant        %q", names, want)
 	}
