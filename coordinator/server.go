@@ -162,7 +162,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, retErr error) {
 	}
 	s.store = cfg.Store
 	if s.store == nil {
-		st, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "cleanroom.db"), sqlite.Options{Log: store.LogLimits{MaxBytes: cfg.MaxLog}})
+		st, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "cleanroom.db"), sqlite.Options{Log: store.LogLimits{MaxBytes: cfg.MaxLog}, Now: cfg.Now})
 		if err != nil {
 			return nil, fmt.Errorf("opening store: %w", err)
 		}
