@@ -16,13 +16,25 @@ import (
 // gives the same token: authentication by authenticateToken, jobs through
 // jobFor (visibleJob), lists and egress narrowed to a submit token's own
 // jobs, runners to admin tokens only.
-type consoleBackend struct{ s *Server }
+type consoleBackend struct {
+	s  *Server
+	st consoleStore
+}
+
+// consoleStore is what the console reads from the store: it writes nothing.
+type consoleStore interface {
+	store.JobReader
+	store.RunnerReader
+	store.LogReader
+	store.EgressReader
+	store.ArtifactReader
+}
 
 var _ console.Backend = consoleBackend{}
 
 // newConsole is the console the coordinator serves under /ui/.
 func (s *Server) newConsole() *console.Console {
-	return console.New(consoleBackend{s}, console.Options{Logger: s.log.Named("console"), Now: s.cfg.Now})
+	return console.New(consoleBackend{s: s, st: s.store}, console.Options{Logger: s.log.Named("console"), Now: s.cfg.Now})
 }
 
 func toPrincipal(p console.Principal) principal {
@@ -56,7 +68,7 @@ func (b consoleBackend) Authenticate(ctx context.Context, token string) (console
 
 func (b consoleBackend) Jobs(ctx context.Context, p console.Principal, f store.JobFilter) ([]store.Job, error) {
 	f.Submitter = toPrincipal(p).ownJobsOnly()
-	return b.s.store.ListJobs(ctx, f)
+	return b.st.ListJobs(ctx, f)
 }
 
 func (b consoleBackend) Job(ctx context.Context, p console.Principal, id string) (store.Job, error) {
@@ -64,35 +76,35 @@ func (b consoleBackend) Job(ctx context.Context, p console.Principal, id string)
 }
 
 func (b consoleBackend) DeniedCounts(ctx context.Context, p console.Principal, jobIDs []string) (map[string]int, error) {
-	return b.s.store.CountEgress(ctx, jobIDs, api.VerdictDeny)
+	return b.st.CountEgress(ctx, jobIDs, api.VerdictDeny)
 }
 
 func (b consoleBackend) ReadLog(ctx context.Context, p console.Principal, jobID string, offset int64, max int) ([]byte, error) {
 	if _, err := b.s.jobFor(ctx, toPrincipal(p), jobID); err != nil {
 		return nil, err
 	}
-	return b.s.store.ReadLog(ctx, jobID, offset, max)
+	return b.st.ReadLog(ctx, jobID, offset, max)
 }
 
 func (b consoleBackend) LogChanged(jobID string) <-chan struct{} { return b.s.hub.wait("log:" + jobID) }
 
 func (b consoleBackend) Egress(ctx context.Context, p console.Principal, f store.EgressFilter, fn func(api.EgressEvent) error) error {
 	f.Submitter = toPrincipal(p).ownJobsOnly()
-	return b.s.store.QueryEgress(ctx, f, fn)
+	return b.st.QueryEgress(ctx, f, fn)
 }
 
 func (b consoleBackend) Artifacts(ctx context.Context, p console.Principal, jobID string) ([]api.Artifact, error) {
 	if _, err := b.s.jobFor(ctx, toPrincipal(p), jobID); err != nil {
 		return nil, err
 	}
-	return b.s.store.ListArtifacts(ctx, jobID)
+	return b.st.ListArtifacts(ctx, jobID)
 }
 
 func (b consoleBackend) OpenArtifact(ctx context.Context, p console.Principal, jobID, name string) (io.ReadCloser, api.Artifact, error) {
 	if _, err := b.s.jobFor(ctx, toPrincipal(p), jobID); err != nil {
 		return nil, api.Artifact{}, err
 	}
-	a, err := b.s.store.Artifact(ctx, jobID, name)
+	a, err := b.st.Artifact(ctx, jobID, name)
 	if err != nil {
 		return nil, a, err
 	}
@@ -107,11 +119,11 @@ func (b consoleBackend) Runners(ctx context.Context, p console.Principal) ([]sto
 	if p.Kind != console.KindAdmin {
 		return nil, fmt.Errorf("a %s token may not list runners: %w", p.Kind, api.ErrForbidden)
 	}
-	return b.s.store.ListRunners(ctx)
+	return b.st.ListRunners(ctx)
 }
 
 func (b consoleBackend) RunnerKey(ctx context.Context, runnerID string) (ed25519.PublicKey, *time.Time, error) {
-	rn, err := b.s.store.Runner(ctx, runnerID)
+	rn, err := b.st.Runner(ctx, runnerID)
 	if err != nil {
 		return nil, nil, err
 	}

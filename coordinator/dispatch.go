@@ -61,14 +61,16 @@ type waiter struct {
 // longest gets the next job (fairness), a submit wakes it at once (no poll
 // interval), and claims never contend for SQLite's write lock.
 type dispatcher struct {
-	s       *Server
+	s *Server
+	// q is the queue it claims from (the Server's store).
+	q       store.Queue
 	mu      sync.Mutex
 	waiters []*waiter
 	kickCh  chan struct{}
 }
 
 func newDispatcher(s *Server) *dispatcher {
-	return &dispatcher{s: s, kickCh: make(chan struct{}, 1)}
+	return &dispatcher{s: s, q: s.store, kickCh: make(chan struct{}, 1)}
 }
 
 // kick asks for a dispatch round soon; it never blocks.
@@ -126,7 +128,7 @@ func (d *dispatcher) dispatch(ctx context.Context) {
 		if w.ctx.Err() != nil {
 			continue // its handler is leaving and removes it
 		}
-		claims, err := d.s.store.ClaimJobs(ctx, w.runner, w.capacity, w.slots, d.s.cfg.LeaseTTL, d.s.now())
+		claims, err := d.q.ClaimJobs(ctx, w.runner, w.capacity, w.slots, d.s.cfg.LeaseTTL, d.s.now())
 		if err == nil && len(claims) == 0 {
 			continue
 		}

@@ -32,6 +32,7 @@ var egressRules = []string{"default-deny", "metadata-deny", "allow-registry", "d
 
 type metrics struct {
 	reg           *prometheus.Registry
+	stats         *storeCollector
 	queueWait     prometheus.Histogram
 	claimDuration *prometheus.HistogramVec
 	leaseExpiries *prometheus.CounterVec
@@ -89,8 +90,9 @@ func newMetrics(s *Server) *metrics {
 			m.egressEvents.WithLabelValues(v, r)
 		}
 	}
+	m.stats = newStoreCollector(s)
 	m.reg.MustRegister(
-		newStoreCollector(s),
+		m.stats,
 		m.queueWait, m.claimDuration, m.leaseExpiries, m.egressEvents,
 		m.storeDuration, m.httpRequests, m.httpDuration,
 	)
@@ -130,7 +132,9 @@ func (m *metrics) egressStored(events []api.EgressEvent) {
 // storeCollector reads jobs by state, the queue depth and the runners online
 // from the store at each scrape.
 type storeCollector struct {
-	s                            *Server
+	s *Server
+	// health is the store it reads, set once the store is open (New).
+	health                       store.Health
 	jobs, queueDepth, runnersOnl *prometheus.Desc
 }
 
@@ -153,7 +157,7 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(c.s.stopCtx, 5*time.Second)
 	defer cancel()
 	now := c.s.now()
-	st, err := c.s.store.Stats(ctx, now.Add(-c.s.cfg.RunnerOnlineWindow), now)
+	st, err := c.health.Stats(ctx, now.Add(-c.s.cfg.RunnerOnlineWindow), now)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.jobs, err)
 		return

@@ -162,13 +162,14 @@ func New(ctx context.Context, cfg Config) (_ *Server, retErr error) {
 	}
 	s.store = cfg.Store
 	if s.store == nil {
-		st, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "cleanroom.db"), sqlite.Options{Log: store.LogLimits{MaxBytes: cfg.MaxLog}})
+		st, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "cleanroom.db"), sqlite.Options{Log: store.LogLimits{MaxBytes: cfg.MaxLog}, Now: cfg.Now})
 		if err != nil {
 			return nil, fmt.Errorf("opening store: %w", err)
 		}
 		s.store, s.ownStore = st, true
 	}
 	s.store = timedStore{Store: s.store, d: s.metrics.storeDuration}
+	s.metrics.stats.health = s.store
 	defer func() {
 		if retErr != nil && s.ownStore {
 			s.store.Close()
@@ -185,7 +186,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, retErr error) {
 	s.handler = s.metrics.instrument(s.mux)
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.disp.run(s.stopCtx, 2*time.Second) }()
-	go func() { defer s.wg.Done(); s.reapLoop(s.stopCtx) }()
+	go func() { defer s.wg.Done(); s.reapLoop(s.stopCtx, s.store) }()
 	if cfg.Retention > 0 {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.purgeLoop(s.stopCtx) }()
@@ -265,7 +266,8 @@ func (s *Server) Close() error {
 	return s.closeErr
 }
 
-func (s *Server) reapLoop(ctx context.Context) {
+// reapLoop ends expired leases in q every ReapInterval.
+func (s *Server) reapLoop(ctx context.Context, q store.Queue) {
 	t := time.NewTicker(s.cfg.ReapInterval)
 	defer t.Stop()
 	for {
@@ -274,7 +276,7 @@ func (s *Server) reapLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		reaped, err := s.store.ReapExpired(ctx, s.now())
+		reaped, err := q.ReapExpired(ctx, s.now())
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Error("reaping expired leases", "error", err)

@@ -1,9 +1,11 @@
-// Package store owns the coordinator's persistent state behind one interface:
-// tokens, runners, the job queue with its leases and fencing tokens, logs,
-// egress events and artifact metadata. Every state change that must be
-// atomic (a claim, a fenced write, a re-queue) is one call here, so a second
-// implementation (PostgreSQL, with FOR UPDATE SKIP LOCKED) can follow the
-// SQLite one without touching the HTTP layer.
+// Package store owns the contract of the coordinator's persistent state:
+// per-resource interfaces (tokens, runners, the job queue with its leases
+// and fencing tokens, logs, egress events, artifact metadata, retention and
+// health) composed into Store, and Transition, the pure job state machine
+// every backend applies. Every state change that must be atomic (a claim, a
+// fenced write, a re-queue) is one call here, so a second implementation
+// (PostgreSQL, with FOR UPDATE SKIP LOCKED) can follow the SQLite one
+// without touching the HTTP layer; package storetest checks that it does.
 package store
 
 import (
@@ -157,8 +159,19 @@ type Stats struct {
 	RunnersOnline int
 }
 
-// Store is the coordinator's state. All methods are safe for concurrent use.
-type Store interface {
+// The store is split per resource, as containerd's core stores are: each
+// interface below is one resource's whole contract, a consumer takes only
+// the ones it uses (the console reads, the metrics collector needs Health,
+// the dispatcher and reaper the Queue), and Store composes them for a
+// backend to implement. A backend proves it keeps the contract by passing
+// the conformance suite in package storetest. State decisions (who may
+// claim, renew, finish, cancel or lose a job) are Transition's, a pure
+// function; a backend loads the job, asks Transition and writes the result.
+// Every method that decides by time takes now: the store never reads a
+// clock.
+
+// Health is what readiness checks and the metrics collector read.
+type Health interface {
 	// Ready checks with one short query that the store answers and that
 	// its schema is the one this build migrates to (the coordinator's
 	// /readyz).
@@ -168,7 +181,10 @@ type Store interface {
 	// whose slots are all busy claims nothing, but its heartbeats keep its
 	// leases).
 	Stats(ctx context.Context, seenSince, now time.Time) (Stats, error)
+}
 
+// Tokens stores registration, submit and admin tokens.
+type Tokens interface {
 	CreateToken(ctx context.Context, t Token) error
 	// ListTokens lists every token, oldest first (hashes included; callers
 	// must not expose them).
@@ -180,24 +196,41 @@ type Store interface {
 	// constant time): known, not expired, not revoked, uses left. It does not
 	// consume a use (submit tokens).
 	CheckToken(ctx context.Context, kind, id string, hash []byte, now time.Time) (Token, error)
+}
 
-	// RegisterRunner consumes one use of the registration token and creates
-	// the runner in the same transaction.
-	RegisterRunner(ctx context.Context, regID string, regHash []byte, r Runner, now time.Time) error
+// RunnerReader reads registered runners.
+type RunnerReader interface {
 	Runner(ctx context.Context, id string) (Runner, error)
 	RunnerByName(ctx context.Context, name string) (Runner, error)
 	ListRunners(ctx context.Context) ([]Runner, error)
+}
+
+// Runners stores registered agents.
+type Runners interface {
+	RunnerReader
+	// RegisterRunner consumes one use of the registration token and creates
+	// the runner in the same transaction.
+	RegisterRunner(ctx context.Context, regID string, regHash []byte, r Runner, now time.Time) error
 	// RevokeRunner marks the runner revoked and expires the leases of its
-	// running jobs so the reaper re-queues them.
+	// running jobs (at now) so the reaper re-queues them.
 	RevokeRunner(ctx context.Context, id string, now time.Time) (Runner, error)
 	TouchRunner(ctx context.Context, id string, now time.Time) error
+}
 
-	CreateJob(ctx context.Context, j Job) error
+// JobReader reads jobs.
+type JobReader interface {
 	Job(ctx context.Context, id string) (Job, error)
 	ListJobs(ctx context.Context, f JobFilter) ([]Job, error)
+}
+
+// Queue is the job queue with its leases: every method that changes a job's
+// state applies Transition.
+type Queue interface {
+	JobReader
+	CreateJob(ctx context.Context, j Job) error
 	// ClaimJobs atomically leases up to max queued jobs whose labels are a
 	// subset of the runner's and whose resources fit capacity (nil: any),
-	// oldest first.
+	// oldest first (see Fits).
 	ClaimJobs(ctx context.Context, r Runner, capacity *api.Resources, max int, ttl time.Duration, now time.Time) ([]Claim, error)
 	// ReleaseClaim puts a job just claimed back in the queue without
 	// counting the attempt (the claimer's connection was gone).
@@ -212,31 +245,31 @@ type Store interface {
 	// the log received (OffsetError otherwise). Repeating the same result is
 	// not an error.
 	Finish(ctx context.Context, f Fence, state string, exitCode int, reason string, logSize int64, now time.Time) (Job, error)
-	// ReapExpired re-queues or loses running jobs whose lease ended before now.
+	// ReapExpired re-queues or loses running jobs whose lease ended before
+	// now, appending Transition's note to each one's log.
 	ReapExpired(ctx context.Context, now time.Time) ([]Reaped, error)
 	// ExtendLeases moves every running lease to at least until, so the time
 	// the coordinator was down does not count against agents.
 	ExtendLeases(ctx context.Context, until time.Time) error
-	// PurgeFinished deletes up to limit jobs that ended before before
-	// (succeeded, failed, canceled or lost), with their log, egress events
-	// and artifact records, and returns their ids. Queued and running jobs
-	// are never purged.
-	PurgeFinished(ctx context.Context, before time.Time, limit int) ([]string, error)
-	// BlobRefs returns the sha256 of every source and artifact a job in
-	// the store still refers to.
-	BlobRefs(ctx context.Context) (map[string]bool, error)
+}
 
+// LogReader reads stored job logs.
+type LogReader interface {
+	// ReadLog returns up to max stored bytes from offset.
+	ReadLog(ctx context.Context, jobID string, offset int64, max int) ([]byte, error)
+}
+
+// Logs stores each job's log as the agent streams it.
+type Logs interface {
+	LogReader
 	// AppendLog stores data at offset under the lease (idempotent; a gap is
 	// an *OffsetError) and returns the next expected offset. Past the
 	// store's LogLimits the bytes are acknowledged but not kept.
 	AppendLog(ctx context.Context, f Fence, offset int64, data []byte) (int64, error)
-	// ReadLog returns up to max stored bytes from offset.
-	ReadLog(ctx context.Context, jobID string, offset int64, max int) ([]byte, error)
+}
 
-	// AddEgress stores events numbered firstSeq.. under the lease, as given
-	// (the caller stamps runner and job from the lease); numbers already
-	// stored are skipped.
-	AddEgress(ctx context.Context, f Fence, firstSeq int64, events []api.EgressEvent) error
+// EgressReader queries stored egress events.
+type EgressReader interface {
 	// QueryEgress calls fn for each matching event, as QueryEgressRecords
 	// but without the cursor.
 	QueryEgress(ctx context.Context, f EgressFilter, fn func(api.EgressEvent) error) error
@@ -254,12 +287,55 @@ type Store interface {
 	// reader sees cursor N, no event with a smaller cursor may appear
 	// later, or a follower resuming after N would miss it.
 	QueryEgressRecords(ctx context.Context, f EgressFilter, fn func(api.EgressRecord) error) error
+}
 
+// Egress stores the egress events agents report.
+type Egress interface {
+	EgressReader
+	// AddEgress stores events numbered firstSeq.. under the lease, as given
+	// (the caller stamps runner and job from the lease); numbers already
+	// stored are skipped.
+	AddEgress(ctx context.Context, f Fence, firstSeq int64, events []api.EgressEvent) error
+}
+
+// ArtifactReader reads artifact metadata.
+type ArtifactReader interface {
+	ListArtifacts(ctx context.Context, jobID string) ([]Artifact, error)
+	Artifact(ctx context.Context, jobID, name string) (Artifact, error)
+}
+
+// Artifacts stores artifact metadata (the bytes are blobs, kept outside the
+// store under their sha256).
+type Artifacts interface {
+	ArtifactReader
 	// AddArtifact records an artifact under the lease (replacing one of the
 	// same name).
 	AddArtifact(ctx context.Context, f Fence, a Artifact) error
-	ListArtifacts(ctx context.Context, jobID string) ([]Artifact, error)
-	Artifact(ctx context.Context, jobID, name string) (Artifact, error)
+}
 
+// Retention deletes what is old and tells the blob collector what is still
+// referenced.
+type Retention interface {
+	// PurgeFinished deletes up to limit jobs that ended before before
+	// (succeeded, failed, canceled or lost), with their log, egress events
+	// and artifact records, and returns their ids. Queued and running jobs
+	// are never purged.
+	PurgeFinished(ctx context.Context, before time.Time, limit int) ([]string, error)
+	// BlobRefs returns the sha256 of every source and artifact a job in
+	// the store still refers to.
+	BlobRefs(ctx context.Context) (map[string]bool, error)
+}
+
+// Store is the coordinator's whole state, what a backend implements. All
+// methods are safe for concurrent use.
+type Store interface {
+	Health
+	Tokens
+	Runners
+	Queue
+	Logs
+	Egress
+	Artifacts
+	Retention
 	Close() error
 }

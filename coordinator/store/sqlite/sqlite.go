@@ -27,6 +27,10 @@ import (
 type Options struct {
 	// Log bounds the stored log per job. Zero MaxBytes means 16 MiB.
 	Log store.LogLimits
+	// Now is the clock that stamps applied migrations (the coordinator's
+	// Config.Now); nil means time.Now. Nothing else in the store reads a
+	// clock: every decision by time takes the caller's now.
+	Now func() time.Time
 }
 
 // DefaultLogMax is the per-job log cap when Options leave it zero.
@@ -60,7 +64,10 @@ func Open(ctx context.Context, path string, opts Options) (_ *Store, retErr erro
 	}()
 	db.SetMaxOpenConns(8)
 	db.SetMaxIdleConns(8)
-	if err := migrate(ctx, db); err != nil {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if err := migrate(ctx, db, opts.Now()); err != nil {
 		return nil, err
 	}
 	if opts.Log.MaxBytes <= 0 {
@@ -156,7 +163,7 @@ var migrations = []string{
 // SchemaVersion is the version this build migrates to.
 var SchemaVersion = len(migrations)
 
-func migrate(ctx context.Context, db *sql.DB) (retErr error) {
+func migrate(ctx context.Context, db *sql.DB, now time.Time) (retErr error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("starting migration: %w", err)
@@ -180,7 +187,7 @@ func migrate(ctx context.Context, db *sql.DB) (retErr error) {
 		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
 			return fmt.Errorf("applying migration %d: %w", i+1, err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version, applied_at) VALUES (?, ?)`, i+1, time.Now().UnixNano()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version, applied_at) VALUES (?, ?)`, i+1, nanos(now)); err != nil {
 			return fmt.Errorf("recording migration %d: %w", i+1, err)
 		}
 	}
@@ -502,8 +509,14 @@ func (s *Store) RevokeRunner(ctx context.Context, id string, now time.Time) (sto
 				return fmt.Errorf("revoking runner %s: %w", id, store.ErrNotFound)
 			}
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET lease_expires = ? WHERE runner_id = ? AND state = 'running'`, nanos(now)-1, id); err != nil {
+		list, err := runningTx(ctx, tx, `runner_id = ?`, id)
+		if err != nil {
 			return fmt.Errorf("expiring leases of runner %s: %w", id, err)
+		}
+		for _, j := range list {
+			if _, _, err := transitionTx(ctx, tx, j, store.Event{Kind: store.EventRevoke, Now: now}); err != nil {
+				return fmt.Errorf("expiring leases of runner %s: %w", id, err)
+			}
 		}
 		return nil
 	})
@@ -618,16 +631,6 @@ func (s *Store) ListJobs(ctx context.Context, f store.JobFilter) ([]store.Job, e
 	return out, nil
 }
 
-// labelsMatch reports whether the runner's labels contain every job label.
-func labelsMatch(runner, job map[string]string) bool {
-	for k, v := range job {
-		if rv, ok := runner[k]; !ok || rv != v {
-			return false
-		}
-	}
-	return true
-}
-
 // ClaimJobs leases up to max matching queued jobs in one transaction.
 func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, capacity *api.Resources, max int, ttl time.Duration, now time.Time) ([]store.Claim, error) {
 	if max <= 0 {
@@ -656,37 +659,33 @@ func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, capacity *api.Res
 				rows.Close()
 				return fmt.Errorf("decoding labels of job %s: %w", id, err)
 			}
-			if !labelsMatch(r.Labels, jl) {
-				continue
-			}
+			var jr api.Resources
 			if capacity != nil {
-				var r api.Resources
-				if err := json.Unmarshal([]byte(res), &r); err != nil {
+				if err := json.Unmarshal([]byte(res), &jr); err != nil {
 					rows.Close()
 					return fmt.Errorf("decoding resources of job %s: %w", id, err)
 				}
-				if len(r.Over(*capacity)) > 0 {
-					continue
-				}
 			}
-			ids = append(ids, id)
+			if store.Fits(r.Labels, capacity, jl, jr) {
+				ids = append(ids, id)
+			}
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("finding queued jobs: %w", err)
 		}
+		ev := store.Event{Kind: store.EventClaim, Fence: store.Fence{RunnerID: r.ID}, Now: now, TTL: ttl}
 		for _, id := range ids {
-			res, err := tx.ExecContext(ctx, `UPDATE jobs SET state = 'running', runner_id = ?, lease_token = lease_token + 1,
-				lease_expires = ?, attempts = attempts + 1, started_at = ?, reason = '' WHERE id = ? AND state = 'queued'`,
-				r.ID, nanos(now.Add(ttl)), nanos(now), id)
-			if err != nil {
-				return fmt.Errorf("claiming job %s: %w", id, err)
-			}
-			if n, _ := res.RowsAffected(); n != 1 {
-				continue
-			}
 			j, err := jobTx(ctx, tx, id)
 			if err != nil {
+				return err
+			}
+			if _, _, err := transitionTx(ctx, tx, j, ev); errors.Is(err, store.ErrConflict) {
+				continue // no longer queued
+			} else if err != nil {
+				return err
+			}
+			if j, err = jobTx(ctx, tx, id); err != nil {
 				return err
 			}
 			claims = append(claims, store.Claim{Job: j, Token: j.LeaseToken})
@@ -759,14 +758,53 @@ func (s *Store) BlobRefs(ctx context.Context) (map[string]bool, error) {
 	return refs, nil
 }
 
-// ReleaseClaim undoes a claim whose answer never reached the runner.
+// ReleaseClaim undoes a claim whose answer never reached the runner; a
+// fence that is no longer current (or a job gone) is no error.
 func (s *Store) ReleaseClaim(ctx context.Context, f store.Fence) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE jobs SET state = 'queued', runner_id = NULL, lease_expires = NULL, attempts = attempts - 1
-		WHERE id = ? AND runner_id = ? AND lease_token = ? AND state = 'running'`, f.JobID, f.RunnerID, f.Token)
-	if err != nil {
-		return fmt.Errorf("releasing claim of job %s: %w", f.JobID, err)
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		j, err := jobTx(ctx, tx, f.JobID)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		_, _, err = transitionTx(ctx, tx, j, store.Event{Kind: store.EventRelease, Fence: f})
+		if errors.Is(err, store.ErrStaleLease) {
+			return nil
+		}
+		return err
+	})
+}
+
+// transitionTx applies store.Transition to j and writes the fields it
+// changed, conditional on the state and lease token read (a compare and
+// set; within the IMMEDIATE transaction it always holds).
+func transitionTx(ctx context.Context, tx *sql.Tx, j store.Job, ev store.Event) (store.Job, store.Effect, error) {
+	next, eff, err := store.Transition(j, ev)
+	if err != nil || !eff.Changed {
+		return next, eff, err
 	}
-	return nil
+	var runner, leaseExp, exit any
+	if next.RunnerID != "" {
+		runner = next.RunnerID
+	}
+	if !next.LeaseExpires.IsZero() {
+		leaseExp = nanos(next.LeaseExpires)
+	}
+	if next.ExitCode != nil {
+		exit = *next.ExitCode
+	}
+	res, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, runner_id = ?, lease_token = ?, lease_expires = ?, attempts = ?,
+		cancel_requested = ?, started_at = ?, finished_at = ?, exit_code = ?, reason = ? WHERE id = ? AND state = ? AND lease_token = ?`,
+		next.State, runner, next.LeaseToken, leaseExp, next.Attempts, next.Cancel, nullNanos(next.StartedAt), nullNanos(next.FinishedAt),
+		exit, next.Reason, j.ID, j.State, j.LeaseToken)
+	if err != nil {
+		return j, store.Effect{}, fmt.Errorf("applying %s to job %s: %w", ev.Kind, j.ID, err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return j, store.Effect{}, fmt.Errorf("applying %s to job %s: changed meanwhile: %w", ev.Kind, j.ID, store.ErrConflict)
+	}
+	return next, eff, nil
 }
 
 // checkLeaseTx loads the job and verifies the fence is its current lease.
@@ -775,11 +813,7 @@ func checkLeaseTx(ctx context.Context, q querier, f store.Fence) (store.Job, err
 	if err != nil {
 		return j, err
 	}
-	if j.State != api.StateRunning || j.RunnerID != f.RunnerID || j.LeaseToken != f.Token {
-		return j, fmt.Errorf("checking lease of job %s (token %d, current %d, state %s): %w",
-			f.JobID, f.Token, j.LeaseToken, j.State, store.ErrStaleLease)
-	}
-	return j, nil
+	return j, store.CheckFence(j, f)
 }
 
 // CheckLease verifies the fence.
@@ -792,17 +826,15 @@ func (s *Store) Heartbeat(ctx context.Context, f store.Fence, ttl time.Duration,
 	var j store.Job
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		var err error
-		if j, err = checkLeaseTx(ctx, tx, f); err != nil {
+		if j, err = jobTx(ctx, tx, f.JobID); err != nil {
 			return err
 		}
-		exp := now.Add(ttl)
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET lease_expires = ? WHERE id = ?`, nanos(exp), f.JobID); err != nil {
-			return fmt.Errorf("renewing lease of job %s: %w", f.JobID, err)
+		if j, _, err = transitionTx(ctx, tx, j, store.Event{Kind: store.EventHeartbeat, Fence: f, Now: now, TTL: ttl}); err != nil {
+			return err
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE runners SET last_seen = ? WHERE id = ?`, nanos(now), f.RunnerID); err != nil {
 			return fmt.Errorf("touching runner %s: %w", f.RunnerID, err)
 		}
-		j.LeaseExpires = exp.UTC()
 		return nil
 	})
 	return j, err
@@ -810,22 +842,26 @@ func (s *Store) Heartbeat(ctx context.Context, f store.Fence, ttl time.Duration,
 
 // RequestCancel cancels or flags a job.
 func (s *Store) RequestCancel(ctx context.Context, id string, now time.Time) (store.Job, error) {
+	return s.apply(ctx, id, store.Event{Kind: store.EventCancel, Fence: store.Fence{JobID: id}, Now: now})
+}
+
+// Finish records a job's result.
+func (s *Store) Finish(ctx context.Context, f store.Fence, state string, exitCode int, reason string, logSize int64, now time.Time) (store.Job, error) {
+	return s.apply(ctx, f.JobID, store.Event{Kind: store.EventFinish, Fence: f, Now: now,
+		Result: store.Result{State: state, ExitCode: exitCode, Reason: reason, LogSize: logSize}})
+}
+
+// apply loads one job, applies ev and returns the job as stored after it.
+func (s *Store) apply(ctx context.Context, id string, ev store.Event) (store.Job, error) {
 	var j store.Job
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		var err error
 		if j, err = jobTx(ctx, tx, id); err != nil {
 			return err
 		}
-		switch j.State {
-		case api.StateQueued:
-			_, err = tx.ExecContext(ctx, `UPDATE jobs SET state = 'canceled', cancel_requested = 1, finished_at = ?, reason = 'canceled before it started' WHERE id = ?`, nanos(now), id)
-		case api.StateRunning:
-			_, err = tx.ExecContext(ctx, `UPDATE jobs SET cancel_requested = 1 WHERE id = ?`, id)
-		default:
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("canceling job %s: %w", id, err)
+		eff := store.Effect{}
+		if j, eff, err = transitionTx(ctx, tx, j, ev); err != nil || !eff.Changed {
+			return err
 		}
 		j, err = jobTx(ctx, tx, id)
 		return err
@@ -833,87 +869,44 @@ func (s *Store) RequestCancel(ctx context.Context, id string, now time.Time) (st
 	return j, err
 }
 
-// Finish records a job's result.
-func (s *Store) Finish(ctx context.Context, f store.Fence, state string, exitCode int, reason string, logSize int64, now time.Time) (store.Job, error) {
-	var j store.Job
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		var err error
-		if j, err = jobTx(ctx, tx, f.JobID); err != nil {
-			return err
+// runningTx lists the running jobs matching where (after "state = 'running' AND").
+func runningTx(ctx context.Context, tx *sql.Tx, where string, args ...any) ([]store.Job, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE state = 'running' AND `+where+` ORDER BY seq`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("finding running jobs: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("finding running jobs: %w", err)
 		}
-		if api.Terminal(j.State) && j.RunnerID == f.RunnerID && j.LeaseToken == f.Token {
-			if j.State == state {
-				return nil // a retried result
-			}
-			return fmt.Errorf("finishing job %s: already %s: %w", f.JobID, j.State, store.ErrConflict)
-		}
-		if _, err := checkLeaseTx(ctx, tx, f); err != nil {
-			return err
-		}
-		if logSize > j.LogOffset {
-			return &store.OffsetError{Expected: j.LogOffset}
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, exit_code = ?, reason = ?, finished_at = ?, lease_expires = NULL WHERE id = ?`,
-			state, exitCode, reason, nanos(now), f.JobID); err != nil {
-			return fmt.Errorf("finishing job %s: %w", f.JobID, err)
-		}
-		j, err = jobTx(ctx, tx, f.JobID)
-		return err
-	})
-	return j, err
+		out = append(out, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("finding running jobs: %w", err)
+	}
+	return out, nil
 }
 
 // ReapExpired re-queues or loses jobs whose lease expired.
 func (s *Store) ReapExpired(ctx context.Context, now time.Time) ([]store.Reaped, error) {
 	var out []store.Reaped
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT id, runner_id, attempts, max_attempts, cancel_requested FROM jobs
-			WHERE state = 'running' AND lease_expires < ?`, nanos(now))
+		list, err := runningTx(ctx, tx, `lease_expires < ?`, nanos(now))
 		if err != nil {
 			return fmt.Errorf("finding expired leases: %w", err)
 		}
-		type exp struct {
-			id, runner      string
-			attempts, max   int
-			cancelRequested bool
-		}
-		var list []exp
-		for rows.Next() {
-			var e exp
-			var runner sql.NullString
-			if err := rows.Scan(&e.id, &runner, &e.attempts, &e.max, &e.cancelRequested); err != nil {
-				rows.Close()
-				return fmt.Errorf("finding expired leases: %w", err)
-			}
-			e.runner = runner.String
-			list = append(list, e)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("finding expired leases: %w", err)
-		}
-		for _, e := range list {
-			var state, reason string
-			switch {
-			case e.cancelRequested:
-				state, reason = api.StateCanceled, fmt.Sprintf("canceled; runner %s stopped renewing its lease", e.runner)
-			case e.attempts >= e.max:
-				state, reason = api.StateLost, fmt.Sprintf("lease expired on runner %s after %d of %d attempts", e.runner, e.attempts, e.max)
-			default:
-				state, reason = api.StateQueued, fmt.Sprintf("lease expired on runner %s; re-queued (attempt %d of %d done)", e.runner, e.attempts, e.max)
-			}
-			if api.Terminal(state) {
-				_, err = tx.ExecContext(ctx, `UPDATE jobs SET state = ?, reason = ?, finished_at = ?, lease_expires = NULL WHERE id = ?`, state, reason, nanos(now), e.id)
-			} else {
-				_, err = tx.ExecContext(ctx, `UPDATE jobs SET state = ?, reason = ?, runner_id = NULL, lease_expires = NULL WHERE id = ?`, state, reason, e.id)
-			}
+		for _, j := range list {
+			next, eff, err := transitionTx(ctx, tx, j, store.Event{Kind: store.EventExpire, Now: now})
 			if err != nil {
-				return fmt.Errorf("reaping job %s: %w", e.id, err)
+				return fmt.Errorf("reaping job %s: %w", j.ID, err)
 			}
-			if err := s.appendTx(ctx, tx, e.id, []byte("\n"+api.Record("[cleanroom: "+reason+"]"))); err != nil {
+			if err := s.appendTx(ctx, tx, j.ID, []byte(eff.Note)); err != nil {
 				return err
 			}
-			out = append(out, store.Reaped{JobID: e.id, State: state})
+			out = append(out, store.Reaped{JobID: j.ID, State: next.State})
 		}
 		return nil
 	})
@@ -922,10 +915,18 @@ func (s *Store) ReapExpired(ctx context.Context, now time.Time) ([]store.Reaped,
 
 // ExtendLeases gives every running lease at least until.
 func (s *Store) ExtendLeases(ctx context.Context, until time.Time) error {
-	if _, err := s.db.ExecContext(ctx, `UPDATE jobs SET lease_expires = ? WHERE state = 'running' AND lease_expires < ?`, nanos(until), nanos(until)); err != nil {
-		return fmt.Errorf("extending leases: %w", err)
-	}
-	return nil
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		list, err := runningTx(ctx, tx, `lease_expires < ?`, nanos(until))
+		if err != nil {
+			return fmt.Errorf("extending leases: %w", err)
+		}
+		for _, j := range list {
+			if _, _, err := transitionTx(ctx, tx, j, store.Event{Kind: store.EventExtend, Now: until}); err != nil {
+				return fmt.Errorf("extending leases: %w", err)
+			}
+		}
+		return nil
+	})
 }
 
 // --- logs --------------------------------------------------------------------
