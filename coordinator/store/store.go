@@ -211,7 +211,7 @@ type Store interface {
 	// Finish records the result under the lease. logSize must not exceed
 	// the log received (OffsetError otherwise). Repeating the same result is
 	// not an error.
-	Finish(ctx context.Context, f Fence, state string, exitCode int, reason string, logSize int64, now time.Time) (Job, error)
+	Finish(ctx context.Context, f Fence, state string, exitCode int, reason, class string, logSize int64, now time.Time) (Job, error)
 	// ReapExpired re-queues or loses running jobs whose lease ended before now.
 	ReapExpired(ctx context.Context, now time.Time) ([]Reaped, error)
 	// ExtendLeases moves every running lease to at least until, so the time

@@ -92,7 +92,7 @@ func TestEgressCursorsIncreaseAndAreNeverReused(t *testing.T) {
 	last := recs[len(recs)-1].Cursor
 
 	// Purge the job that holds the highest cursors, then store more.
-	if _, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", 0, time.Now().Add(-time.Hour)); err != nil {
+	if _, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", "", 0, time.Now().Add(-time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	if ids, err := s.PurgeFinished(ctx, time.Now(), 10); err != nil || len(ids) != 1 {

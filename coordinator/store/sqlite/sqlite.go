@@ -151,6 +151,9 @@ var migrations = []string{
 	// none.
 	`ALTER TABLE tokens ADD COLUMN team TEXT NOT NULL DEFAULT '';
 	ALTER TABLE jobs ADD COLUMN team TEXT NOT NULL DEFAULT '';`,
+	// 6: a finished job records the failure class its agent reported
+	// (api.ClassBuild...). Older jobs have none.
+	`ALTER TABLE jobs ADD COLUMN failure_class TEXT NOT NULL DEFAULT '';`,
 }
 
 // SchemaVersion is the version this build migrates to.
@@ -524,7 +527,7 @@ func (s *Store) TouchRunner(ctx context.Context, id string, now time.Time) error
 // --- jobs --------------------------------------------------------------------
 
 const jobCols = `id, state, spec, source, created_at, started_at, finished_at, runner_id, lease_token,
-	lease_expires, attempts, max_attempts, cancel_requested, exit_code, reason, log_offset, log_stored, log_truncated, submitter, team`
+	lease_expires, attempts, max_attempts, cancel_requested, exit_code, reason, log_offset, log_stored, log_truncated, submitter, team, failure_class`
 
 func scanJob(sc scanner) (store.Job, error) {
 	var j store.Job
@@ -533,7 +536,7 @@ func scanJob(sc scanner) (store.Job, error) {
 	var started, finished, leaseExp, exit sql.NullInt64
 	var runner sql.NullString
 	if err := sc.Scan(&j.ID, &j.State, &spec, &source, &created, &started, &finished, &runner, &j.LeaseToken,
-		&leaseExp, &j.Attempts, &j.MaxAttempts, &j.Cancel, &exit, &j.Reason, &j.LogOffset, &j.LogSize, &j.LogTruncated, &j.Submitter, &j.Team); err != nil {
+		&leaseExp, &j.Attempts, &j.MaxAttempts, &j.Cancel, &exit, &j.Reason, &j.LogOffset, &j.LogSize, &j.LogTruncated, &j.Submitter, &j.Team, &j.FailureClass); err != nil {
 		return j, err
 	}
 	if err := json.Unmarshal([]byte(spec), &j.Spec); err != nil {
@@ -834,7 +837,7 @@ func (s *Store) RequestCancel(ctx context.Context, id string, now time.Time) (st
 }
 
 // Finish records a job's result.
-func (s *Store) Finish(ctx context.Context, f store.Fence, state string, exitCode int, reason string, logSize int64, now time.Time) (store.Job, error) {
+func (s *Store) Finish(ctx context.Context, f store.Fence, state string, exitCode int, reason, class string, logSize int64, now time.Time) (store.Job, error) {
 	var j store.Job
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		var err error
@@ -853,8 +856,8 @@ func (s *Store) Finish(ctx context.Context, f store.Fence, state string, exitCod
 		if logSize > j.LogOffset {
 			return &store.OffsetError{Expected: j.LogOffset}
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, exit_code = ?, reason = ?, finished_at = ?, lease_expires = NULL WHERE id = ?`,
-			state, exitCode, reason, nanos(now), f.JobID); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, exit_code = ?, reason = ?, failure_class = ?, finished_at = ?, lease_expires = NULL WHERE id = ?`,
+			state, exitCode, reason, class, nanos(now), f.JobID); err != nil {
 			return fmt.Errorf("finishing job %s: %w", f.JobID, err)
 		}
 		j, err = jobTx(ctx, tx, f.JobID)
