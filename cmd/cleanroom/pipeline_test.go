@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -343,6 +344,22 @@ func TestExitCodesOfEveryFailureClass(t *testing.T) {
 			}
 			if !strings.Contains(out.String(), tt.stdout) {
 				t.Fatalf("stdout = %s, want it to contain %s", out, tt.stdout)
+			}
+			if tt.stdout != "" { // status and jobs --json show the class too
+				var res result
+				if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+					t.Fatal(err)
+				}
+				for _, args := range [][]string{{"status", res.ID}, {"jobs", "--json"}} {
+					c, o, e := cliCmd(t, url, admin, args...)
+					want := regexp.MustCompile(`failure class:\s+` + res.FailureClass + "\n")
+					if args[0] == "jobs" {
+						want = regexp.MustCompile(regexp.QuoteMeta(tt.stdout))
+					}
+					if err := c.Run(); err != nil || !want.MatchString(o.String()) {
+						t.Fatalf("%v: %v, stdout (want %q):\n%s%s", args, err, want, o, e)
+					}
+				}
 			}
 			// Leave no job behind for the next case to claim.
 			jobs, _ := adminCl.ListJobs(ctx, api.JobFilter{State: api.StateQueued})
