@@ -403,8 +403,8 @@ func TestCancelReachesARunningJobAtOnce(t *testing.T) {
 	if d := time.Since(t0); d > 2*time.Second {
 		t.Fatalf("cancel took %v", d)
 	}
-	if got.Reason != "canceled on request" {
-		t.Fatalf("reason = %q", got.Reason)
+	if got.Reason != "canceled on request" || got.FailureClass != api.ClassCanceled {
+		t.Fatalf("reason = %q, class %q", got.Reason, got.FailureClass)
 	}
 }
 
@@ -417,8 +417,38 @@ func TestJobTimeoutFailsTheJob(t *testing.T) {
 	s.Timeout = api.Duration(300 * time.Millisecond)
 	j := e.upload(map[string]string{"a": "b"}, s)
 	got := e.waitState(j.ID, 5*time.Second, api.StateFailed)
-	if !strings.Contains(got.Reason, "timed out") {
-		t.Fatalf("reason = %q", got.Reason)
+	if !strings.Contains(got.Reason, "timed out") || got.FailureClass != api.ClassTimeout {
+		t.Fatalf("reason = %q, class %q", got.Reason, got.FailureClass)
+	}
+}
+
+// The class tells the build's own failure from the agent's: an executor's
+// failed result is the build's, an executor's error is cleanroom's.
+func TestFailureClassOfExecutorOutcomes(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		res   agent.Result
+		err   error
+		exit  int
+		class string
+	}{
+		{"build exits 3", agent.Result{ExitCode: 3}, nil, 3, api.ClassBuild},
+		{"executor's own class", agent.Result{ExitCode: 1, State: api.StateFailed, Class: api.ClassRefused}, nil, 1, api.ClassRefused},
+		{"executor error", agent.Result{}, errors.New("host broke"), -1, api.ClassInfrastructure},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			e := newEnv(t, 5*time.Second)
+			cfg := e.register("f", 1, nil)
+			e.runAgent(cfg, agent.ExecutorFunc(func(context.Context, *api.Job, string, io.Writer, agent.Reporter) (agent.Result, error) {
+				return tc.res, tc.err
+			}), nil)
+			j := e.upload(map[string]string{"a": "b"}, spec)
+			got := e.waitState(j.ID, 5*time.Second, api.StateFailed)
+			if got.FailureClass != tc.class || got.ExitCode == nil || *got.ExitCode != tc.exit {
+				t.Fatalf("job = class %q, exit %v; want %q, %d", got.FailureClass, got.ExitCode, tc.class, tc.exit)
+			}
+		})
 	}
 }
 

@@ -64,6 +64,11 @@ type Result struct {
 	State string
 	// Reason explains a failure in one line ("npm ci: lockfile missing").
 	Reason string
+	// Class is the failure class of a result that is not a success
+	// (api.ClassBuild, ClassRefused...). Empty on a failure means
+	// api.ClassBuild when the executor returned no error (the build's
+	// exit code), else api.ClassInfrastructure.
+	Class string
 	// Artifacts are files to upload, SBOM and provenance included.
 	Artifacts []Artifact
 	// Scratch, if set, is a directory the agent removes once the artifacts

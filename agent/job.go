@@ -85,7 +85,7 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 	if err == nil {
 		res = jr.execute(jobCtx, logs, events)
 	} else {
-		res = Result{State: api.StateFailed, ExitCode: -1, Reason: err.Error()}
+		res = Result{State: api.StateFailed, ExitCode: -1, Reason: err.Error(), Class: api.ClassInfrastructure}
 	}
 	res.Reason = jr.redact(res.Reason)
 
@@ -126,13 +126,13 @@ func (a *Agent) runJob(hardCtx context.Context, c api.Claim) {
 	jr.reporting.Store(true)
 	err = a.retry(reportCtx, "reporting result", func() error {
 		return a.client.Result(reportCtx, jr.job.ID, api.ResultRequest{Token: jr.lease.Token, State: res.State,
-			ExitCode: res.ExitCode, Reason: res.Reason, LogSize: logSize})
+			ExitCode: res.ExitCode, Reason: res.Reason, Class: res.Class, LogSize: logSize})
 	})
 	if err != nil {
 		jr.log.Error("reporting result", "error", err)
 		return
 	}
-	jr.log.Info("job finished", "state", res.State, "exit_code", res.ExitCode, "reason", res.Reason)
+	jr.log.Info("job finished", "state", res.State, "exit_code", res.ExitCode, "class", res.Class, "reason", res.Reason)
 }
 
 // execute fetches the source and runs the executor, and turns the outcome
@@ -142,7 +142,7 @@ func (jr *jobRun) execute(jobCtx context.Context, logs *logShipper, events *even
 	jr.say(logs, "job %s attempt %d on runner %s (%s)", jr.job.ID, jr.job.Attempts, a.cfg.Name, a.cfg.RunnerID)
 	for _, d := range []string{jr.ws, jr.spool} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
-			return Result{State: api.StateFailed, ExitCode: -1, Reason: fmt.Sprintf("creating %s: %v", d, err)}
+			return Result{State: api.StateFailed, ExitCode: -1, Reason: fmt.Sprintf("creating %s: %v", d, err), Class: api.ClassInfrastructure}
 		}
 	}
 	timeout := jr.job.Spec.Timeout.D()
@@ -156,11 +156,11 @@ func (jr *jobRun) execute(jobCtx context.Context, logs *logShipper, events *even
 	var err error
 	if err = a.fetchSource(runCtx, &jr.job, jr.lease.Token, jr.ws, jr.spool, logs, events); err != nil {
 		jr.say(logs, "%v", err)
-		res = Result{State: api.StateFailed, ExitCode: -1, Reason: err.Error()}
+		res = Result{State: api.StateFailed, ExitCode: -1, Reason: err.Error(), Class: api.ClassInfrastructure}
 	} else {
 		res, err = a.exec.Run(runCtx, &jr.job, jr.ws, logs, events)
 		if err != nil {
-			res.State, res.Reason = api.StateFailed, err.Error()
+			res.State, res.Reason, res.Class = api.StateFailed, err.Error(), api.ClassInfrastructure
 			if res.ExitCode == 0 {
 				res.ExitCode = -1
 			}
@@ -168,17 +168,28 @@ func (jr *jobRun) execute(jobCtx context.Context, logs *logShipper, events *even
 	}
 	switch cause := context.Cause(runCtx); {
 	case errors.Is(cause, ErrCanceledByUser):
-		res.State, res.Reason = api.StateCanceled, "canceled on request"
+		res.State, res.Reason, res.Class = api.StateCanceled, "canceled on request", api.ClassCanceled
 	case errors.Is(cause, ErrTimedOut):
-		res.State, res.Reason = api.StateFailed, fmt.Sprintf("timed out after %s", timeout)
+		res.State, res.Reason, res.Class = api.StateFailed, fmt.Sprintf("timed out after %s", timeout), api.ClassTimeout
 	case errors.Is(cause, ErrShutdown):
-		res.State, res.Reason = api.StateCanceled, "agent shutting down"
+		// Canceled, but not on anyone's request: cleanroom did not finish it.
+		res.State, res.Reason, res.Class = api.StateCanceled, "agent shutting down", api.ClassInfrastructure
+	case errors.Is(cause, ErrSpool):
+		res.Class = api.ClassInfrastructure // the agent's spool failed the job (runJob says why)
 	}
 	if res.State == "" {
 		res.State = api.StateSucceeded
 		if res.ExitCode != 0 {
 			res.State = api.StateFailed
 		}
+	}
+	switch {
+	case res.State == api.StateSucceeded:
+		res.Class = ""
+	case res.Class == "" && res.State == api.StateCanceled:
+		res.Class = api.ClassCanceled
+	case res.Class == "":
+		res.Class = api.ClassBuild // the executor's failure with the build's exit code
 	}
 	if res.State != api.StateSucceeded {
 		jr.say(logs, "job %s: %s", res.State, res.Reason)
@@ -289,10 +300,15 @@ func (jr *jobRun) uploadArtifacts(ctx context.Context, arts []Artifact, logs *lo
 
 // fail makes the result failed for reason, which goes before an earlier
 // failure's reason; an exit code of 0 becomes -1 (the agent failed the job,
-// not the build).
+// not the build). A job that had succeeded fails as infrastructure (its
+// artifacts or log could not be delivered); an earlier failure keeps its
+// class, which says why the job first failed.
 func (r *Result) fail(reason string) {
 	if r.State != api.StateSucceeded && r.Reason != "" {
 		reason += "; " + r.Reason
+	}
+	if r.State == api.StateSucceeded || r.Class == "" {
+		r.Class = api.ClassInfrastructure
 	}
 	r.State, r.Reason = api.StateFailed, reason
 	if r.ExitCode == 0 {

@@ -37,10 +37,10 @@ func TestAMissingArtifactFailsTheJob(t *testing.T) {
 	defer stop()
 	j := e.upload(map[string]string{"package.json": `{"name":"app"}`}, spec)
 	got := e.waitState(j.ID, 10*time.Second, api.StateSucceeded, api.StateFailed)
-	if got.State != api.StateFailed ||
+	if got.State != api.StateFailed || got.FailureClass != api.ClassInfrastructure ||
 		!strings.Contains(got.Reason, "artifact dist/big.bin not uploaded") || !strings.Contains(got.Reason, "HTTP 413") ||
 		!strings.Contains(got.Reason, "artifact evil not uploaded") || !strings.Contains(got.Reason, "not a regular file") {
-		t.Fatalf("job = %s (%q), want failed naming dist/big.bin (413) and evil (a symlink)", got.State, got.Reason)
+		t.Fatalf("job = %s (%q, class %q), want failed (infrastructure) naming dist/big.bin (413) and evil (a symlink)", got.State, got.Reason, got.FailureClass)
 	}
 	if log := e.logOf(j.ID); !strings.Contains(log, "artifact dist/big.bin not uploaded") || !strings.Contains(log, "artifact evil not uploaded") {
 		t.Fatalf("log = %q", log)

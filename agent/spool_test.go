@@ -182,7 +182,7 @@ func TestASpoolWriteErrorFailsTheJob(t *testing.T) {
 				}
 			}
 			r := j.results[0]
-			if r.State != api.StateFailed || !strings.Contains(r.Reason, agent.ErrSpool.Error()) || !strings.Contains(r.Reason, "no space left on device") {
+			if r.State != api.StateFailed || r.Class != api.ClassInfrastructure || !strings.Contains(r.Reason, agent.ErrSpool.Error()) || !strings.Contains(r.Reason, "no space left on device") {
 				t.Fatalf("result = %+v, want failed because the spool could not be written", r)
 			}
 		})

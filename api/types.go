@@ -43,6 +43,33 @@ func CheckJobState(s string) error {
 	return fmt.Errorf("unknown job state %q: want one of %s", s, strings.Join(JobStates, ", "))
 }
 
+// Failure classes: why a job that did not succeed ended, as the agent that
+// ran it decided (ResultRequest.Class, Job.FailureClass). They let a
+// pipeline tell the build's own failure from cleanroom's refusal or its
+// failure to run the build (docs/cli.md maps them to exit codes).
+const (
+	// ClassBuild: a step (npm ci, install scripts, the build) exited
+	// non-zero; the exit code is the step's own.
+	ClassBuild = "build"
+	// ClassRefused: the runner's policy refused the job before anything
+	// ran (lockfile gate, secrets, resources, network policy).
+	ClassRefused = "refused"
+	// ClassPolicy: the job was ended while running by policy (an egress
+	// violation with on_violation kill, or its egress audit stopped).
+	ClassPolicy = "policy"
+	// ClassInfrastructure: cleanroom could not run or finish the job
+	// (network or sandbox setup, source fetch, artifacts, host errors,
+	// the agent shutting down).
+	ClassInfrastructure = "infrastructure"
+	// ClassTimeout: the job ran longer than its spec's timeout.
+	ClassTimeout = "timeout"
+	// ClassCanceled: the job was canceled on request.
+	ClassCanceled = "canceled"
+)
+
+// FailureClasses lists every failure class, for validation and messages.
+var FailureClasses = []string{ClassBuild, ClassRefused, ClassPolicy, ClassInfrastructure, ClassTimeout, ClassCanceled}
+
 // Terminal reports whether a job in this state will never change again, which
 // is when log followers stop and results are refused.
 func Terminal(state string) bool {
@@ -414,7 +441,12 @@ type Job struct {
 	MaxAttempts int    `json:"max_attempts"`
 	ExitCode    *int   `json:"exit_code,omitempty"`
 	Reason      string `json:"reason,omitempty"`
-	Cancel      bool   `json:"cancel_requested,omitempty"`
+	// FailureClass says why a job that did not succeed ended (ClassBuild,
+	// ClassRefused...), as the agent reported it; empty for a job that
+	// succeeded, one no agent finished (canceled before it started, lost)
+	// and one finished by an agent that predates classes.
+	FailureClass string `json:"failure_class,omitempty"`
+	Cancel       bool   `json:"cancel_requested,omitempty"`
 	// QueuedReason says why a queued job has not been claimed yet, from
 	// the runners the coordinator knows ("no runner online has labels
 	// gpu=yes"); only GET /v1/jobs/{id} fills it, and only while queued.
@@ -499,7 +531,10 @@ type ResultRequest struct {
 	State    string `json:"state"`
 	ExitCode int    `json:"exit_code"`
 	Reason   string `json:"reason,omitempty"`
-	LogSize  int64  `json:"log_size"`
+	// Class is the failure class (ClassBuild...) of a job that did not
+	// succeed; empty for one that did.
+	Class   string `json:"class,omitempty"`
+	LogSize int64  `json:"log_size"`
 }
 
 // LogAppendResponse tells the agent the next offset the coordinator expects.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -346,6 +347,12 @@ func (r *ResultRequest) Validate() error {
 	case StateSucceeded, StateFailed, StateCanceled:
 	default:
 		fe.add("state", "must be succeeded, failed or canceled")
+	}
+	switch {
+	case r.Class != "" && !slices.Contains(FailureClasses, r.Class):
+		fe.add("class", "must be one of %s", strings.Join(FailureClasses, ", "))
+	case r.Class != "" && r.State == StateSucceeded:
+		fe.add("class", "must be empty for a job that succeeded")
 	}
 	return fe.orNil()
 }

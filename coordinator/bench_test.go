@@ -52,7 +52,7 @@ func BenchmarkMetricsScrape1000Jobs(b *testing.B) {
 		b.Fatalf("claiming: %d %v", len(claims), err)
 	}
 	for _, c := range claims[:200] {
-		if _, err := st.Finish(ctx, store.Fence{JobID: c.Job.ID, RunnerID: "r-1", Token: c.Token}, api.StateSucceeded, 0, "", 0, now); err != nil {
+		if _, err := st.Finish(ctx, store.Fence{JobID: c.Job.ID, RunnerID: "r-1", Token: c.Token}, api.StateSucceeded, 0, "", "", 0, now); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -245,7 +245,7 @@ func BenchmarkConsoleJobPage5000Events(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	if _, err := st.Finish(ctx, f, api.StateSucceeded, 0, "", int64(len(logData)), now.Add(time.Minute)); err != nil {
+	if _, err := st.Finish(ctx, f, api.StateSucceeded, 0, "", "", int64(len(logData)), now.Add(time.Minute)); err != nil {
 		b.Fatal(err)
 	}
 	c := newBenchConsole(b, dir, st)

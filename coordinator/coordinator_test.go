@@ -951,3 +951,29 @@ func TestSubmitTokenTeamReachesItsJobsAndTheirClaims(t *testing.T) {
 		t.Fatalf("claimed teams %v", teams)
 	}
 }
+
+func TestResultFailureClassIsStoredAndReturned(t *testing.T) {
+	c := startCoord(t)
+	ctx := context.Background()
+	r, _ := c.Register("r", nil)
+	j := c.Submit(nil)
+	cl, _ := claimOne(t, r, time.Second)
+	err := r.Result(ctx, j.ID, api.ResultRequest{Token: cl.Lease.Token, State: api.StateFailed, ExitCode: 1, Class: "oops"})
+	wantStatus(t, err, api.ErrInvalid)
+	if got, err := c.AdminClient().GetJob(ctx, j.ID); err != nil || got.State != api.StateRunning {
+		t.Fatalf("after an invalid class: %+v, %v; want the job still running", got, err)
+	}
+	if err := r.Result(ctx, j.ID, api.ResultRequest{Token: cl.Lease.Token, State: api.StateFailed, ExitCode: 1,
+		Reason: "lockfile rejected", Class: api.ClassRefused}); err != nil {
+		t.Fatal(err)
+	}
+	c.Restart() // stored, not only held in memory
+	got, err := c.AdminClient().GetJob(ctx, j.ID)
+	if err != nil || got.FailureClass != api.ClassRefused || got.Reason != "lockfile rejected" {
+		t.Fatalf("job = %+v, %v; want failure_class refused", got, err)
+	}
+	list, err := c.AdminClient().ListJobs(ctx, api.JobFilter{})
+	if err != nil || len(list) != 1 || list[0].FailureClass != api.ClassRefused {
+		t.Fatalf("list = %+v, %v; want failure_class refused", list, err)
+	}
+}

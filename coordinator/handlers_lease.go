@@ -129,13 +129,13 @@ func (s *Server) handleResult(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	j, err := s.store.Finish(r.Context(), f, req.State, req.ExitCode, req.Reason, req.LogSize, s.now())
+	j, err := s.store.Finish(r.Context(), f, req.State, req.ExitCode, req.Reason, req.Class, req.LogSize, s.now())
 	if err != nil {
 		return err
 	}
 	s.hub.notify("job:" + j.ID)
 	s.hub.notify("log:" + j.ID)
-	s.log.Info("job finished", "job", j.ID, "state", j.State, "exit_code", req.ExitCode, "runner", f.RunnerID)
+	s.log.Info("job finished", "job", j.ID, "state", j.State, "exit_code", req.ExitCode, "class", req.Class, "runner", f.RunnerID)
 	writeJSON(w, http.StatusOK, j.Job)
 	return nil
 }

@@ -367,9 +367,9 @@ func (t timedStore) RequestCancel(ctx context.Context, id string, now time.Time)
 	return t.Store.RequestCancel(ctx, id, now)
 }
 
-func (t timedStore) Finish(ctx context.Context, f store.Fence, state string, exitCode int, reason string, logSize int64, now time.Time) (store.Job, error) {
+func (t timedStore) Finish(ctx context.Context, f store.Fence, state string, exitCode int, reason, class string, logSize int64, now time.Time) (store.Job, error) {
 	defer t.time("finish")()
-	return t.Store.Finish(ctx, f, state, exitCode, reason, logSize, now)
+	return t.Store.Finish(ctx, f, state, exitCode, reason, class, logSize, now)
 }
 
 func (t timedStore) ReapExpired(ctx context.Context, now time.Time) ([]store.Reaped, error) {

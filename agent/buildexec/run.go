@@ -67,6 +67,7 @@ type jobError struct {
 	reason string // the job's reason
 	exit   int    // the exit code reported (a failed step's own)
 	say    string // the job log's line about it ("" = the phase said it already)
+	class  string // the failure class (api.ClassBuild...)
 }
 
 func (e *jobError) Error() string { return e.reason }
@@ -74,13 +75,14 @@ func (e *jobError) Error() string { return e.reason }
 // refused ends a job before anything ran in it.
 func refused(format string, args ...any) error {
 	reason := fmt.Sprintf(format, args...)
-	return &jobError{reason: reason, exit: 1, say: "refused: " + reason}
+	return &jobError{reason: reason, exit: 1, say: "refused: " + reason, class: api.ClassRefused}
 }
 
-// failed ends a job with reason, logged as is.
+// failed ends a job with reason, logged as is: cleanroom could not do its
+// part (api.ClassInfrastructure).
 func failed(exit int, format string, args ...any) error {
 	reason := fmt.Sprintf(format, args...)
-	return &jobError{reason: reason, exit: exit, say: reason}
+	return &jobError{reason: reason, exit: exit, say: reason, class: api.ClassInfrastructure}
 }
 
 type jobLog struct {
@@ -104,16 +106,16 @@ func (e *Executor) newRun(job *api.Job, ws string, out io.Writer, rep agent.Repo
 
 // result turns a phase's error into the job's result. An error that is not
 // a *jobError is a failure of the host side (a file that cannot be
-// written): the job fails with it as its reason.
+// written): the job fails with it as its reason, as infrastructure.
 func (r *jobRun) result(err error) agent.Result {
 	var je *jobError
 	if !errors.As(err, &je) {
-		je = &jobError{reason: err.Error(), exit: 1, say: err.Error()}
+		je = &jobError{reason: err.Error(), exit: 1, say: err.Error(), class: api.ClassInfrastructure}
 	}
 	if je.say != "" {
 		r.log.say("%s", je.say)
 	}
-	return agent.Result{State: api.StateFailed, ExitCode: je.exit, Reason: je.reason}
+	return agent.Result{State: api.StateFailed, ExitCode: je.exit, Reason: je.reason, Class: je.class}
 }
 
 // gate: the lockfile must be present, valid and from the internal registry
@@ -255,7 +257,7 @@ func (r *jobRun) network(ctx context.Context) error {
 	})
 	if err != nil {
 		reason := fmt.Sprintf("network policy could not be enforced: %v", err)
-		return &jobError{reason: reason, exit: 1, say: "network policy could not be enforced, so the job does not run: " + err.Error()}
+		return &jobError{reason: reason, exit: 1, say: "network policy could not be enforced, so the job does not run: " + err.Error(), class: api.ClassInfrastructure}
 	}
 	r.nw = nw
 	var dsts []string
@@ -351,17 +353,17 @@ func (r *jobRun) steps(context.Context) error {
 		r.log.say("$ %s", printableArgv(st.argv))
 		res, err := r.sb.Run(r.runCtx, sandbox.Step{Args: st.argv, Stdout: api.BuildOutput(r.out), Grace: r.e.cfg.StepStop})
 		if err != nil {
-			return failed(127, "%s: %v", st.name, err)
+			return failed(127, "%s: %v", st.name, err) // the step could not be run
 		}
 		if cause := context.Cause(r.runCtx); errors.Is(cause, errEgressViolation) || errors.Is(cause, errAuditStopped) {
-			return &jobError{reason: cause.Error(), exit: exitOr(res.ExitCode, 1)} // the watcher said why
+			return &jobError{reason: cause.Error(), exit: exitOr(res.ExitCode, 1), class: api.ClassPolicy} // the watcher said why
 		}
 		if res.Failed() {
 			reason := fmt.Sprintf("%s step failed: %s", st.name, res)
 			if res.Reason == sandbox.ReasonCanceled || res.Reason == sandbox.ReasonTimeout {
 				reason = fmt.Sprintf("%s step ended: %s", st.name, res.Reason)
 			}
-			return &jobError{reason: reason, exit: exitOr(res.ExitCode, 1)} // the step's output says why
+			return &jobError{reason: reason, exit: exitOr(res.ExitCode, 1), class: api.ClassBuild} // the step's output says why
 		}
 		r.log.say("%s step done in %s", st.name, res.Duration.Round(10*time.Millisecond))
 	}
@@ -420,7 +422,7 @@ func (r *jobRun) outputs(ctx context.Context) (retErr error) {
 // egress was not audited to the end gets provenance.
 func (r *jobRun) stillAudited() error {
 	if cause := context.Cause(r.runCtx); errors.Is(cause, errAuditStopped) {
-		return &jobError{reason: cause.Error(), exit: 1}
+		return &jobError{reason: cause.Error(), exit: 1, class: api.ClassPolicy}
 	}
 	return nil
 }

@@ -203,7 +203,7 @@ func run(t *testing.T, e *Executor, w *world, spec api.JobSpec) (Result, string)
 	if err != nil {
 		t.Fatalf("Run returned an error (teardown failed): %v", err)
 	}
-	return Result{res.State, res.ExitCode, res.Reason}, out.String()
+	return Result{res.State, res.ExitCode, res.Reason, res.Class}, out.String()
 }
 
 // Result is the part of agent.Result these tests compare.
@@ -211,6 +211,7 @@ type Result struct {
 	State    string
 	ExitCode int
 	Reason   string
+	Class    string
 }
 
 func TestRefusalsComeBeforeAnySandboxOrNetwork(t *testing.T) {
@@ -232,8 +233,8 @@ func TestRefusalsComeBeforeAnySandboxOrNetwork(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w := &world{}
 			res, log := run(t, newFakeExecutor(t, w, tc.mutate), w, tc.spec)
-			if res.State != api.StateFailed || res.ExitCode != 1 || !strings.Contains(res.Reason, tc.reason) {
-				t.Errorf("result = %+v, want failed naming %q", res, tc.reason)
+			if res.State != api.StateFailed || res.ExitCode != 1 || !strings.Contains(res.Reason, tc.reason) || res.Class != api.ClassRefused {
+				t.Errorf("result = %+v, want failed (refused) naming %q", res, tc.reason)
 			}
 			if !strings.Contains(log, "[cleanroom] refused: "+res.Reason) {
 				t.Errorf("log does not say the refusal:\n%s", log)
@@ -254,7 +255,7 @@ func TestLockfileGateRefusesBeforeAnything(t *testing.T) {
 	}
 	var out bytes.Buffer
 	res, err := e.Run(context.Background(), &api.Job{ID: "j-1", Spec: api.JobSpec{Build: api.Build{Script: "x"}}}, ws, &out, &events{})
-	if err != nil || res.State != api.StateFailed || !strings.Contains(res.Reason, "lockfile rejected") {
+	if err != nil || res.State != api.StateFailed || !strings.Contains(res.Reason, "lockfile rejected") || res.Class != api.ClassRefused {
 		t.Fatalf("res = %+v, %v", res, err)
 	}
 	if len(w.log()) != 0 {
@@ -265,7 +266,7 @@ func TestLockfileGateRefusesBeforeAnything(t *testing.T) {
 func TestNetworkFailureRunsNoStepAndTearsTheSandboxDown(t *testing.T) {
 	w := &world{netErr: errors.New("installing rules: iptables-restore: exit 1")}
 	res, log := run(t, newFakeExecutor(t, w, nil), w, api.JobSpec{})
-	if res.State != api.StateFailed || !strings.Contains(res.Reason, "network policy could not be enforced: installing rules") {
+	if res.State != api.StateFailed || !strings.Contains(res.Reason, "network policy could not be enforced: installing rules") || res.Class != api.ClassInfrastructure {
 		t.Fatalf("result = %+v", res)
 	}
 	if !strings.Contains(log, "so the job does not run") {
@@ -284,7 +285,7 @@ func TestNetworkFailureRunsNoStepAndTearsTheSandboxDown(t *testing.T) {
 func TestSandboxFailureRunsNoStepAndClosesTheNetwork(t *testing.T) {
 	w := &world{sbErr: errors.New("image not found")}
 	res, _ := run(t, newFakeExecutor(t, w, nil), w, api.JobSpec{})
-	if res.State != api.StateFailed || res.Reason != "creating the sandbox: image not found" {
+	if res.State != api.StateFailed || res.Reason != "creating the sandbox: image not found" || res.Class != api.ClassInfrastructure {
 		t.Fatalf("result = %+v", res)
 	}
 	if !w.has("network close") || w.has("destroy") {
@@ -295,7 +296,7 @@ func TestSandboxFailureRunsNoStepAndClosesTheNetwork(t *testing.T) {
 func TestStepsRunAfterBothExistAndTeardownStopsFirst(t *testing.T) {
 	w := &world{}
 	res, log := run(t, newFakeExecutor(t, w, nil), w, api.JobSpec{Artifacts: []string{"package.json"}})
-	if res.State != api.StateSucceeded {
+	if res.State != api.StateSucceeded || res.Class != "" {
 		t.Fatalf("result = %+v\n%s", res, log)
 	}
 	install, build := w.index("run npm"), w.index("run /bin/sh")
@@ -348,7 +349,7 @@ func TestBuildOutputCannotFrameAnAgentLine(t *testing.T) {
 func TestFailedStepPassesItsExitCodeAndStops(t *testing.T) {
 	w := &world{exits: map[string]int{"npm": 3}}
 	res, _ := run(t, newFakeExecutor(t, w, nil), w, api.JobSpec{})
-	if res.State != api.StateFailed || res.ExitCode != 3 || res.Reason != "install step failed: exit 3" {
+	if res.State != api.StateFailed || res.ExitCode != 3 || res.Reason != "install step failed: exit 3" || res.Class != api.ClassBuild {
 		t.Fatalf("result = %+v", res)
 	}
 	if w.has("run /bin/sh") {
@@ -366,7 +367,7 @@ func TestKillModeViolationEndsTheJob(t *testing.T) {
 			w := &world{violate: true}
 			e := newFakeExecutor(t, w, func(c *Config) { c.OnViolation = tc.runner })
 			res, log := run(t, e, w, api.JobSpec{Network: api.NetworkSpec{OnViolation: tc.job}})
-			if res.State != api.StateFailed || res.Reason != "egress violation" || !w.has("kill") {
+			if res.State != api.StateFailed || res.Reason != "egress violation" || res.Class != api.ClassPolicy || !w.has("kill") {
 				t.Fatalf("result = %+v, calls %v", res, w.log())
 			}
 			if !strings.Contains(log, "ending the job now (on_violation: kill)") {
@@ -382,13 +383,22 @@ func TestAuditFailureEndsTheJobInAnyMode(t *testing.T) {
 			w := &world{auditFails: true}
 			e := newFakeExecutor(t, w, func(c *Config) { c.OnViolation = mode })
 			res, log := run(t, e, w, api.JobSpec{})
-			if res.State != api.StateFailed || !strings.HasPrefix(res.Reason, "egress audit stopped: ") || !strings.Contains(res.Reason, "nflog") || !w.has("kill") {
+			if res.State != api.StateFailed || !strings.HasPrefix(res.Reason, "egress audit stopped: ") || !strings.Contains(res.Reason, "nflog") || res.Class != api.ClassPolicy || !w.has("kill") {
 				t.Fatalf("result = %+v, calls %v", res, w.log())
 			}
 			if !strings.Contains(log, "nothing may run unaudited") {
 				t.Errorf("log: %s", log)
 			}
 		})
+	}
+}
+
+func TestArtifactsThatCannotBeCollectedFailAsInfrastructure(t *testing.T) {
+	w := &world{}
+	e := newFakeExecutor(t, w, func(c *Config) { c.Artifacts.MaxBytes = 1 })
+	res, _ := run(t, e, w, api.JobSpec{Artifacts: []string{"package.json"}})
+	if res.State != api.StateFailed || !strings.HasPrefix(res.Reason, "collecting artifacts: ") || res.Class != api.ClassInfrastructure {
+		t.Fatalf("result = %+v", res)
 	}
 }
 

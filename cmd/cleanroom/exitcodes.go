@@ -20,13 +20,19 @@ import (
 // shells' 126/127 and the 128+N of a signal; where sysexits has a code of
 // the same meaning it is that code. docs/cli.md lists them.
 const (
-	exitUsage       = 64 // EX_USAGE: wrong command line, invalid job spec or CLI config
-	exitRefused     = 65 // EX_DATAERR: refused by policy (lockfile gate, coordinator 400/413)
+	exitUsage   = 64 // EX_USAGE: wrong command line, invalid job spec or CLI config
+	exitRefused = 65 // EX_DATAERR: refused by policy (lockfile gate, coordinator 400/413, the runner's policy)
+	// exitPolicy: the runner's policy ended a running job (an egress
+	// violation with on_violation kill, or its egress audit stopped). Not
+	// a sysexits meaning (none fits); next to 65 because both are policy,
+	// and kept apart from it because the build did run: its log and
+	// egress events say what it tried.
+	exitPolicy      = 66
 	exitUnreachable = 69 // EX_UNAVAILABLE: coordinator unreachable or failing, gave up
-	exitInternal    = 70 // EX_SOFTWARE: any other failure of cleanroom
+	exitInternal    = 70 // EX_SOFTWARE: any other failure of cleanroom (on a runner too: network, sandbox, artifacts)
 	exitCanceled    = 71 // the job was canceled
 	exitLost        = 72 // the job was lost (its runner vanished, no attempts left)
-	exitTimeout     = 75 // EX_TEMPFAIL: --wait-timeout passed before the job ended
+	exitTimeout     = 75 // EX_TEMPFAIL: --wait-timeout passed, or the job ran past its spec's timeout
 	exitAuth        = 77 // EX_NOPERM: token missing, wrong, revoked or not allowed (401/403)
 )
 
@@ -35,15 +41,20 @@ const exitCodeHelp = `Exit codes:
   0      success (with --wait: the build succeeded)
   1-255  with --wait or logs -f: the build failed with this exit code
   64     usage: wrong command line, invalid cleanroom.yaml or CLI config
-  65     refused by policy: lockfile gate, or the coordinator refused the job
+  65     refused by policy: lockfile gate, the coordinator refused the job,
+         or the runner refused it before it ran (gate, secrets, resources,
+         network policy)
+  66     policy ended the running job: egress violation (on_violation:
+         kill) or its egress audit stopped
   69     unreachable: the coordinator could not be reached (gave up after --retry-for)
-  70     internal: any other failure of cleanroom
+  70     internal: any other failure of cleanroom, on a runner too (network
+         or sandbox setup, source, artifacts, the agent shutting down)
   71     the job was canceled
   72     the job was lost
-  75     timeout: --wait-timeout passed before the job ended
+  75     timeout: --wait-timeout passed, or the job ran past its timeout
   77     auth: token missing, wrong, revoked, or not allowed to do this
 A build's own code passes through even when it is one of the numbers
-below; with --json the result's "state" ("failed") tells them apart.
+above; with --json the result's "failure_class" ("build") tells them apart.
 Details: docs/cli.md.`
 
 // exitError ends the process with code after printing msg ("" prints

@@ -33,11 +33,14 @@ func (o *followOpts) addFlags(cmd *cobra.Command) {
 
 // result is the one JSON object `submit --wait --json` prints.
 type result struct {
-	ID        string         `json:"id"`
-	State     string         `json:"state"`
-	ExitCode  *int           `json:"exit_code"`
-	Reason    string         `json:"reason,omitempty"`
-	Artifacts []api.Artifact `json:"artifacts"`
+	ID       string `json:"id"`
+	State    string `json:"state"`
+	ExitCode *int   `json:"exit_code"`
+	Reason   string `json:"reason,omitempty"`
+	// FailureClass is the job's api.Job.FailureClass: "build" when the
+	// exit code is the build's own.
+	FailureClass string         `json:"failure_class,omitempty"`
+	Artifacts    []api.Artifact `json:"artifacts"`
 	// CleanroomExit is the exit code of the command (docs/cli.md).
 	CleanroomExit int    `json:"cleanroom_exit"`
 	Error         string `json:"error,omitempty"`
@@ -62,7 +65,7 @@ func followAndExit(ctx context.Context, cl *api.Client, id string, o followOpts)
 		err = jobExit(j)
 	}
 	if o.json {
-		res := result{ID: id, State: j.State, ExitCode: j.ExitCode, Reason: j.Reason, Artifacts: []api.Artifact{}, CleanroomExit: exitCode(err)}
+		res := result{ID: id, State: j.State, ExitCode: j.ExitCode, Reason: j.Reason, FailureClass: j.FailureClass, Artifacts: []api.Artifact{}, CleanroomExit: exitCode(err)}
 		if err != nil {
 			res.Error = err.Error()
 		}
@@ -184,9 +187,26 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// classExits maps the failure class of a job that did not succeed to the
+// exit code, and the word the message uses; the build's class (and none,
+// from an agent older than classes) passes the build's exit code through.
+var classExits = map[string]struct {
+	code int
+	word string
+}{
+	api.ClassRefused:        {exitRefused, "refused"},
+	api.ClassPolicy:         {exitPolicy, "ended by policy"},
+	api.ClassInfrastructure: {exitInternal, "failed in cleanroom"},
+	api.ClassTimeout:        {exitTimeout, "timed out"},
+	api.ClassCanceled:       {exitCanceled, "canceled"},
+}
+
 // jobExit turns a job's end into the command's exit: nil for success, the
 // build's own exit code for a failed build, cleanroom's codes otherwise.
 func jobExit(j api.Job) error {
+	if ce, ok := classExits[j.FailureClass]; ok && j.State != api.StateSucceeded {
+		return &exitError{code: ce.code, msg: fmt.Sprintf("job %s %s: %s", j.ID, ce.word, api.Printable(j.Reason))}
+	}
 	switch j.State {
 	case api.StateSucceeded:
 		return nil

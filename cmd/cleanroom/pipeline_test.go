@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -249,17 +250,20 @@ func TestExitCodesOfEveryFailureClass(t *testing.T) {
 
 	// jobAction runs against the job submit --wait created (found by listing).
 	type jobAction func(t *testing.T, runner *api.Client)
-	finish := func(state string, exit int) jobAction {
+	// finishAs claims the job and reports the result an agent would, with
+	// its failure class.
+	finishAs := func(state string, exit int, reason, class string) jobAction {
 		return func(t *testing.T, runner *api.Client) {
 			c := claim(t, runner, 10*time.Second)
 			if c == nil {
 				t.Fatal("no job to claim")
 			}
-			if err := runner.Result(ctx, c.Job.ID, api.ResultRequest{Token: c.Lease.Token, State: state, ExitCode: exit, Reason: "build step failed"}); err != nil {
+			if err := runner.Result(ctx, c.Job.ID, api.ResultRequest{Token: c.Lease.Token, State: state, ExitCode: exit, Reason: reason, Class: class}); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
+	finish := func(state string, exit int) jobAction { return finishAs(state, exit, "build step failed", "") }
 	tests := []struct {
 		name   string
 		url    string
@@ -268,15 +272,28 @@ func TestExitCodesOfEveryFailureClass(t *testing.T) {
 		action jobAction
 		want   int
 		stderr string
+		stdout string // with --json: in the one result object
 	}{
-		{"usage: no directory", url, admin, []string{"submit"}, nil, exitUsage, "give either"},
-		{"usage: unknown flag", url, admin, []string{"submit", "--frobnicate"}, nil, exitUsage, "unknown flag"},
-		{"auth: wrong token", url, "cr_wrong", git, nil, exitAuth, "unauthorized"},
-		{"unreachable", deadURL, admin, []string{"status", "j1"}, nil, exitUnreachable, "connection refused"},
-		{"unreachable while following", deadURL, admin, []string{"logs", "-f", "--retry-for", "2s", "j1"}, nil, exitUnreachable, "giving up"},
-		{"refused: upload over the coordinator's cap (400)", url, admin, []string{"submit", big}, nil, exitRefused, "upload larger than"},
-		{"build failure passes its exit code through", url, admin, append(slices.Clone(git), "--wait"), finish(api.StateFailed, 3), 3, "failed: build step failed"},
-		{"success", url, admin, append(slices.Clone(git), "--wait"), finish(api.StateSucceeded, 0), 0, ""},
+		{"usage: no directory", url, admin, []string{"submit"}, nil, exitUsage, "give either", ""},
+		{"usage: unknown flag", url, admin, []string{"submit", "--frobnicate"}, nil, exitUsage, "unknown flag", ""},
+		{"auth: wrong token", url, "cr_wrong", git, nil, exitAuth, "unauthorized", ""},
+		{"unreachable", deadURL, admin, []string{"status", "j1"}, nil, exitUnreachable, "connection refused", ""},
+		{"unreachable while following", deadURL, admin, []string{"logs", "-f", "--retry-for", "2s", "j1"}, nil, exitUnreachable, "giving up", ""},
+		{"refused: upload over the coordinator's cap (400)", url, admin, []string{"submit", big}, nil, exitRefused, "upload larger than", ""},
+		{"build failure passes its exit code through", url, admin, append(slices.Clone(git), "--wait"), finish(api.StateFailed, 3), 3, "failed: build step failed", ""},
+		{"build failure with a code of cleanroom's passes through", url, admin, append(slices.Clone(git), "--wait", "--json"),
+			finishAs(api.StateFailed, 65, "build step failed: exit 65", api.ClassBuild), 65, "failed: build step failed", `"failure_class": "build"`},
+		{"refused by the runner's policy", url, admin, append(slices.Clone(git), "--wait", "--json"),
+			finishAs(api.StateFailed, 1, "lockfile rejected: 1 violation(s)", api.ClassRefused), exitRefused, "refused: lockfile rejected", `"failure_class": "refused"`},
+		{"ended by policy while running", url, admin, append(slices.Clone(git), "--wait"),
+			finishAs(api.StateFailed, 137, "egress violation", api.ClassPolicy), exitPolicy, "ended by policy: egress violation", ""},
+		{"runner could not set up the sandbox", url, admin, append(slices.Clone(git), "--wait"),
+			finishAs(api.StateFailed, 1, "creating the sandbox: image not found", api.ClassInfrastructure), exitInternal, "failed in cleanroom: creating the sandbox", ""},
+		{"the job's own timeout", url, admin, append(slices.Clone(git), "--wait", "--json"),
+			finishAs(api.StateFailed, 143, "timed out after 30m0s", api.ClassTimeout), exitTimeout, "timed out: timed out after 30m0s", `"failure_class": "timeout"`},
+		{"agent shut down under the job", url, admin, append(slices.Clone(git), "--wait"),
+			finishAs(api.StateCanceled, -1, "agent shutting down", api.ClassInfrastructure), exitInternal, "agent shutting down", ""},
+		{"success", url, admin, append(slices.Clone(git), "--wait"), finish(api.StateSucceeded, 0), 0, "", ""},
 		{"canceled", url, admin, append(slices.Clone(git), "--wait"), func(t *testing.T, _ *api.Client) {
 			jobs, _ := adminCl.ListJobs(ctx, api.JobFilter{State: api.StateQueued})
 			if len(jobs) != 1 {
@@ -285,13 +302,13 @@ func TestExitCodesOfEveryFailureClass(t *testing.T) {
 			if _, err := adminCl.CancelJob(ctx, jobs[0].ID); err != nil {
 				t.Fatal(err)
 			}
-		}, exitCanceled, "canceled"},
+		}, exitCanceled, "canceled", ""},
 		{"lost", url, admin, append(slices.Clone(git), "--wait"), func(t *testing.T, runner *api.Client) {
 			if claim(t, runner, 10*time.Second) == nil { // and never heard of again
 				t.Fatal("no job to claim")
 			}
-		}, exitLost, "lost"},
-		{"timeout", url, admin, append(slices.Clone(git), "--wait", "--wait-timeout", "1500ms"), nil, exitTimeout, "--wait-timeout"},
+		}, exitLost, "lost", ""},
+		{"timeout", url, admin, append(slices.Clone(git), "--wait", "--wait-timeout", "1500ms"), nil, exitTimeout, "--wait-timeout", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -299,7 +316,7 @@ func TestExitCodesOfEveryFailureClass(t *testing.T) {
 			if tt.action != nil {
 				runner = registerRunner(t, url, admin)
 			}
-			cmd, _, errOut := cliCmd(t, tt.url, tt.token, tt.args...)
+			cmd, out, errOut := cliCmd(t, tt.url, tt.token, tt.args...)
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
@@ -324,6 +341,25 @@ func TestExitCodesOfEveryFailureClass(t *testing.T) {
 			}
 			if code := exitOf(t, err); code != tt.want || !strings.Contains(errOut.String(), tt.stderr) {
 				t.Fatalf("%v: exit %d, want %d; stderr (want %q):\n%s", tt.args, code, tt.want, tt.stderr, errOut)
+			}
+			if !strings.Contains(out.String(), tt.stdout) {
+				t.Fatalf("stdout = %s, want it to contain %s", out, tt.stdout)
+			}
+			if tt.stdout != "" { // status and jobs --json show the class too
+				var res result
+				if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+					t.Fatal(err)
+				}
+				for _, args := range [][]string{{"status", res.ID}, {"jobs", "--json"}} {
+					c, o, e := cliCmd(t, url, admin, args...)
+					want := regexp.MustCompile(`failure class:\s+` + res.FailureClass + "\n")
+					if args[0] == "jobs" {
+						want = regexp.MustCompile(regexp.QuoteMeta(tt.stdout))
+					}
+					if err := c.Run(); err != nil || !want.MatchString(o.String()) {
+						t.Fatalf("%v: %v, stdout (want %q):\n%s%s", args, err, want, o, e)
+					}
+				}
 			}
 			// Leave no job behind for the next case to claim.
 			jobs, _ := adminCl.ListJobs(ctx, api.JobFilter{State: api.StateQueued})

@@ -44,6 +44,9 @@ func init() {
 		if j.ExitCode != nil {
 			row("exit code", fmt.Sprint(*j.ExitCode))
 		}
+		if j.FailureClass != "" {
+			row("failure class", j.FailureClass)
+		}
 		row("reason", orDash(api.Printable(j.Reason)))
 		src := j.Source.Kind
 		if j.Source.Kind == api.SourceGit {

@@ -244,7 +244,7 @@ type Queue interface {
 	// Finish records the result under the lease. logSize must not exceed
 	// the log received (OffsetError otherwise). Repeating the same result is
 	// not an error.
-	Finish(ctx context.Context, f Fence, state string, exitCode int, reason string, logSize int64, now time.Time) (Job, error)
+	Finish(ctx context.Context, f Fence, state string, exitCode int, reason, class string, logSize int64, now time.Time) (Job, error)
 	// ReapExpired re-queues or loses running jobs whose lease ended before
 	// now, appending Transition's note to each one's log.
 	ReapExpired(ctx context.Context, now time.Time) ([]Reaped, error)

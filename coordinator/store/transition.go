@@ -77,6 +77,8 @@ type Result struct {
 	State    string
 	ExitCode int
 	Reason   string
+	// Class is the failure class of a failed result (api.FailureClass*).
+	Class string
 	// LogSize is how much log the runner sent; more than the store
 	// received is an *OffsetError.
 	LogSize int64
@@ -171,7 +173,9 @@ func Transition(j Job, ev Event) (Job, Effect, error) {
 		if r.LogSize > j.LogOffset {
 			return j, Effect{}, &OffsetError{Expected: j.LogOffset}
 		}
-		return finish(j, r.State, r.Reason, &r.ExitCode, ev.Now), changed, nil
+		j = finish(j, r.State, r.Reason, &r.ExitCode, ev.Now)
+		j.FailureClass = r.Class
+		return j, changed, nil
 
 	case EventCancel:
 		switch j.State {

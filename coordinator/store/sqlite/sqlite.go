@@ -158,6 +158,9 @@ var migrations = []string{
 	// none.
 	`ALTER TABLE tokens ADD COLUMN team TEXT NOT NULL DEFAULT '';
 	ALTER TABLE jobs ADD COLUMN team TEXT NOT NULL DEFAULT '';`,
+	// 6: a finished job records the failure class its agent reported
+	// (api.ClassBuild...). Older jobs have none.
+	`ALTER TABLE jobs ADD COLUMN failure_class TEXT NOT NULL DEFAULT '';`,
 }
 
 // SchemaVersion is the version this build migrates to.
@@ -537,7 +540,7 @@ func (s *Store) TouchRunner(ctx context.Context, id string, now time.Time) error
 // --- jobs --------------------------------------------------------------------
 
 const jobCols = `id, state, spec, source, created_at, started_at, finished_at, runner_id, lease_token,
-	lease_expires, attempts, max_attempts, cancel_requested, exit_code, reason, log_offset, log_stored, log_truncated, submitter, team`
+	lease_expires, attempts, max_attempts, cancel_requested, exit_code, reason, log_offset, log_stored, log_truncated, submitter, team, failure_class`
 
 func scanJob(sc scanner) (store.Job, error) {
 	var j store.Job
@@ -546,7 +549,7 @@ func scanJob(sc scanner) (store.Job, error) {
 	var started, finished, leaseExp, exit sql.NullInt64
 	var runner sql.NullString
 	if err := sc.Scan(&j.ID, &j.State, &spec, &source, &created, &started, &finished, &runner, &j.LeaseToken,
-		&leaseExp, &j.Attempts, &j.MaxAttempts, &j.Cancel, &exit, &j.Reason, &j.LogOffset, &j.LogSize, &j.LogTruncated, &j.Submitter, &j.Team); err != nil {
+		&leaseExp, &j.Attempts, &j.MaxAttempts, &j.Cancel, &exit, &j.Reason, &j.LogOffset, &j.LogSize, &j.LogTruncated, &j.Submitter, &j.Team, &j.FailureClass); err != nil {
 		return j, err
 	}
 	if err := json.Unmarshal([]byte(spec), &j.Spec); err != nil {
@@ -795,9 +798,9 @@ func transitionTx(ctx context.Context, tx *sql.Tx, j store.Job, ev store.Event) 
 		exit = *next.ExitCode
 	}
 	res, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, runner_id = ?, lease_token = ?, lease_expires = ?, attempts = ?,
-		cancel_requested = ?, started_at = ?, finished_at = ?, exit_code = ?, reason = ? WHERE id = ? AND state = ? AND lease_token = ?`,
+		cancel_requested = ?, started_at = ?, finished_at = ?, exit_code = ?, reason = ?, failure_class = ? WHERE id = ? AND state = ? AND lease_token = ?`,
 		next.State, runner, next.LeaseToken, leaseExp, next.Attempts, next.Cancel, nullNanos(next.StartedAt), nullNanos(next.FinishedAt),
-		exit, next.Reason, j.ID, j.State, j.LeaseToken)
+		exit, next.Reason, next.FailureClass, j.ID, j.State, j.LeaseToken)
 	if err != nil {
 		return j, store.Effect{}, fmt.Errorf("applying %s to job %s: %w", ev.Kind, j.ID, err)
 	}
@@ -846,9 +849,9 @@ func (s *Store) RequestCancel(ctx context.Context, id string, now time.Time) (st
 }
 
 // Finish records a job's result.
-func (s *Store) Finish(ctx context.Context, f store.Fence, state string, exitCode int, reason string, logSize int64, now time.Time) (store.Job, error) {
+func (s *Store) Finish(ctx context.Context, f store.Fence, state string, exitCode int, reason, class string, logSize int64, now time.Time) (store.Job, error) {
 	return s.apply(ctx, f.JobID, store.Event{Kind: store.EventFinish, Fence: f, Now: now,
-		Result: store.Result{State: state, ExitCode: exitCode, Reason: reason, LogSize: logSize}})
+		Result: store.Result{State: state, ExitCode: exitCode, Reason: reason, Class: class, LogSize: logSize}})
 }
 
 // apply loads one job, applies ev and returns the job as stored after it.

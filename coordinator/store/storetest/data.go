@@ -70,7 +70,7 @@ func testLogTruncation(t *testing.T, s store.Store) {
 	if !j.LogTruncated || j.LogOffset != next || j.LogSize != int64(len(want)) {
 		t.Errorf("log state: offset %d, size %d, truncated %v", j.LogOffset, j.LogSize, j.LogTruncated)
 	}
-	if _, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", next, T0); err != nil {
+	if _, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", "", next, T0); err != nil {
 		t.Errorf("finishing with the whole log sent: %v", err)
 	}
 }
@@ -123,7 +123,7 @@ func testEgressCursors(t *testing.T, s store.Store) {
 	last := recs[len(recs)-1].Cursor
 
 	// Purge the job that holds the highest cursors, then store more.
-	if _, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", 0, T0); err != nil {
+	if _, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", "", 0, T0); err != nil {
 		t.Fatal(err)
 	}
 	if ids, err := s.PurgeFinished(ctx, at(time.Hour), 10); err != nil || len(ids) != 1 {
@@ -322,7 +322,7 @@ func testPurge(t *testing.T, s store.Store) {
 		appendLog(t, s, f, 0, "log")
 		must(t, s.AddEgress(ctx, f, 0, events(1, id)))
 		must(t, s.AddArtifact(ctx, f, store.Artifact{Name: "a", SHA256: "art-" + id}))
-		if _, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", 3, end); err != nil {
+		if _, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", "", 3, end); err != nil {
 			t.Fatal(err)
 		}
 	}

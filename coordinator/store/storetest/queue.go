@@ -221,7 +221,7 @@ func testFencing(t *testing.T, s store.Store) {
 				"append log":  func() error { _, err := s.AppendLog(ctx, g, 0, []byte("x")); return err }(),
 				"add egress":  s.AddEgress(ctx, g, 0, events(1, "x")),
 				"artifact":    s.AddArtifact(ctx, g, store.Artifact{Name: "a", SHA256: "d"}),
-				"finish":      func() error { _, err := s.Finish(ctx, g, api.StateSucceeded, 0, "", 0, T0); return err }(),
+				"finish":      func() error { _, err := s.Finish(ctx, g, api.StateSucceeded, 0, "", "", 0, T0); return err }(),
 			} {
 				if !errors.Is(err, store.ErrStaleLease) {
 					t.Errorf("%s: %s with %+v: %v, want ErrStaleLease", why, name, g, err)
@@ -365,7 +365,7 @@ func testCancel(t *testing.T, s store.Store) {
 	if err != nil || !hb.Cancel || !hb.LeaseExpires.Equal(at(time.Second+TTL)) {
 		t.Fatalf("heartbeat after cancel: %+v %v", hb.Job, err)
 	}
-	if _, err := s.Finish(ctx, f, api.StateCanceled, 143, "canceled", 0, at(2*time.Second)); err != nil {
+	if _, err := s.Finish(ctx, f, api.StateCanceled, 143, "canceled", "", 0, at(2*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	if j, err = s.RequestCancel(ctx, "r", at(time.Hour)); err != nil || j.State != api.StateCanceled || !j.FinishedAt.Equal(at(2*time.Second)) {
@@ -381,20 +381,20 @@ func testFinish(t *testing.T, s store.Store) {
 	if _, err := s.AppendLog(ctx, f, 0, []byte("0123456789")); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", 11, at(time.Second))
+	_, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", "", 11, at(time.Second))
 	var oe *store.OffsetError
 	if !errors.As(err, &oe) || oe.Expected != 10 || !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("finishing with more log than received: %v, want an OffsetError expecting 10", err)
 	}
-	j, err := s.Finish(ctx, f, api.StateFailed, 2, "exit 2", 10, at(time.Second))
+	j, err := s.Finish(ctx, f, api.StateFailed, 2, "exit 2", api.ClassBuild, 10, at(time.Second))
 	must(t, err)
-	if j.State != api.StateFailed || j.ExitCode == nil || *j.ExitCode != 2 || j.Reason != "exit 2" || !j.FinishedAt.Equal(at(time.Second)) {
+	if j.State != api.StateFailed || j.ExitCode == nil || *j.ExitCode != 2 || j.Reason != "exit 2" || j.FailureClass != api.ClassBuild || !j.FinishedAt.Equal(at(time.Second)) {
 		t.Errorf("finished job: %+v", j.Job)
 	}
-	if j, err = s.Finish(ctx, f, api.StateFailed, 2, "exit 2", 10, at(time.Minute)); err != nil || !j.FinishedAt.Equal(at(time.Second)) {
+	if j, err = s.Finish(ctx, f, api.StateFailed, 2, "exit 2", api.ClassBuild, 10, at(time.Minute)); err != nil || !j.FinishedAt.Equal(at(time.Second)) {
 		t.Errorf("a retried result: %+v %v", j.Job, err)
 	}
-	if _, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", 10, at(time.Minute)); !errors.Is(err, store.ErrConflict) {
+	if _, err := s.Finish(ctx, f, api.StateSucceeded, 0, "", "", 10, at(time.Minute)); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("a different result: %v, want ErrConflict", err)
 	}
 }
