@@ -65,3 +65,12 @@ func (d *fullDisk) WriteAt(p []byte, off int64) (int, error) {
 
 // Gatherer exposes the registry to the lint test.
 func (m *Metrics) Gatherer() prometheus.Gatherer { return m.reg }
+
+// PendingEvents is how many egress events rep (the Reporter the job loop
+// hands an executor) still holds in memory.
+func PendingEvents(rep Reporter) int {
+	e := rep.(*eventShipper)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.events)
+}

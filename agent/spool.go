@@ -275,7 +275,9 @@ type eventShipper struct {
 
 	spool spoolFile // written under mu; nil after a write error
 
-	// under mu
+	// under mu: events not yet acknowledged, the first numbered sent (the
+	// count acknowledged before it). Acknowledged events are dropped from
+	// memory: a job that floods denials holds only what is in flight.
 	events []api.EgressEvent
 	sent   int
 }
@@ -320,7 +322,7 @@ func (e *eventShipper) run() {
 	bo := backoff{min: 100 * time.Millisecond, max: 10 * time.Second}
 	for {
 		e.mu.Lock()
-		batch := e.events[e.sent:min(len(e.events), e.sent+500)]
+		batch := e.events[:min(len(e.events), 500)]
 		first, closing := e.sent, e.closing
 		e.mu.Unlock()
 		if len(batch) == 0 {
@@ -341,6 +343,7 @@ func (e *eventShipper) run() {
 			bo.reset()
 			e.mu.Lock()
 			e.sent = first + len(batch)
+			e.events = append([]api.EgressEvent(nil), e.events[len(batch):]...)
 			e.mu.Unlock()
 		case e.ctx.Err() != nil:
 			e.setLost(fmt.Errorf("sending egress events: %w (last error: %v)", e.ctx.Err(), err))
@@ -362,8 +365,8 @@ func (e *eventShipper) close(ctx context.Context) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.sent < len(e.events) && e.lost == nil {
-		e.lost = fmt.Errorf("sending egress events: %d undelivered", len(e.events)-e.sent)
+	if len(e.events) > 0 && e.lost == nil {
+		e.lost = fmt.Errorf("sending egress events: %d undelivered", len(e.events))
 	}
 	return e.lost
 }

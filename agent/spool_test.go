@@ -188,3 +188,37 @@ func TestASpoolWriteErrorFailsTheJob(t *testing.T) {
 		})
 	}
 }
+
+// A job that reports a flood of egress events has every one delivered once,
+// in order, and the agent keeps in memory only the events not yet
+// acknowledged.
+func TestAcknowledgedEgressEventsLeaveMemory(t *testing.T) {
+	f := newFakeCoordinator(time.Minute)
+	f.add(t, "j-flood", map[string]string{"package.json": "{}"})
+	const total = 5000
+	var pendingAfter atomic.Int64
+	pendingAfter.Store(-1)
+	runFakeAgent(t, f, agent.ExecutorFunc(func(ctx context.Context, job *api.Job, ws string, out io.Writer, rep agent.Reporter) (agent.Result, error) {
+		for i := range total {
+			rep.Event(api.EgressEvent{Proto: "tcp", Dst: fmt.Sprintf("10.0.0.9:%d", i), Verdict: api.VerdictDeny, Rule: "default-deny"})
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for len(f.job("j-flood").events) < total && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		pendingAfter.Store(int64(agent.PendingEvents(rep)))
+		return agent.Result{State: api.StateSucceeded}, nil
+	}))
+	j := waitResult(t, f, "j-flood")
+	if len(j.events) != total {
+		t.Fatalf("coordinator holds %d events, want %d", len(j.events), total)
+	}
+	for i, ev := range j.events {
+		if ev.Dst != fmt.Sprintf("10.0.0.9:%d", i) {
+			t.Fatalf("event %d is %s: out of order or duplicated", i, ev.Dst)
+		}
+	}
+	if n := pendingAfter.Load(); n != 0 {
+		t.Errorf("%d acknowledged events still held in memory", n)
+	}
+}
