@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -122,7 +123,7 @@ func leaveOut(m *rules, full, rel string, d fs.DirEntry, arts []string) string {
 		return "always left out"
 	case !d.IsDir() && d.Type()&fs.ModeSymlink == 0 && !d.Type().IsRegular():
 		return "not a file, directory or symlink"
-	case !d.IsDir() && (base == ".env" || strings.HasPrefix(base, ".env.") && !keptEnvFiles[base]):
+	case !d.IsDir() && envFile(base):
 		return "environment file (may hold secrets; .env.example, .env.sample and .env.template are kept)"
 	}
 	for _, a := range arts {
@@ -133,12 +134,34 @@ func leaveOut(m *rules, full, rel string, d fs.DirEntry, arts []string) string {
 	if ignored, by := m.match(rel, d.IsDir()); ignored {
 		return "ignored by " + by.String()
 	}
-	if base == ".npmrc" && d.Type().IsRegular() {
+	if npmrcLike(base) {
+		if d.Type()&fs.ModeSymlink != 0 {
+			return "a symlinked npm or yarn config (its target is not checked for credentials)"
+		}
 		if line := credentialLine(full); line != "" {
-			return ".npmrc holds credentials (" + line + "); the runner provides the registry's"
+			return base + " holds credentials (" + line + "); the runner provides the registry's"
 		}
 	}
 	return ""
+}
+
+// envFile reports whether a file name is an environment file that may hold
+// secrets: .env and its variants in any case (.env.local, .env-prod,
+// .env_ci, .envrc, prod.env), but not the committed placeholders.
+func envFile(base string) bool {
+	lb := strings.ToLower(base)
+	if keptEnvFiles[lb] {
+		return false
+	}
+	return lb == ".env" || lb == ".envrc" || strings.HasPrefix(lb, ".env.") || strings.HasPrefix(lb, ".env-") ||
+		strings.HasPrefix(lb, ".env_") || strings.HasSuffix(lb, ".env")
+}
+
+// npmrcLike reports whether a file name is an npm or yarn config whose
+// content is checked for credentials.
+func npmrcLike(base string) bool {
+	lb := strings.ToLower(base)
+	return strings.Contains(lb, "npmrc") || strings.HasPrefix(lb, ".yarnrc")
 }
 
 // rules are the ignore files read so far. A rule of .cleanroomignore that
@@ -175,9 +198,12 @@ func addRules(m *ignore.Matcher, dir, rel string) error {
 	return nil
 }
 
-// credentialLine returns where an .npmrc holds a credential ("line 3:
-// //npm.example/:_authToken"; never the value), or "". A value that is
-// only an environment reference (${NPM_TOKEN}) is not a credential.
+// credentialLine returns where an npm or yarn config holds a credential
+// ("line 3: //npm.example/:_authToken"; never the value), or "". Keys are
+// unquoted as npm's ini parser does; a token, password, inline key or
+// certificate, a URL with a user or password, and a line too long to read
+// all count. A value that is only an environment reference (${NPM_TOKEN})
+// is not a credential.
 func credentialLine(file string) string {
 	b, err := os.ReadFile(file)
 	if err != nil {
@@ -185,16 +211,21 @@ func credentialLine(file string) string {
 	}
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
+	n := 1
+	for ; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || line[0] == ';' || line[0] == '#' {
 			continue
 		}
 		key, val, ok := strings.Cut(line, "=")
 		if !ok {
-			continue
+			key, val, ok = strings.Cut(line, ":") // .yarnrc.yml: "npmAuthToken: …"
+			if !ok {
+				continue
+			}
 		}
-		key, val = strings.TrimSpace(key), strings.Trim(strings.TrimSpace(val), `"'`)
+		key = strings.Trim(strings.TrimSpace(key), `"'`)
+		val = strings.Trim(strings.TrimSpace(val), `"'`)
 		if isEnvRef(val) || val == "" {
 			continue
 		}
@@ -202,11 +233,23 @@ func credentialLine(file string) string {
 		short := lk[strings.LastIndex(lk, ":")+1:]
 		switch {
 		case short == "_authtoken", short == "_auth", short == "_password", short == "certfile", short == "keyfile",
-			strings.HasPrefix(lk, "//") && short != "username" && short != "email" && short != "always-auth":
+			short == "key", short == "cert", short == "npmauthtoken", short == "npmauthident",
+			strings.HasPrefix(lk, "//") && short != "username" && short != "email" && short != "always-auth",
+			urlWithUserinfo(val):
 			return fmt.Sprintf("line %d: %s", n, key)
 		}
 	}
+	if sc.Err() != nil {
+		return fmt.Sprintf("line %d: unreadable (%v)", n, sc.Err())
+	}
 	return ""
+}
+
+// urlWithUserinfo reports whether v is a URL carrying a user or password
+// (registry=https://alice:secret@host/, proxy=http://u:p@proxy).
+func urlWithUserinfo(v string) bool {
+	u, err := url.Parse(v)
+	return err == nil && u.User != nil && u.Host != ""
 }
 
 func isEnvRef(v string) bool {

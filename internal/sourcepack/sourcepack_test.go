@@ -2,6 +2,7 @@ package sourcepack
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -116,6 +117,49 @@ func TestCredentialLine(t *testing.T) {
 		os.WriteFile(f, []byte(content), 0o644)
 		if got := credentialLine(f); got != want {
 			t.Errorf("credentialLine(%q) = %q, want %q", content, got, want)
+		}
+	}
+}
+
+// The ways a credential hides in an npm config that the review found, each
+// detected; and what is no credential stays.
+func TestCredentialLineFindsHiddenCredentials(t *testing.T) {
+	dir := t.TempDir()
+	for i, tc := range []struct {
+		content string
+		found   bool
+	}{
+		{`"//registry.npmjs.org/:_authToken"=npm_abcdef`, true},
+		{`'//registry.npmjs.org/:_authToken'=npm_abcdef`, true},
+		{`key="-----BEGIN PRIVATE KEY-----\nMIIE"`, true},
+		{`cert=-----BEGIN CERTIFICATE-----`, true},
+		{`registry=https://alice:hunter2@npm.example/`, true},
+		{`https-proxy=http://u:p@proxy.example:3128`, true},
+		{`npmAuthToken: "npm_abcdef"`, true},
+		{strings.Repeat("x", 2<<20) + "\n//r/:_authToken=npm_abcdef", true},
+		{`//registry.npmjs.org/:_authToken=${NPM_TOKEN}`, false},
+		{`registry=https://npm.example/`, false},
+		{`//registry.npmjs.org/:email=dev@example.com`, false},
+	} {
+		f := filepath.Join(dir, fmt.Sprintf("npmrc-%d", i))
+		if err := os.WriteFile(f, []byte(tc.content+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got := credentialLine(f); (got != "") != tc.found {
+			t.Errorf("case %d (%.60q): credentialLine = %q, want found=%v", i, tc.content, got, tc.found)
+		} else if got != "" && (strings.Contains(got, "hunter2") || strings.Contains(got, "npm_abcdef")) {
+			t.Errorf("case %d: the report shows the secret: %q", i, got)
+		}
+	}
+}
+
+func TestEnvFilesInAnyCaseAndVariant(t *testing.T) {
+	for name, want := range map[string]bool{
+		".env": true, ".ENV": true, ".Env.local": true, ".envrc": true, ".env-local": true, ".env_prod": true,
+		"prod.env": true, ".env.example": false, ".ENV.EXAMPLE": false, ".env.template": false, "environment.ts": false, "envelope.js": false,
+	} {
+		if got := envFile(name); got != want {
+			t.Errorf("envFile(%q) = %v, want %v", name, got, want)
 		}
 	}
 }
