@@ -86,7 +86,23 @@ func (c *Console) handleLogEvents(w http.ResponseWriter, r *http.Request, p Prin
 	fl.Flush()
 	ping := time.NewTicker(followPing)
 	defer ping.Stop()
+	// The session and its token are checked again at least every
+	// followPing, streaming or idle: signing out, a revoked or expired
+	// token ends the stream, as it ends every page.
+	lastCheck := time.Now()
+	allowed := func() bool {
+		lastCheck = time.Now()
+		tok, ok := c.sessions.get(ck.Value)
+		if !ok {
+			return false
+		}
+		_, err := c.b.Authenticate(ctx, tok)
+		return err == nil
+	}
 	for {
+		if time.Since(lastCheck) >= followPing && !allowed() {
+			return nil
+		}
 		changed := c.b.LogChanged(id)
 		data, err := c.b.ReadLog(ctx, p, id, off, 64<<10)
 		if err != nil {
@@ -115,8 +131,8 @@ func (c *Console) handleLogEvents(w http.ResponseWriter, r *http.Request, p Prin
 		select {
 		case <-changed:
 		case <-ping.C:
-			if _, ok := c.sessions.get(ck.Value); !ok {
-				return nil // signed out or expired
+			if !allowed() {
+				return nil // signed out, expired or revoked
 			}
 			if _, err := io.WriteString(w, ": ping\n\n"); err != nil {
 				return nil
