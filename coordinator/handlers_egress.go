@@ -240,7 +240,16 @@ func (s *Server) followEgress(w http.ResponseWriter, r *http.Request, f store.Eg
 				}
 			}
 			if n == page.Limit {
-				continue // more are waiting
+				// More are waiting; a flood still checks the token at
+				// every heartbeat, so a revoked follower stops.
+				select {
+				case <-hb.C:
+					if _, err := s.authenticate(r); err != nil {
+						return
+					}
+				default:
+				}
+				continue
 			}
 		}
 		select {
