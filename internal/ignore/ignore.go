@@ -53,6 +53,16 @@ func Parse(source string, r io.Reader) ([]Rule, error) {
 	if base == "." {
 		base = ""
 	}
+	return parse(source, base, r)
+}
+
+// ParseRoot parses rules that apply from the top of the tree wherever
+// their file lives (git's .git/info/exclude).
+func ParseRoot(source string, r io.Reader) ([]Rule, error) {
+	return parse(source, "", r)
+}
+
+func parse(source, base string, r io.Reader) ([]Rule, error) {
 	var rules []Rule
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)

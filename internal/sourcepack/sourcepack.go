@@ -79,6 +79,11 @@ func Select(dir string, artifacts []string) (*Plan, error) {
 			return err
 		}
 		if rel == "." {
+			// .git/info/exclude first: a .gitignore rule takes precedence,
+			// as in git.
+			if err := addRootRules(&m.git, dir, ".git/info/exclude"); err != nil {
+				return err
+			}
 			return addRules(&m.git, dir, ".gitignore")
 		}
 		rel = filepath.ToSlash(rel)
@@ -178,6 +183,16 @@ func (r *rules) match(rel string, isDir bool) (bool, *ignore.Rule) {
 
 // addRules adds the rules of the ignore file rel (below dir), if any.
 func addRules(m *ignore.Matcher, dir, rel string) error {
+	return readRules(m, dir, rel, ignore.Parse)
+}
+
+// addRootRules adds the rules of rel that apply from dir's top (git's
+// .git/info/exclude), if the file exists.
+func addRootRules(m *ignore.Matcher, dir, rel string) error {
+	return readRules(m, dir, rel, ignore.ParseRoot)
+}
+
+func readRules(m *ignore.Matcher, dir, rel string, parse func(string, io.Reader) ([]ignore.Rule, error)) error {
 	f, err := os.Open(filepath.Join(dir, filepath.FromSlash(rel)))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -190,7 +205,7 @@ func addRules(m *ignore.Matcher, dir, rel string) error {
 	if err != nil || !fi.Mode().IsRegular() {
 		return err
 	}
-	rules, err := ignore.Parse(rel, io.LimitReader(f, 1<<20))
+	rules, err := parse(rel, io.LimitReader(f, 1<<20))
 	if err != nil {
 		return err
 	}

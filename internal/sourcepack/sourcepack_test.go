@@ -163,3 +163,29 @@ func TestEnvFilesInAnyCaseAndVariant(t *testing.T) {
 		}
 	}
 }
+
+// What a developer excludes only in .git/info/exclude stays at the desk too.
+func TestGitInfoExcludeIsHonoured(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"package.json": "{}", "package-lock.json": "{}", "secrets/key.pem": "KEY", "sub/local.pem": "KEY",
+		".git/info/exclude": "secrets/\n*.pem\n",
+	} {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := Select(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range p.Included {
+		if strings.Contains(e.Path, "pem") || strings.HasPrefix(e.Path, "secrets") {
+			t.Errorf("%s uploaded although .git/info/exclude excludes it", e.Path)
+		}
+	}
+}
