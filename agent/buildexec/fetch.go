@@ -530,13 +530,9 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 func (t *tailBuffer) String() string { return string(t.b) }
 
 // printable makes git's (or a hostile server's) words safe for one line of
-// a job reason: control characters become spaces.
+// a job reason: white space is folded into single spaces, and every other
+// rune that could steer a terminal (api.Printable's rule: controls, bidi
+// and other format characters) is shown in its visible form.
 func printable(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < ' ' || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return ' '
-		}
-		return r
-	}, s)
-	return strings.Join(strings.Fields(s), " ")
+	return api.Printable(strings.Join(strings.Fields(s), " "))
 }

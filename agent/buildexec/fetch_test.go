@@ -324,3 +324,10 @@ func TestReclaimWorkspaceStaysInsideAndStripsModes(t *testing.T) {
 		t.Errorf("the symlink's target outside the workspace was chowned to %d", uid)
 	}
 }
+
+func TestPrintableFoldsSpaceAndShowsControls(t *testing.T) {
+	got := printable("remote: fatal\n\terror \x1b[2J\u202egnp.exe \u009b")
+	if strings.ContainsAny(got, "\n\t\x1b\u202e\u009b") || !strings.HasPrefix(got, "remote: fatal error ") {
+		t.Errorf("printable = %q", got)
+	}
+}
