@@ -9,6 +9,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"io"
+	"mime"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -596,8 +597,9 @@ func TestConsoleVerifiesProvenanceWithTheRunnersRegisteredKey(t *testing.T) {
 
 	// Artifacts download as opaque attachments, never rendered.
 	resp, body := u.get("/ui/jobs/" + j[len(j)-1].ID + "/artifacts/dist/app.js")
+	disp, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Disposition"))
 	if resp.StatusCode != http.StatusOK || body != "console.log(1)\n" || resp.Header.Get("Content-Type") != "application/octet-stream" ||
-		resp.Header.Get("Content-Disposition") != `attachment; filename="app.js"` {
+		disp != "attachment" || params["filename"] != "app.js" || resp.Header.Get("X-Content-Type-Options") != "nosniff" {
 		t.Errorf("artifact download: %d %q %q %q", resp.StatusCode, body, resp.Header.Get("Content-Type"), resp.Header.Get("Content-Disposition"))
 	}
 }

@@ -47,7 +47,7 @@ func (s *Server) handleReadLog(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.visibleJob(r, id); err != nil {
 		return err
 	}
-	downloadHeaders(w.Header(), id+".log")
+	api.SetDownloadHeaders(w.Header(), id+".log")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	fl, _ := w.(http.Flusher)

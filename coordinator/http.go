@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -157,26 +156,7 @@ func jsonFieldError(err error) error {
 	return api.FieldErrors{{Field: "body", Message: err.Error()}}
 }
 
-// downloadHeaders marks an answer as a file to save, never a page to show:
-// a browser that opens it on the coordinator's origin (where a session may
-// one day live) must not sniff it into HTML, display it inline, or run
-// anything in it. filename is offered as the name to save under (encoded
-// by mime.FormatMediaType: quoted, or RFC 2231 for anything not plain
-// ASCII).
-func downloadHeaders(h http.Header, filename string) {
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Security-Policy", "sandbox")
-	cd := ""
-	if filename != "" {
-		cd = mime.FormatMediaType("attachment", map[string]string{"filename": filename})
-	}
-	if cd == "" {
-		cd = "attachment"
-	}
-	h.Set("Content-Disposition", cd)
-}
-
-// serveBlob answers with the blob digest as a download (downloadHeaders)
+// serveBlob answers with the blob digest as a download (api.SetDownloadHeaders)
 // named filename.
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, digest, ctype, filename string) error {
 	fh, err := s.blobs.open(digest)
@@ -188,7 +168,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, digest, ctype
 	if err != nil {
 		return err
 	}
-	downloadHeaders(w.Header(), filename)
+	api.SetDownloadHeaders(w.Header(), filename)
 	w.Header().Set("Content-Type", ctype)
 	w.Header().Set("Content-Length", strconv.FormatInt(st.Size(), 10))
 	w.Header().Set("X-Cleanroom-SHA256", digest)

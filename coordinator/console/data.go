@@ -170,24 +170,12 @@ func (c *Console) handleArtifact(w http.ResponseWriter, r *http.Request, p Princ
 	}
 	defer rc.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Disposition", attachment(path.Base(a.Name)))
+	api.SetDownloadHeaders(w.Header(), path.Base(a.Name))
 	w.Header().Set("Content-Length", strconv.FormatInt(a.Size, 10))
 	w.Header().Set("X-Cleanroom-SHA256", a.SHA256)
 	w.WriteHeader(http.StatusOK)
 	_, _ = io.Copy(w, rc)
 	return nil
-}
-
-// attachment is a Content-Disposition for a download named name, with
-// anything but safe characters replaced.
-func attachment(name string) string {
-	safe := strings.Map(func(r rune) rune {
-		if r == '.' || r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' {
-			return r
-		}
-		return '_'
-	}, name)
-	return `attachment; filename="` + safe + `"`
 }
 
 // exportEvents streams the explorer's filtered set (every match, no paging).
@@ -200,7 +188,7 @@ func (c *Console) exportEvents(w http.ResponseWriter, r *http.Request, p Princip
 	start := func() {
 		if !started {
 			w.Header().Set("Content-Type", ctype)
-			w.Header().Set("Content-Disposition", attachment(file))
+			api.SetDownloadHeaders(w.Header(), file)
 			w.WriteHeader(http.StatusOK)
 			started = true
 		}
