@@ -227,17 +227,21 @@ func (g GitConfig) watch(ctx context.Context, dir string, fn func(context.Contex
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		t := time.NewTicker(gitWatchInterval)
+		// The pause after a walk is at least four times the walk, so a
+		// checkout of many files costs the host at most a fifth of a core.
+		t := time.NewTimer(gitWatchInterval)
 		defer t.Stop()
 		for {
 			select {
 			case <-done:
 				return
 			case <-t.C:
+				start := time.Now()
 				if err := g.check(dir); err != nil {
 					cancel(err)
 					return
 				}
+				t.Reset(max(gitWatchInterval, 4*time.Since(start)))
 			}
 		}
 	})
