@@ -557,7 +557,48 @@ type EgressEvent struct {
 	Answer  string    `json:"answer,omitempty"`
 	Verdict string    `json:"verdict"`
 	Rule    string    `json:"rule,omitempty"`
-	Process *string   `json:"process"`
+	// L7 fields, set on events of the registry gateway (proto "http"):
+	// the request's method and (redacted) path, the package and version it
+	// names when known, the status answered, the bytes sent to the sandbox
+	// and whether the tarball came from the gateway's cache ("hit",
+	// "miss"; empty when no tarball was served).
+	Method  string `json:"method,omitempty"`
+	Path    string `json:"path,omitempty"`
+	Package string `json:"package,omitempty"`
+	Version string `json:"version,omitempty"`
+	Status  int    `json:"status,omitempty"`
+	Bytes   int64  `json:"bytes,omitempty"`
+	Cache   string `json:"cache,omitempty"`
+	// Process names the sandbox process that made the attempt, when the
+	// agent could attribute it (null otherwise).
+	Process *EgressProcess `json:"process"`
+}
+
+// EgressProcess is the process an egress attempt came from, as the agent
+// attributed it: its pid (in the host's pid namespace), comm, executable,
+// command line (redacted and truncated) and, when a lifecycle script of an
+// npm package was running, that package's name.
+type EgressProcess struct {
+	PID     int    `json:"pid"`
+	Comm    string `json:"comm"`
+	Exe     string `json:"exe,omitempty"`
+	Cmdline string `json:"cmdline,omitempty"`
+	Package string `json:"package,omitempty"`
+}
+
+// String is the process as one column of text: "pid comm: cmdline [package]".
+func (p *EgressProcess) String() string {
+	if p == nil {
+		return ""
+	}
+	s := strconv.Itoa(p.PID) + " " + p.Comm
+	if p.Cmdline != "" {
+		s += ": " + p.Cmdline
+	}
+	if p.Package != "" {
+		s += " [" + p.Package + "]"
+	}
+	return s
 }
 
 // EgressRecord is an egress event as the coordinator serves it, with its

@@ -21,6 +21,8 @@ import (
 	"github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
+
+	"github.com/cleanroom-ci/cleanroom/api"
 )
 
 // Event is one egress attempt, allowed or denied, in the wire shape of the
@@ -41,7 +43,15 @@ type Event struct {
 	Answer  string    `json:"answer,omitempty"`
 	Verdict string    `json:"verdict"`
 	Rule    string    `json:"rule"`
-	Process *string   `json:"process"`
+	// L7 fields (api.EgressEvent); netpolicy's own events leave them empty.
+	Method  string             `json:"method,omitempty"`
+	Path    string             `json:"path,omitempty"`
+	Package string             `json:"package,omitempty"`
+	Version string             `json:"version,omitempty"`
+	Status  int                `json:"status,omitempty"`
+	Bytes   int64              `json:"bytes,omitempty"`
+	Cache   string             `json:"cache,omitempty"`
+	Process *api.EgressProcess `json:"process"`
 }
 
 // Verdicts.

@@ -226,10 +226,7 @@ func (c *Console) handleExportCSV(w http.ResponseWriter, r *http.Request, p Prin
 				return err
 			}
 		}
-		proc := ""
-		if e.Process != nil {
-			proc = *e.Process
-		}
+		proc := e.Process.String()
 		return cw.Write([]string{e.Time.UTC().Format(time.RFC3339Nano), cell(e.Runner), cell(e.Job), cell(e.Sandbox), cell(e.Proto),
 			cell(e.Src), cell(e.Dst), cell(e.Domain), cell(e.Answer), cell(e.Verdict), cell(e.Rule), cell(proc)})
 	}, func() error {
