@@ -86,7 +86,7 @@ func (b consoleBackend) ReadLog(ctx context.Context, p console.Principal, jobID 
 	return b.st.ReadLog(ctx, jobID, offset, max)
 }
 
-func (b consoleBackend) LogChanged(jobID string) <-chan struct{} { return b.s.hub.wait("log:" + jobID) }
+func (b consoleBackend) LogChanged(jobID string) <-chan struct{} { return b.s.hub.wait(store.ChangeLog(jobID)) }
 
 func (b consoleBackend) Egress(ctx context.Context, p console.Principal, f store.EgressFilter, fn func(api.EgressEvent) error) error {
 	f.Submitter = toPrincipal(p).ownJobsOnly()
@@ -108,7 +108,7 @@ func (b consoleBackend) OpenArtifact(ctx context.Context, p console.Principal, j
 	if err != nil {
 		return nil, a, err
 	}
-	f, err := b.s.blobs.open(a.SHA256)
+	f, err := b.s.store.OpenBlob(ctx, a.SHA256)
 	if err != nil {
 		return nil, a, err
 	}

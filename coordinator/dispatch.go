@@ -32,6 +32,16 @@ func (h *hub) wait(key string) <-chan struct{} {
 	return ch
 }
 
+// notifyAll wakes every waiter.
+func (h *hub) notifyAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, ch := range h.chans {
+		close(ch)
+		delete(h.chans, k)
+	}
+}
+
 func (h *hub) notify(key string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"path"
 
 	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 )
 
 func (s *Server) handlePutArtifact(w http.ResponseWriter, r *http.Request) error {
@@ -24,8 +25,8 @@ func (s *Server) handlePutArtifact(w http.ResponseWriter, r *http.Request) error
 	if _, err := s.store.CheckLease(r.Context(), f); err != nil {
 		return err
 	}
-	digest, size, err := s.blobs.put(http.MaxBytesReader(w, r.Body, s.cfg.MaxArtifact+1), s.cfg.MaxArtifact, a.SHA256)
-	if errors.Is(err, errDigestMismatch) {
+	digest, size, err := s.store.PutBlob(r.Context(), http.MaxBytesReader(w, r.Body, s.cfg.MaxArtifact+1), s.cfg.MaxArtifact, a.SHA256)
+	if errors.Is(err, store.ErrDigestMismatch) {
 		return api.FieldErrors{{Field: "sha256", Message: err.Error()}}
 	}
 	if err != nil {

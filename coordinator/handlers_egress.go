@@ -49,7 +49,7 @@ func (s *Server) handlePostEgress(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	s.metrics.egressStored(events)
-	s.hub.notify(egressKey)
+	s.changed(egressKey)
 	writeJSON(w, http.StatusOK, map[string]int{"stored": len(events)})
 	return nil
 }

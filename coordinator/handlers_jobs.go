@@ -60,7 +60,7 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 	if err := s.store.CreateJob(r.Context(), j); err != nil {
 		return err
 	}
-	s.disp.kick()
+	s.changed(store.ChangeQueue)
 	s.log.Info("job submitted", "job", j.ID, "source", src.Kind, "labels", spec.Labels, "team", j.Team)
 	writeJSON(w, http.StatusCreated, j.Job)
 	return nil
@@ -102,17 +102,17 @@ func (s *Server) readUpload(w http.ResponseWriter, r *http.Request) (api.JobSpec
 			declared = strings.TrimSpace(string(b))
 		case "source":
 			gotSource = true
-			digest, size, err := s.blobs.put(p, s.cfg.MaxUpload, declared)
+			digest, size, err := s.store.PutBlob(r.Context(), p, s.cfg.MaxUpload, declared)
 			switch {
 			case errors.Is(err, api.ErrTooLarge):
 				return spec, src, api.FieldErrors{{Field: "source", Message: fmt.Sprintf("upload larger than %d bytes", s.cfg.MaxUpload)}}
-			case errors.Is(err, errDigestMismatch):
+			case errors.Is(err, store.ErrDigestMismatch):
 				fe = append(fe, api.FieldError{Field: "sha256", Message: err.Error()})
 			case err != nil:
 				return spec, src, err
 			default:
 				src.SHA256, src.Size = digest, size
-				if err := s.checkGzip(digest); err != nil {
+				if err := s.checkGzip(r.Context(), digest); err != nil {
 					fe = append(fe, api.FieldError{Field: "source", Message: err.Error()})
 				}
 			}
@@ -136,8 +136,8 @@ func (s *Server) readUpload(w http.ResponseWriter, r *http.Request) (api.JobSpec
 	return spec, src, nil
 }
 
-func (s *Server) checkGzip(digest string) error {
-	f, err := s.blobs.open(digest)
+func (s *Server) checkGzip(ctx context.Context, digest string) error {
+	f, err := s.store.OpenBlob(ctx, digest)
 	if err != nil {
 		return err
 	}
@@ -216,8 +216,7 @@ func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.hub.notify("job:" + j.ID)
-	s.hub.notify("log:" + j.ID)
+	s.changed(store.ChangeJob(j.ID), store.ChangeLog(j.ID))
 	s.log.Info("job cancel requested", "job", j.ID, "state", j.State)
 	writeJSON(w, http.StatusOK, j.Job)
 	return nil

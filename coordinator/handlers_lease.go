@@ -90,7 +90,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	changed := s.hub.wait("job:" + f.JobID)
+	changed := s.hub.wait(store.ChangeJob(f.JobID))
 	j, err := s.store.Heartbeat(r.Context(), f, s.cfg.LeaseTTL, s.now())
 	if err != nil {
 		return err
@@ -133,8 +133,7 @@ func (s *Server) handleResult(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.hub.notify("job:" + j.ID)
-	s.hub.notify("log:" + j.ID)
+	s.changed(store.ChangeJob(j.ID), store.ChangeLog(j.ID))
 	s.log.Info("job finished", "job", j.ID, "state", j.State, "exit_code", req.ExitCode, "class", req.Class, "runner", f.RunnerID)
 	writeJSON(w, http.StatusOK, j.Job)
 	return nil

@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 )
 
 // MaxLogChunk caps one log append request.
@@ -27,7 +28,7 @@ func (s *Server) handleAppendLog(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.hub.notify("log:" + f.JobID)
+	s.changed(store.ChangeLog(f.JobID))
 	writeJSON(w, http.StatusOK, api.LogAppendResponse{NextOffset: next})
 	return nil
 }
@@ -53,7 +54,7 @@ func (s *Server) handleReadLog(w http.ResponseWriter, r *http.Request) error {
 	fl, _ := w.(http.Flusher)
 	ctx := r.Context()
 	for {
-		changed := s.hub.wait("log:" + id)
+		changed := s.hub.wait(store.ChangeLog(id))
 		data, err := s.store.ReadLog(ctx, id, off, 256<<10)
 		if err != nil {
 			return nil // headers are out; the client sees a short body

@@ -159,18 +159,14 @@ func jsonFieldError(err error) error {
 // serveBlob answers with the blob digest as a download (api.SetDownloadHeaders)
 // named filename.
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, digest, ctype, filename string) error {
-	fh, err := s.blobs.open(digest)
+	fh, err := s.store.OpenBlob(r.Context(), digest)
 	if err != nil {
 		return err
 	}
 	defer fh.Close()
-	st, err := fh.Stat()
-	if err != nil {
-		return err
-	}
 	api.SetDownloadHeaders(w.Header(), filename)
 	w.Header().Set("Content-Type", ctype)
-	w.Header().Set("Content-Length", strconv.FormatInt(st.Size(), 10))
+	w.Header().Set("Content-Length", strconv.FormatInt(fh.Size(), 10))
 	w.Header().Set("X-Cleanroom-SHA256", digest)
 	w.WriteHeader(http.StatusOK)
 	_, _ = io.Copy(w, fh)

@@ -37,7 +37,7 @@ func TestAdapterAnswersEachErrorClassWithItsStatusAndBody(t *testing.T) {
 			400, "invalid request", []string{"name", "uses"}, -1, ""},
 		{"wrapped field errors", fmt.Errorf("decoding: %w", api.FieldErrors{{Field: "spec.timout", Message: "unknown field"}}),
 			400, "invalid request", []string{"spec.timout"}, -1, ""},
-		{"digest mismatch", fmt.Errorf("receiving blob: %w", errDigestMismatch), 400, "receiving blob: sha256 mismatch", nil, -1, ""},
+		{"digest mismatch", fmt.Errorf("receiving blob: %w", store.ErrDigestMismatch), 400, "receiving blob: sha256 mismatch", nil, -1, ""},
 		{"store not found", fmt.Errorf("looking up job j-1: %w", store.ErrNotFound), 404, "looking up job j-1: not found", nil, -1, ""},
 		{"stale lease", fmt.Errorf("heartbeat: %w", store.ErrStaleLease), 409, "heartbeat: stale lease", nil, -1, ""},
 		{"state conflict", fmt.Errorf("registering runner: %w", store.ErrConflict), 409, "registering runner: conflict", nil, -1, ""},

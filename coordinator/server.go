@@ -119,7 +119,6 @@ type Server struct {
 	cfg       Config
 	store     store.Store
 	ownStore  bool
-	blobs     *blobs
 	adminHash []byte
 	log       hclog.Logger
 	hub       *hub
@@ -156,10 +155,6 @@ func New(ctx context.Context, cfg Config) (_ *Server, retErr error) {
 		s.metricsHash = hashSecret(cfg.MetricsToken)
 	}
 	s.metrics = newMetrics(s)
-	var err error
-	if s.blobs, err = newBlobs(filepath.Join(cfg.DataDir, "blobs")); err != nil {
-		return nil, err
-	}
 	s.store = cfg.Store
 	if s.store == nil {
 		st, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "cleanroom.db"), sqlite.Options{Log: store.LogLimits{MaxBytes: cfg.MaxLog}, Now: cfg.Now})
@@ -184,7 +179,8 @@ func New(ctx context.Context, cfg Config) (_ *Server, retErr error) {
 	s.mux = http.NewServeMux()
 	s.routes()
 	s.handler = s.metrics.instrument(s.mux)
-	s.wg.Add(2)
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); s.listen(s.stopCtx) }()
 	go func() { defer s.wg.Done(); s.disp.run(s.stopCtx, 2*time.Second) }()
 	go func() { defer s.wg.Done(); s.reapLoop(s.stopCtx, s.store) }()
 	if cfg.Retention > 0 {
@@ -240,7 +236,7 @@ func (s *Server) Purge(ctx context.Context) (PurgeReport, error) {
 	if err != nil {
 		return rep, err
 	}
-	rep.Blobs, rep.BlobBytes, err = s.blobs.sweep(refs, s.now())
+	rep.Blobs, rep.BlobBytes, err = s.store.SweepBlobs(ctx, refs, s.now().Add(-blobGrace))
 	if len(rep.Jobs) > 0 || rep.Blobs > 0 {
 		s.log.Info("retention applied", "jobs_deleted", len(rep.Jobs), "ended_before", before.UTC().Format(time.RFC3339),
 			"blobs_deleted", rep.Blobs, "blob_bytes", rep.BlobBytes)
@@ -249,6 +245,58 @@ func (s *Server) Purge(ctx context.Context) (PurgeReport, error) {
 }
 
 func (s *Server) now() time.Time { return s.cfg.Now() }
+
+// blobGrace protects blobs (and half-written uploads) younger than this
+// from retention: a source is stored before the job that refers to it
+// exists.
+const blobGrace = time.Hour
+
+// changed wakes this coordinator's waiters for keys at once, and publishes
+// them to every coordinator on the store (this one hears them again
+// through listen, a harmless second wake-up). A failed publish is logged:
+// other coordinators' waiters still wake at their own timeouts and their
+// dispatchers at the safety tick.
+func (s *Server) changed(keys ...string) {
+	for _, k := range keys {
+		s.wake(k)
+	}
+	ctx, cancel := context.WithTimeout(s.stopCtx, 5*time.Second)
+	defer cancel()
+	for _, k := range keys {
+		if err := s.store.Publish(ctx, k); err != nil && ctx.Err() == nil {
+			s.log.Warn("publishing a change", "key", k, "error", err)
+		}
+	}
+}
+
+// wake wakes this coordinator's waiters for key.
+func (s *Server) wake(key string) {
+	switch key {
+	case store.ChangeQueue:
+		s.disp.kick()
+	case store.ChangeAll:
+		s.hub.notifyAll()
+		s.disp.kick()
+	default:
+		s.hub.notify(key)
+	}
+}
+
+// listen turns the store's change notifications (from any coordinator)
+// into local wake-ups until ctx ends, listening again after an error.
+func (s *Server) listen(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := s.store.Listen(ctx, s.wake)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("listening for changes from other coordinators", "error", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
 
 // Handler returns the HTTP API (with /healthz, /readyz and /metrics).
 func (s *Server) Handler() http.Handler { return s.handler }
@@ -286,11 +334,10 @@ func (s *Server) reapLoop(ctx context.Context, q store.Queue) {
 		for _, r := range reaped {
 			s.metrics.leaseExpiries.WithLabelValues(r.State).Inc()
 			s.log.Warn("lease expired", "job", r.JobID, "new_state", r.State)
-			s.hub.notify("job:" + r.JobID)
-			s.hub.notify("log:" + r.JobID)
+			s.changed(store.ChangeJob(r.JobID), store.ChangeLog(r.JobID))
 		}
 		if len(reaped) > 0 {
-			s.disp.kick()
+			s.changed(store.ChangeQueue)
 		}
 	}
 }

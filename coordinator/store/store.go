@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/cleanroom-ci/cleanroom/api"
@@ -32,6 +33,9 @@ var (
 	// name already in use or a different result for a finished job
 	// (api.ErrConflict).
 	ErrConflict = api.WithClass(errors.New("conflict"), api.ErrConflict)
+	// ErrDigestMismatch: the bytes of a blob received do not have the
+	// declared sha256 (api.ErrInvalid).
+	ErrDigestMismatch = api.WithClass(errors.New("sha256 mismatch"), api.ErrInvalid)
 )
 
 // OffsetError is returned by AppendLog for a chunk that starts after the
@@ -326,6 +330,60 @@ type Retention interface {
 	BlobRefs(ctx context.Context) (map[string]bool, error)
 }
 
+// Blob is a stored blob opened for reading: it seeks (HTTP range requests
+// and http.ServeContent) and knows its size.
+type Blob interface {
+	io.ReadSeekCloser
+	Size() int64
+}
+
+// Blobs stores content-addressed bytes (uploaded sources, artifacts) under
+// their hex sha256. A backend streams them in and out (never whole in
+// memory), so a 1 GiB artifact costs the coordinator a constant amount of
+// memory whichever backend holds it.
+type Blobs interface {
+	// PutBlob stores r, at most limit bytes (more is api.ErrTooLarge), and
+	// returns its sha256 and size; a non-empty want that differs from the
+	// digest received is an api.ErrInvalid error and stores nothing.
+	// Storing a blob that is already there is not an error.
+	PutBlob(ctx context.Context, r io.Reader, limit int64, want string) (digest string, size int64, err error)
+	// OpenBlob opens a stored blob (ErrNotFound if there is none).
+	OpenBlob(ctx context.Context, digest string) (Blob, error)
+	// SweepBlobs removes stored blobs (and abandoned partial uploads) that
+	// keep does not name, when stored before olderThan: a source is stored
+	// before the job that refers to it exists.
+	SweepBlobs(ctx context.Context, keep map[string]bool, olderThan time.Time) (removed int, bytes int64, err error)
+}
+
+// Change keys published through Changes.
+const (
+	// ChangeQueue: a job was queued (submitted or re-queued); dispatchers
+	// look for work.
+	ChangeQueue = "queue"
+	// ChangeAll: notifications may have been lost (a listener
+	// reconnected); every waiter re-reads its state.
+	ChangeAll = "*"
+)
+
+// ChangeLog and ChangeJob are the keys of one job's log and state.
+func ChangeLog(jobID string) string { return "log:" + jobID }
+func ChangeJob(jobID string) string { return "job:" + jobID }
+
+// Changes carries wake-ups between the coordinators that share a store: a
+// coordinator publishes the key of what it changed, and every coordinator
+// on the store (itself included) receives it, so a long-poll or a log
+// follow on coordinator B wakes for a submit or a log append on A.
+// Delivery is a hint, not the data: a receiver re-reads the store, and a
+// backend that may have lost notifications delivers ChangeAll.
+type Changes interface {
+	// Publish announces that key changed.
+	Publish(ctx context.Context, key string) error
+	// Listen calls fn for each key published (by any coordinator) until
+	// ctx ends; fn must not block. It returns ctx's error, or an error if
+	// it cannot listen at all.
+	Listen(ctx context.Context, fn func(key string)) error
+}
+
 // Store is the coordinator's whole state, what a backend implements. All
 // methods are safe for concurrent use.
 type Store interface {
@@ -337,5 +395,7 @@ type Store interface {
 	Egress
 	Artifacts
 	Retention
+	Blobs
+	Changes
 	Close() error
 }

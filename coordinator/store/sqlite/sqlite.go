@@ -19,6 +19,7 @@ import (
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store/fileblobs"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
@@ -31,6 +32,9 @@ type Options struct {
 	// Config.Now); nil means time.Now. Nothing else in the store reads a
 	// clock: every decision by time takes the caller's now.
 	Now func() time.Time
+	// BlobDir holds the blobs (fileblobs); empty means "blobs" beside the
+	// database file.
+	BlobDir string
 }
 
 // DefaultLogMax is the per-job log cap when Options leave it zero.
@@ -40,6 +44,10 @@ const DefaultLogMax = api.DefaultLogLimit
 type Store struct {
 	db  *sql.DB
 	log store.LogLimits
+	*fileblobs.Dir
+	// Only one coordinator uses a SQLite file, so wake-ups stay in
+	// process.
+	*store.LocalChanges
 }
 
 var _ store.Store = (*Store)(nil)
@@ -76,7 +84,14 @@ func Open(ctx context.Context, path string, opts Options) (_ *Store, retErr erro
 	if opts.Log.Marker == "" {
 		opts.Log.Marker = api.LogTruncatedMarker(opts.Log.MaxBytes)
 	}
-	return &Store{db: db, log: opts.Log}, nil
+	if opts.BlobDir == "" {
+		opts.BlobDir = filepath.Join(filepath.Dir(path), "blobs")
+	}
+	blobs, err := fileblobs.Open(opts.BlobDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{db: db, log: opts.Log, Dir: blobs, LocalChanges: &store.LocalChanges{}}, nil
 }
 
 // Close closes the database.

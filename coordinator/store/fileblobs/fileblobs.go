@@ -1,6 +1,11 @@
-package coordinator
+// Package fileblobs owns the blob store on a local disk: content-addressed
+// files (sha256/ab/abcd…) under one directory, written through a temporary
+// file and renamed, so a reader never sees a partial blob. The SQLite store
+// keeps its blobs here, beside the database file.
+package fileblobs
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -13,33 +18,33 @@ import (
 	"time"
 
 	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 )
 
-// blobs is a content-addressed file store (blobs/sha256/ab/abcd…) for
-// uploaded sources and artifacts; the database keeps only their digests.
-type blobs struct{ dir string }
+// Dir is a blob store in a directory; it implements store.Blobs.
+type Dir struct{ dir string }
 
-// errDigestMismatch: the bytes received do not have the declared sha256.
-var errDigestMismatch = api.WithClass(errors.New("sha256 mismatch"), api.ErrInvalid)
+var _ store.Blobs = (*Dir)(nil)
 
 var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
-func newBlobs(dir string) (*blobs, error) {
+// Open creates (if needed) and opens the blob store in dir.
+func Open(dir string) (*Dir, error) {
 	for _, d := range []string{dir, filepath.Join(dir, "tmp"), filepath.Join(dir, "sha256")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("creating blob directory %s: %w", d, err)
 		}
 	}
-	return &blobs{dir: dir}, nil
+	return &Dir{dir: dir}, nil
 }
 
-func (b *blobs) path(digest string) string {
+func (b *Dir) path(digest string) string {
 	return filepath.Join(b.dir, "sha256", digest[:2], digest)
 }
 
-// put copies r (at most limit bytes) into the store, verifies want (when
+// PutBlob copies r (at most limit bytes) into the store, verifies want (when
 // not empty) and returns the digest and size.
-func (b *blobs) put(r io.Reader, limit int64, want string) (digest string, size int64, retErr error) {
+func (b *Dir) PutBlob(ctx context.Context, r io.Reader, limit int64, want string) (digest string, size int64, retErr error) {
 	tmp, err := os.CreateTemp(filepath.Join(b.dir, "tmp"), "up-*")
 	if err != nil {
 		return "", 0, fmt.Errorf("creating temporary blob: %w", err)
@@ -51,7 +56,7 @@ func (b *blobs) put(r io.Reader, limit int64, want string) (digest string, size 
 		}
 	}()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(r, limit+1))
+	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(ctxReader{ctx, r}, limit+1))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -64,7 +69,7 @@ func (b *blobs) put(r io.Reader, limit int64, want string) (digest string, size 
 	}
 	digest = hex.EncodeToString(h.Sum(nil))
 	if want != "" && want != digest {
-		return "", n, fmt.Errorf("receiving blob: got %s, declared %s: %w", digest, want, errDigestMismatch)
+		return "", n, fmt.Errorf("receiving blob: got %s, declared %s: %w", digest, want, store.ErrDigestMismatch)
 	}
 	if err := tmp.Sync(); err != nil {
 		return "", n, fmt.Errorf("syncing blob: %w", err)
@@ -82,26 +87,34 @@ func (b *blobs) put(r io.Reader, limit int64, want string) (digest string, size 
 	return digest, n, nil
 }
 
-// blobGrace protects blobs (and half-written uploads) younger than this
-// from sweep: a source is stored before the job that refers to it exists.
-const blobGrace = time.Hour
+// ctxReader stops a copy when ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
 
-// sweep removes stored blobs that refs does not name and abandoned
-// temporary uploads, both only when older than blobGrace before now.
-func (b *blobs) sweep(refs map[string]bool, now time.Time) (removed int, bytes int64, err error) {
-	cutoff := now.Add(-blobGrace)
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// SweepBlobs removes stored blobs that keep does not name and abandoned
+// temporary uploads, both only when last written before olderThan.
+func (b *Dir) SweepBlobs(_ context.Context, keep map[string]bool, olderThan time.Time) (removed int, bytes int64, err error) {
 	var errs []error
-	walk := func(dir string, keep func(name string) bool) {
+	walk := func(dir string, skip func(name string) bool) {
 		ents, rerr := os.ReadDir(dir)
 		if rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 			errs = append(errs, rerr)
 		}
 		for _, e := range ents {
-			if e.IsDir() || keep(e.Name()) {
+			if e.IsDir() || skip(e.Name()) {
 				continue
 			}
 			info, ierr := e.Info()
-			if ierr != nil || !info.ModTime().Before(cutoff) {
+			if ierr != nil || !info.ModTime().Before(olderThan) {
 				continue
 			}
 			if rerr := os.Remove(filepath.Join(dir, e.Name())); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
@@ -114,23 +127,36 @@ func (b *blobs) sweep(refs map[string]bool, now time.Time) (removed int, bytes i
 	}
 	shards, _ := filepath.Glob(filepath.Join(b.dir, "sha256", "??"))
 	for _, d := range shards {
-		walk(d, func(name string) bool { return !hexDigest.MatchString(name) || refs[name] })
+		walk(d, func(name string) bool { return !hexDigest.MatchString(name) || keep[name] })
 	}
 	walk(filepath.Join(b.dir, "tmp"), func(string) bool { return false })
 	return removed, bytes, errors.Join(errs...)
 }
 
-// open opens a stored blob.
-func (b *blobs) open(digest string) (*os.File, error) {
+// file is an open blob file.
+type file struct {
+	*os.File
+	size int64
+}
+
+func (f file) Size() int64 { return f.size }
+
+// OpenBlob opens a stored blob.
+func (b *Dir) OpenBlob(_ context.Context, digest string) (store.Blob, error) {
 	if !hexDigest.MatchString(digest) {
-		return nil, fmt.Errorf("opening blob %q: invalid digest", digest)
+		return nil, fmt.Errorf("opening blob %q: invalid digest: %w", digest, store.ErrNotFound)
 	}
 	f, err := os.Open(b.path(digest))
 	if errors.Is(err, os.ErrNotExist) {
-		err = api.WithClass(err, api.ErrNotFound)
+		err = store.ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("opening blob %s: %w", digest, err)
 	}
-	return f, nil
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("opening blob %s: %w", digest, err)
+	}
+	return file{f, st.Size()}, nil
 }
