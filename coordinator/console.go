@@ -86,7 +86,9 @@ func (b consoleBackend) ReadLog(ctx context.Context, p console.Principal, jobID 
 	return b.st.ReadLog(ctx, jobID, offset, max)
 }
 
-func (b consoleBackend) LogChanged(jobID string) <-chan struct{} { return b.s.hub.wait(store.ChangeLog(jobID)) }
+func (b consoleBackend) LogChanged(jobID string) <-chan struct{} {
+	return b.s.hub.wait(store.ChangeLog(jobID))
+}
 
 func (b consoleBackend) Egress(ctx context.Context, p console.Principal, f store.EgressFilter, fn func(api.EgressEvent) error) error {
 	f.Submitter = toPrincipal(p).ownJobsOnly()
