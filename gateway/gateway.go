@@ -7,6 +7,74 @@
 // verified bytes in an agent-wide content-addressed cache. Every request is
 // an egress event (proto "http").
 //
+// # Requests
+//
+// The sandbox's npmrc names the job's URL as `registry` with
+// `replace-registry-host=always`, so npm asks for a tarball at the path of
+// its lockfile's resolved URL: "/<name>/-/<file>" or
+// "/@scope/<name>/-/<file>", possibly under a path prefix. A request is
+// matched on that "<name>/-/<file>" tail against the job's entries, in
+// this order:
+//
+//   - any method but GET and HEAD: 403, rule registry-write (publish,
+//     unpublish, dist-tag, adduser/login, tokens, audit posts);
+//   - a pinned tarball: 200 from the cache (rule lockfile, or
+//     lockfile-sha1 for a sha1-only entry accepted under AllowSHA1), or 502
+//     when it cannot be fetched (upstream-error) or its bytes differ from
+//     the lockfile (integrity-mismatch); both also become the job's
+//     Failure;
+//   - any other tarball: 403 not-in-lockfile (or the entry's refusal rule,
+//     e.g. sha1-only);
+//   - "/", "/-/…" and every other registry endpoint (whoami, search, ping,
+//     security advisories…): 403 registry-api;
+//   - the packument of a lockfile name: 200, filtered to the pinned
+//     versions with tarball URLs on the gateway (npm ci asks for one only
+//     when a lockfile entry has no resolved URL); of any other name: 403
+//     not-in-lockfile.
+//
+// Events carry the method, the path (query dropped, through Job.Redact),
+// package and version when known, status, bytes sent to the sandbox, the
+// cache "hit" or "miss", verdict ("allow"/"deny", as netpolicy's), rule,
+// Domain (the upstream's host) and, when the tarball was fetched for this
+// request, Dst (the upstream's host:port).
+//
+// # Upstreams and aliases
+//
+// A name is fetched from the upstream whose Scopes hold its scope, else
+// from the default upstream (the first without scopes), with that
+// upstream's token as "Authorization: Bearer" — never sent to a sandbox,
+// never in an event or error. An entry resolved on an alias host
+// (registry_aliases, default registry.npmjs.org) is fetched from its
+// name's upstream at the same "<name>/-/<file>" tail; one resolved on an
+// upstream as the lockfile says; one without a resolved URL at
+// "<upstream>/<name>/-/<basename>-<version>.tgz". Any other host is
+// refused. The upstream client ignores proxy settings of the environment
+// and follows redirects only to upstream hosts.
+//
+// # Integrity and the cache
+//
+// The strongest hash of the entry's SRI string is required to be sha512;
+// a sha1-only entry is refused (sha1-only) unless AllowSHA1, and then
+// accepted only when the tarball matches both its sha1 and the sha512 the
+// registry's packument publishes for that version (SHA1Accepted lists
+// them for the log and the SBOM). The upstream body is hashed while it is
+// written to a temp file of the cache and renamed to dir/sha512/<2
+// hex>/<hex> only when it matches; concurrent requests for a tarball make
+// one upstream fetch. Serving from the cache reads and hashes the file
+// again before the first byte is sent, so a truncated or altered cache
+// file is removed and fetched again. The file's mtime is its last use: the
+// size cap evicts the least recently used, across restarts too.
+//
+// # Before the sandbox
+//
+// Check fails closed before any sandbox exists: each upstream the job
+// uses must answer a HEAD of one of its tarballs (401/403: "credentials
+// for <upstream> rejected"), and with a release age (the stricter of the
+// agent's and the job's) every version must have been published at least
+// that long ago according to its packument's time (release-too-new,
+// naming the age). Prefetch then fills the cache, so an altered tarball
+// fails the job before install.
+//
 // It is a leaf: it imports none of sandbox, netpolicy, secrets or
 // supplychain; the agent (agent/buildexec) composes it with them.
 package gateway
