@@ -182,7 +182,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-hardCtx.Done():
 		}
 	}()
-	a.log.Info("agent started", "name", a.cfg.Name, "slots", a.cfg.Concurrency, "coordinator", a.cfg.Coordinator)
+	a.log.Info("agent started", "name", a.cfg.Name, "slots", a.cfg.Concurrency, "coordinators", a.cfg.URLs())
 
 	var wg sync.WaitGroup
 	runErr := a.claimLoop(ctx, hardCtx, &wg)

@@ -31,8 +31,14 @@ import (
 // mode 0600 (it holds the runner token) and read by `agent run`.
 type Config struct {
 	// Coordinator is the coordinator's base URL (https://…, or http:// on
-	// loopback).
-	Coordinator string `yaml:"coordinator"`
+	// loopback): one coordinator or the load balancer in front of several.
+	Coordinator string `yaml:"coordinator,omitempty"`
+	// Coordinators lists several coordinators that share one store (one
+	// database): the agent talks to one and fails over to the next on
+	// connection errors (api.Client). Its runner token works on every
+	// one, since registration lives in the store. Set this or Coordinator
+	// (which may also hold a comma-separated list).
+	Coordinators []string `yaml:"coordinators,omitempty"`
 	// CAFile, if set, is a PEM bundle trusted for the coordinator's TLS
 	// certificate (a private CA).
 	CAFile string `yaml:"ca_file,omitempty"`
@@ -221,8 +227,25 @@ func (c *Config) SetDefaults() {
 func (c *Config) Validate() error {
 	var fe api.FieldErrors
 	add := func(f, m string) { fe = append(fe, api.FieldError{Field: f, Message: m}) }
-	if u, err := url.Parse(c.Coordinator); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		add("coordinator", "must be an http:// or https:// URL")
+	if c.Coordinator != "" && len(c.Coordinators) > 0 {
+		add("coordinators", "set coordinator or coordinators, not both")
+	}
+	if len(c.URLs()) == 0 {
+		add("coordinator", "required: the coordinator's http:// or https:// URL, or coordinators: a list of them")
+	}
+	for i, u := range api.SplitURLs(c.Coordinator) {
+		if !validURL(u) {
+			field := "coordinator"
+			if strings.Contains(c.Coordinator, ",") {
+				field = fmt.Sprintf("coordinator[%d]", i)
+			}
+			add(field, "must be an http:// or https:// URL")
+		}
+	}
+	for i, u := range c.Coordinators {
+		if !validURL(u) {
+			add(fmt.Sprintf("coordinators[%d]", i), "must be an http:// or https:// URL")
+		}
 	}
 	if c.RunnerID == "" {
 		add("runner_id", "required (written by agent register)")
@@ -333,6 +356,21 @@ func (c *Config) Validate() error {
 		return fe
 	}
 	return nil
+}
+
+// URLs returns the coordinators' URLs: Coordinators, or Coordinator split
+// at commas.
+func (c *Config) URLs() []string {
+	if len(c.Coordinators) > 0 {
+		return api.SplitURLs(strings.Join(c.Coordinators, ","))
+	}
+	return api.SplitURLs(c.Coordinator)
+}
+
+// validURL accepts an http:// or https:// URL with a host.
+func validURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
 // Token returns the runner token, from the config or its file.

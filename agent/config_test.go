@@ -51,3 +51,39 @@ func TestConfigGitSection(t *testing.T) {
 		}
 	}
 }
+
+// Several coordinators: a list, or a comma-separated coordinator; the
+// single URL keeps working, and each URL is checked.
+func TestConfigAcceptsSeveralCoordinators(t *testing.T) {
+	write := func(t *testing.T, yaml string) (*agent.Config, error) {
+		t.Helper()
+		p := filepath.Join(t.TempDir(), "agent.yaml")
+		if err := os.WriteFile(p, []byte(strings.Replace(baseConfig, "coordinator: https://ci.example\n", yaml, 1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return agent.LoadConfig(p)
+	}
+	for yaml, want := range map[string]string{
+		"coordinator: https://ci.example\n":                                        "https://ci.example",
+		"coordinator: https://a.example:7070/, https://b.example:7070\n":           "https://a.example:7070,https://b.example:7070",
+		"coordinators: [\"https://a.example:7070\", \"https://b.example:7070\"]\n": "https://a.example:7070,https://b.example:7070",
+	} {
+		c, err := write(t, yaml)
+		if err != nil {
+			t.Fatalf("%q: %v", yaml, err)
+		}
+		if got := strings.Join(c.URLs(), ","); got != want {
+			t.Errorf("%q: URLs %s, want %s", yaml, got, want)
+		}
+	}
+	for yaml, field := range map[string]string{
+		"":                                       "coordinator: required",
+		"coordinator: https://a, ftp://b\n":      "coordinator[1]",
+		"coordinators: [\"https://a\", \"b\"]\n": "coordinators[1]",
+		"coordinator: https://a\ncoordinators: [\"https://b\"]\n": "coordinators: set coordinator or coordinators, not both",
+	} {
+		if _, err := write(t, yaml); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("%q: got %v, want an error naming %s", yaml, err, field)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/supplychain"
@@ -51,6 +52,9 @@ func (o RegisterOptions) Config() (*Config, error) {
 	dir := filepath.Dir(o.ConfigPath)
 	cfg := &Config{Coordinator: o.URL, CAFile: o.CAFile, Name: o.Name, Labels: o.Labels,
 		SigningKey: filepath.Join(dir, "agent.key"), DataDir: o.DataDir, Concurrency: o.Concurrency}
+	if urls := api.SplitURLs(o.URL); len(urls) > 1 {
+		cfg.Coordinator, cfg.Coordinators = "", urls
+	}
 	cfg.Network.Registries = o.Registries
 	if len(o.Hosts) > 0 {
 		cfg.Network.Hosts = o.Hosts
@@ -141,7 +145,7 @@ func LoadSigningKey(path string) (ed25519.PrivateKey, error) {
 
 // newClient builds an API client for the config (with its CA, if any).
 func newClient(cfg *Config, token string) (*api.Client, error) {
-	cl := api.NewClient(cfg.Coordinator, token)
+	cl := api.NewClient(strings.Join(cfg.URLs(), ","), token)
 	if cfg.CAFile != "" {
 		pem, err := os.ReadFile(cfg.CAFile)
 		if err != nil {

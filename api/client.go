@@ -10,9 +10,12 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,9 +23,13 @@ import (
 // (log chunks, egress events, artifacts, source download).
 const LeaseHeader = "X-Cleanroom-Lease"
 
-// Client talks to a coordinator. One Client is safe for concurrent use.
+// Client talks to a coordinator, or to several that share one store (see
+// IdempotencyKeyHeader and failover.go). One Client is safe for concurrent
+// use.
 type Client struct {
-	// BaseURL is the coordinator's address, e.g. https://ci.example:7070.
+	// BaseURL is the coordinator's address, e.g. https://ci.example:7070,
+	// or several separated by commas (coordinators sharing one store):
+	// requests go to one and fail over to the next on connection errors.
 	BaseURL string
 	// Token is sent as a bearer token: the admin, submit or runner token.
 	Token string
@@ -33,11 +40,15 @@ type Client struct {
 	// the coordinator's heartbeat — before it gives the connection up as
 	// dead (0: DefaultFollowIdle).
 	FollowIdle time.Duration
+
+	epMu sync.Mutex
+	ep   *endpoints
 }
 
-// NewClient returns a client for baseURL with token.
+// NewClient returns a client for baseURL (one URL, or several separated by
+// commas) with token.
 func NewClient(baseURL, token string) *Client {
-	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), Token: token}
+	return &Client{BaseURL: strings.Join(SplitURLs(baseURL), ","), Token: token}
 }
 
 func (c *Client) http() *http.Client {
@@ -47,63 +58,175 @@ func (c *Client) http() *http.Client {
 	return http.DefaultClient
 }
 
-func (c *Client) newRequest(ctx context.Context, method, path string, q url.Values, body io.Reader) (*http.Request, error) {
-	u := strings.TrimRight(c.BaseURL, "/") + path
-	if len(q) > 0 {
-		u += "?" + q.Encode()
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
-	if err != nil {
-		return nil, fmt.Errorf("building request %s %s: %w", method, path, err)
-	}
-	if c.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Token)
-	}
-	return req, nil
+// call is one API request, built again for each coordinator it is sent to.
+type call struct {
+	method, path string
+	query        url.Values
+	// body returns the body of one attempt (nil: none). An error ends the
+	// call: the body cannot be sent again.
+	body        func() (io.Reader, error)
+	contentType string
+	// header, if set, adjusts each attempt (a lease, an idempotency key).
+	header func(http.Header)
+	// once marks a request that must not reach two coordinators (it is not
+	// idempotent): it moves on only when nothing of it was written.
+	once bool
 }
 
-// do sends req and returns the response when it is 2xx; otherwise it decodes
-// the error body into *Error.
-func (c *Client) do(req *http.Request) (*http.Response, error) {
-	resp, err := c.http().Do(req)
+// jsonBody encodes in as the body of every attempt (nil: no body).
+func jsonBody(in any) (func() (io.Reader, error), error) {
+	if in == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(in)
 	if err != nil {
-		err = fmt.Errorf("calling %s %s: %w", req.Method, req.URL.Path, err)
-		if req.Context().Err() == nil {
-			err = WithClass(err, ErrUnreachable)
+		return nil, fmt.Errorf("encoding request: %w", err)
+	}
+	return bytesBody(b), nil
+}
+
+func bytesBody(b []byte) func() (io.Reader, error) {
+	return func() (io.Reader, error) { return bytes.NewReader(b), nil }
+}
+
+// errNoReplay: a streamed body was (partly) sent and cannot be read again.
+var errNoReplay = errors.New("the request body cannot be sent again")
+
+// replayable returns a body func for a streamed r: the first attempt reads
+// r; a later one reads it again from where it started if r is an
+// io.Seeker, or if the attempts before read nothing of it. The transport
+// never closes r.
+func replayable(r io.Reader) func() (io.Reader, error) {
+	start := int64(-1)
+	if sk, ok := r.(io.Seeker); ok {
+		if off, err := sk.Seek(0, io.SeekCurrent); err == nil {
+			start = off
 		}
-		return nil, err
 	}
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return resp, nil
+	var last *countingReader
+	return func() (io.Reader, error) {
+		if last != nil && last.n.Load() > 0 {
+			if start < 0 {
+				return nil, errNoReplay
+			}
+			if _, err := r.(io.Seeker).Seek(start, io.SeekStart); err != nil {
+				return nil, fmt.Errorf("rewinding the request body: %w", err)
+			}
+		}
+		last = &countingReader{r: r}
+		return last, nil
 	}
+}
+
+// countingReader counts what the transport read (from its own goroutine).
+type countingReader struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// send sends cl to the current coordinator and fails over to the others
+// (failover.go). It returns the response when it is 2xx; otherwise it
+// decodes the error body into *Error. A call that reached no coordinator
+// fails with an ErrUnreachable error (unless ctx ended).
+func (c *Client) send(ctx context.Context, cl call) (*http.Response, error) {
+	ep := c.endpoints()
+	var lastErr error
+	for _, idx := range ep.order() {
+		var body io.Reader
+		if cl.body != nil {
+			b, err := cl.body()
+			if err != nil {
+				if lastErr != nil {
+					return nil, lastErr
+				}
+				return nil, err
+			}
+			body = b
+		}
+		u := ep.urls[idx] + cl.path
+		if len(cl.query) > 0 {
+			u += "?" + cl.query.Encode()
+		}
+		var wrote atomic.Bool
+		tctx := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteHeaders: func() { wrote.Store(true) }})
+		req, err := http.NewRequestWithContext(tctx, cl.method, u, body)
+		if err != nil {
+			return nil, fmt.Errorf("building request %s %s: %w", cl.method, cl.path, err)
+		}
+		if c.Token != "" {
+			req.Header.Set("Authorization", "Bearer "+c.Token)
+		}
+		if cl.contentType != "" {
+			req.Header.Set("Content-Type", cl.contentType)
+		}
+		if cl.header != nil {
+			cl.header(req.Header)
+		}
+		resp, err := c.http().Do(req)
+		if err != nil {
+			err = fmt.Errorf("calling %s %s: %w", req.Method, req.URL.Path, err)
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			lastErr = WithClass(err, ErrUnreachable)
+			ep.failed(idx)
+			if cl.once && wrote.Load() {
+				return nil, lastErr
+			}
+			continue
+		}
+		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+			ep.ok(idx)
+			return resp, nil
+		}
+		ae := readError(resp)
+		if !proxyFailure(resp.StatusCode) {
+			ep.ok(idx)
+			return nil, ae
+		}
+		lastErr = ae
+		ep.failed(idx)
+		if cl.once {
+			return nil, ae
+		}
+	}
+	return nil, lastErr
+}
+
+// readError decodes a non-2xx answer into *Error and closes its body.
+func readError(resp *http.Response) *Error {
 	defer resp.Body.Close()
 	ae := &Error{Status: resp.StatusCode}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err := json.Unmarshal(b, ae); err != nil || ae.Message == "" {
 		ae.Message = strings.TrimSpace(string(b))
 	}
-	return nil, ae
+	return ae
 }
 
 // doJSON sends in (if non-nil) as JSON and decodes the answer into out (if
 // non-nil).
 func (c *Client) doJSON(ctx context.Context, method, path string, q url.Values, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("encoding request: %w", err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := c.newRequest(ctx, method, path, q, body)
+	return c.callJSON(ctx, call{method: method, path: path, query: q}, in, out)
+}
+
+// callJSON is doJSON for a call with more settings (once, headers).
+func (c *Client) callJSON(ctx context.Context, cl call, in, out any) error {
+	body, err := jsonBody(in)
 	if err != nil {
 		return err
 	}
+	cl.body = body
 	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+		cl.contentType = "application/json"
 	}
-	resp, err := c.do(req)
+	resp, err := c.send(ctx, cl)
 	if err != nil {
 		return err
 	}
@@ -113,13 +236,13 @@ func (c *Client) doJSON(ctx context.Context, method, path string, q url.Values, 
 		return nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("decoding answer of %s %s: %w", method, path, err)
+		return fmt.Errorf("decoding answer of %s %s: %w", cl.method, cl.path, err)
 	}
 	return nil
 }
 
-func leaseHeader(req *http.Request, token int64) {
-	req.Header.Set(LeaseHeader, strconv.FormatInt(token, 10))
+func withLease(token int64) func(http.Header) {
+	return func(h http.Header) { h.Set(LeaseHeader, strconv.FormatInt(token, 10)) }
 }
 
 // --- Registration, tokens, runners ---------------------------------------
@@ -128,14 +251,14 @@ func leaseHeader(req *http.Request, token int64) {
 // for a runner id and token.
 func (c *Client) Register(ctx context.Context, req RegisterRequest) (RegisterResponse, error) {
 	var out RegisterResponse
-	err := c.doJSON(ctx, http.MethodPost, "/v1/runners/register", nil, req, &out)
+	err := c.callJSON(ctx, call{method: http.MethodPost, path: "/v1/runners/register", once: true}, req, &out)
 	return out, err
 }
 
 // CreateToken creates a registration or submit token (admin only).
 func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (TokenResponse, error) {
 	var out TokenResponse
-	err := c.doJSON(ctx, http.MethodPost, "/v1/tokens", nil, req, &out)
+	err := c.callJSON(ctx, call{method: http.MethodPost, path: "/v1/tokens", once: true}, req, &out)
 	return out, err
 }
 
@@ -179,50 +302,46 @@ func (c *Client) RunnerKey(ctx context.Context, runnerID string) (RunnerKey, err
 
 // --- Jobs --------------------------------------------------------------------
 
-// SubmitGit submits a job whose source is a git URL and commit.
+// SubmitGit submits a job whose source is a git URL and commit. It sends
+// a fresh idempotency key, so the submit may be sent again (to another
+// coordinator) and still create one job.
 func (c *Client) SubmitGit(ctx context.Context, spec JobSpec, src Source) (Job, error) {
 	var out Job
-	err := c.doJSON(ctx, http.MethodPost, "/v1/jobs", nil, SubmitRequest{Spec: spec, Source: src}, &out)
+	key := NewIdempotencyKey()
+	err := c.callJSON(ctx, call{method: http.MethodPost, path: "/v1/jobs", header: func(h http.Header) { h.Set(IdempotencyKeyHeader, key) }},
+		SubmitRequest{Spec: spec, Source: src}, &out)
 	return out, err
 }
 
 // SubmitUpload submits a job with an uploaded tar.gz source, streamed from
 // src as a multipart body (part "spec" then part "source"). sha256 is the
-// hex digest of the tarball, checked by the coordinator.
+// hex digest of the tarball, checked by the coordinator. Like SubmitGit it
+// sends an idempotency key; it fails over to another coordinator after
+// src was (partly) read only if src is an io.Seeker.
 func (c *Client) SubmitUpload(ctx context.Context, spec JobSpec, sha256 string, src io.Reader) (Job, error) {
 	specJSON, err := json.Marshal(spec)
 	if err != nil {
 		return Job{}, fmt.Errorf("encoding spec: %w", err)
 	}
-	pr, pw := io.Pipe()
-	mw := multipart.NewWriter(pw)
-	go func() {
-		err := func() error {
-			if err := mw.WriteField("spec", string(specJSON)); err != nil {
-				return err
-			}
-			if err := mw.WriteField("sha256", sha256); err != nil {
-				return err
-			}
-			part, err := mw.CreateFormFile("source", "source.tar.gz")
-			if err != nil {
-				return err
-			}
-			if _, err := io.Copy(part, src); err != nil {
-				return err
-			}
-			return mw.Close()
+	source := replayable(src)
+	boundary := multipart.NewWriter(io.Discard).Boundary()
+	key := NewIdempotencyKey()
+	body := func() (io.Reader, error) {
+		r, err := source()
+		if err != nil {
+			return nil, err
+		}
+		pr, pw := io.Pipe()
+		go func() {
+			mw := multipart.NewWriter(pw)
+			_ = mw.SetBoundary(boundary)
+			pw.CloseWithError(writeUpload(mw, specJSON, sha256, r))
 		}()
-		pw.CloseWithError(err)
-	}()
-	req, err := c.newRequest(ctx, http.MethodPost, "/v1/jobs", nil, pr)
-	if err != nil {
-		pr.Close()
-		return Job{}, err
+		return pr, nil
 	}
-	req.Header.Set("Content-Type", mw.FormDataContentType())
-	resp, err := c.do(req)
-	pr.Close()
+	resp, err := c.send(ctx, call{method: http.MethodPost, path: "/v1/jobs", body: body,
+		contentType: "multipart/form-data; boundary=" + boundary,
+		header:      func(h http.Header) { h.Set(IdempotencyKeyHeader, key) }})
 	if err != nil {
 		return Job{}, err
 	}
@@ -232,6 +351,24 @@ func (c *Client) SubmitUpload(ctx context.Context, spec JobSpec, sha256 string, 
 		return Job{}, fmt.Errorf("decoding submitted job: %w", err)
 	}
 	return out, nil
+}
+
+// writeUpload writes the parts of an upload submit to mw.
+func writeUpload(mw *multipart.Writer, specJSON []byte, sha256 string, src io.Reader) error {
+	if err := mw.WriteField("spec", string(specJSON)); err != nil {
+		return err
+	}
+	if err := mw.WriteField("sha256", sha256); err != nil {
+		return err
+	}
+	part, err := mw.CreateFormFile("source", "source.tar.gz")
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(part, src); err != nil {
+		return err
+	}
+	return mw.Close()
 }
 
 // Policy returns what the online runners enforce (GET /v1/policy).
@@ -286,17 +423,10 @@ func (c *Client) ReadLog(ctx context.Context, id string, offset int64, follow bo
 	return c.getTo(ctx, "/v1/jobs/"+url.PathEscape(id)+"/log", q, nil, w, "reading log of "+id)
 }
 
-// getTo streams the body of a GET to w; prepare, if set, adjusts the
+// getTo streams the body of a GET to w; header, if set, adjusts the
 // request (a lease header).
-func (c *Client) getTo(ctx context.Context, path string, q url.Values, prepare func(*http.Request), w io.Writer, what string) (int64, error) {
-	req, err := c.newRequest(ctx, http.MethodGet, path, q, nil)
-	if err != nil {
-		return 0, err
-	}
-	if prepare != nil {
-		prepare(req)
-	}
-	resp, err := c.do(req)
+func (c *Client) getTo(ctx context.Context, path string, q url.Values, header func(http.Header), w io.Writer, what string) (int64, error) {
+	resp, err := c.send(ctx, call{method: http.MethodGet, path: path, query: q, header: header})
 	if err != nil {
 		return 0, err
 	}
@@ -329,13 +459,8 @@ func (c *Client) Heartbeat(ctx context.Context, jobID string, req HeartbeatReque
 // the coordinator expects. Sending a chunk again is harmless.
 func (c *Client) AppendLog(ctx context.Context, jobID string, token, offset int64, data []byte) (int64, error) {
 	q := url.Values{"offset": {strconv.FormatInt(offset, 10)}}
-	req, err := c.newRequest(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(jobID)+"/log", q, bytes.NewReader(data))
-	if err != nil {
-		return 0, err
-	}
-	leaseHeader(req, token)
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := c.do(req)
+	resp, err := c.send(ctx, call{method: http.MethodPost, path: "/v1/jobs/" + url.PathEscape(jobID) + "/log", query: q,
+		body: bytesBody(data), contentType: "application/octet-stream", header: withLease(token)})
 	if err != nil {
 		return 0, err
 	}
@@ -350,7 +475,7 @@ func (c *Client) AppendLog(ctx context.Context, jobID string, token, offset int6
 // DownloadSource copies an uploaded job source (tar.gz) to w. Only the runner
 // holding the lease may fetch it.
 func (c *Client) DownloadSource(ctx context.Context, jobID string, token int64, w io.Writer) (int64, error) {
-	return c.getTo(ctx, "/v1/jobs/"+url.PathEscape(jobID)+"/source", nil, func(r *http.Request) { leaseHeader(r, token) }, w, "downloading source of "+jobID)
+	return c.getTo(ctx, "/v1/jobs/"+url.PathEscape(jobID)+"/source", nil, withLease(token), w, "downloading source of "+jobID)
 }
 
 // PostEgress stores events for a job. firstSeq is the job-wide sequence
@@ -364,13 +489,8 @@ func (c *Client) PostEgress(ctx context.Context, jobID string, token, firstSeq i
 		}
 	}
 	q := url.Values{"seq": {strconv.FormatInt(firstSeq, 10)}}
-	req, err := c.newRequest(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(jobID)+"/egress", q, &buf)
-	if err != nil {
-		return err
-	}
-	leaseHeader(req, token)
-	req.Header.Set("Content-Type", "application/x-ndjson")
-	resp, err := c.do(req)
+	resp, err := c.send(ctx, call{method: http.MethodPost, path: "/v1/jobs/" + url.PathEscape(jobID) + "/egress", query: q,
+		body: bytesBody(buf.Bytes()), contentType: "application/x-ndjson", header: withLease(token)})
 	if err != nil {
 		return err
 	}
@@ -387,11 +507,7 @@ func (c *Client) QueryEgress(ctx context.Context, f EgressFilter, fn func(Egress
 // QueryEgressRecords streams matching events with their cursors to fn:
 // oldest first, or in cursor order after f.After when it is set.
 func (c *Client) QueryEgressRecords(ctx context.Context, f EgressFilter, fn func(EgressRecord) error) error {
-	req, err := c.newRequest(ctx, http.MethodGet, "/v1/egress", egressQuery(f), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(req)
+	resp, err := c.send(ctx, call{method: http.MethodGet, path: "/v1/egress", query: egressQuery(f)})
 	if err != nil {
 		return err
 	}
@@ -425,11 +541,7 @@ func (c *Client) FollowEgress(ctx context.Context, f EgressFilter, fn func(Egres
 		q.Set("after", "0")
 	}
 	q.Set("follow", "1")
-	req, err := c.newRequest(ctx, http.MethodGet, "/v1/egress", q, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(req)
+	resp, err := c.send(ctx, call{method: http.MethodGet, path: "/v1/egress", query: q})
 	if err == nil {
 		defer resp.Body.Close()
 		err = readRecords(resp.Body, func() { timer.Reset(idle) }, func(r EgressRecord) error {
@@ -502,16 +614,12 @@ func readRecords(body io.Reader, seen func(), fn func(EgressRecord) error) error
 }
 
 // UploadArtifact stores one artifact file; the coordinator recomputes sha256
-// and refuses a mismatch.
+// and refuses a mismatch. It fails over to another coordinator after r was
+// (partly) read only if r is an io.Seeker.
 func (c *Client) UploadArtifact(ctx context.Context, jobID string, token int64, name, kind, sha256 string, r io.Reader) (Artifact, error) {
 	q := url.Values{"kind": {kind}, "sha256": {sha256}}
-	req, err := c.newRequest(ctx, http.MethodPut, "/v1/jobs/"+url.PathEscape(jobID)+"/artifacts/"+url.PathEscape(name), q, r)
-	if err != nil {
-		return Artifact{}, err
-	}
-	leaseHeader(req, token)
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := c.do(req)
+	resp, err := c.send(ctx, call{method: http.MethodPut, path: "/v1/jobs/" + url.PathEscape(jobID) + "/artifacts/" + url.PathEscape(name), query: q,
+		body: replayable(r), contentType: "application/octet-stream", header: withLease(token)})
 	if err != nil {
 		return Artifact{}, err
 	}

@@ -3,6 +3,8 @@ package coordinator
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,15 +57,67 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 	// A job's team is its submit token's; an admin-submitted job has none
 	// (an admin submits for a team with a submit token of that team).
 	p := principalFrom(r.Context())
-	j := store.Job{Job: api.Job{ID: newID("j-", 8), State: api.StateQueued, Spec: spec, Source: src,
+	id, err := submitID(p, r.Header.Get(api.IdempotencyKeyHeader))
+	if err != nil {
+		return err
+	}
+	j := store.Job{Job: api.Job{ID: id, State: api.StateQueued, Spec: spec, Source: src,
 		MaxAttempts: spec.MaxAttempts, CreatedAt: s.now().UTC(), Submitter: p.submitter(), Team: p.team}}
-	if err := s.store.CreateJob(r.Context(), j); err != nil {
+	if err := s.store.CreateJob(r.Context(), j); errors.Is(err, store.ErrExists) && r.Header.Get(api.IdempotencyKeyHeader) != "" {
+		return s.resubmitted(w, r, j)
+	} else if err != nil {
 		return err
 	}
 	s.changed(store.ChangeQueue)
 	s.log.Info("job submitted", "job", j.ID, "source", src.Kind, "labels", spec.Labels, "team", j.Team)
 	writeJSON(w, http.StatusCreated, j.Job)
 	return nil
+}
+
+// submitID is a new job's id: random, or, when the client sent an
+// idempotency key, derived from the key and the submitting principal, so a
+// submit retried with its key (on this coordinator or another one on the
+// store) names the job its first attempt may have created, and a key cannot
+// name another principal's job.
+func submitID(p principal, key string) (string, error) {
+	if key == "" {
+		return newID("j-", 8), nil
+	}
+	if err := api.CheckIdempotencyKey(key); err != nil {
+		return "", api.FieldErrors{{Field: api.IdempotencyKeyHeader, Message: err.Error()}}
+	}
+	sum := sha256.Sum256([]byte("cleanroom submit\x00" + p.submitter() + "\x00" + key))
+	return "j-" + hex.EncodeToString(sum[:8]), nil
+}
+
+// resubmitted answers a submit whose idempotency key already created a job:
+// with that job (200) when the request is the same, 409 otherwise (a key
+// reused for another build).
+func (s *Server) resubmitted(w http.ResponseWriter, r *http.Request, want store.Job) error {
+	got, err := s.store.Job(r.Context(), want.ID)
+	if err != nil {
+		return err
+	}
+	if got.Submitter != want.Submitter || !sameJSON(got.Spec, want.Spec) || !sameJSON(got.Source, want.Source) {
+		return fmt.Errorf("%s %q was already used for a different submit: %w", api.IdempotencyKeyHeader,
+			r.Header.Get(api.IdempotencyKeyHeader), store.ErrConflict)
+	}
+	s.log.Info("job submit repeated", "job", got.ID)
+	writeJSON(w, http.StatusOK, got.Job)
+	return nil
+}
+
+// sameJSON compares a and b as the store keeps them: encoded, decoded and
+// encoded again (so nil and empty collections compare as stored).
+func sameJSON[T any](a, b T) bool {
+	norm := func(v T) string {
+		raw, _ := json.Marshal(v)
+		var back T
+		_ = json.Unmarshal(raw, &back)
+		out, _ := json.Marshal(back)
+		return string(out)
+	}
+	return norm(a) == norm(b)
 }
 
 // readUpload streams a multipart submit: "spec" (JSON), optional "sha256",

@@ -91,7 +91,7 @@ validate the written config, and the host is checked as "agent check" does
 		},
 	}
 	rf := reg.Flags()
-	rf.StringVar(&o.URL, "url", "", "coordinator URL")
+	rf.StringVar(&o.URL, "url", "", "coordinator URL, or several (sharing one store) separated by commas")
 	rf.StringVar(&o.Token, "token", "", "registration token")
 	rf.StringVar(&o.Name, "name", "", "runner name (default: host name)")
 	rf.StringVar(&labels, "labels", "", "labels jobs can select, as k=v,k2=v2")

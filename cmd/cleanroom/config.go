@@ -40,7 +40,7 @@ type clientFlags struct {
 func addClientFlags(cmd *cobra.Command, withJSON bool) *clientFlags {
 	f := &clientFlags{}
 	fs := cmd.Flags()
-	fs.StringVar(&f.url, "url", "", "coordinator URL (env CLEANROOM_URL, or url: in the CLI config)")
+	fs.StringVar(&f.url, "url", "", "coordinator URL, or several separated by commas, tried in turn when one is unreachable (env CLEANROOM_URL, or url: in the CLI config)")
 	fs.StringVar(&f.token, "token", "", "admin, submit or audit token (env CLEANROOM_TOKEN, or token:/token_file: in the CLI config)")
 	fs.StringVar(&f.tokenFile, "token-file", "", "read the token from this file")
 	fs.StringVar(&f.caFile, "ca-file", "", "PEM CA bundle to trust for the coordinator's TLS certificate")

@@ -114,7 +114,7 @@ func agentContainerdAddress(cfg *agent.Config) string {
 // builderID names this runner in provenance; verify --coordinator resolves
 // it back to the runner's registered public key.
 func builderID(cfg *agent.Config) string {
-	return fmt.Sprintf("%s/runners/%s", cfg.Coordinator, cfg.RunnerID)
+	return fmt.Sprintf("%s/runners/%s", cfg.URLs()[0], cfg.RunnerID)
 }
 
 // Startup reclaims what a crashed run of this agent left behind, before the

@@ -38,7 +38,7 @@ never appears in the process list or shell history).`,
 		},
 	}
 	f := login.Flags()
-	f.StringVar(&o.url, "url", "", "coordinator URL (http://… on loopback, else https://…)")
+	f.StringVar(&o.url, "url", "", "coordinator URL (http://… on loopback, else https://…), or several separated by commas")
 	f.StringVar(&o.token, "token", "", "admin, submit or audit token")
 	f.StringVar(&o.tokenFile, "token-file", "", "read the token from this file (- reads stdin)")
 	f.StringVar(&o.caFile, "ca-file", "", "PEM CA bundle to trust for the coordinator's TLS certificate (stored as an absolute path)")
@@ -76,8 +76,14 @@ func runLogin(ctx context.Context, o loginOptions, stdin io.Reader, out io.Write
 	if o.config == "" {
 		return errors.New("no CLI config path: set XDG_CONFIG_HOME or HOME, or use --cli-config")
 	}
-	if u, err := url.Parse(o.url); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	urls := api.SplitURLs(o.url)
+	if len(urls) == 0 {
 		return fmt.Errorf("--url %q: must be an http:// or https:// URL, e.g. http://127.0.0.1:7070", o.url)
+	}
+	for _, s := range urls {
+		if u, err := url.Parse(s); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--url %q: must be an http:// or https:// URL, e.g. http://127.0.0.1:7070 (several coordinators: separated by commas)", s)
+		}
 	}
 	if (o.token == "") == (o.tokenFile == "") {
 		return errors.New("give the token with --token or --token-file (- for stdin)")

@@ -231,9 +231,31 @@ func submitDir(ctx context.Context, cl *api.Client, plan *sourcepack.Plan, spec 
 			progressbar.OptionSetDescription("uploading"), progressbar.OptionClearOnFinish(),
 			progressbar.OptionThrottle(65*time.Millisecond))
 		defer bar.Finish()
-		r = io.TeeReader(tmp, bar)
+		r = &progressReader{f: tmp, bar: bar}
 	}
 	return cl.SubmitUpload(ctx, spec, hex.EncodeToString(h.Sum(nil)), r)
+}
+
+// progressReader reads the archive and moves the progress bar; it seeks
+// (the bar starts again), so the upload can be sent again to another
+// coordinator.
+type progressReader struct {
+	f   *os.File
+	bar *progressbar.ProgressBar
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.f.Read(b)
+	_ = p.bar.Add(n)
+	return n, err
+}
+
+func (p *progressReader) Seek(off int64, whence int) (int64, error) {
+	n, err := p.f.Seek(off, whence)
+	if err == nil {
+		_ = p.bar.Set64(n)
+	}
+	return n, err
 }
 
 func isTerminal(f *os.File) bool {

@@ -36,6 +36,10 @@ var (
 	// ErrDigestMismatch: the bytes of a blob received do not have the
 	// declared sha256 (api.ErrInvalid).
 	ErrDigestMismatch = api.WithClass(errors.New("sha256 mismatch"), api.ErrInvalid)
+	// ErrExists: CreateJob was given the id of a job already stored
+	// (api.ErrConflict). A submit retried with the same idempotency key
+	// derives the same id, so this is how a retry finds its first attempt.
+	ErrExists = api.WithClass(errors.New("already exists"), api.ErrConflict)
 )
 
 // OffsetError is returned by AppendLog for a chunk that starts after the
@@ -231,6 +235,11 @@ type JobReader interface {
 // state applies Transition.
 type Queue interface {
 	JobReader
+	// CreateJob stores a queued job. An id already stored (whatever its
+	// state) is not replaced: nothing is written and the error matches
+	// ErrExists, atomically, so that two coordinators creating the same id
+	// at once store one job (a submit retried on another coordinator with
+	// its idempotency key).
 	CreateJob(ctx context.Context, j Job) error
 	// ClaimJobs atomically leases up to max queued jobs whose labels are a
 	// subset of the runner's and whose resources fit capacity (nil: any),

@@ -587,12 +587,19 @@ func scanJob(sc scanner) (store.Job, error) {
 	return j, nil
 }
 
-// CreateJob inserts a queued job.
+// CreateJob inserts a queued job, or nothing (ErrExists) when its id is
+// taken.
 func (s *Store) CreateJob(ctx context.Context, j store.Job) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO jobs (id, state, spec, source, labels, created_at, max_attempts, submitter, team) VALUES (?,?,?,?,?,?,?,?,?)`,
+	res, err := s.db.ExecContext(ctx, `INSERT INTO jobs (id, state, spec, source, labels, created_at, max_attempts, submitter, team) VALUES (?,?,?,?,?,?,?,?,?)
+		ON CONFLICT (id) DO NOTHING`,
 		j.ID, api.StateQueued, mustJSON(j.Spec), mustJSON(j.Source), mustJSON(j.Spec.Labels), nanos(j.CreatedAt), j.MaxAttempts, j.Submitter, j.Team)
 	if err != nil {
 		return fmt.Errorf("creating job: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("creating job: %w", err)
+	} else if n == 0 {
+		return fmt.Errorf("creating job %s: %w", j.ID, store.ErrExists)
 	}
 	return nil
 }

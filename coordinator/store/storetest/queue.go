@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -245,6 +246,48 @@ func testFencing(t *testing.T, s store.Store) {
 		t.Fatalf("re-claim: %+v, want a token above %d", cs, f.Token)
 	}
 	checkRefused("superseded lease", f)
+}
+
+// testCreateJobExists: a second job with a taken id is not stored, whether
+// the first is queued or running, and of several coordinators creating the
+// same id at once exactly one succeeds (a submit retried elsewhere with its
+// idempotency key).
+func testCreateJobExists(t *testing.T, s store.Store) {
+	createJobs(t, s, newJob("j"))
+	other := newJob("j")
+	other.Spec.Build.Script = "other"
+	if err := s.CreateJob(ctx, other); !errors.Is(err, store.ErrExists) || !errors.Is(err, api.ErrConflict) {
+		t.Fatalf("creating a taken id: %v, want ErrExists (a conflict)", err)
+	}
+	claim(t, s, "r", 1, T0)
+	if err := s.CreateJob(ctx, newJob("j")); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("creating the id of a running job: %v, want ErrExists", err)
+	}
+	if j := job(t, s, "j"); j.State != api.StateRunning || j.Spec.Build.Script != "x" {
+		t.Fatalf("the first job changed: %s %q", j.State, j.Spec.Build.Script)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	created := 0
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.CreateJob(ctx, newJob("k"))
+			if err != nil && !errors.Is(err, store.ErrExists) {
+				t.Errorf("concurrent create: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				created++
+			}
+		}()
+	}
+	wg.Wait()
+	if created != 1 {
+		t.Fatalf("%d of 8 concurrent creates of one id succeeded, want 1", created)
+	}
 }
 
 func testReleaseClaim(t *testing.T, s store.Store) {

@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ReadyUntilClosed", testReadyUntilClosed},
 		{"Tokens", testTokens},
 		{"Runners", testRunners},
+		{"CreateJobRefusesATakenIDEvenConcurrently", testCreateJobExists},
 		{"ClaimMatchesLabelsAndCapacityOldestFirst", testClaimMatches},
 		{"ClaimIsAtomicUnderConcurrentClaimers", testClaimAtomic},
 		{"StaleFencesAreRefused", testFencing},
