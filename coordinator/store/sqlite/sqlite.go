@@ -7,7 +7,6 @@ package sqlite
 
 import (
 	"context"
-	"crypto/subtle"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -421,19 +420,7 @@ func checkToken(ctx context.Context, q querier, kind, id string, hash []byte, no
 	if err != nil {
 		return t, fmt.Errorf("looking up token %s: %w", id, err)
 	}
-	switch {
-	case subtle.ConstantTimeCompare(t.Hash, hash) != 1:
-		return t, fmt.Errorf("checking token %s: wrong secret: %w", id, store.ErrTokenInvalid)
-	case t.Kind != kind:
-		return t, fmt.Errorf("checking token %s: a %s token, not %s: %w", id, t.Kind, kind, store.ErrTokenInvalid)
-	case t.RevokedAt != nil:
-		return t, fmt.Errorf("checking token %s: revoked: %w", id, store.ErrTokenInvalid)
-	case t.ExpiresAt != nil && !now.Before(*t.ExpiresAt):
-		return t, fmt.Errorf("checking token %s: expired: %w", id, store.ErrTokenInvalid)
-	case t.UsesLeft != nil && *t.UsesLeft <= 0:
-		return t, fmt.Errorf("checking token %s: used up: %w", id, store.ErrTokenInvalid)
-	}
-	return t, nil
+	return t, store.CheckToken(t, kind, id, hash, now)
 }
 
 // CheckToken verifies a token without consuming a use.
