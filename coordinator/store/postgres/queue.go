@@ -277,12 +277,15 @@ func (s *Store) CreateJob(ctx context.Context, j store.Job) error {
 	if j.Source.SHA256 != "" {
 		src = &j.Source.SHA256
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO jobs (id, state, spec, source, source_sha256, labels, resources, created_at, max_attempts, submitter, team)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)`,
+	tag, err := s.pool.Exec(ctx, `INSERT INTO jobs (id, state, spec, source, source_sha256, labels, resources, created_at, max_attempts, submitter, team)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (id) DO NOTHING`,
 		j.ID, api.StateQueued, mustJSON(j.Spec), mustJSON(j.Source), src, mustJSON(j.Spec.Labels), mustJSON(j.Spec.Resources),
 		nanos(j.CreatedAt), j.MaxAttempts, text(j.Submitter), text(j.Team))
 	if err != nil {
 		return fmt.Errorf("creating job: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("creating job %s: %w", j.ID, store.ErrExists)
 	}
 	return nil
 }
