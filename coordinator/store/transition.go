@@ -1,6 +1,7 @@
 package store
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"time"
 
@@ -235,4 +236,24 @@ func finish(j Job, state, reason string, exitCode *int, now time.Time) Job {
 	j.State, j.Reason, j.ExitCode, j.FinishedAt = state, reason, exitCode, &t
 	j.LeaseExpires = time.Time{}
 	return j
+}
+
+// CheckToken decides whether t, the stored token with id, admits a request
+// presenting hash as a token of kind at now: the secret matches (compared
+// in constant time), the kind is right, and it is not revoked, expired or
+// used up (ErrTokenInvalid otherwise). Backends load the token and ask.
+func CheckToken(t Token, kind, id string, hash []byte, now time.Time) error {
+	switch {
+	case subtle.ConstantTimeCompare(t.Hash, hash) != 1:
+		return fmt.Errorf("checking token %s: wrong secret: %w", id, ErrTokenInvalid)
+	case t.Kind != kind:
+		return fmt.Errorf("checking token %s: a %s token, not %s: %w", id, t.Kind, kind, ErrTokenInvalid)
+	case t.RevokedAt != nil:
+		return fmt.Errorf("checking token %s: revoked: %w", id, ErrTokenInvalid)
+	case t.ExpiresAt != nil && !now.Before(*t.ExpiresAt):
+		return fmt.Errorf("checking token %s: expired: %w", id, ErrTokenInvalid)
+	case t.UsesLeft != nil && *t.UsesLeft <= 0:
+		return fmt.Errorf("checking token %s: used up: %w", id, ErrTokenInvalid)
+	}
+	return nil
 }

@@ -24,7 +24,7 @@ func oldDatabase(t *testing.T, version int, rows ...string) string {
 	defer db.Close()
 	qs := []string{`CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at INTEGER NOT NULL)`}
 	for v := 1; v <= version; v++ {
-		qs = append(qs, migrations[v-1], fmt.Sprintf(`INSERT INTO schema_version VALUES (%d, 0)`, v))
+		qs = append(qs, migrations[v-1].SQL, fmt.Sprintf(`INSERT INTO schema_version VALUES (%d, 0)`, v))
 	}
 	for _, q := range append(qs, rows...) {
 		if _, err := db.Exec(q); err != nil {

@@ -7,7 +7,6 @@ package sqlite
 
 import (
 	"context"
-	"crypto/subtle"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -55,6 +54,34 @@ var _ store.Store = (*Store)(nil)
 // Open opens (creating if needed) the database file path and applies pending
 // schema migrations.
 func Open(ctx context.Context, path string, opts Options) (_ *Store, retErr error) {
+	db, err := openDB(path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			db.Close()
+		}
+	}()
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if _, err := store.Migrate(ctx, migrationDB{db}, migrations, opts.Now(), false); err != nil {
+		return nil, err
+	}
+	if opts.BlobDir == "" {
+		opts.BlobDir = filepath.Join(filepath.Dir(path), "blobs")
+	}
+	blobs, err := fileblobs.Open(opts.BlobDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{db: db, log: opts.Log.WithDefaults(), Dir: blobs, LocalChanges: &store.LocalChanges{}}, nil
+}
+
+// openDB opens the database file path (creating its directory) with WAL,
+// a busy timeout and IMMEDIATE transactions.
+func openDB(path string) (*sql.DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating database directory: %w", err)
 	}
@@ -65,41 +92,18 @@ func Open(ctx context.Context, path string, opts Options) (_ *Store, retErr erro
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
 	}
-	defer func() {
-		if retErr != nil {
-			db.Close()
-		}
-	}()
 	db.SetMaxOpenConns(8)
 	db.SetMaxIdleConns(8)
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if err := migrate(ctx, db, opts.Now()); err != nil {
-		return nil, err
-	}
-	if opts.Log.MaxBytes <= 0 {
-		opts.Log.MaxBytes = DefaultLogMax
-	}
-	if opts.Log.Marker == "" {
-		opts.Log.Marker = api.LogTruncatedMarker(opts.Log.MaxBytes)
-	}
-	if opts.BlobDir == "" {
-		opts.BlobDir = filepath.Join(filepath.Dir(path), "blobs")
-	}
-	blobs, err := fileblobs.Open(opts.BlobDir)
-	if err != nil {
-		return nil, err
-	}
-	return &Store{db: db, log: opts.Log, Dir: blobs, LocalChanges: &store.LocalChanges{}}, nil
+	return db, nil
 }
 
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
 
-// migrations are applied in order; index+1 is the schema version.
-var migrations = []string{
-	`CREATE TABLE tokens (
+// migrations are applied in order by store.Migrate; never edit one that
+// has shipped (databases in the field are at every version).
+var migrations = []store.Migration{
+	{Version: 1, Note: "tokens, runners, jobs, log chunks, egress events and artifacts", SQL: `CREATE TABLE tokens (
 		id TEXT PRIMARY KEY, kind TEXT NOT NULL, hash BLOB NOT NULL,
 		created_at INTEGER NOT NULL, expires_at INTEGER, uses_left INTEGER,
 		revoked_at INTEGER, note TEXT NOT NULL DEFAULT '');
@@ -132,18 +136,18 @@ var migrations = []string{
 	CREATE TABLE artifacts (
 		job_id TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
 		sha256 TEXT NOT NULL, size INTEGER NOT NULL, created_at INTEGER NOT NULL,
-		PRIMARY KEY (job_id, name)) WITHOUT ROWID;`,
+		PRIMARY KEY (job_id, name)) WITHOUT ROWID;`},
 	// 2: jobs remember the token they were submitted with, so a submit
 	// token sees only its own jobs. Older jobs have none: only admin and
 	// audit tokens see them.
-	`ALTER TABLE jobs ADD COLUMN submitter TEXT NOT NULL DEFAULT '';
-	CREATE INDEX jobs_submitter ON jobs(submitter, seq);`,
+	{Version: 2, Note: "jobs remember the token that submitted them", SQL: `ALTER TABLE jobs ADD COLUMN submitter TEXT NOT NULL DEFAULT '';
+	CREATE INDEX jobs_submitter ON jobs(submitter, seq);`},
 	// 3: an egress event's id is its cursor (GET /v1/egress?after=N), so it
 	// must never be handed out twice: without AUTOINCREMENT SQLite reuses
 	// the highest id after a purge deleted it, and a follower that had seen
 	// it would skip the new event. The table is rebuilt with the same ids;
 	// inserting them sets sqlite_sequence to the highest.
-	`CREATE TABLE egress_v3 (
+	{Version: 3, Note: "egress ids become cursors that are never reused (AUTOINCREMENT)", SQL: `CREATE TABLE egress_v3 (
 		id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, runner_id TEXT NOT NULL,
 		seq INTEGER NOT NULL, time INTEGER NOT NULL, verdict TEXT NOT NULL,
 		event TEXT NOT NULL, UNIQUE (job_id, seq));
@@ -152,7 +156,7 @@ var migrations = []string{
 	DROP TABLE egress;
 	ALTER TABLE egress_v3 RENAME TO egress;
 	CREATE INDEX egress_time ON egress(time);
-	CREATE INDEX egress_runner ON egress(runner_id, time);`,
+	CREATE INDEX egress_runner ON egress(runner_id, time);`},
 	// 4: the console's egress explorer filters on fields of the event's
 	// JSON and pages oldest first. Each index below holds, next to the
 	// time, the event's domain as egressMatch compares it: SQLite then
@@ -163,56 +167,78 @@ var migrations = []string{
 	// order; egress_time_domain replaces egress_time for everything else
 	// (time ranges included). The expressions must stay exactly those of
 	// egressMatch, or SQLite cannot use them (TestExplorerFiltersUseIndexes).
-	`DROP INDEX IF EXISTS egress_time;
+	{Version: 4, Note: "indexes for the console's egress explorer", SQL: `DROP INDEX IF EXISTS egress_time;
 	CREATE INDEX egress_time_domain ON egress(time, rtrim(json_extract(event, '$.domain'), '.'));
 	CREATE INDEX egress_verdict ON egress(verdict, time, rtrim(json_extract(event, '$.domain'), '.'));
-	CREATE INDEX egress_rule ON egress(json_extract(event, '$.rule'), time, rtrim(json_extract(event, '$.domain'), '.'));`,
+	CREATE INDEX egress_rule ON egress(json_extract(event, '$.rule'), time, rtrim(json_extract(event, '$.domain'), '.'));`},
 	// 5: a submit token may belong to a team, and a job records the team
 	// of the token that submitted it, so an agent grants a build secret
 	// restricted to teams only to their jobs. Older tokens and jobs have
 	// none.
-	`ALTER TABLE tokens ADD COLUMN team TEXT NOT NULL DEFAULT '';
-	ALTER TABLE jobs ADD COLUMN team TEXT NOT NULL DEFAULT '';`,
+	{Version: 5, Note: "tokens and jobs carry a team", SQL: `ALTER TABLE tokens ADD COLUMN team TEXT NOT NULL DEFAULT '';
+	ALTER TABLE jobs ADD COLUMN team TEXT NOT NULL DEFAULT '';`},
 	// 6: a finished job records the failure class its agent reported
 	// (api.ClassBuild...). Older jobs have none.
-	`ALTER TABLE jobs ADD COLUMN failure_class TEXT NOT NULL DEFAULT '';`,
+	{Version: 6, Note: "jobs record their failure class", SQL: `ALTER TABLE jobs ADD COLUMN failure_class TEXT NOT NULL DEFAULT '';`},
 }
 
 // SchemaVersion is the version this build migrates to.
 var SchemaVersion = len(migrations)
 
-func migrate(ctx context.Context, db *sql.DB, now time.Time) (retErr error) {
-	tx, err := db.BeginTx(ctx, nil)
+// migrationDB runs store.Migrate on SQLite: the migration lock is the
+// IMMEDIATE transaction itself (the DSN's _txlock), SQLite's one writer.
+type migrationDB struct{ db *sql.DB }
+
+type migrationTx struct{ tx *sql.Tx }
+
+func (m migrationDB) BeginMigration(ctx context.Context) (store.MigrationTx, error) {
+	tx, err := m.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("starting migration: %w", err)
+		return nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			_ = tx.Rollback()
-		}
-	}()
 	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at INTEGER NOT NULL)`); err != nil {
-		return fmt.Errorf("creating schema_version: %w", err)
+		_ = tx.Rollback()
+		return nil, fmt.Errorf("creating schema_version: %w", err)
 	}
+	return migrationTx{tx}, nil
+}
+
+func (m migrationTx) Version(ctx context.Context) (int, error) {
 	var v int
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_version`).Scan(&v); err != nil {
-		return fmt.Errorf("reading schema version: %w", err)
+	err := m.tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_version`).Scan(&v)
+	return v, err
+}
+
+func (m migrationTx) Apply(ctx context.Context, mg store.Migration, appliedAt time.Time) error {
+	if _, err := m.tx.ExecContext(ctx, mg.SQL); err != nil {
+		return err
 	}
-	if v > len(migrations) {
-		return fmt.Errorf("checking schema version: database is at version %d, this build knows %d", v, len(migrations))
-	}
-	for i := v; i < len(migrations); i++ {
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-			return fmt.Errorf("applying migration %d: %w", i+1, err)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version, applied_at) VALUES (?, ?)`, i+1, nanos(now)); err != nil {
-			return fmt.Errorf("recording migration %d: %w", i+1, err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("committing migrations: %w", err)
+	_, err := m.tx.ExecContext(ctx, `INSERT INTO schema_version (version, applied_at) VALUES (?, ?)`, mg.Version, nanos(appliedAt))
+	return err
+}
+
+func (m migrationTx) Commit(context.Context) error { return m.tx.Commit() }
+
+func (m migrationTx) Rollback(context.Context) error {
+	if err := m.tx.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
+		return err
 	}
 	return nil
+}
+
+// Migrate brings the database file path to SchemaVersion and says what it
+// did; with dryRun it only reports (and creates no file). Open migrates by
+// itself: this is `cleanroom server migrate`.
+func Migrate(ctx context.Context, path string, now time.Time, dryRun bool) (store.MigrationPlan, error) {
+	if _, err := os.Stat(path); dryRun && errors.Is(err, os.ErrNotExist) {
+		return store.MigrationPlan{Target: SchemaVersion, Pending: migrations}, nil
+	}
+	db, err := openDB(path)
+	if err != nil {
+		return store.MigrationPlan{}, err
+	}
+	defer db.Close()
+	return store.Migrate(ctx, migrationDB{db}, migrations, now, dryRun)
 }
 
 // Version returns the database's schema version.
@@ -230,10 +256,7 @@ func (s *Store) Ready(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if v != SchemaVersion {
-		return fmt.Errorf("checking schema version: database is at version %d, this build needs %d", v, SchemaVersion)
-	}
-	return nil
+	return store.CheckVersion(v, SchemaVersion)
 }
 
 // Stats counts jobs by state (an index-only scan of jobs_state) and the
@@ -397,19 +420,7 @@ func checkToken(ctx context.Context, q querier, kind, id string, hash []byte, no
 	if err != nil {
 		return t, fmt.Errorf("looking up token %s: %w", id, err)
 	}
-	switch {
-	case subtle.ConstantTimeCompare(t.Hash, hash) != 1:
-		return t, fmt.Errorf("checking token %s: wrong secret: %w", id, store.ErrTokenInvalid)
-	case t.Kind != kind:
-		return t, fmt.Errorf("checking token %s: a %s token, not %s: %w", id, t.Kind, kind, store.ErrTokenInvalid)
-	case t.RevokedAt != nil:
-		return t, fmt.Errorf("checking token %s: revoked: %w", id, store.ErrTokenInvalid)
-	case t.ExpiresAt != nil && !now.Before(*t.ExpiresAt):
-		return t, fmt.Errorf("checking token %s: expired: %w", id, store.ErrTokenInvalid)
-	case t.UsesLeft != nil && *t.UsesLeft <= 0:
-		return t, fmt.Errorf("checking token %s: used up: %w", id, store.ErrTokenInvalid)
-	}
-	return t, nil
+	return t, store.CheckToken(t, kind, id, hash, now)
 }
 
 // CheckToken verifies a token without consuming a use.
@@ -963,14 +974,7 @@ func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, jobID string, data []b
 	if err := tx.QueryRowContext(ctx, `SELECT log_offset, log_stored, log_truncated FROM jobs WHERE id = ?`, jobID).Scan(&offset, &stored, &truncated); err != nil {
 		return fmt.Errorf("reading log state of job %s: %w", jobID, err)
 	}
-	keep := data
-	if !truncated && stored+int64(len(data)) > s.log.MaxBytes {
-		room := max(s.log.MaxBytes-stored, 0)
-		keep = append(append([]byte{}, data[:room]...), s.log.Marker...)
-		truncated = true
-	} else if truncated {
-		keep = nil
-	}
+	keep, truncated := s.log.Keep(stored, truncated, data)
 	if len(keep) > 0 {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO log_chunks (job_id, off, data) VALUES (?,?,?)`, jobID, stored, keep); err != nil {
 			return fmt.Errorf("storing log chunk of job %s: %w", jobID, err)
@@ -992,14 +996,11 @@ func (s *Store) AppendLog(ctx context.Context, f store.Fence, offset int64, data
 			return err
 		}
 		end := j.LogOffset
-		switch {
-		case offset > end:
-			return &store.OffsetError{Expected: end}
-		case offset+int64(len(data)) <= end:
-			next = end // already stored
-			return nil
+		fresh, err := store.FreshLog(end, offset, data)
+		if err != nil || len(fresh) == 0 {
+			next = end
+			return err
 		}
-		fresh := data[end-offset:]
 		next = end + int64(len(fresh))
 		return s.appendTx(ctx, tx, f.JobID, fresh)
 	})
@@ -1013,25 +1014,19 @@ func (s *Store) ReadLog(ctx context.Context, jobID string, offset int64, maxByte
 		return nil, fmt.Errorf("reading log of job %s: %w", jobID, err)
 	}
 	defer rows.Close()
-	var out []byte
-	for rows.Next() && len(out) < maxBytes {
+	c := store.LogCollector{Offset: offset, Max: maxBytes}
+	for more := true; more && rows.Next(); {
 		var off int64
 		var data []byte
 		if err := rows.Scan(&off, &data); err != nil {
 			return nil, fmt.Errorf("reading log of job %s: %w", jobID, err)
 		}
-		if off < offset {
-			data = data[offset-off:]
-		}
-		out = append(out, data...)
+		more = c.Add(off, data)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("reading log of job %s: %w", jobID, err)
 	}
-	if len(out) > maxBytes {
-		out = out[:maxBytes]
-	}
-	return out, nil
+	return c.Bytes(), nil
 }
 
 // --- egress ------------------------------------------------------------------

@@ -27,10 +27,28 @@ var T0 = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
 // TTL is the lease length the suite claims with.
 const TTL = time.Minute
 
-// Run runs the conformance suite. open must return a new, empty store
-// opened with LogLimits, and close it when the test ends (t.Cleanup); a
-// second Close must be harmless.
+// Run runs the conformance suite on a backend that opens one handle per
+// database (RunBackend has the cross-handle tests).
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	RunBackend(t, Backend{Open: open})
+}
+
+// Backend is a store backend under test.
+type Backend struct {
+	// Open must return a new, empty store opened with LogLimits, and close
+	// it when the test ends (t.Cleanup); a second Close must be harmless.
+	Open func(t *testing.T) store.Store
+	// OpenAgain opens a second handle on the database of a store Open
+	// returned (a second coordinator on the same database), closed when
+	// the test ends. Nil skips the tests that need one, with
+	// NoSecondHandle as the reason.
+	OpenAgain      func(t *testing.T, first store.Store) store.Store
+	NoSecondHandle string
+}
+
+// RunBackend runs the conformance suite.
+func RunBackend(t *testing.T, b Backend) {
+	open := b.Open
 	for _, tc := range []struct {
 		name string
 		fn   func(*testing.T, store.Store)
@@ -58,9 +76,21 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"QueryEgressMatchesRuleDestinationDomainAndPages", testQueryEgress},
 		{"ArtifactsAndBlobRefs", testArtifacts},
 		{"PurgeFinishedDeletesOnlyOldFinishedJobs", testPurge},
+		{"BlobPutOpenAndRepeat", testBlobPut},
+		{"BlobRefusesMismatchAndTooLarge", testBlobRefused},
+		{"BlobSeeksAcrossChunks", testBlobSeek},
+		{"BlobSweepRespectsKeepAndAge", testBlobSweep},
+		{"ChangesReachListenersOnTheSameHandle", testChangesSameHandle},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}
+	t.Run("ChangesReachAnotherHandleOnTheSameDatabase", func(t *testing.T) {
+		if b.OpenAgain == nil {
+			t.Skip(b.NoSecondHandle)
+		}
+		first := open(t)
+		testChangesAcrossHandles(t, first, b.OpenAgain(t, first))
+	})
 }
 
 var ctx = context.Background()

@@ -1,0 +1,167 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cleanroom-ci/cleanroom/coordinator/store"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store/postgres/pgtest"
+)
+
+// Two coordinators starting together on a new database: one applies the
+// migrations under the advisory lock, the other waits and finds them done.
+func TestConcurrentOpensMigrateOnce(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDatabase(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := Open(ctx, dsn, Options{})
+			if err == nil {
+				err = s.Ready(ctx)
+				s.Close()
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("open %d: %v", i, err)
+		}
+	}
+	plan, err := Migrate(ctx, dsn, time.Now(), true)
+	if err != nil || plan.Current != SchemaVersion || len(plan.Pending) != 0 {
+		t.Fatalf("after the opens: %+v %v", plan, err)
+	}
+}
+
+// A dry run reports the pending migrations and applies nothing; a real
+// run applies them; a database ahead of this build is refused, and one
+// behind it is not ready.
+func TestMigrateDryRunThenApplyAndVersionChecks(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDatabase(t)
+	plan, err := Migrate(ctx, dsn, time.Now(), true)
+	if err != nil || plan.Current != 0 || plan.Target != SchemaVersion || len(plan.Pending) != SchemaVersion || plan.Applied {
+		t.Fatalf("dry run on an empty database: %+v %v", plan, err)
+	}
+	if plan, err = Migrate(ctx, dsn, time.Now(), true); err != nil || plan.Current != 0 {
+		t.Fatalf("a dry run applied something: %+v %v", plan, err)
+	}
+	if plan, err = Migrate(ctx, dsn, time.Now(), false); err != nil || !plan.Applied || len(plan.Pending) != SchemaVersion {
+		t.Fatalf("migrating: %+v %v", plan, err)
+	}
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.pool.Exec(ctx, `INSERT INTO schema_version VALUES ($1, 0)`, SchemaVersion+1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ready(ctx); err == nil {
+		t.Error("ready at a version this build does not know")
+	}
+	if _, err := Open(ctx, dsn, Options{}); err == nil {
+		t.Error("opened a database ahead of this build")
+	}
+	if _, err := s.pool.Exec(ctx, `DELETE FROM schema_version WHERE version >= $1`, SchemaVersion); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ready(ctx); err == nil {
+		t.Error("ready with a migration missing")
+	}
+}
+
+// A blob is stored as BlobChunkSize rows, not one value.
+func TestBlobsAreStoredInChunks(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, pgtest.NewDatabase(t), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	data := bytes.Repeat([]byte("0123456789abcdef"), (5*BlobChunkSize/2)/16)
+	d, _, err := s.PutBlob(ctx, bytes.NewReader(data), int64(len(data)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var largest int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*), max(length(data)) FROM blob_chunks c JOIN blobs b ON b.id = c.blob_id WHERE b.sha256 = $1`, d).Scan(&n, &largest); err != nil {
+		t.Fatal(err)
+	}
+	if n != 3 || largest != BlobChunkSize {
+		t.Fatalf("2.5 chunks of data stored as %d rows of at most %d bytes, want 3 of %d", n, largest, BlobChunkSize)
+	}
+	if _, _, err := s.PutBlob(ctx, bytes.NewReader(data), int64(len(data)), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM blob_chunks`).Scan(&n); err != nil || n != 3 {
+		t.Fatalf("after storing the same blob again: %d chunks (%v), want 3", n, err)
+	}
+}
+
+// When the listening connection is cut (here terminated by the server, as a
+// restart would), Listen connects again, delivers ChangeAll, and hears
+// later publishes.
+func TestListenReconnectsAndDeliversChangeAll(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDatabase(t)
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	lctx, stop := context.WithCancel(ctx)
+	defer stop()
+	heard := make(chan string, 100)
+	done := make(chan error, 1)
+	go func() { done <- s.Listen(lctx, func(k string) { heard <- k }) }()
+	await := func(key string, publish bool) {
+		t.Helper()
+		deadline := time.After(15 * time.Second)
+		for {
+			if publish {
+				if err := s.Publish(ctx, key); err != nil {
+					t.Fatal(err)
+				}
+			}
+			select {
+			case k := <-heard:
+				if k == key {
+					return
+				}
+			case <-time.After(50 * time.Millisecond):
+			case <-deadline:
+				t.Fatalf("%s not heard within 15s", key)
+			}
+		}
+	}
+	await("before", true)
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	var killed int
+	if err := admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND query LIKE 'LISTEN %'`).Scan(&killed); err != nil || killed != 1 {
+		t.Fatalf("terminating the listener's connection: %d (%v)", killed, err)
+	}
+	await(store.ChangeAll, false)
+	await("after", true)
+	stop()
+	if err := <-done; err != context.Canceled {
+		t.Fatalf("Listen returned %v", err)
+	}
+}
