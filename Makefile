@@ -12,10 +12,14 @@ STATICCHECK_VERSION := v0.8.2
 export CLEANROOM_CACHE ?= /var/cache/cleanroom
 TOOLS := $(CLEANROOM_CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)
 
-DEBIAN_PACKAGES := containerd runc iptables conntrack debootstrap e2fsprogs iproute2 iputils-ping util-linux git ca-certificates tcpdump bc chromium fonts-dejavu-core
+DEBIAN_PACKAGES := containerd runc iptables conntrack debootstrap e2fsprogs iproute2 iputils-ping util-linux git ca-certificates tcpdump bc chromium fonts-dejavu-core postgresql
+# PostgreSQL's binaries are not on PATH: deps checks for initdb where Debian
+# puts it. The tests never use Debian's own cluster (if the package made and
+# started one, it is left alone): scripts/postgres.sh runs a private one.
+POSTGRES_BIN := /usr/lib/postgresql/15/bin
 DEBIAN_COMMANDS := containerd runc iptables conntrack debootstrap mkfs.ext4 ip ping nsenter git bc chromium
 
-.PHONY: all build install deps tools lint test test-unit bench image demo clean containerd-start containerd-stop help
+.PHONY: all build install deps tools lint test test-unit bench image demo clean containerd-start containerd-stop postgres-start postgres-stop help
 
 all: build
 
@@ -63,6 +67,7 @@ install: build
 deps:
 	@missing=""; for c in $(DEBIAN_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then missing="$$missing node"; fi; \
+	[ -x $(POSTGRES_BIN)/initdb ] || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages (missing:$$missing)"; \
 		export DEBIAN_FRONTEND=noninteractive; \
@@ -86,6 +91,13 @@ containerd-start: deps
 containerd-stop:
 	@scripts/containerd.sh stop
 
+# postgres-start prints the DSN of the private test PostgreSQL.
+postgres-start: deps
+	@scripts/postgres.sh start
+
+postgres-stop:
+	@scripts/postgres.sh stop
+
 image: deps build containerd-start
 	CLEANROOM_CONTAINERD_ADDRESS=$$(scripts/containerd.sh address) $(BIN)/cleanroom image build
 
@@ -103,5 +115,5 @@ bench: deps build
 demo: deps build
 	scripts/demo.sh
 
-clean: containerd-stop
+clean: containerd-stop postgres-stop
 	rm -rf $(BIN) $(WORK)

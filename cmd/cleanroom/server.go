@@ -26,8 +26,10 @@ import (
 // serverConfig is the optional YAML file of `cleanroom server --config`;
 // flags given on the command line win over it.
 type serverConfig struct {
-	Listen         string       `yaml:"listen"`
-	DataDir        string       `yaml:"data_dir"`
+	Listen  string `yaml:"listen"`
+	DataDir string `yaml:"data_dir"`
+	// Store is "sqlite" (default) or a postgres:// URL (see --store).
+	Store          string       `yaml:"store"`
 	AdminTokenFile string       `yaml:"admin_token_file"`
 	TLSCert        string       `yaml:"tls_cert"`
 	TLSKey         string       `yaml:"tls_key"`
@@ -51,13 +53,17 @@ func newLogger(name, format string) hclog.Logger {
 
 func init() {
 	var configPath string
+	var storeCheck bool
 	c := serverConfig{Listen: "127.0.0.1:7070", DataDir: "/var/lib/cleanroom", LeaseTTL: api.Duration(30 * time.Second),
 		MaxAttempts: 3, MaxUpload: 100 << 20, MaxArtifact: 1 << 30, MaxLog: 16 << 20, LogFormat: "text"}
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the coordinator (job queue, runner registry, logs, egress audit, artifacts)",
 		Long: `Run the coordinator: the HTTP JSON API under /v1 that agents claim jobs from and
-that the CLI talks to (see docs/api.md). State lives in SQLite under --data-dir.
+that the CLI talks to (see docs/api.md). State lives in SQLite under --data-dir,
+or with --store postgres://… in PostgreSQL, which several coordinators can share
+(docs/operations.md). "cleanroom server migrate" shows and applies schema
+migrations; a server applies them itself when it starts.
 
 On first start an admin token is generated into DATA_DIR/admin.token (mode 0600)
 and printed once; use it with "cleanroom token create" to make registration and
@@ -66,17 +72,14 @@ submit tokens. Plain HTTP is refused on a non-loopback address unless
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if configPath != "" {
-				b, err := os.ReadFile(configPath)
+				fc, err := readServerConfig(configPath)
 				if err != nil {
-					return fmt.Errorf("reading server config: %w", err)
-				}
-				var fc serverConfig
-				dec := yaml.NewDecoder(bytes.NewReader(b))
-				dec.KnownFields(true)
-				if err := dec.Decode(&fc); err != nil {
-					return fmt.Errorf("parsing server config %s: %w", configPath, err)
+					return err
 				}
 				mergeServerConfig(cmd, &c, fc)
+			}
+			if storeCheck {
+				return migrateStore(cmd.Context(), cmd.OutOrStdout(), c.Store, c.DataDir, true)
 			}
 			return runServer(cmd.Context(), c)
 		},
@@ -84,7 +87,9 @@ submit tokens. Plain HTTP is refused on a non-loopback address unless
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "YAML config file with the same keys as the flags (listen, data_dir, tls_cert, …)")
 	f.StringVar(&c.Listen, "listen", c.Listen, "address to listen on (host:port)")
-	f.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the SQLite database, uploaded sources and artifacts")
+	f.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the server lock, the admin token and (with the SQLite store) the database, uploaded sources and artifacts")
+	f.StringVar(&c.Store, "store", "", storeFlagHelp)
+	f.BoolVar(&storeCheck, "store-check", false, "print the store's schema version, this build's and the pending migrations, and exit (as server migrate --dry-run)")
 	f.StringVar(&c.AdminTokenFile, "admin-token-file", "", "file holding the admin token (default DATA_DIR/admin.token, created if missing)")
 	f.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate (PEM); with --tls-key serves HTTPS")
 	f.StringVar(&c.TLSKey, "tls-key", "", "TLS private key (PEM)")
@@ -98,8 +103,25 @@ submit tokens. Plain HTTP is refused on a non-loopback address unless
 	f.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text (for people) or json (for machines)")
 	f.BoolVar(&c.NoMetrics, "no-metrics", false, "do not serve Prometheus metrics at /metrics")
 	f.StringVar(&c.MetricsTokenFile, "metrics-token-file", "", "file holding a bearer token that /metrics then requires (default: /metrics is open)")
+	cmd.AddCommand(newServerMigrateCmd())
 	cmd.AddCommand(newMigrateStoreCmd())
 	rootCmd.AddCommand(cmd)
+}
+
+// readServerConfig reads the YAML file of --config (unknown keys are an
+// error).
+func readServerConfig(path string) (serverConfig, error) {
+	var fc serverConfig
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fc, fmt.Errorf("reading server config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&fc); err != nil {
+		return fc, fmt.Errorf("parsing server config %s: %w", path, err)
+	}
+	return fc, nil
 }
 
 // mergeServerConfig copies file values for the flags not set explicitly.
@@ -110,6 +132,9 @@ func mergeServerConfig(cmd *cobra.Command, c *serverConfig, fc serverConfig) {
 	}
 	if !set("data-dir") && fc.DataDir != "" {
 		c.DataDir = fc.DataDir
+	}
+	if !set("store") && fc.Store != "" {
+		c.Store = fc.Store
 	}
 	if !set("admin-token-file") && fc.AdminTokenFile != "" {
 		c.AdminTokenFile = fc.AdminTokenFile
@@ -160,6 +185,9 @@ func runServer(ctx context.Context, c serverConfig) (retErr error) {
 	if err := coordinator.CheckListen(c.Listen, c.TLSCert != "", c.InsecureHTTP); err != nil {
 		return err
 	}
+	if _, err := storeKind(c.Store); err != nil {
+		return err
+	}
 	if c.TLSCert != "" { // fail before anything is created, not in Serve
 		if _, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey); err != nil {
 			return fmt.Errorf("loading TLS certificate: %w", err)
@@ -197,7 +225,14 @@ func runServer(ctx context.Context, c serverConfig) (retErr error) {
 			return err
 		}
 	}
-	srv, err := coordinator.New(ctx, coordinator.Config{DataDir: c.DataDir, AdminToken: tok, LeaseTTL: c.LeaseTTL.D(),
+	st, err := openServerStore(ctx, c)
+	if err != nil {
+		return err
+	}
+	if st != nil {
+		defer st.Close() // after the server stopped using it
+	}
+	srv, err := coordinator.New(ctx, coordinator.Config{DataDir: c.DataDir, Store: st, AdminToken: tok, LeaseTTL: c.LeaseTTL.D(),
 		MaxAttempts: c.MaxAttempts, MaxUpload: int64(c.MaxUpload), MaxArtifact: int64(c.MaxArtifact), MaxLog: int64(c.MaxLog),
 		Retention: c.Retention.D(), DisableMetrics: c.NoMetrics, MetricsToken: metricsToken, Logger: log})
 	if err != nil {
@@ -216,7 +251,8 @@ func runServer(ctx context.Context, c serverConfig) (retErr error) {
 	if c.Retention > 0 {
 		retention = c.Retention.String() + " after a job ends"
 	}
-	log.Info("coordinator listening", "url", scheme+"://"+ln.Addr().String(), "data_dir", c.DataDir, "retention", retention)
+	log.Info("coordinator listening", "url", scheme+"://"+ln.Addr().String(), "data_dir", c.DataDir,
+		"store", describeStore(c.Store, c.DataDir), "retention", retention)
 	if created {
 		fmt.Fprintf(os.Stderr, "Admin token (shown once; also saved in %s, mode 0600):\n\n    %s\n\n", tokFile, tok)
 		tokenShown = true

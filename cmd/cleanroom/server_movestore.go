@@ -8,12 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store/postgres"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store/sqlite"
 )
 
@@ -44,7 +44,7 @@ only when every line of it is OK. See docs/operations.md.`,
 			if from == "" || to == "" {
 				return usagef("migrate-store: --from and --to are both required")
 			}
-			return migrateStore(cmd.Context(), from, to, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			return moveStore(cmd.Context(), from, to, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	cmd.Flags().StringVar(&from, "from", "", "the stopped coordinator's data directory (or its cleanroom.db)")
@@ -58,7 +58,7 @@ type portStore interface {
 	Close() error
 }
 
-func migrateStore(ctx context.Context, from, to string, stdout, stderr io.Writer) (retErr error) {
+func moveStore(ctx context.Context, from, to string, stdout, stderr io.Writer) (retErr error) {
 	src, srcDesc, closeSrc, err := openSQLiteDir(ctx, from, false)
 	if err != nil {
 		return err
@@ -122,8 +122,12 @@ func printPortReport(w io.Writer, rep store.Report) {
 
 // openMoveTarget opens the store migrate-store copies into.
 func openMoveTarget(ctx context.Context, to string) (portStore, string, func(), error) {
-	if strings.HasPrefix(to, "postgres://") || strings.HasPrefix(to, "postgresql://") {
-		return nil, "", nil, usagef("migrate-store: this build has no PostgreSQL store")
+	if kind, _ := storeKind(to); kind == "postgres" {
+		s, err := postgres.Open(ctx, to, postgres.Options{})
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("migrate-store: opening %s: %w", describeStore(to, ""), err)
+		}
+		return s, describeStore(to, ""), func() { s.Close() }, nil
 	}
 	return openSQLiteDir(ctx, to, true)
 }
