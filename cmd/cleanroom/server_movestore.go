@@ -137,7 +137,7 @@ func openMoveTarget(ctx context.Context, to string) (portStore, string, func(), 
 // coordinator runs on it meanwhile. create allows a new directory (the
 // target); a source must exist.
 func openSQLiteDir(ctx context.Context, path string, create bool) (_ portStore, desc string, closeFn func(), retErr error) {
-	dir, db := path, filepath.Join(path, "cleanroom.db")
+	dir, db := path, sqlitePath(path)
 	if st, err := os.Stat(path); err == nil && !st.IsDir() {
 		dir, db = filepath.Dir(path), path
 	}

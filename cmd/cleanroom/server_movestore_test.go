@@ -14,6 +14,8 @@ import (
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store/postgres"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store/postgres/pgtest"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store/sqlite"
 )
 
@@ -112,6 +114,33 @@ func TestMigrateStoreCopiesVerifiesAndRefusesARunningSourceOrAFullTarget(t *test
 	cmd, _, stderr = migrateStoreCmd(t, "--from", t.TempDir(), "--to", t.TempDir())
 	if code := exitOf(t, cmd.Run()); code != exitUsage || !strings.Contains(stderr.String(), "no coordinator database") {
 		t.Fatalf("a source without a database: exit %d, stderr %s", code, stderr)
+	}
+}
+
+// TestMigrateStoreToPostgres moves a data directory into PostgreSQL.
+func TestMigrateStoreToPostgres(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	from := t.TempDir()
+	fillDataDir(t, from)
+	cmd, stdout, stderr := migrateStoreCmd(t, "--from", from, "--to", dsn)
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("migrate-store: %v\nstdout %s\nstderr %s", err, stdout, stderr)
+	}
+	if strings.Contains(stdout.String()+stderr.String(), dsn) {
+		t.Error("the DSN (with its password) was printed")
+	}
+	for _, want := range []string{"tokens", "jobs", "logs", "egress events", "blobs"} {
+		if !regexpLine(stdout.String(), want+` +\d+ +\d+ .* OK$`) {
+			t.Errorf("no OK line for %s in\n%s", want, stdout)
+		}
+	}
+	s, err := postgres.Open(context.Background(), dsn, postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if j, err := s.Job(context.Background(), "j1"); err != nil || j.State != api.StateRunning || j.LogSize != 7 {
+		t.Fatalf("the copied job: %+v %v", j, err)
 	}
 }
 
