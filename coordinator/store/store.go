@@ -5,9 +5,9 @@
 // every backend applies, and the record stream that moves a store's whole
 // state between backends (Porter, Copy). Every state change that must be
 // atomic (a claim, a fenced write, a re-queue) is one call here, so a
-// second implementation
-// (PostgreSQL, with FOR UPDATE SKIP LOCKED) can follow the SQLite one
-// without touching the HTTP layer; package storetest checks that it does.
+// second implementation (PostgreSQL, with FOR UPDATE SKIP LOCKED) can
+// follow the SQLite one without touching the HTTP layer; package storetest
+// checks that it does.
 package store
 
 import (
