@@ -104,6 +104,7 @@ submit tokens. Plain HTTP is refused on a non-loopback address unless
 	f.BoolVar(&c.NoMetrics, "no-metrics", false, "do not serve Prometheus metrics at /metrics")
 	f.StringVar(&c.MetricsTokenFile, "metrics-token-file", "", "file holding a bearer token that /metrics then requires (default: /metrics is open)")
 	cmd.AddCommand(newServerMigrateCmd())
+	cmd.AddCommand(newMigrateStoreCmd())
 	rootCmd.AddCommand(cmd)
 }
 
@@ -300,7 +301,7 @@ func lockDataDir(dir string) (unlock func(), err error) {
 			if pid == "" {
 				pid = "unknown"
 			}
-			return nil, fmt.Errorf("data directory %s is in use by another cleanroom server (pid %s holds %s): stop it, or give this one its own --data-dir", dir, pid, path)
+			return nil, &dataDirInUseError{dir: dir, pid: pid, path: path}
 		}
 		return nil, fmt.Errorf("locking data directory %s: %w", dir, err)
 	}
@@ -308,6 +309,13 @@ func lockDataDir(dir string) (unlock func(), err error) {
 		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return func() { f.Close() }, nil
+}
+
+// dataDirInUseError: another process holds a data directory's lock.
+type dataDirInUseError struct{ dir, pid, path string }
+
+func (e *dataDirInUseError) Error() string {
+	return fmt.Sprintf("data directory %s is in use by another cleanroom server (pid %s holds %s): stop it, or give this one its own --data-dir", e.dir, e.pid, e.path)
 }
 
 // readMetricsToken reads the bearer token /metrics requires from file: one

@@ -1,11 +1,13 @@
 // Package store owns the contract of the coordinator's persistent state:
 // per-resource interfaces (tokens, runners, the job queue with its leases
 // and fencing tokens, logs, egress events, artifact metadata, retention and
-// health) composed into Store, and Transition, the pure job state machine
-// every backend applies. Every state change that must be atomic (a claim, a
-// fenced write, a re-queue) is one call here, so a second implementation
-// (PostgreSQL, with FOR UPDATE SKIP LOCKED) can follow the SQLite one
-// without touching the HTTP layer; package storetest checks that it does.
+// health) composed into Store, Transition, the pure job state machine
+// every backend applies, and the record stream that moves a store's whole
+// state between backends (Porter, Copy). Every state change that must be
+// atomic (a claim, a fenced write, a re-queue) is one call here, so a
+// second implementation (PostgreSQL, with FOR UPDATE SKIP LOCKED) can
+// follow the SQLite one without touching the HTTP layer; package storetest
+// checks that it does.
 package store
 
 import (

@@ -33,56 +33,64 @@ var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
 // next sweep, as a file rewritten would).
 func (s *Store) PutBlob(ctx context.Context, r io.Reader, limit int64, want string) (digest string, size int64, retErr error) {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var id int64
-		if err := tx.QueryRow(ctx, `SELECT nextval('blob_ids')`).Scan(&id); err != nil {
-			return fmt.Errorf("numbering blob: %w", err)
-		}
-		h := sha256.New()
-		buf := make([]byte, BlobChunkSize)
-		size = 0
-		lr := io.LimitReader(r, limit+1)
-		for n := 0; ; n++ {
-			k, err := io.ReadFull(lr, buf)
-			if k > 0 {
-				size += int64(k)
-				if size > limit {
-					return fmt.Errorf("receiving blob of more than %d bytes: %w", limit, api.ErrTooLarge)
-				}
-				h.Write(buf[:k])
-				if _, err := tx.Exec(ctx, `INSERT INTO blob_chunks (blob_id, n, data) VALUES ($1, $2, $3)`, id, n, buf[:k]); err != nil {
-					return fmt.Errorf("storing blob chunk: %w", err)
-				}
-			}
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				break
-			}
-			if err != nil {
-				var mbe *http.MaxBytesError
-				if errors.As(err, &mbe) {
-					return fmt.Errorf("receiving blob: %w", api.ErrTooLarge)
-				}
-				return fmt.Errorf("receiving blob: %w", err)
-			}
-		}
-		digest = hex.EncodeToString(h.Sum(nil))
-		if want != "" && want != digest {
-			return fmt.Errorf("receiving blob: got %s, declared %s: %w", digest, want, store.ErrDigestMismatch)
-		}
-		var got int64
-		if err := tx.QueryRow(ctx, `INSERT INTO blobs (id, sha256, size, chunk_size, created_at) VALUES ($1, $2, $3, $4, $5)
-			ON CONFLICT (sha256) DO UPDATE SET created_at = GREATEST(blobs.created_at, EXCLUDED.created_at) RETURNING id`,
-			id, digest, size, BlobChunkSize, nanos(s.now())).Scan(&got); err != nil {
-			return fmt.Errorf("storing blob %s: %w", digest, err)
-		}
-		if got != id {
-			if _, err := tx.Exec(ctx, `DELETE FROM blob_chunks WHERE blob_id = $1`, id); err != nil {
-				return fmt.Errorf("dropping a second copy of blob %s: %w", digest, err)
-			}
-		}
-		return nil
+		var err error
+		digest, size, err = s.putBlobTx(ctx, tx, r, limit, want)
+		return err
 	})
 	if err != nil {
 		return "", size, err
+	}
+	return digest, size, nil
+}
+
+// putBlobTx is PutBlob in tx (an import stores its blobs in its own
+// transaction).
+func (s *Store) putBlobTx(ctx context.Context, tx pgx.Tx, r io.Reader, limit int64, want string) (digest string, size int64, _ error) {
+	var id int64
+	if err := tx.QueryRow(ctx, `SELECT nextval('blob_ids')`).Scan(&id); err != nil {
+		return "", size, fmt.Errorf("numbering blob: %w", err)
+	}
+	h := sha256.New()
+	buf := make([]byte, BlobChunkSize)
+	size = 0
+	lr := io.LimitReader(r, limit+1)
+	for n := 0; ; n++ {
+		k, err := io.ReadFull(lr, buf)
+		if k > 0 {
+			size += int64(k)
+			if size > limit {
+				return "", size, fmt.Errorf("receiving blob of more than %d bytes: %w", limit, api.ErrTooLarge)
+			}
+			h.Write(buf[:k])
+			if _, err := tx.Exec(ctx, `INSERT INTO blob_chunks (blob_id, n, data) VALUES ($1, $2, $3)`, id, n, buf[:k]); err != nil {
+				return "", size, fmt.Errorf("storing blob chunk: %w", err)
+			}
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				return "", size, fmt.Errorf("receiving blob: %w", api.ErrTooLarge)
+			}
+			return "", size, fmt.Errorf("receiving blob: %w", err)
+		}
+	}
+	digest = hex.EncodeToString(h.Sum(nil))
+	if want != "" && want != digest {
+		return "", size, fmt.Errorf("receiving blob: got %s, declared %s: %w", digest, want, store.ErrDigestMismatch)
+	}
+	var got int64
+	if err := tx.QueryRow(ctx, `INSERT INTO blobs (id, sha256, size, chunk_size, created_at) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (sha256) DO UPDATE SET created_at = GREATEST(blobs.created_at, EXCLUDED.created_at) RETURNING id`,
+		id, digest, size, BlobChunkSize, nanos(s.now())).Scan(&got); err != nil {
+		return "", size, fmt.Errorf("storing blob %s: %w", digest, err)
+	}
+	if got != id {
+		if _, err := tx.Exec(ctx, `DELETE FROM blob_chunks WHERE blob_id = $1`, id); err != nil {
+			return "", size, fmt.Errorf("dropping a second copy of blob %s: %w", digest, err)
+		}
 	}
 	return digest, size, nil
 }

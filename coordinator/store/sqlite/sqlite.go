@@ -820,16 +820,7 @@ func transitionTx(ctx context.Context, tx *sql.Tx, j store.Job, ev store.Event) 
 	if err != nil || !eff.Changed {
 		return next, eff, err
 	}
-	var runner, leaseExp, exit any
-	if next.RunnerID != "" {
-		runner = next.RunnerID
-	}
-	if !next.LeaseExpires.IsZero() {
-		leaseExp = nanos(next.LeaseExpires)
-	}
-	if next.ExitCode != nil {
-		exit = *next.ExitCode
-	}
+	runner, leaseExp, exit := nullableJobCols(next)
 	res, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, runner_id = ?, lease_token = ?, lease_expires = ?, attempts = ?,
 		cancel_requested = ?, started_at = ?, finished_at = ?, exit_code = ?, reason = ?, failure_class = ? WHERE id = ? AND state = ? AND lease_token = ?`,
 		next.State, runner, next.LeaseToken, leaseExp, next.Attempts, next.Cancel, nullNanos(next.StartedAt), nullNanos(next.FinishedAt),
@@ -841,6 +832,21 @@ func transitionTx(ctx context.Context, tx *sql.Tx, j store.Job, ev store.Event) 
 		return j, store.Effect{}, fmt.Errorf("applying %s to job %s: changed meanwhile: %w", ev.Kind, j.ID, store.ErrConflict)
 	}
 	return next, eff, nil
+}
+
+// nullableJobCols are the values of j's runner_id, lease_expires and
+// exit_code columns (NULL when unset).
+func nullableJobCols(j store.Job) (runner, leaseExp, exit any) {
+	if j.RunnerID != "" {
+		runner = j.RunnerID
+	}
+	if !j.LeaseExpires.IsZero() {
+		leaseExp = nanos(j.LeaseExpires)
+	}
+	if j.ExitCode != nil {
+		exit = *j.ExitCode
+	}
+	return runner, leaseExp, exit
 }
 
 // checkLeaseTx loads the job and verifies the fence is its current lease.

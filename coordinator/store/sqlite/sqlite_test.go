@@ -13,14 +13,7 @@ import (
 // TestConformance runs the store conformance suite against SQLite.
 func TestConformance(t *testing.T) {
 	storetest.RunBackend(t, storetest.Backend{
-		Open: func(t *testing.T) store.Store {
-			s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "c.db"), sqlite.Options{Log: storetest.LogLimits})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		},
+		Open: func(t *testing.T) store.Store { return openTemp(t, storetest.LogLimits) },
 		// One coordinator process owns a SQLite file (the server's data
 		// directory lock): its wake-ups are store.LocalChanges, within
 		// one handle, so a second handle hears nothing by design.
@@ -42,4 +35,22 @@ func TestOpenMigratesOnceAndReopens(t *testing.T) {
 		}
 		s.Close()
 	}
+}
+
+// openTemp opens a new store in a temporary directory, closed at the end.
+func openTemp(t *testing.T, limits store.LogLimits) *sqlite.Store {
+	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "c.db"), sqlite.Options{Log: limits})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func openPort(t *testing.T) storetest.PortStore { return openTemp(t, storetest.PortLogLimits) }
+
+// TestPortSQLiteToSQLite moves a whole store from one SQLite database to
+// another.
+func TestPortSQLiteToSQLite(t *testing.T) {
+	storetest.RunPort(t, openPort, openPort)
 }
