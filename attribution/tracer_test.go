@@ -22,6 +22,9 @@ import (
 // addresses named in its environment (UDP connect sends nothing; TCP goes
 // to a listener on loopback) and exits.
 func TestMain(m *testing.M) {
+	if os.Getenv("CR_ATTR_HELPER") == "bench" {
+		benchHelper()
+	}
 	if os.Getenv("CR_ATTR_HELPER") == "1" {
 		in := bufio.NewReader(os.Stdin)
 		in.ReadString('\n')
