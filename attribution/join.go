@@ -141,35 +141,48 @@ func (ix *index) match(ev api.EgressEvent) (*Record, <-chan struct{}) {
 }
 
 // find is the join: the newest record with the event's destination and a
-// protocol it may have, made no later than slack after the event and no
-// earlier than Window before it.
+// protocol it may have, made before the event and no earlier than Window
+// before it; failing that, the first one made within slack after it (an
+// event stamped a little early). Records made before the event win over
+// those after, so that a process that reached the same destination just
+// after (another DNS query to the responder) does not take the event.
 func find(recs []Record, ev api.EgressEvent) *Record {
 	dst, protos, addrOnly, ok := joinKey(ev)
 	if !ok {
 		return nil
 	}
+	matches := func(r *Record) bool {
+		if addrOnly {
+			if r.Dst.Addr() != dst.Addr() {
+				return false
+			}
+		} else if r.Dst != dst {
+			return false
+		}
+		for _, p := range protos {
+			if r.Proto == p {
+				return true
+			}
+		}
+		return false
+	}
+	var after *Record
 	for i := len(recs) - 1; i >= 0; i-- {
 		r := &recs[i]
-		if r.Time.After(ev.Time.Add(slack)) {
+		if r.Time.After(ev.Time) {
+			if !r.Time.After(ev.Time.Add(slack)) && matches(r) {
+				after = r // keep the earliest of these
+			}
 			continue
 		}
 		if ev.Time.Sub(r.Time) > Window {
 			break
 		}
-		if addrOnly {
-			if r.Dst.Addr() != dst.Addr() {
-				continue
-			}
-		} else if r.Dst != dst {
-			continue
-		}
-		for _, p := range protos {
-			if r.Proto == p {
-				return r
-			}
+		if matches(r) {
+			return r
 		}
 	}
-	return nil
+	return after
 }
 
 // wait returns the process of ev's record, waiting for the record until

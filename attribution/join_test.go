@@ -28,6 +28,9 @@ func TestFindJoinsByProtoDestinationAndTime(t *testing.T) {
 		rec(5, "tcp", "[fd00::1]:80", 0),
 		rec(6, "icmp", "10.0.0.9:0", 0),
 		rec(7, "tcp", "10.0.0.2:80", 10*time.Second),
+		rec(8, "udp", "10.0.0.54:53", 5*time.Second),
+		rec(9, "udp", "10.0.0.54:53", 5*time.Second+slack/2),
+		rec(10, "udp", "10.0.0.54:53", 5*time.Second+slack/2+time.Millisecond),
 	}
 	ev := func(proto, dst string, at time.Duration) api.EgressEvent {
 		return api.EgressEvent{Proto: proto, Dst: dst, Time: t0.Add(at)}
@@ -43,6 +46,8 @@ func TestFindJoinsByProtoDestinationAndTime(t *testing.T) {
 		{"udp does not match a tcp record", ev("udp", "10.0.0.1:443", 3*time.Second), 3},
 		{"other port", ev("tcp", "10.0.0.1:444", 3*time.Second), 0},
 		{"dns to the responder matches the udp query", ev("dns", "10.0.0.53:53", time.Second), 4},
+		{"a record before the event wins over a newer one within the slack", ev("dns", "10.0.0.54:53", 5*time.Second+time.Millisecond), 8},
+		{"without one before, the first within the slack", ev("dns", "10.0.0.54:53", 5*time.Second-time.Millisecond), 8},
 		{"ipv6", ev("tcp", "[fd00::1]:80", time.Second), 5},
 		{"icmp by address", ev("icmp", "10.0.0.9", time.Second), 6},
 		{"older than the window", ev("tcp", "10.0.0.1:443", Window+2*time.Second), 0},

@@ -75,8 +75,8 @@ func TestAttributionUnderConcurrencyNamesEachJobsOwnProcess(t *testing.T) {
 		port := 22000 + i
 		// perJob connects at once to a denied destination, then a pause so
 		// that every denied packet is read while the sandbox runs.
-		build := fmt.Sprintf(`node -e 'const net=require("net");let left=%d;for(let k=0;k<%d;k++){const s=net.connect(%d,"%s");s.setTimeout(1000);const end=()=>{s.destroy();if(--left===0)console.log("done")};s.on("error",end);s.on("timeout",end);s.on("connect",end)}' %s; sleep 1.5`,
-			perJob, perJob, port, lab.ForbiddenIP, mark)
+		build := fmt.Sprintf(`node -e '/*%s*/const net=require("net");let left=%d;for(let k=0;k<%d;k++){const s=net.connect(%d,"%s");s.setTimeout(1000);const end=()=>{s.destroy();if(--left===0)console.log("done")};s.on("error",end);s.on("timeout",end);s.on("connect",end)}'; sleep 1.5`,
+			mark, perJob, perJob, port, lab.ForbiddenIP)
 		dir := minimalProject(t, map[string]any{"build": build, "timeout": "2m", "labels": map[string]any{"lane": laneAttrib}})
 		jobs[i] = job{submit(ctx, t, e, dir), mark, port}
 	}
