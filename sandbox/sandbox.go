@@ -427,6 +427,10 @@ type Step struct {
 	Grace   time.Duration // between SIGTERM and SIGKILL; default 5 s
 	Stdout  io.Writer
 	Stderr  io.Writer // nil: same as Stdout
+	// Created, if set, is called with the host pid of the step's first
+	// process once it exists (in the step's cgroup) and before it starts:
+	// the moment to hook the step's cgroup (process attribution).
+	Created func(pid uint32)
 }
 
 // Result of a step.
@@ -552,6 +556,9 @@ func (s *Sandbox) Run(ctx context.Context, st Step) (Result, error) {
 	statusC, err := task.Wait(bg)
 	if err != nil {
 		return Result{}, fmt.Errorf("waiting for step %q: %w", st.Args[0], err)
+	}
+	if st.Created != nil {
+		st.Created(task.Pid())
 	}
 	if err := task.Start(bg); err != nil {
 		return Result{}, fmt.Errorf("starting step %q: %w", st.Args[0], err)

@@ -27,6 +27,10 @@ echo "== Go benchmarks (redactor, lockfile gate + SBOM, claim latency, /metrics 
 go test -run '^$' -bench . -skip '^BenchmarkConsole' -benchmem -count 1 ./secrets/ ./supplychain/ ./coordinator/... ./agent/... 2>&1 | grep -E '^(Benchmark|ok|FAIL|goos|cpu)' || true
 
 echo
+echo "== connect()+close() on loopback from a cgroup of its own on the host, without and with the attribution hooks (target: hooked ≤ 1.05× unhooked)"
+go test -run '^$' -bench '^BenchmarkConnect$' -benchtime "${BENCH_CONNECT_N:-20000}x" -count 3 ./attribution/ 2>&1 | grep -E '^(Benchmark|ok|FAIL)' || true
+
+echo
 echo "== web console on the SQLite store (modernc.org/sqlite, WAL): a job page with 5,000 egress events (target < 100 ms);"
 echo "   the egress explorer's first page over 1,000,000 events by verdict, rule, domain (target < 200 ms; seeding takes ~25 s)"
 go test -run '^$' -bench '^BenchmarkConsole' -benchtime "${BENCH_CONSOLE_N:-5}x" -count 1 ./coordinator/ 2>&1 | grep -E '^(Benchmark|ok|FAIL)' || true

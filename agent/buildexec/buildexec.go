@@ -26,6 +26,7 @@ import (
 
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/attribution"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
 	"github.com/cleanroom-ci/cleanroom/secrets"
 )
@@ -73,6 +74,10 @@ type Config struct {
 	// Observe, if set, is called (synchronously: it must not block) with
 	// how long each job's sandbox and network took to set up and tear down.
 	Observe func(Observation)
+	// Attribution, if set, names the process of each egress event of a
+	// job's sandbox (nil: events carry process null; enforcement never
+	// depends on it).
+	Attribution *attribution.Tracer
 }
 
 // Executor runs jobs; safe for concurrent use.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/attribution"
 	"github.com/cleanroom-ci/cleanroom/netpolicy"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
 	"github.com/cleanroom-ci/cleanroom/secrets"
@@ -48,7 +49,8 @@ type jobRun struct {
 	image     string
 	nw        jobNetwork
 	sb        jobSandbox
-	runCtx    context.Context // the steps' context; canceled by a kill-mode violation
+	attr      *attribution.Watch // fills the process of the network's events
+	runCtx    context.Context    // the steps' context; canceled by a kill-mode violation
 	cancelRun context.CancelCauseFunc
 	arts      []agent.Artifact
 }
@@ -219,6 +221,7 @@ func (r *jobRun) files(context.Context) error {
 // are made concurrently. If either fails, the job does not run; whichever
 // was made is torn down with the job.
 func (r *jobRun) isolate(ctx context.Context) error {
+	r.attr = r.e.cfg.Attribution.Watch(r.rep.Event, r.e.matcher.RedactString)
 	netDone := make(chan error, 1)
 	go func() { netDone <- r.network(ctx) }()
 	sbErr := r.sandbox(r.runCtx)
@@ -251,7 +254,7 @@ func (r *jobRun) network(ctx context.Context) error {
 		StateDir: cfg.NetStateDir,
 		Owner:    sandbox.ProcessOwner(),
 		AuditLog: filepath.Join(cfg.DataDir, "egress.jsonl"),
-		OnEvent:  func(ev netpolicy.Event) { r.rep.Event(api.EgressEvent(ev)) },
+		OnEvent:  func(ev netpolicy.Event) { r.attr.OnEvent(api.EgressEvent(ev)) },
 		Redact:   r.e.matcher.RedactDomain,
 		Logger:   cfg.Logger,
 	})
@@ -351,7 +354,7 @@ func (r *jobRun) steps(context.Context) error {
 	steps = append(steps, step{"build", build})
 	for _, st := range steps {
 		r.log.say("$ %s", printableArgv(st.argv))
-		res, err := r.sb.Run(r.runCtx, sandbox.Step{Args: st.argv, Stdout: api.BuildOutput(r.out), Grace: r.e.cfg.StepStop})
+		res, err := r.sb.Run(r.runCtx, sandbox.Step{Args: st.argv, Stdout: api.BuildOutput(r.out), Grace: r.e.cfg.StepStop, Created: r.attribute})
 		if err != nil {
 			return failed(127, "%s: %v", st.name, err) // the step could not be run
 		}
@@ -368,6 +371,14 @@ func (r *jobRun) steps(context.Context) error {
 		r.log.say("%s step done in %s", st.name, res.Duration.Round(10*time.Millisecond))
 	}
 	return nil
+}
+
+// attribute hooks a step's cgroup so that its egress events name their
+// process; a failure only leaves them unattributed.
+func (r *jobRun) attribute(pid uint32) {
+	if err := r.attr.AttachPID(pid); err != nil {
+		r.e.cfg.Logger.Warn("egress events of this step will have process null", "job", r.job.ID, "error", err)
+	}
 }
 
 // outputs copies the artifacts out of the sandbox's workspace and writes
@@ -454,6 +465,13 @@ func (r *jobRun) teardown(ctx context.Context) error {
 			if nwErr = r.nw.Close(ctx); nwErr != nil {
 				logger.Error("tearing down job network", "job", r.job.ID, "error", nwErr)
 				nwErr = fmt.Errorf("tearing down job network: %w", nwErr)
+			}
+		}
+		// The network sends no more events: deliver the queued ones
+		// (each within attribution.MaxWait) and detach the hooks.
+		if r.attr != nil {
+			if err := r.attr.Close(ctx); err != nil {
+				logger.Warn("detaching the attribution hooks", "job", r.job.ID, "error", err)
 			}
 		}
 	}

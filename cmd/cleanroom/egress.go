@@ -91,9 +91,10 @@ it stopped (docs/egress-log.md, "Shipping to a SIEM").`,
 			}
 		default:
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", egressHeader...)
+			const row = "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n"
+			fmt.Fprintf(tw, row, egressHeader...)
 			print = func(r api.EgressRecord) error {
-				_, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", egressRow(r)...)
+				_, err := fmt.Fprintf(tw, row, egressRow(r)...)
 				return err
 			}
 			flush = tw.Flush
@@ -130,14 +131,14 @@ it stopped (docs/egress-log.md, "Shipping to a SIEM").`,
 	rootCmd.AddCommand(cmd)
 }
 
-var egressHeader = []any{"CURSOR", "TIME", "RUNNER", "JOB", "PROTO", "DESTINATION", "VERDICT", "RULE"}
+var egressHeader = []any{"CURSOR", "TIME", "RUNNER", "JOB", "PROTO", "DESTINATION", "VERDICT", "RULE", "PROCESS"}
 
 // egressRowFormat lays out a followed table, whose widths cannot wait for
 // the last row.
-const egressRowFormat = "%-8s  %-23s  %-15s  %-18s  %-6s  %-36s  %-7s  %s\n"
+const egressRowFormat = "%-8s  %-23s  %-15s  %-18s  %-6s  %-36s  %-7s  %-14s  %s\n"
 
 // egressRow is one table row; DESTINATION is "domain (dst)" when a domain
-// is known.
+// is known, PROCESS "pid comm: cmdline [package]" when the agent named it.
 func egressRow(r api.EgressRecord) []any {
 	dst := r.Dst
 	if r.Domain != "" {
@@ -146,7 +147,7 @@ func egressRow(r api.EgressRecord) []any {
 			dst += " (" + r.Dst + ")"
 		}
 	}
-	return []any{fmt.Sprint(r.Cursor), r.Time.Local().Format(timeFormatMilli), r.Runner, r.Job, r.Proto, orDash(dst), r.Verdict, orDash(r.Rule)}
+	return []any{fmt.Sprint(r.Cursor), r.Time.Local().Format(timeFormatMilli), r.Runner, r.Job, r.Proto, orDash(dst), r.Verdict, orDash(r.Rule), orDash(r.Process.String())}
 }
 
 // printError is print's failure, which ends a follow (stdout is gone)

@@ -260,6 +260,13 @@ func TestEgressRowShowsCursorAndDomain(t *testing.T) {
 			t.Errorf("row %q lacks %q", got, want)
 		}
 	}
+	if row := egressRow(r); len(row) != len(egressHeader) || row[len(row)-1] != "-" {
+		t.Errorf("row %q: want one cell per column, PROCESS - when unknown", row)
+	}
+	r.Process = &api.EgressProcess{PID: 4242, Comm: "node", Cmdline: "node postinstall.js", Package: "@cleanroom-demo/telemetry-helper"}
+	if got := egressRow(r)[len(egressHeader)-1]; got != "4242 node: node postinstall.js [@cleanroom-demo/telemetry-helper]" {
+		t.Errorf("PROCESS cell %q", got)
+	}
 }
 
 // --state keeps the last cursor printed: a second run prints only the

@@ -12,6 +12,7 @@ import (
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/agent/buildexec"
 	"github.com/cleanroom-ci/cleanroom/agent/preflight"
+	"github.com/cleanroom-ci/cleanroom/attribution"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
 	"github.com/cleanroom-ci/cleanroom/secrets"
 	"github.com/cleanroom-ci/cleanroom/supplychain"
@@ -78,6 +79,13 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 	lim := sandbox.Limits{
 		MemoryBytes: int64(cfg.Limits.Memory), CPUs: cfg.Limits.CPUs, Pids: cfg.Limits.PIDs, DiskBytes: int64(cfg.Limits.Disk),
 	}
+	// Process attribution is best effort: without it jobs run and their
+	// egress events carry process null; the reason is logged once, here.
+	tracer, err := attribution.Load()
+	if err != nil {
+		log.Warn("egress events will not name their process", "reason", err)
+		tracer = nil
+	}
 	ex, err := buildexec.New(buildexec.Config{
 		RunnerID: cfg.RunnerID, RunnerName: cfg.Name,
 		BuilderID:  builderID(cfg),
@@ -92,10 +100,12 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 			Hosts: cfg.Git.Hosts, CAFile: cfg.Git.CAFile,
 			MaxBytes: int64(cfg.Git.MaxBytes), MaxFiles: cfg.Git.MaxFiles,
 		},
-		Logger:  log.Named("job"),
-		Observe: observe(m),
+		Logger:      log.Named("job"),
+		Observe:     observe(m),
+		Attribution: tracer,
 	})
 	if err != nil {
+		tracer.Close()
 		sb.Close()
 		return nil, err
 	}

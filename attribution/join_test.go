@@ -1,0 +1,197 @@
+package attribution
+
+import (
+	"context"
+	"encoding/binary"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+)
+
+var t0 = time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+
+func rec(pid uint32, proto, dst string, at time.Duration) Record {
+	return Record{PID: pid, Comm: "p" + string(rune('0'+pid%10)), Proto: proto, Dst: netip.MustParseAddrPort(dst), Time: t0.Add(at)}
+}
+
+func TestFindJoinsByProtoDestinationAndTime(t *testing.T) {
+	recs := []Record{
+		rec(1, "tcp", "10.0.0.1:443", 0),
+		rec(2, "tcp", "10.0.0.1:443", time.Second),
+		rec(3, "udp", "10.0.0.1:443", 2*time.Second),
+		rec(4, "udp", "10.0.0.53:53", 0),
+		rec(5, "tcp", "[fd00::1]:80", 0),
+		rec(6, "icmp", "10.0.0.9:0", 0),
+		rec(7, "tcp", "10.0.0.2:80", 10*time.Second),
+		rec(8, "udp", "10.0.0.54:53", 5*time.Second),
+		rec(9, "udp", "10.0.0.54:53", 5*time.Second+slack/2),
+		rec(10, "udp", "10.0.0.54:53", 5*time.Second+slack/2+time.Millisecond),
+	}
+	ev := func(proto, dst string, at time.Duration) api.EgressEvent {
+		return api.EgressEvent{Proto: proto, Dst: dst, Time: t0.Add(at)}
+	}
+	for _, c := range []struct {
+		name string
+		ev   api.EgressEvent
+		want uint32 // 0 = none
+	}{
+		{"newest record of that tcp destination before the event", ev("tcp", "10.0.0.1:443", 3*time.Second), 2},
+		{"a record after the event is not its cause", ev("tcp", "10.0.0.1:443", 500*time.Millisecond), 1},
+		{"within the slack, the record counts", ev("tcp", "10.0.0.2:80", 10*time.Second-slack/2), 7},
+		{"udp does not match a tcp record", ev("udp", "10.0.0.1:443", 3*time.Second), 3},
+		{"other port", ev("tcp", "10.0.0.1:444", 3*time.Second), 0},
+		{"dns to the responder matches the udp query", ev("dns", "10.0.0.53:53", time.Second), 4},
+		{"a record before the event wins over a newer one within the slack", ev("dns", "10.0.0.54:53", 5*time.Second+time.Millisecond), 8},
+		{"without one before, the first within the slack", ev("dns", "10.0.0.54:53", 5*time.Second-time.Millisecond), 8},
+		{"ipv6", ev("tcp", "[fd00::1]:80", time.Second), 5},
+		{"icmp by address", ev("icmp", "10.0.0.9", time.Second), 6},
+		{"older than the window", ev("tcp", "10.0.0.1:443", Window+2*time.Second), 0},
+		{"audit events are never joined", api.EgressEvent{Proto: "audit", Time: t0}, 0},
+		{"the gateway's http events are not joined", ev("http", "10.0.0.1:443", 3*time.Second), 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := find(recs, c.ev)
+			switch {
+			case c.want == 0 && r != nil:
+				t.Errorf("joined to pid %d, want none", r.PID)
+			case c.want != 0 && r == nil:
+				t.Errorf("no record, want pid %d", c.want)
+			case c.want != 0 && r.PID != c.want:
+				t.Errorf("joined to pid %d, want %d", r.PID, c.want)
+			}
+		})
+	}
+}
+
+func TestDecodeRecord(t *testing.T) {
+	b := make([]byte, recordSize)
+	binary.LittleEndian.PutUint64(b[0:], uint64(4242)<<32|4243)
+	binary.LittleEndian.PutUint64(b[8:], 1000)
+	binary.LittleEndian.PutUint64(b[16:], 77)
+	copy(b[24:], "node")
+	// ::ffff:10.1.2.3 from a dual-stack socket reads as 10.1.2.3.
+	copy(b[40:], netip.MustParseAddr("::ffff:10.1.2.3").AsSlice())
+	binary.BigEndian.PutUint16(b[56:], 8443)
+	b[60], b[61], b[62] = 6, 6, hookConnect
+	r, err := decodeRecord(b, func(ns uint64) time.Time { return t0.Add(time.Duration(ns)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Record{PID: 4242, TID: 4243, Comm: "node", Time: t0.Add(1000), Cgroup: 77, Proto: "tcp", Dst: netip.MustParseAddrPort("10.1.2.3:8443")}
+	if r != want {
+		t.Errorf("decoded %+v, want %+v", r, want)
+	}
+	if _, err := decodeRecord(b[:10], nil); err == nil {
+		t.Error("a short record decoded")
+	}
+}
+
+// fakeProc makes /proc/<pid> with the files the agent reads.
+func fakeProc(t *testing.T, root string, pid, comm, cmdline, environ, cgroup string) {
+	t.Helper()
+	dir := filepath.Join(root, pid)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"comm": comm + "\n", "cmdline": cmdline, "environ": environ, "cgroup": "0::" + cgroup + "\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("/usr/local/bin/node", filepath.Join(dir, "exe")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestProcReadsOnlyWhatItNeeds(t *testing.T) {
+	root := t.TempDir()
+	long := strings.Repeat("x", 400)
+	fakeProc(t, root, "10", "node", "node\x00postinstall.js\x00--token=hunter2-secret\x00"+long+"\x00",
+		"PATH=/bin\x00npm_package_name=@cleanroom-demo/telemetry-helper\x00NPM_TOKEN=abc\x00", "/cleanroom/cr-j-1")
+	fakeProc(t, root, "11", "bash", "bash\x00", "", "/other")
+	pr := procReader{root: root, redact: func(s string) string { return strings.ReplaceAll(s, "hunter2-secret", "[REDACTED]") }}
+
+	p := pr.read(10, "libuv-worker", "/cleanroom/cr-j-1")
+	if p.PID != 10 || p.Comm != "node" || p.Exe != "/usr/local/bin/node" || p.Package != "@cleanroom-demo/telemetry-helper" {
+		t.Errorf("process %+v", p)
+	}
+	if !strings.HasPrefix(p.Cmdline, "node postinstall.js --token=[REDACTED] xxx") || len(p.Cmdline) > MaxCmdline || !strings.HasSuffix(p.Cmdline, "…") {
+		t.Errorf("cmdline %q (%d bytes): want redacted, cut to %d bytes with a mark", p.Cmdline, len(p.Cmdline), MaxCmdline)
+	}
+	// A pid now in another cgroup was reused: only the record's pid and comm.
+	if p := pr.read(11, "node", "/cleanroom/cr-j-1"); *p != (api.EgressProcess{PID: 11, Comm: "node"}) {
+		t.Errorf("reused pid: %+v, want only pid and comm", p)
+	}
+	// A process already gone: the same.
+	if p := pr.read(12, "node", "/cleanroom/cr-j-1"); *p != (api.EgressProcess{PID: 12, Comm: "node"}) {
+		t.Errorf("gone: %+v, want only pid and comm", p)
+	}
+}
+
+func TestTruncateKeepsRunes(t *testing.T) {
+	s := truncate(strings.Repeat("é", 200), 11)
+	if len(s) > 11 || !strings.HasSuffix(s, "…") || strings.ContainsRune(s, '\uFFFD') {
+		t.Errorf("truncate: %q", s)
+	}
+}
+
+// A Watch delivers events in order; one without a record waits at most
+// MaxWait, and a record that arrives while its event waits is used.
+func TestWatchDeliversInOrderWithABoundedWait(t *testing.T) {
+	root := t.TempDir()
+	tr := &Tracer{procs: procReader{root: root}, watches: map[uint64]*Watch{}}
+	got := make(chan api.EgressEvent, 10)
+	w := tr.Watch(func(ev api.EgressEvent) { got <- ev }, nil)
+	w.cgroups[5] = "/cleanroom/cr-x"
+
+	start := time.Now()
+	w.OnEvent(api.EgressEvent{Time: start, Proto: "tcp", Dst: "10.0.0.1:1", Verdict: "deny"}) // no record ever
+	w.OnEvent(api.EgressEvent{Time: start, Proto: "tcp", Dst: "10.0.0.2:2", Verdict: "deny"}) // its record comes late
+	w.OnEvent(api.EgressEvent{Time: start, Proto: "audit", Verdict: "deny"})                  // never joined
+	time.Sleep(20 * time.Millisecond)
+	w.record(Record{PID: 99, Comm: "node", Cgroup: 5, Proto: "tcp", Dst: netip.MustParseAddrPort("10.0.0.2:2"), Time: start.Add(-time.Millisecond)})
+
+	first, second, third := <-got, <-got, <-got
+	elapsed := time.Since(start)
+	if first.Dst != "10.0.0.1:1" || second.Dst != "10.0.0.2:2" || third.Proto != "audit" {
+		t.Fatalf("order: %s, %s, %s", first.Dst, second.Dst, third.Proto)
+	}
+	if first.Process != nil || third.Process != nil {
+		t.Errorf("attributed without a record: %+v %+v", first.Process, third.Process)
+	}
+	if second.Process == nil || second.Process.PID != 99 || second.Process.Comm != "node" {
+		t.Errorf("late record not used: %+v", second.Process)
+	}
+	if elapsed < MaxWait-10*time.Millisecond || elapsed > 3*MaxWait {
+		t.Errorf("delivery took %s, want about MaxWait (%s): each event waits from its own arrival", elapsed, MaxWait)
+	}
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// After Close, events pass straight through.
+	w.OnEvent(api.EgressEvent{Proto: "tcp", Dst: "10.0.0.2:2"})
+	if ev := <-got; ev.Process != nil {
+		t.Errorf("after close: %+v", ev.Process)
+	}
+}
+
+func TestWatchWithoutTracerPassesThrough(t *testing.T) {
+	var tr *Tracer
+	var got []api.EgressEvent
+	w := tr.Watch(func(ev api.EgressEvent) { got = append(got, ev) }, nil)
+	if err := w.AttachPID(1); err != nil {
+		t.Fatal(err)
+	}
+	w.OnEvent(api.EgressEvent{Proto: "tcp"})
+	if len(got) != 1 || got[0].Process != nil {
+		t.Errorf("got %+v", got)
+	}
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
