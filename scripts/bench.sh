@@ -40,3 +40,9 @@ if [ -x scripts/bench-job.sh ]; then
 	echo "== full job vs host-side npm ci && npm run build"
 	scripts/bench-job.sh
 fi
+
+if [ -x scripts/bench-gateway.sh ]; then
+	echo
+	echo "== registry gateway: cold and warm cache on the webapp example (373 packages) vs host npm ci"
+	scripts/bench-gateway.sh
+fi

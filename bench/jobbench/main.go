@@ -55,7 +55,11 @@ func main() {
 	flag.StringVar(&o.containerd, "containerd", os.Getenv("CLEANROOM_CONTAINERD_ADDRESS"), "containerd socket the agent uses")
 	flag.StringVar(&o.taskset, "baseline-cpus", "", "pin the host baseline to this CPU list (taskset -c), e.g. 0 to mirror a job spec's cpus: 1; empty: no pinning")
 	flag.BoolVar(&o.verbose, "v", false, "print each job's log with arrival times")
+	flag.BoolVar(&o.gateway, "gateway", false, "cold vs warm registry-gateway cache mode on examples/webapp (see gateway.go); -example then defaults to webapp")
 	flag.Parse()
+	if o.gateway && !flagSet("example") {
+		o.example = "webapp"
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "jobbench: needs root (lab namespaces, containerd)")
 		os.Exit(1)
@@ -67,7 +71,12 @@ func main() {
 	// The context ends on the first Ctrl-C/SIGTERM; later signals stay
 	// caught (stop runs last) so the clean-up cannot be interrupted.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
+	var err error
+	if o.gateway {
+		err = runGateway(ctx, o)
+	} else {
+		err = run(ctx, o)
+	}
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "jobbench:", err)
@@ -79,6 +88,8 @@ type opts struct {
 	n, warmup                               int
 	bin, repo, example, containerd, taskset string
 	verbose                                 bool
+	gateway                                 bool // -gateway: cold/warm cache mode (gateway.go)
+	quietFail                               bool // a failed job's log is not printed (a probe)
 }
 
 // line is one line of the CLI's output and when it arrived here.
@@ -305,7 +316,7 @@ func submit(ctx context.Context, env *harness.Env, o opts, dir string) (*jobRun,
 			}
 		}
 	}
-	if o.verbose || werr != nil {
+	if o.verbose || (werr != nil && !o.quietFail) {
 		for _, l := range j.lines {
 			fmt.Printf("    +%7.3fs %s\n", l.at.Sub(j.start).Seconds(), l.text)
 		}
@@ -314,7 +325,8 @@ func submit(ctx context.Context, env *harness.Env, o opts, dir string) (*jobRun,
 		return nil, ctx.Err()
 	}
 	if werr != nil {
-		return nil, fmt.Errorf("cleanroom submit --wait: %v (job %q)", werr, j.id)
+		// j goes back too: a caller may read why (gateMode does).
+		return j, fmt.Errorf("cleanroom submit --wait: %v (job %q)", werr, j.id)
 	}
 	if j.id == "" {
 		return nil, errors.New("no job id in the submit output")
@@ -342,6 +354,9 @@ func submit(ctx context.Context, env *harness.Env, o opts, dir string) (*jobRun,
 type baseline struct {
 	ns, src, taskset  string
 	registry, replace string
+	// cache, when set, is the npm cache every run shares (a warm cache);
+	// empty: a fresh, empty one each run.
+	cache string
 }
 
 var fetchRe = regexp.MustCompile(`npm http fetch GET \d+ (\S+)`)
@@ -358,7 +373,15 @@ func (b *baseline) run(ctx context.Context, verify bool) (hostRun, []string, err
 	defer os.RemoveAll(dir)
 	proj, cache, home := filepath.Join(dir, "project"), filepath.Join(dir, "npm-cache"), filepath.Join(dir, "home")
 	userCfg, globalCfg := filepath.Join(dir, "npmrc"), filepath.Join(dir, "global-npmrc")
-	for _, d := range []string{cache, home} {
+	if b.cache != "" {
+		cache = b.cache
+		if err := os.MkdirAll(cache, 0o700); err != nil {
+			return h, nil, err
+		}
+	} else if err := os.Mkdir(cache, 0o700); err != nil {
+		return h, nil, err
+	}
+	for _, d := range []string{home} {
 		if err := os.Mkdir(d, 0o700); err != nil {
 			return h, nil, err
 		}
@@ -617,6 +640,13 @@ func maxD(v []time.Duration) time.Duration {
 		m = max(m, d)
 	}
 	return m
+}
+
+// flagSet reports whether the named flag was given on the command line.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

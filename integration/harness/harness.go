@@ -155,7 +155,8 @@ func Start(ctx context.Context, o Options) (_ *Env, retErr error) {
 		return nil, fmt.Errorf("installing verdaccio: %w", err)
 	}
 	e.Registry, err = registry.Start(ctx, registry.Options{Install: inst, NetNS: e.Lab.RegistryNS,
-		Listen: net.JoinHostPort(lab.RegistryIP.String(), fmt.Sprint(lab.RegistryPort))})
+		Listen:   net.JoinHostPort(lab.RegistryIP.String(), fmt.Sprint(lab.RegistryPort)),
+		Progress: o.Progress})
 	if err != nil {
 		return nil, fmt.Errorf("starting verdaccio: %w", err)
 	}
@@ -195,6 +196,20 @@ func Start(ctx context.Context, o Options) (_ *Env, retErr error) {
 	}
 	e.say("coordinator on %s, SQLite in %s (%.1fs)", e.URL, srvDir, time.Since(t).Seconds())
 	return e, nil
+}
+
+// SeedWebapp adds the webapp example's 373 packages to the registry (on top
+// of the small examples' Start seeds). Only what builds the webapp calls it:
+// about 10 s with the tarballs cached, plus ~40 s to pack them from the
+// public registry the first time on a machine; the demo does not pay it.
+// Idempotent.
+func (e *Env) SeedWebapp(ctx context.Context) error {
+	t := time.Now()
+	if err := e.Registry.SeedWebapp(ctx, filepath.Join(e.opts.Repo, "examples")); err != nil {
+		return fmt.Errorf("seeding the webapp example's packages: %w", err)
+	}
+	e.say("internal registry seeded with the webapp example's packages (%.1fs)", time.Since(t).Seconds())
+	return nil
 }
 
 // start runs the cleanroom binary with args inside the lab host namespace.
@@ -276,6 +291,11 @@ type AgentOptions struct {
 	// Git is the agent's git section (hosts, CA, limits); zero: git
 	// sources are refused.
 	Git agent.GitConfig
+	// Extra are config keys written into agent.yaml as they are, after
+	// everything else, by dotted path ("gateway.cache_dir": "/x"): for
+	// settings this harness has no field for, such as those of a newer
+	// agent. An agent that does not know a key refuses to start.
+	Extra map[string]any
 }
 
 // Agent is a registered agent process.
@@ -350,6 +370,9 @@ func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 	if err := cfg.Save(cfgPath); err != nil {
 		return nil, err
 	}
+	if err := patchYAML(cfgPath, o.Extra); err != nil {
+		return nil, fmt.Errorf("writing extra agent config: %w", err)
+	}
 	p, err := e.start(ctx, "agent-"+o.Name, e.opts.AgentEnv, "agent", "run", "--config", cfgPath)
 	if err != nil {
 		return nil, err
@@ -360,6 +383,39 @@ func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// patchYAML sets each dotted key of extra in the YAML file at path,
+// creating the maps on the way.
+func patchYAML(path string, extra map[string]any) error {
+	if len(extra) == 0 {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	doc := map[string]any{}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return err
+	}
+	for key, v := range extra {
+		m, parts := doc, strings.Split(key, ".")
+		for _, p := range parts[:len(parts)-1] {
+			next, ok := m[p].(map[string]any)
+			if !ok {
+				next = map[string]any{}
+				m[p] = next
+			}
+			m = next
+		}
+		m[parts[len(parts)-1]] = v
+	}
+	out, err := yaml.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, out, 0o600)
 }
 
 // Restart starts the agent's process again with the same config (after a

@@ -15,10 +15,25 @@ import (
 // the packages published from local tarballs.
 const ManifestFile = "registry-packages.txt"
 
-// ExamplePackages reads examplesDir/registry-packages.txt: one exact
-// name@version a line; blank lines and lines starting with # are skipped.
+// WebappManifestFile is the webapp example's package list (its lockfile's
+// whole closure, 373 packages), relative to the examples folder. It is kept
+// apart from ManifestFile because seeding it takes longer: only the tests
+// and benchmarks that build the webapp seed it (SeedWebapp), not the demo.
+const WebappManifestFile = "registry-packages-webapp.txt"
+
+// ExamplePackages reads examplesDir/registry-packages.txt (ReadManifest).
 func ExamplePackages(examplesDir string) ([]string, error) {
-	p := filepath.Join(examplesDir, ManifestFile)
+	return ReadManifest(filepath.Join(examplesDir, ManifestFile))
+}
+
+// WebappPackages reads examplesDir/registry-packages-webapp.txt.
+func WebappPackages(examplesDir string) ([]string, error) {
+	return ReadManifest(filepath.Join(examplesDir, WebappManifestFile))
+}
+
+// ReadManifest reads a package list: one exact name@version a line; blank
+// lines and lines starting with # are skipped.
+func ReadManifest(p string) ([]string, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, fmt.Errorf("reading package manifest: %w", err)
@@ -66,4 +81,16 @@ func (r *Registry) SeedExamples(ctx context.Context, examplesDir string) error {
 		return err
 	}
 	return r.Seed(ctx, pkgs, tbs)
+}
+
+// SeedWebapp seeds the webapp example's packages (WebappManifestFile). It
+// is idempotent, so a test can call it on a registry SeedExamples already
+// filled; the first run on a machine packs 373 tarballs from the public
+// registry (progress goes to Options.Progress), later runs only publish.
+func (r *Registry) SeedWebapp(ctx context.Context, examplesDir string) error {
+	pkgs, err := WebappPackages(examplesDir)
+	if err != nil {
+		return err
+	}
+	return r.Seed(ctx, pkgs, nil)
 }

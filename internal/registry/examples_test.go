@@ -25,16 +25,23 @@ const labRegistryURL = "http://registry.cleanroom.test:4873/"
 // evilURLPrefix is where the foreign-lockfile example's tampered entry points.
 const evilURLPrefix = "https://evil.example.com/"
 
+// publicRegistryURL is where the webapp example's lockfile resolves: it is
+// committed as the public registry produced it.
+const publicRegistryURL = "https://registry.npmjs.org/"
+
 // exampleProjects are the example folders with a lockfile; foreign is the one
-// whose lockfile is tampered on purpose.
+// whose lockfile is tampered on purpose; public ones resolve at the public
+// registry and have their own package list (webapp).
 var exampleProjects = []struct {
 	dir     string
 	foreign bool
+	public  bool
 }{
 	{dir: "hello"},
 	{dir: "deploy-secret"},
 	{dir: "evil-postinstall"},
 	{dir: "foreign-lockfile", foreign: true},
+	{dir: "webapp", public: true},
 }
 
 // lockfile is the part of package-lock.json v3 the checks read.
@@ -84,10 +91,11 @@ func readLockfile(t *testing.T, path string) lockfile {
 
 // TestExampleLockfiles checks the committed lockfiles: version 3, every
 // package resolved at the lab registry with an integrity value (except the
-// one tampered entry of foreign-lockfile), local packages' integrity equal to
-// the committed tarball's, and registry-packages.txt exactly the closure of
-// what the lockfiles resolve. With -update-lockfiles it first regenerates
-// them against a loopback Verdaccio.
+// one tampered entry of foreign-lockfile, and webapp, resolved at the public
+// registry), local packages' integrity equal to the committed tarball's,
+// registry-packages.txt exactly the closure of what the lab lockfiles
+// resolve and registry-packages-webapp.txt exactly webapp's. With
+// -update-lockfiles it first regenerates them against a loopback Verdaccio.
 func TestExampleLockfiles(t *testing.T) {
 	dir := examplesDir(t)
 	if *updateLockfiles {
@@ -96,6 +104,13 @@ func TestExampleLockfiles(t *testing.T) {
 	manifest, err := ExamplePackages(dir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	webapp, err := WebappPackages(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(webapp) < 300 {
+		t.Errorf("%s lists %d packages, want the real-world-sized example's 300+", WebappManifestFile, len(webapp))
 	}
 	tarballs, err := ExampleTarballs(dir)
 	if err != nil {
@@ -113,28 +128,33 @@ func TestExampleLockfiles(t *testing.T) {
 		t.Fatal("no local example tarballs found")
 	}
 
-	used := map[string]bool{}
+	used := map[string]bool{}       // by the lab lockfiles
+	usedPublic := map[string]bool{} // by webapp's
 	for _, ex := range exampleProjects {
 		lf := readLockfile(t, filepath.Join(dir, ex.dir, "package-lock.json"))
 		if lf.LockfileVersion != 3 {
 			t.Errorf("%s: lockfileVersion %d, want 3", ex.dir, lf.LockfileVersion)
 		}
+		wantPrefix, list, listName, seen := labRegistryURL, manifest, ManifestFile, used
+		if ex.public {
+			wantPrefix, list, listName, seen = publicRegistryURL, webapp, WebappManifestFile, usedPublic
+		}
 		foreign := 0
 		for spec, p := range lockedSpecs(t, lf) {
-			used[spec] = true
+			seen[spec] = true
 			switch {
 			case p.Integrity == "":
 				t.Errorf("%s: %s has no integrity", ex.dir, spec)
 			case ex.foreign && strings.HasPrefix(p.Resolved, evilURLPrefix):
 				foreign++
-			case !strings.HasPrefix(p.Resolved, labRegistryURL):
-				t.Errorf("%s: %s resolved at %q, want under %s", ex.dir, spec, p.Resolved, labRegistryURL)
+			case !strings.HasPrefix(p.Resolved, wantPrefix):
+				t.Errorf("%s: %s resolved at %q, want under %s", ex.dir, spec, p.Resolved, wantPrefix)
 			}
 			if want, ok := local[spec]; ok && p.Integrity != want {
 				t.Errorf("%s: %s integrity %s differs from the committed tarball's %s", ex.dir, spec, p.Integrity, want)
 			}
-			if _, ok := local[spec]; !ok && !slices.Contains(manifest, spec) {
-				t.Errorf("%s: %s is missing from %s", ex.dir, spec, ManifestFile)
+			if _, ok := local[spec]; !ok && !slices.Contains(list, spec) {
+				t.Errorf("%s: %s is missing from %s", ex.dir, spec, listName)
 			}
 		}
 		if ex.foreign && foreign != 1 {
@@ -146,6 +166,11 @@ func TestExampleLockfiles(t *testing.T) {
 			t.Errorf("%s lists %s, which no example lockfile uses", ManifestFile, spec)
 		}
 	}
+	for _, spec := range webapp {
+		if !usedPublic[spec] {
+			t.Errorf("%s lists %s, which the webapp lockfile does not use", WebappManifestFile, spec)
+		}
+	}
 	for spec := range local {
 		if !used[spec] {
 			t.Errorf("local tarball %s is used by no example lockfile", spec)
@@ -155,9 +180,15 @@ func TestExampleLockfiles(t *testing.T) {
 
 // generateLockfiles regenerates every example's package-lock.json against a
 // seeded loopback Verdaccio, then rewrites the registry part of the resolved
-// URLs to the lab registry name (integrity values are unchanged).
+// URLs to the lab registry name, or for webapp to the public registry (the
+// tarballs are the public registry's, byte for byte: the lockfile is the
+// one the public registry gives for the seeded versions). Integrity values
+// are unchanged.
 func generateLockfiles(t *testing.T, dir string) {
 	r := startSeeded(t)
+	if err := r.SeedWebapp(t.Context(), dir); err != nil {
+		t.Fatal(err)
+	}
 	tmp := t.TempDir()
 	npmrc := filepath.Join(tmp, "npmrc")
 	if err := r.WriteNpmrc(npmrc, "", ""); err != nil {
@@ -173,7 +204,11 @@ func generateLockfiles(t *testing.T, dir string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b = bytes.ReplaceAll(b, []byte(`"resolved": "`+r.URL), []byte(`"resolved": "`+labRegistryURL))
+		to := labRegistryURL
+		if ex.public {
+			to = publicRegistryURL
+		}
+		b = bytes.ReplaceAll(b, []byte(`"resolved": "`+r.URL), []byte(`"resolved": "`+to))
 		if ex.foreign {
 			// The tampered entry: picocolors from somewhere that is not the
 			// internal registry, integrity left as it was.
@@ -198,8 +233,8 @@ func TestExampleJobSpecs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(specs) < 4 {
-		t.Fatalf("found %d job specs, want at least 4", len(specs))
+	if len(specs) < 5 {
+		t.Fatalf("found %d job specs, want at least 5", len(specs))
 	}
 	for _, p := range specs {
 		name := filepath.Base(filepath.Dir(p))

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -49,6 +50,9 @@ type Options struct {
 	NetNS string
 	// ReadyTimeout bounds the wait for GET /-/ping; 0 means 30 s.
 	ReadyTimeout time.Duration
+	// Progress, when set, receives a line now and then while Seed packs
+	// tarballs from the public registry or publishes many of them.
+	Progress io.Writer
 }
 
 // Registry is a running Verdaccio. Stop it when done.
@@ -68,12 +72,13 @@ type Registry struct {
 	// ReaderToken authenticates ReaderUser: it may read, not publish.
 	ReaderToken string
 
-	install *Installation
-	netns   string
-	client  *http.Client
-	cmd     *exec.Cmd
-	done    chan struct{}
-	waitErr error
+	install  *Installation
+	progress io.Writer
+	netns    string
+	client   *http.Client
+	cmd      *exec.Cmd
+	done     chan struct{}
+	waitErr  error
 
 	stopOnce sync.Once
 	stopErr  error
@@ -84,8 +89,18 @@ type Registry struct {
 // Anyone may read ($all); only the publisher user may publish, so every other
 // user (ReaderUser, or one a build registers itself) is read-only.
 // max_users lets the harness create users over the API. The web UI and the
-// audit middleware (which forwards to the public registry) stay off.
+// audit middleware (which forwards to the public registry) stay off. API
+// tokens are JWTs (security.api.jwt), checked by their signature: Verdaccio's
+// legacy tokens cost a bcrypt check of the htpasswd password on every
+// request (~0.5 s on a busy 2-core machine), which made seeding the webapp
+// example's 373 packages take minutes.
 const config = `storage: %[1]s/storage
+security:
+  api:
+    legacy: false
+    jwt:
+      sign:
+        expiresIn: 7d
 auth:
   htpasswd:
     file: %[1]s/htpasswd
@@ -129,13 +144,14 @@ func Start(ctx context.Context, opts Options) (_ *Registry, retErr error) {
 		return nil, fmt.Errorf("creating registry folder: %w", err)
 	}
 	r := &Registry{
-		URL:     "http://" + addr + "/",
-		Addr:    addr,
-		Dir:     dir,
-		LogPath: filepath.Join(dir, "verdaccio.log"),
-		install: in,
-		netns:   opts.NetNS,
-		done:    make(chan struct{}),
+		URL:      "http://" + addr + "/",
+		Addr:     addr,
+		Dir:      dir,
+		LogPath:  filepath.Join(dir, "verdaccio.log"),
+		install:  in,
+		progress: opts.Progress,
+		netns:    opts.NetNS,
+		done:     make(chan struct{}),
 	}
 	defer func() {
 		if retErr != nil {

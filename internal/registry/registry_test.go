@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -173,5 +174,33 @@ func getJSON(t *testing.T, c *http.Client, url string, v any) {
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatalf("GET %s: %v", url, err)
+	}
+}
+
+// Pack fetches nothing and says nothing when every tarball is cached, and
+// returns the cached paths in spec order.
+func TestPackFromTheCacheIsQuiet(t *testing.T) {
+	needNode(t)
+	specs, err := ExamplePackages(examplesDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := testCacheDir(t)
+	if _, err := Pack(t.Context(), cache, specs, nil); err != nil {
+		t.Fatal(err)
+	}
+	var progress bytes.Buffer
+	paths, err := Pack(t.Context(), cache, specs, &progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if progress.Len() != 0 {
+		t.Errorf("Pack of cached tarballs reported progress: %q", progress.String())
+	}
+	for i, s := range specs {
+		name, version, _ := ParseSpec(s)
+		if want := filepath.Join(cache, "tarballs", PackFileName(name, version)); paths[i] != want {
+			t.Errorf("path %d = %s, want %s", i, paths[i], want)
+		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"time"
 )
 
 // exactVersion matches a full semver version, not a range or a tag: the
@@ -46,12 +47,24 @@ func PackFileName(name, version string) string {
 	return strings.Replace(strings.TrimPrefix(name, "@"), "/", "-", 1) + "-" + version + ".tgz"
 }
 
+// packBatch is how many specs one `npm pack` call fetches, and packWorkers
+// how many such calls run at once: npm pack fetches its specs one after the
+// other, so a large first seed (the webapp's 373 packages) goes several
+// times faster in parallel batches, and each finished batch is a progress
+// line.
+const (
+	packBatch   = 25
+	packWorkers = 4
+)
+
 // Pack makes sure every exact spec has its tarball in cacheDir/tarballs,
-// fetching the missing ones from the public npm registry with one
-// `npm pack` call, and returns the tarball paths in spec order. npm pack of
-// a registry spec saves the published bytes unchanged, so the integrity
-// values match the public registry's.
-func Pack(ctx context.Context, cacheDir string, specs []string) ([]string, error) {
+// fetching the missing ones from the public npm registry with `npm pack`
+// (in batches, several at once, a progress line to progress after each
+// batch when progress is not nil), and returns the tarball paths in spec
+// order. npm pack of a registry spec saves the published bytes unchanged, so
+// the integrity values match the public registry's. Tarballs already in the
+// cache are never fetched again.
+func Pack(ctx context.Context, cacheDir string, specs []string, progress io.Writer) ([]string, error) {
 	if cacheDir == "" {
 		cacheDir = CacheDir()
 	}
@@ -74,34 +87,98 @@ func Pack(ctx context.Context, cacheDir string, specs []string) ([]string, error
 	if len(missing) == 0 {
 		return paths, nil
 	}
-	// Pack into a private folder, then rename: a concurrent run never sees
-	// a half-written tarball.
+	var batches [][]string
+	for len(missing) > 0 {
+		n := min(packBatch, len(missing))
+		batches = append(batches, missing[:n])
+		missing = missing[n:]
+	}
+	total := 0
+	for _, b := range batches {
+		total += len(b)
+	}
+	say(progress, "packing %d package(s) from the npm registry into %s (once: later runs use the cache)", total, dir)
+	start := time.Now()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu   sync.Mutex
+		done int
+		errs []error
+		wg   sync.WaitGroup
+	)
+	work := make(chan []string)
+	for range min(packWorkers, len(batches)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range work {
+				err := packBatchInto(ctx, cacheDir, dir, b)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err)
+					cancel()
+				} else {
+					done += len(b)
+					if len(batches) > 1 {
+						say(progress, "  packed %d/%d (%.0fs)", done, total, time.Since(start).Seconds())
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, b := range batches {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- b
+	}
+	close(work)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return paths, nil
+}
+
+// packBatchInto packs specs with one `npm pack` call into a private folder,
+// then renames each tarball into dir: a concurrent run never sees a
+// half-written tarball.
+func packBatchInto(ctx context.Context, cacheDir, dir string, specs []string) error {
 	tmp, err := os.MkdirTemp(dir, ".pack-")
 	if err != nil {
-		return nil, fmt.Errorf("creating pack folder: %w", err)
+		return fmt.Errorf("creating pack folder: %w", err)
 	}
 	defer os.RemoveAll(tmp)
 	npmrc, err := writeNpmrc(tmp, "npmrc", publicRegistry)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	args := append([]string{"pack", "--userconfig", npmrc,
 		"--cache", filepath.Join(cacheDir, "npm-cache"),
-		"--pack-destination", tmp, "--ignore-scripts", "--loglevel=error"}, missing...)
+		"--pack-destination", tmp, "--ignore-scripts", "--loglevel=error"}, specs...)
 	cmd := exec.CommandContext(ctx, "npm", args...)
 	cmd.Dir = tmp
 	cmd.Env = npmEnv()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("packing %d packages from the npm registry: %w\n%s", len(missing), err, tail(out, 4000))
+		return fmt.Errorf("packing %d packages from the npm registry: %w\n%s", len(specs), err, tail(out, 4000))
 	}
-	for _, s := range missing {
+	for _, s := range specs {
 		name, version, _ := ParseSpec(s)
 		f := PackFileName(name, version)
 		if err := os.Rename(filepath.Join(tmp, f), filepath.Join(dir, f)); err != nil {
-			return nil, fmt.Errorf("storing packed %s: %w", s, err)
+			return fmt.Errorf("storing packed %s: %w", s, err)
 		}
 	}
-	return paths, nil
+	return nil
+}
+
+// say writes one progress line when w is not nil.
+func say(w io.Writer, format string, args ...any) {
+	if w != nil {
+		fmt.Fprintf(w, format+"\n", args...)
+	}
 }
 
 // Seed publishes exact public packages (packed once into the cache by Pack)
@@ -111,7 +188,7 @@ func Pack(ctx context.Context, cacheDir string, specs []string) ([]string, error
 // match. Versions of one package are published in order, different packages
 // four at a time. A version already present is not an error.
 func (r *Registry) Seed(ctx context.Context, pkgs []string, tarballs []string) error {
-	packed, err := Pack(ctx, r.install.CacheDir, pkgs)
+	packed, err := Pack(ctx, r.install.CacheDir, pkgs, r.progress)
 	if err != nil {
 		return err
 	}
@@ -130,6 +207,12 @@ func (r *Registry) Seed(ctx context.Context, pkgs []string, tarballs []string) e
 		byName[tb.name] = append(byName[tb.name], tb)
 	}
 
+	// Many tarballs (the webapp's closure) take seconds: say so.
+	total, start := len(packed)+len(tarballs), time.Now()
+	chatty := total >= publishProgressMin
+	if chatty {
+		say(r.progress, "publishing %d tarball(s) to the registry", total)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sem := make(chan struct{}, 4)
@@ -154,8 +237,18 @@ func (r *Registry) Seed(ctx context.Context, pkgs []string, tarballs []string) e
 		}(byName[name])
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if chatty {
+		say(r.progress, "  published %d tarball(s) in %.1fs", total, time.Since(start).Seconds())
+	}
+	return nil
 }
+
+// publishProgressMin is the number of tarballs from which Seed reports its
+// publishing (the small examples' seed stays quiet).
+const publishProgressMin = 50
 
 // tarball is a package tarball read into memory with its manifest.
 type tarball struct {
