@@ -165,7 +165,6 @@ type tally struct {
 	nEgress   int64
 	artifacts map[string][32]byte
 	blobs     map[string]int64
-	blobHash  hash.Hash
 	blobBytes int64
 
 	progress func(CopyProgress)
