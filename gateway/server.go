@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -52,7 +53,10 @@ func (g *Gateway) Serve(ln net.Listener, j Job) (*JobServer, error) {
 		WriteTimeout:      30 * time.Minute, // one large tarball on a slow sandbox
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          g.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+		// "OPTIONS *" reaches the handler (refused and audited) instead of
+		// being answered by net/http without an event.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     g.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
 	}
 	go func() {
 		defer close(s.done)
@@ -124,8 +128,8 @@ func (s *JobServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Job:     s.job.Job,
 		Sandbox: s.job.Sandbox,
 		Proto:   ProtoHTTP,
-		Method:  r.Method,
-		Path:    s.redact(r.URL.Path),
+		Method:  s.logged(r.Method),
+		Path:    s.logged(r.URL.Path),
 	}
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		ev.Src = host
@@ -144,12 +148,22 @@ func (s *JobServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *JobServer) redact(p string) string {
-	if len(p) > maxLoggedPath {
-		p = p[:maxLoggedPath] + "…"
-	}
+// logged makes text taken from a request fit for an event: secrets
+// redacted first (so that cutting it short cannot leave part of one), then
+// every control, format or invalid byte in its visible form (a newline
+// cannot break a log line, an escape sequence cannot reach a terminal),
+// then cut to maxLoggedPath bytes at a rune boundary.
+func (s *JobServer) logged(p string) string {
 	if s.job.Redact != nil {
 		p = s.job.Redact(p)
+	}
+	p = api.Printable(p)
+	if len(p) > maxLoggedPath {
+		cut := maxLoggedPath
+		for cut > 0 && !utf8.RuneStart(p[cut]) {
+			cut--
+		}
+		p = p[:cut] + "…"
 	}
 	return p
 }
@@ -163,12 +177,14 @@ func (s *JobServer) handle(w *countingWriter, r *http.Request, ev *api.EgressEve
 	if t, ok := s.tarball(p); ok {
 		return s.serveTarball(w, r, ev, t)
 	}
-	if i := strings.LastIndex(p, "/-/"); i >= 0 && strings.HasSuffix(p, ".tgz") && i > 0 {
-		name, _ := splitName(p[:i])
-		ev.Package = name
+	if name, file, ok := tarballName(p); ok && strings.HasSuffix(p, ".tgz") {
+		if !validName(name) {
+			name = ""
+		}
+		ev.Package = s.logged(name)
 		if name != "" {
-			if v, ok := s.versionOf(name, p[i+3:]); ok {
-				ev.Version = v
+			if v, ok := s.versionOf(name, file); ok {
+				ev.Version = s.logged(v)
 				if ref, ok := s.refused[name+"@"+v]; ok {
 					return deny(w, ev, ref.Rule, ref.Entry.Name+"@"+ref.Entry.Version+": "+ref.Reason)
 				}
@@ -183,7 +199,7 @@ func (s *JobServer) handle(w *countingWriter, r *http.Request, ev *api.EgressEve
 	if name == "" || rest != "" {
 		return deny(w, ev, RuleRegistryAPI, "only the lockfile's tarballs are served, no other registry endpoint")
 	}
-	ev.Package = name
+	ev.Package = s.logged(name)
 	if len(s.names[name]) == 0 {
 		return deny(w, ev, RuleNotInLockfile, "the job's lockfile does not pin "+name)
 	}
@@ -209,29 +225,41 @@ func splitName(p string) (name, rest string) {
 	return name, rest
 }
 
-// tarball finds the target a request path names: its tail is
-// "<name>/-/<file>" of a lockfile entry (a path prefix before the name is
-// ignored: the lockfile's resolved URL may have one).
-func (s *JobServer) tarball(p string) (*target, bool) {
+// tarballName splits a tarball request path into the package name it
+// names and the file: the name is the segment before "/-/", or the two
+// before it when the first of them is a scope ("@scope/name"); a path
+// prefix before the name is ignored (the lockfile's resolved URL may have
+// one). ok is false when p has no "/-/" or no name before it.
+func tarballName(p string) (name, file string, ok bool) {
 	i := strings.LastIndex(p, "/-/")
 	if i <= 0 {
-		return nil, false
+		return "", "", false
 	}
 	before, file := p[:i], p[i+3:]
-	// The name is the last segment before "/-/", or the last two when the
-	// first of them is a scope.
 	j := strings.LastIndex(before, "/")
-	if t, ok := s.targets[before[j+1:]+"/-/"+file]; ok && !strings.HasPrefix(before[j+1:], "@") {
-		return t, true
-	}
+	name = before[j+1:]
 	if j > 0 {
 		k := strings.LastIndex(before[:j], "/")
 		if scope := before[k+1 : j]; strings.HasPrefix(scope, "@") {
-			t, ok := s.targets[before[k+1:]+"/-/"+file]
-			return t, ok
+			name = scope + "/" + name
 		}
 	}
-	return nil, false
+	if name == "" || strings.HasPrefix(name, "@") && !strings.Contains(name, "/") {
+		return "", "", false
+	}
+	return name, file, true
+}
+
+// tarball finds the target a request path names: its "<name>/-/<file>"
+// (tarballName) is a lockfile entry's. A scoped path names only the scoped
+// package: "/@a/x/-/x-1.0.0.tgz" is never the unscoped x's tarball.
+func (s *JobServer) tarball(p string) (*target, bool) {
+	name, file, ok := tarballName(p)
+	if !ok {
+		return nil, false
+	}
+	t, ok := s.targets[name+"/-/"+file]
+	return t, ok
 }
 
 // versionOf guesses the version a tarball file name of name carries, for

@@ -1,0 +1,104 @@
+package gateway
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cleanroom-ci/cleanroom/api"
+)
+
+// Tests of what code in a sandbox might try against its gateway.
+
+func TestScopedTarballPathNeverServesTheUnscopedPackage(t *testing.T) {
+	plain := newTarball(t, "x", "1.0.0", 100)
+	scoped := newTarball(t, "@a/x", "1.0.0", 200)
+	up := newFakeRegistry(t, "/", "", plain, scoped)
+	g := newGateway(t, Config{}, "", up)
+	for _, entries := range [][]Entry{{plain.entry(up.URL()), scoped.entry(up.URL())}, {plain.entry(up.URL())}} {
+		s, _ := serve(t, g, Job{Entries: entries})
+		status, body, _ := request(t, "GET", s.URL()+"@a/x/-/x-1.0.0.tgz", nil)
+		if len(entries) == 2 && (status != 200 || string(body) != string(scoped.data)) {
+			t.Errorf("both pinned: GET @a/x: status %d, %d bytes, want @a/x's %d", status, len(body), len(scoped.data))
+		}
+		if len(entries) == 1 && status != 403 {
+			t.Errorf("only x pinned: GET @a/x: status %d, want 403", status)
+		}
+		status, body, _ = request(t, "GET", s.URL()+"x/-/x-1.0.0.tgz", nil)
+		if status != 200 || string(body) != string(plain.data) {
+			t.Errorf("GET x: status %d, %d bytes", status, len(body))
+		}
+	}
+}
+
+// rawRequest writes req on a new connection to the gateway and returns
+// what it answers (until it closes the connection or a second passes).
+func rawRequest(t *testing.T, s *JobServer, req string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimSuffix(strings.TrimPrefix(s.URL(), "http://"), "/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		b.WriteString(line)
+		if err != nil {
+			return b.String()
+		}
+	}
+}
+
+func TestEventFieldsFromTheRequestAreRedactedAndPrintable(t *testing.T) {
+	pkg := newTarball(t, "pkg", "1.0.0", 10)
+	up := newFakeRegistry(t, "/", "", pkg)
+	g := newGateway(t, Config{}, "", up)
+	const secret = "hunter2hunter2"
+	s, evs := serve(t, g, Job{Entries: []Entry{pkg.entry(up.URL())},
+		Redact: func(p string) string { return strings.ReplaceAll(p, secret, "[REDACTED]") }})
+	long := strings.Repeat("a", maxLoggedPath-5) + secret
+	requests := []string{
+		"GET /x%0a%1b[31mfake%0d%0aevent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+		"GET /" + secret + "/-/" + secret + "-1.0.0.tgz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+		"GET /pkg/-/pkg-1.0.0%0a" + secret + ".tgz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+		"GET /" + secret + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+		"GET /" + long + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+		secret + " /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+	}
+	for _, req := range requests {
+		rawRequest(t, s, req)
+	}
+	for _, ev := range evs.wait(t, len(requests)) {
+		for _, f := range []string{ev.Method, ev.Path, ev.Package, ev.Version} {
+			if strings.Contains(f, "hunter2") || strings.ContainsAny(f, "\n\r\x1b") || len(f) > maxLoggedPath+len("…") {
+				t.Errorf("event field %q (event %+v)", f, ev)
+			}
+		}
+		if ev.Verdict != api.VerdictDeny {
+			t.Errorf("event %+v, want deny", ev)
+		}
+	}
+}
+
+func TestOptionsStarIsRefusedAndAudited(t *testing.T) {
+	g := newGateway(t, Config{}, "", newFakeRegistry(t, "/", ""))
+	s, evs := serve(t, g, Job{})
+	resp := rawRequest(t, s, "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	if !strings.HasPrefix(resp, "HTTP/1.1 403") {
+		t.Errorf("OPTIONS *: %q", resp)
+	}
+	if ev := evs.wait(t, 1)[0]; ev.Method != "OPTIONS" || ev.Rule != RuleRegistryWrite {
+		t.Errorf("event %+v", ev)
+	}
+}
+
+var _ = http.StatusOK
