@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -102,3 +103,57 @@ func TestOptionsStarIsRefusedAndAudited(t *testing.T) {
 }
 
 var _ = http.StatusOK
+
+func TestPackumentRequestsCarryNothingUpstreamAndAreFetchedOncePerJob(t *testing.T) {
+	pkg := newTarball(t, "pkg", "1.0.0", 10)
+	up := newFakeRegistry(t, "/", "", pkg)
+	up.delay = 50 * time.Millisecond
+	g := newGateway(t, Config{}, "", up)
+	e := pkg.entry(up.URL())
+	e.Resolved = ""
+	s, evs := serve(t, g, Job{Entries: []Entry{e}})
+	accepts := []string{
+		"application/json; exfil=c2VjcmV0IGRhdGE",
+		"application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*; exfil=c2VjcmV0IGRhdGE",
+	}
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("GET", s.URL()+"pkg", nil)
+			req.Header.Set("Accept", accepts[i%2])
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Errorf("status %d", resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	if c := up.count("GET", "/pkg"); c != 2 {
+		t.Errorf("upstream packument fetches %d, want 2 (one per media type)", c)
+	}
+	up.mu.Lock()
+	for _, h := range up.headers {
+		for k, v := range h {
+			if strings.Contains(strings.Join(v, ","), "exfil") {
+				t.Errorf("upstream saw the sandbox's %s: %q", k, v)
+			}
+		}
+	}
+	up.mu.Unlock()
+	dsts := 0
+	for _, ev := range evs.wait(t, 20) {
+		if ev.Dst != "" {
+			dsts++
+		}
+	}
+	if dsts != 2 {
+		t.Errorf("%d events name the upstream as fetched, want 2", dsts)
+	}
+}

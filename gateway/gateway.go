@@ -29,8 +29,9 @@
 //     security advisories…): 403 registry-api;
 //   - the packument of a lockfile name: 200, filtered to the pinned
 //     versions with tarball URLs on the gateway (npm ci asks for one only
-//     when a lockfile entry has no resolved URL); of any other name: 403
-//     not-in-lockfile.
+//     when a lockfile entry has no resolved URL), fetched upstream once per
+//     job and media type (abbreviated or full: nothing of the sandbox's
+//     headers goes upstream); of any other name: 403 not-in-lockfile.
 //
 // Events carry the method, the path (query dropped, through Job.Redact),
 // package and version when known, status, bytes sent to the sandbox, the

@@ -39,7 +39,11 @@ func (g *Gateway) Serve(ln net.Listener, j Job) (*JobServer, error) {
 		names:   map[string][]*target{},
 		refused: map[string]Refusal{},
 		done:    make(chan struct{}),
+
+		packuments:   map[string]*packumentFlight{},
+		packumentSem: make(chan struct{}, packumentConcurrency),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, t := range ts {
 		s.names[t.entry.Name] = append(s.names[t.entry.Name], t)
 	}
@@ -77,8 +81,16 @@ type JobServer struct {
 	names   map[string][]*target // by name
 	refused map[string]Refusal   // by name@version
 
-	mu      sync.Mutex
-	failure error
+	mu         sync.Mutex
+	failure    error
+	packuments map[string]*packumentFlight // by accept and name
+
+	packumentSem chan struct{}
+
+	// ctx ends when the server is closed: it bounds work that outlives a
+	// request (packument fetches).
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -107,6 +119,7 @@ func (s *JobServer) fail(err error) {
 // Close stops the endpoint and waits for its requests to end.
 func (s *JobServer) Close() error {
 	s.closeOnce.Do(func() {
+		defer s.cancel()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := s.srv.Shutdown(ctx); err != nil {
@@ -366,19 +379,13 @@ func (s *JobServer) upstreamFailed(w *countingWriter, ev *api.EgressEvent, err e
 func (s *JobServer) servePackument(w *countingWriter, r *http.Request, ev *api.EgressEvent, name string) int {
 	ev.Rule = RuleAllowed
 	up := s.g.forName(name)
-	ev.Domain, ev.Dst = up.base.Hostname(), up.base.Host
-	accept := r.Header.Get("Accept")
-	if accept == "" || len(accept) > 256 {
-		accept = "application/json"
+	ev.Domain = up.base.Hostname()
+	b, fetched, err := s.packument(r.Context(), up, name, upstreamAccept(r.Header.Get("Accept")))
+	if fetched {
+		ev.Dst = up.base.Host
 	}
-	body, err := s.g.packumentBody(r.Context(), up, name, accept)
 	if err != nil {
 		return s.upstreamFailed(w, ev, err)
-	}
-	defer body.Close()
-	b, err := s.filterPackument(io.LimitReader(body, maxPackumentBytes), name)
-	if err != nil {
-		return s.upstreamFailed(w, ev, &UpstreamError{Upstream: up.String(), What: "the packument of " + name, Err: err})
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
@@ -389,6 +396,74 @@ func (s *JobServer) servePackument(w *countingWriter, r *http.Request, ev *api.E
 		w.Write(b)
 	}
 	return http.StatusOK
+}
+
+// Media types a packument is asked for upstream: npm's abbreviated
+// ("corgi") document or the full one. Nothing of the sandbox's own Accept
+// header is sent upstream, where it would carry the sandbox's data.
+const (
+	acceptAbbreviated = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
+	acceptFull        = "application/json"
+)
+
+// upstreamAccept is the fixed Accept header sent upstream for a packument
+// the sandbox asked for with accept.
+func upstreamAccept(accept string) string {
+	if strings.Contains(accept, "application/vnd.npm.install-v1+json") {
+		return acceptAbbreviated
+	}
+	return acceptFull
+}
+
+// packumentFlight is one filtered packument of a job: fetched once, then
+// answered from memory for the rest of the job.
+type packumentFlight struct {
+	done chan struct{}
+	body []byte
+	err  error
+}
+
+// packumentConcurrency bounds the packuments one job fetches and filters at
+// a time (each may be large in memory while it is decoded).
+const packumentConcurrency = 4
+
+// packument is name's packument filtered to the job's pinned versions:
+// fetched upstream once per job and media type, however often and however
+// concurrently the sandbox asks (its requests cannot make the agent fetch
+// or decode more), at most packumentConcurrency at a time.
+// fetched says this call started the fetch.
+func (s *JobServer) packument(ctx context.Context, up *upstream, name, accept string) (body []byte, fetched bool, err error) {
+	key := accept + " " + name
+	s.mu.Lock()
+	fl, ok := s.packuments[key]
+	if !ok {
+		fl = &packumentFlight{done: make(chan struct{})}
+		s.packuments[key] = fl
+		go func() {
+			defer close(fl.done)
+			fctx, cancel := context.WithTimeout(s.ctx, fetchTimeout)
+			defer cancel()
+			s.packumentSem <- struct{}{}
+			defer func() { <-s.packumentSem }()
+			body, err := s.g.packumentBody(fctx, up, name, accept)
+			if err != nil {
+				fl.err = err
+				return
+			}
+			defer body.Close()
+			fl.body, fl.err = s.filterPackument(io.LimitReader(body, maxPackumentBytes), name)
+			if fl.err != nil {
+				fl.err = &UpstreamError{Upstream: up.String(), What: "the packument of " + name, Err: fl.err}
+			}
+		}()
+	}
+	s.mu.Unlock()
+	select {
+	case <-fl.done:
+		return fl.body, !ok, fl.err
+	case <-ctx.Done():
+		return nil, !ok, ctx.Err()
+	}
 }
 
 // filterPackument keeps of a packument only the pinned versions (their
