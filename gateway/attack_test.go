@@ -2,8 +2,11 @@ package gateway
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -155,5 +158,82 @@ func TestPackumentRequestsCarryNothingUpstreamAndAreFetchedOncePerJob(t *testing
 	}
 	if dsts != 2 {
 		t.Errorf("%d events name the upstream as fetched, want 2", dsts)
+	}
+}
+
+func TestSHA1OnlyEntryCannotPullAnotherCachedTarball(t *testing.T) {
+	victim := newTarball(t, "victim", "1.0.0", 300) // cached by another job
+	old := newTarball(t, "old", "0.1.0", 200)
+	// The registry publishes the victim's sha512 for old@0.1.0.
+	old.publishedSHA512 = sri512(victim.data)
+	up := newFakeRegistry(t, "/", "", victim, old)
+	g := newGateway(t, Config{AllowSHA1: true}, "", up)
+	if err := g.Prefetch(context.Background(), Job{Entries: []Entry{victim.entry(up.URL())}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	e := old.entry(up.URL())
+	e.Integrity = sri1(old.data)
+	j := Job{Entries: []Entry{e}}
+	if err := g.Check(context.Background(), j); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	s, evs := serve(t, g, j)
+	status, body, _ := request(t, "GET", s.URL()+"old/-/old-0.1.0.tgz", nil)
+	if status != 502 || string(body) == string(victim.data) {
+		t.Errorf("status %d, %d bytes: want 502, not the victim's bytes", status, len(body))
+	}
+	if ev := evs.wait(t, 1)[0]; ev.Rule != RuleIntegrityMismatch {
+		t.Errorf("event %+v", ev)
+	}
+	var ie *IntegrityError
+	if err := s.Failure(); !errors.As(err, &ie) || ie.Entry.Name != "old" {
+		t.Errorf("Failure = %v", err)
+	}
+	if err := g.Prefetch(context.Background(), j, nil); !errors.As(err, &ie) {
+		t.Errorf("Prefetch = %v, want an integrity error", err)
+	}
+}
+
+func TestAnotherJobsFailingFetchOfTheSameBytesDoesNotFailThisOne(t *testing.T) {
+	pkg := newTarball(t, "pkg", "1.0.0", 1000)
+	release, asked := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/evil/-/evil-1.0.0.tgz": // another job's entry pinning pkg's bytes
+			once.Do(func() { close(asked) })
+			<-release
+			http.NotFound(w, r)
+		case "/pkg/-/pkg-1.0.0.tgz":
+			w.Write(pkg.data)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer up.Close()
+	defer close(release)
+	g := newGateway(t, Config{Upstreams: []Upstream{{URL: up.URL}}}, "")
+	evil := Entry{Name: "evil", Version: "1.0.0", Resolved: up.URL + "/evil/-/evil-1.0.0.tgz", Integrity: sri512(pkg.data)}
+	sA, _ := serve(t, g, Job{Job: "job-a", Entries: []Entry{evil}})
+	sB, _ := serve(t, g, Job{Job: "job-b", Entries: []Entry{{Name: "pkg", Version: "1.0.0",
+		Resolved: up.URL + "/pkg/-/pkg-1.0.0.tgz", Integrity: sri512(pkg.data)}}})
+	go func() {
+		resp, err := http.Get(sA.URL() + "evil/-/evil-1.0.0.tgz")
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-asked
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get(sB.URL() + "pkg/-/pkg-1.0.0.tgz")
+	if err != nil {
+		t.Fatalf("job b waits for job a's fetch: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("job b: status %d", resp.StatusCode)
+	}
+	if err := sB.Failure(); err != nil {
+		t.Errorf("job b failed with job a's fetch: %v", err)
 	}
 }

@@ -207,6 +207,28 @@ func (c *Cache) open(key string, sum []byte) (f *os.File, data []byte, size int6
 	return f, data, size, nil
 }
 
+// hashFile is the alg hash of key's cached file (errNotCached when it is
+// not there).
+func (c *Cache) hashFile(key, alg string) ([]byte, error) {
+	if !c.stored(key) {
+		return nil, errNotCached
+	}
+	f, err := os.Open(c.path(key))
+	if errors.Is(err, fs.ErrNotExist) {
+		c.forget(key)
+		return nil, errNotCached
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening cached tarball: %w", err)
+	}
+	defer f.Close()
+	h := newHash(alg)
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, fmt.Errorf("reading cached tarball: %w", err)
+	}
+	return h.Sum(nil), nil
+}
+
 // maxHeldBytes is the largest cached tarball read whole into memory to be
 // verified and sent from the same buffer; larger ones are hashed in one
 // pass and sent in a second.

@@ -61,7 +61,9 @@
 // them for the log and the SBOM). The upstream body is hashed while it is
 // written to a temp file of the cache and renamed to dir/sha512/<2
 // hex>/<hex> only when it matches; concurrent requests for a tarball make
-// one upstream fetch. Serving from the cache reads and hashes the file
+// one upstream fetch (one per entry: another job's entry pinning the same
+// bytes at another URL neither delays nor fails this one's). A sha1-only
+// entry served from the cache is checked against its lockfile hash too. Serving from the cache reads and hashes the file
 // again before the first byte is sent, so a truncated or altered cache
 // file is removed and fetched again. The file's mtime is its last use: the
 // size cap evicts the least recently used, across restarts too.
@@ -177,6 +179,9 @@ type Gateway struct {
 	// entries (AllowSHA1), by name@version.
 	publishedMu sync.Mutex
 	published   map[string][]byte
+	// weakVerified holds "<sha512 hex> <sha1 SRI>" of the cached files
+	// found to match a sha1-only entry's lockfile hash.
+	weakVerified map[string]bool
 }
 
 // upstream is a parsed Upstream.
@@ -201,7 +206,7 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, errors.New("gateway: no upstream registry configured")
 	}
 	g := &Gateway{cfg: cfg, cache: cfg.Cache, log: cfg.Logger, now: cfg.Now, aliases: map[string]bool{},
-		published: map[string][]byte{}}
+		published: map[string][]byte{}, weakVerified: map[string]bool{}}
 	if g.log == nil {
 		g.log = hclog.NewNullLogger()
 	}
