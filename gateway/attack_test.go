@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -236,4 +237,90 @@ func TestAnotherJobsFailingFetchOfTheSameBytesDoesNotFailThisOne(t *testing.T) {
 	if err := sB.Failure(); err != nil {
 		t.Errorf("job b failed with job a's fetch: %v", err)
 	}
+}
+
+func TestConnectionsPerJobAreCapped(t *testing.T) {
+	defer func(n int) { maxJobConns = n }(maxJobConns)
+	maxJobConns = 2
+	pkg := newTarball(t, "pkg", "1.0.0", 10)
+	up := newFakeRegistry(t, "/", "", pkg)
+	g := newGateway(t, Config{}, "", up)
+	s, _ := serve(t, g, Job{Entries: []Entry{pkg.entry(up.URL())}})
+	addr := strings.TrimSuffix(strings.TrimPrefix(s.URL(), "http://"), "/")
+	var held []net.Conn
+	for range maxJobConns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("GET /pkg/-/pkg-1.0.0.tgz HTTP/1.1\r\n")) // slowloris: never ends its headers
+		held = append(held, c)
+	}
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("GET /pkg/-/pkg-1.0.0.tgz HTTP/1.1\r\nHost: x\r\n\r\n"))
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err == nil {
+		t.Fatalf("a connection over the cap was served: %q", line)
+	}
+	held[0].Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+		t.Errorf("once a slot is free: %q, %v", line, err)
+	}
+}
+
+func TestTarballsHeldInMemoryAreBounded(t *testing.T) {
+	pkg := newTarball(t, "pkg", "1.0.0", 1000)
+	up := newFakeRegistry(t, "/", "", pkg)
+	g := newGateway(t, Config{}, "", up)
+	j := Job{Entries: []Entry{pkg.entry(up.URL())}}
+	if err := g.Prefetch(context.Background(), j, nil); err != nil {
+		t.Fatal(err)
+	}
+	g.cache.heldCap = 1500 // room for one copy
+	d, _ := parseIntegrity(sri512(pkg.data))
+	key := hexKey(d.sum)
+	f1, data1, _, release1, err := g.cache.open(key, d.sum)
+	if err != nil || data1 == nil {
+		t.Fatalf("first open: %v, held %v", err, data1 != nil)
+	}
+	defer f1.Close()
+	f2, data2, size, release2, err := g.cache.open(key, d.sum)
+	if err != nil || data2 != nil || size != 1000 {
+		t.Fatalf("second open: %v, held %v, want it from disk", err, data2 != nil)
+	}
+	b, _ := io.ReadAll(f2)
+	if string(b) != string(pkg.data) {
+		t.Error("the file is not at its start after the verifying pass")
+	}
+	f2.Close()
+	release2()
+	release1()
+	release1()
+	if g.cache.held != 0 {
+		t.Errorf("held %d bytes after release", g.cache.held)
+	}
+	// Served either way.
+	s, _ := serve(t, g, j)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if status, body, _ := request(t, "GET", s.URL()+"pkg/-/pkg-1.0.0.tgz", nil); status != 200 || string(body) != string(pkg.data) {
+				t.Errorf("status %d, %d bytes", status, len(body))
+			}
+		}()
+	}
+	wg.Wait()
 }

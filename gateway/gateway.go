@@ -68,6 +68,14 @@
 // file is removed and fetched again. The file's mtime is its last use: the
 // size cap evicts the least recently used, across restarts too.
 //
+// # Limits
+//
+// A sandbox holds at most maxJobConns connections to its endpoint (more
+// wait in the backlog), headers are bounded in size and time, a job
+// fetches at most four packuments at a time, and the tarballs all
+// requests hold in memory to verify and send share a budget (beyond it
+// they are sent from disk after a verifying pass).
+//
 // # Before the sandbox
 //
 // Check fails closed before any sandbox exists: each upstream the job

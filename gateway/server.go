@@ -64,11 +64,62 @@ func (g *Gateway) Serve(ln net.Listener, j Job) (*JobServer, error) {
 	}
 	go func() {
 		defer close(s.done)
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.srv.Serve(newLimitListener(ln, maxJobConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			g.log.Error("gateway endpoint stopped", "job", j.Job, "error", err)
 		}
 	}()
 	return s, nil
+}
+
+// maxJobConns bounds the connections one job's sandbox holds open to its
+// endpoint (npm opens at most maxsockets, 15 by default): beyond it new
+// connections wait in the listen backlog until one closes, so a sandbox
+// cannot make the agent hold thousands of connections, goroutines and
+// buffers.
+var maxJobConns = 64
+
+// limitListener accepts at most cap(slots) connections at a time; the
+// next Accept waits for one of them to close.
+type limitListener struct {
+	net.Listener
+	slots     chan struct{}
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func newLimitListener(ln net.Listener, n int) *limitListener {
+	return &limitListener{Listener: ln, slots: make(chan struct{}, n), closed: make(chan struct{})}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	select {
+	case l.slots <- struct{}{}:
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitedConn{Conn: c, release: sync.OnceFunc(func() { <-l.slots })}, nil
+}
+
+func (l *limitListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+// limitedConn gives its slot back when it is closed.
+type limitedConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.release()
+	return err
 }
 
 // JobServer is one job's running endpoint.
@@ -326,7 +377,7 @@ func (s *JobServer) serveTarball(w *countingWriter, r *http.Request, ev *api.Egr
 		if !hit {
 			ev.Cache, ev.Dst = "miss", t.up.base.Host
 		}
-		f, data, size, err := s.g.cache.open(key, sum)
+		f, data, size, release, err := s.g.cache.open(key, sum)
 		if errors.Is(err, errNotCached) && attempt == 0 {
 			s.g.log.Warn("cached tarball failed verification, fetching it again", "package", t.spec())
 			continue
@@ -337,6 +388,7 @@ func (s *JobServer) serveTarball(w *countingWriter, r *http.Request, ev *api.Egr
 			return plain(w, http.StatusInternalServerError, "the gateway could not read "+t.spec()+" from its cache\n")
 		}
 		defer f.Close()
+		defer release()
 		h := w.Header()
 		h.Set("Content-Type", "application/octet-stream")
 		h.Set("Content-Length", strconv.FormatInt(size, 10))
