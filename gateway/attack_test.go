@@ -324,3 +324,46 @@ func TestTarballsHeldInMemoryAreBounded(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestRequestsNetHTTPRefusesItselfAreAudited(t *testing.T) {
+	up := newFakeRegistry(t, "/", "")
+	g := newGateway(t, Config{}, "", up)
+	s, evs := serve(t, g, Job{})
+	payloads := map[string]string{
+		"malformed":          "GARBAGE\r\n\r\n",
+		"headers too large":  "GET /x HTTP/1.1\r\nHost: x\r\nX-Exfil: " + strings.Repeat("A", 32<<10) + "\r\n\r\n",
+		"unknown expect":     "GET /x HTTP/1.1\r\nHost: x\r\nExpect: exfil\r\n\r\n",
+		"unknown coding":     "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+		"h2c preface":        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+		"bad host":           "GET /x HTTP/1.1\r\nHost: a b\r\n\r\n",
+		"incomplete":         "GET /x HTTP/1.1\r\nHost: x\r\n",
+		"no host in 1.1":     "GET /x HTTP/1.1\r\n\r\n",
+		"absolute-form":      "GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+		"connect":            "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n",
+		"smuggled after get": "GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPUT /pkg HTTP/1.1\r\nHost: x\r\n\r\n",
+	}
+	n := 0
+	for what, p := range payloads {
+		resp := rawRequest(t, s, p)
+		if strings.HasPrefix(resp, "HTTP/1.1 2") {
+			t.Errorf("%s: answered %q", what, resp)
+		}
+		// Each connection yields at least one event once it closes.
+		deadline := time.Now().Add(5 * time.Second)
+		for len(evs.all()) <= n && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if len(evs.all()) <= n {
+			t.Errorf("%s: no event", what)
+		}
+		n = len(evs.all())
+	}
+	for _, ev := range evs.all() {
+		if ev.Verdict != api.VerdictDeny || ev.Job != "job-1" {
+			t.Errorf("event %+v", ev)
+		}
+	}
+	if up.total() != 0 {
+		t.Errorf("%d requests reached the upstream", up.total())
+	}
+}

@@ -37,7 +37,12 @@
 // package and version when known, status, bytes sent to the sandbox, the
 // cache "hit" or "miss", verdict ("allow"/"deny", as netpolicy's), rule,
 // Domain (the upstream's host) and, when the tarball was fetched for this
-// request, Dst (the upstream's host:port).
+// request, Dst (the upstream's host:port). Text from the request is
+// redacted, then control and format characters are shown in their
+// visible form (api.Printable), then it is cut to 1 KiB. A request
+// net/http refuses before it reaches the gateway's handler (malformed,
+// headers too large, cut off) is one event with rule bad-request and no
+// method or path when its connection closes.
 //
 // # Upstreams and aliases
 //
@@ -117,6 +122,7 @@ const (
 	RuleReleaseTooNew     = "release-too-new"    // published less than min_release_age ago
 	RuleSHA1Only          = "sha1-only"          // a sha1-only entry without the allow_sha1 opt-in
 	RuleUpstream          = "upstream-error"     // the registry could not be reached or answered an error
+	RuleBadRequest        = "bad-request"        // a request net/http refused before routing (malformed, too large, cut off): no method or path
 	RuleAllowed           = "lockfile"           // an allowed request: pinned by the lockfile
 	RuleAllowedSHA1       = "lockfile-sha1"      // an allowed sha1-only tarball (allow_sha1): matched the lockfile's sha1 and the registry's sha512
 )

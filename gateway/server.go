@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -62,6 +63,7 @@ func (g *Gateway) Serve(ln net.Listener, j Job) (*JobServer, error) {
 		DisableGeneralOptionsHandler: true,
 		ErrorLog:                     g.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
 	}
+	s.trackConns()
 	go func() {
 		defer close(s.done)
 		if err := s.srv.Serve(newLimitListener(ln, maxJobConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -143,6 +145,7 @@ type JobServer struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	conns     sync.WaitGroup // connections not yet closed
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
@@ -177,6 +180,14 @@ func (s *JobServer) Close() error {
 			s.closeErr = s.srv.Close()
 		}
 		<-s.done
+		// The connections' goroutines end (and send their last events)
+		// after Shutdown stopped tracking them.
+		waited := make(chan struct{})
+		go func() { s.conns.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-ctx.Done():
+		}
 	})
 	return s.closeErr
 }
@@ -186,18 +197,11 @@ const maxLoggedPath = 1024
 
 // ServeHTTP answers one request of the sandbox and reports it as an event.
 func (s *JobServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ev := api.EgressEvent{
-		Time:    s.g.now().UTC(),
-		Runner:  s.job.Runner,
-		Job:     s.job.Job,
-		Sandbox: s.job.Sandbox,
-		Proto:   ProtoHTTP,
-		Method:  s.logged(r.Method),
-		Path:    s.logged(r.URL.Path),
+	if st, ok := r.Context().Value(connKey{}).(*connStat); ok {
+		st.handled.Add(1)
 	}
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		ev.Src = host
-	}
+	ev := s.event(r.RemoteAddr)
+	ev.Method, ev.Path = s.logged(r.Method), s.logged(r.URL.Path)
 	cw := &countingWriter{w: w}
 	status := s.handle(cw, r, &ev)
 	ev.Status, ev.Bytes = status, cw.n
@@ -207,8 +211,71 @@ func (s *JobServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ev.Verdict = api.VerdictDeny
 		}
 	}
+	s.emit(ev)
+}
+
+// event is an event of the job for a request from remote.
+func (s *JobServer) event(remote string) api.EgressEvent {
+	ev := api.EgressEvent{
+		Time:    s.g.now().UTC(),
+		Runner:  s.job.Runner,
+		Job:     s.job.Job,
+		Sandbox: s.job.Sandbox,
+		Proto:   ProtoHTTP,
+	}
+	if host, _, err := net.SplitHostPort(remote); err == nil {
+		ev.Src = host
+	}
+	return ev
+}
+
+func (s *JobServer) emit(ev api.EgressEvent) {
 	if s.job.OnEvent != nil {
 		s.job.OnEvent(ev)
+	}
+}
+
+// connKey keys a connection's connStat in its requests' contexts.
+type connKey struct{}
+
+// connStat counts a connection's requests: started (net/http read bytes
+// of one) and handled (it reached ServeHTTP).
+type connStat struct {
+	started, handled atomic.Int64
+}
+
+// trackConns makes every request net/http answers by itself — malformed,
+// headers too large, an unknown transfer coding or Expect, an HTTP/2
+// preface, cut off by the header timeout — an event too (rule
+// bad-request), when its connection closes: none goes unaudited. Close
+// waits for the connections' last events.
+func (s *JobServer) trackConns() {
+	var conns sync.Map // net.Conn → *connStat
+	s.srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		st := &connStat{}
+		conns.Store(c, st)
+		return context.WithValue(ctx, connKey{}, st)
+	}
+	s.srv.ConnState = func(c net.Conn, state http.ConnState) {
+		v, ok := conns.Load(c)
+		if !ok {
+			return
+		}
+		st := v.(*connStat)
+		switch state {
+		case http.StateNew:
+			s.conns.Add(1)
+		case http.StateActive:
+			st.started.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			conns.Delete(c)
+			if n := st.started.Load() - st.handled.Load(); n > 0 {
+				ev := s.event(c.RemoteAddr().String())
+				ev.Verdict, ev.Rule = api.VerdictDeny, RuleBadRequest
+				s.emit(ev)
+			}
+			s.conns.Done()
+		}
 	}
 }
 
