@@ -367,3 +367,21 @@ func TestRequestsNetHTTPRefusesItselfAreAudited(t *testing.T) {
 		t.Errorf("%d requests reached the upstream", up.total())
 	}
 }
+
+func TestErrorBodiesCarryNoUpstreamURLs(t *testing.T) {
+	pkg := newTarball(t, "pkg", "1.0.0", 10)
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://storage.invalid/pkg.tgz?X-Amz-Signature=s3cr3tSignature", http.StatusFound)
+	}))
+	defer redirector.Close()
+	g := newGateway(t, Config{Upstreams: []Upstream{{URL: redirector.URL, Token: "tok"}}}, "")
+	s, _ := serve(t, g, Job{Entries: []Entry{pkg.entry(redirector.URL + "/")}})
+	status, body, _ := request(t, "GET", s.URL()+"pkg/-/pkg-1.0.0.tgz", nil)
+	if status != 502 || strings.Contains(string(body), "s3cr3t") || strings.Contains(string(body), "storage.invalid") ||
+		!strings.Contains(string(body), "pkg@1.0.0") {
+		t.Errorf("status %d, body %q", status, body)
+	}
+	if err := s.Failure(); err == nil || !strings.Contains(err.Error(), "storage.invalid") {
+		t.Errorf("Failure = %v, want the whole cause", err)
+	}
+}

@@ -489,7 +489,25 @@ func (s *JobServer) upstreamFailed(w *countingWriter, ev *api.EgressEvent, err e
 	s.fail(err)
 	s.g.log.Error("gateway could not serve a tarball", "job", s.job.Job, "package", ev.Package+"@"+ev.Version, "error", err)
 	return plain(w, http.StatusBadGateway, "the cleanroom registry gateway could not serve "+ev.Package+"@"+ev.Version+
-		" (rule "+ev.Rule+"): "+err.Error()+"\n")
+		" (rule "+ev.Rule+"): "+sandboxReason(err)+"\n")
+}
+
+// sandboxReason is what a sandbox is told of err: the hashes of an
+// integrity mismatch, the refusal, the upstream and status, but not the
+// transport error's own words (they may carry an upstream's redirect URL
+// with its signature, or internal addresses); the job's Failure and the
+// agent's log keep them.
+func sandboxReason(err error) string {
+	var ue *UpstreamError
+	switch {
+	case isIntegrity(err), errors.As(err, new(*RefusedError)):
+		return err.Error()
+	case errors.As(err, &ue) && ue.Status != 0:
+		return ue.Error()
+	case ue != nil:
+		return fmt.Sprintf("registry %s unreachable fetching %s (the job's failure says why)", ue.Upstream, ue.What)
+	}
+	return "internal error (the job's failure says why)"
 }
 
 // servePackument answers the packument of a lockfile name filtered to the
