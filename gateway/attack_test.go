@@ -385,3 +385,25 @@ func TestErrorBodiesCarryNoUpstreamURLs(t *testing.T) {
 		t.Errorf("Failure = %v, want the whole cause", err)
 	}
 }
+
+func TestResolvedURLsWithDotSegmentsAreRefused(t *testing.T) {
+	pkg := newTarball(t, "pkg", "1.0.0", 10)
+	up := newFakeRegistry(t, "/npm/", "tok", pkg)
+	g := newGateway(t, Config{}, "", up)
+	for _, resolved := range []string{
+		up.srv.URL + "/npm/../admin/pkg/-/pkg-1.0.0.tgz",
+		up.srv.URL + "/npm/./pkg/-/pkg-1.0.0.tgz",
+		up.srv.URL + "/npm//pkg/-/pkg-1.0.0.tgz",
+		up.srv.URL + "/npm/%2e%2e/pkg/-/pkg-1.0.0.tgz",
+	} {
+		e := pkg.entry(up.URL())
+		e.Resolved = resolved
+		var re *RefusedError
+		if err := g.Check(context.Background(), Job{Entries: []Entry{e}}); !errors.As(err, &re) || re.Refusals[0].Rule != RuleNotInLockfile {
+			t.Errorf("%s: Check = %v, want a refusal", resolved, err)
+		}
+	}
+	if n := up.total() - up.count("HEAD", "/npm/-/ping"); n != 0 {
+		t.Errorf("%d requests reached the upstream: %v", n, up.requests)
+	}
+}

@@ -103,6 +103,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -446,6 +447,11 @@ func (g *Gateway) resolve(e Entry) (*target, *Refusal) {
 	u, err := url.Parse(e.Resolved)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return refuse(RuleNotInLockfile, "resolved URL %q is not an http(s) URL", e.Resolved)
+	}
+	if path.Clean(u.Path) != u.Path {
+		// "/npm/../admin/…" is under an upstream's base only as text: the
+		// registry would serve another path with that upstream's credential.
+		return refuse(RuleNotInLockfile, "resolved URL %s has empty or dot segments", e.Resolved)
 	}
 	i := strings.LastIndex(u.Path, "/"+e.Name+"/-/")
 	file := ""
