@@ -407,3 +407,24 @@ func TestResolvedURLsWithDotSegmentsAreRefused(t *testing.T) {
 		t.Errorf("%d requests reached the upstream: %v", n, up.requests)
 	}
 }
+
+func TestAFailedTarballIsNotFetchedAgainForTheSameJob(t *testing.T) {
+	pkg := newTarball(t, "victim", "1.0.0", 1000)
+	pkg.served = append([]byte("evil"), pkg.data[4:]...)
+	up := newFakeRegistry(t, "/", "", pkg)
+	g := newGateway(t, Config{}, "", up)
+	s, evs := serve(t, g, Job{Entries: []Entry{pkg.entry(up.URL())}})
+	for range 5 {
+		if status, _, _ := request(t, "GET", s.URL()+"victim/-/victim-1.0.0.tgz", nil); status != 502 {
+			t.Errorf("status %d, want 502", status)
+		}
+	}
+	if c := up.count("GET", "/victim/-/victim-1.0.0.tgz"); c != 1 {
+		t.Errorf("upstream fetches %d, want 1", c)
+	}
+	for _, ev := range evs.wait(t, 5) {
+		if ev.Rule != RuleIntegrityMismatch {
+			t.Errorf("event %+v", ev)
+		}
+	}
+}

@@ -22,7 +22,8 @@
 //     lockfile-sha1 for a sha1-only entry accepted under AllowSHA1), or 502
 //     when it cannot be fetched (upstream-error) or its bytes differ from
 //     the lockfile (integrity-mismatch); both also become the job's
-//     Failure;
+//     Failure, and the job's later requests of that tarball get the same
+//     answer without another fetch;
 //   - any other tarball: 403 not-in-lockfile (or the entry's refusal rule,
 //     e.g. sha1-only);
 //   - "/", "/-/…" and every other registry endpoint (whoami, search, ping,

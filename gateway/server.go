@@ -41,8 +41,9 @@ func (g *Gateway) Serve(ln net.Listener, j Job) (*JobServer, error) {
 		refused: map[string]Refusal{},
 		done:    make(chan struct{}),
 
-		packuments:   map[string]*packumentFlight{},
-		packumentSem: make(chan struct{}, packumentConcurrency),
+		packuments:    map[string]*packumentFlight{},
+		failedTargets: map[*target]error{},
+		packumentSem:  make(chan struct{}, packumentConcurrency),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, t := range ts {
@@ -137,6 +138,8 @@ type JobServer struct {
 	mu         sync.Mutex
 	failure    error
 	packuments map[string]*packumentFlight // by accept and name
+	// failedTargets are the tarballs that failed (integrity, upstream).
+	failedTargets map[*target]error
 
 	packumentSem chan struct{}
 
@@ -428,10 +431,13 @@ func (s *JobServer) serveTarball(w *countingWriter, r *http.Request, ev *api.Egr
 	if t.weak() {
 		ev.Rule = RuleAllowedSHA1
 	}
+	if err := s.failedTarget(t); err != nil {
+		return s.upstreamFailed(w, ev, err)
+	}
 	ctx := r.Context()
 	sum, err := s.g.sha512Of(ctx, t)
 	if err != nil {
-		return s.upstreamFailed(w, ev, err)
+		return s.targetFailed(w, ev, t, err)
 	}
 	key := hex.EncodeToString(sum)
 	defer s.g.cache.pin(key)()
@@ -439,7 +445,7 @@ func (s *JobServer) serveTarball(w *countingWriter, r *http.Request, ev *api.Egr
 	for attempt := 0; ; attempt++ {
 		_, hit, err := s.g.ensure(ctx, t)
 		if err != nil {
-			return s.upstreamFailed(w, ev, err)
+			return s.targetFailed(w, ev, t, err)
 		}
 		if !hit {
 			ev.Cache, ev.Dst = "miss", t.up.base.Host
@@ -471,6 +477,26 @@ func (s *JobServer) serveTarball(w *countingWriter, r *http.Request, ev *api.Egr
 		}
 		return http.StatusOK
 	}
+}
+
+// failedTarget is the error t's tarball already failed with in this job:
+// the job fails anyway, and a sandbox asking again must not make the
+// agent download (up to maxTarballBytes) again and again.
+func (s *JobServer) failedTarget(t *target) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failedTargets[t]
+}
+
+// targetFailed answers as upstreamFailed and remembers err for t (not a
+// cancellation: nothing failed).
+func (s *JobServer) targetFailed(w *countingWriter, ev *api.EgressEvent, t *target, err error) int {
+	if !errors.Is(err, context.Canceled) {
+		s.mu.Lock()
+		s.failedTargets[t] = err
+		s.mu.Unlock()
+	}
+	return s.upstreamFailed(w, ev, err)
 }
 
 // upstreamFailed answers 502 for a tarball the gateway could not fetch or
