@@ -31,7 +31,12 @@ type Cache struct {
 	dir      string
 	maxBytes int64
 
+	// heldCap bounds the bytes of cached files held in memory by the
+	// requests being served (open); beyond it files are sent from disk.
+	heldCap int64
+
 	mu      sync.Mutex
+	held    int64
 	entries map[string]*cacheEntry // by sha512 hex
 	size    int64
 	flights map[string]*flight
@@ -59,7 +64,7 @@ func OpenCache(dir string, maxBytes int64) (*Cache, error) {
 			return nil, fmt.Errorf("creating gateway cache: %w", err)
 		}
 	}
-	c := &Cache{dir: dir, maxBytes: maxBytes, entries: map[string]*cacheEntry{}, flights: map[string]*flight{}}
+	c := &Cache{dir: dir, maxBytes: maxBytes, heldCap: maxHeldTotal, entries: map[string]*cacheEntry{}, flights: map[string]*flight{}}
 	if _, _, err := c.removePartials(); err != nil {
 		return nil, err
 	}
@@ -160,34 +165,38 @@ func (c *Cache) storedLocked(key string) bool {
 }
 
 // open returns the cached file of key, read and verified against its
-// sha512: data is the whole file when it is small enough to hold (the
-// bytes sent are then exactly the bytes verified), else nil and f is
-// positioned at the start after a verifying pass. A file that is missing,
-// truncated or altered is removed and errNotCached returned, so the caller
-// fetches it again.
-func (c *Cache) open(key string, sum []byte) (f *os.File, data []byte, size int64, err error) {
+// sha512: data is the whole file when it is small enough to hold and the
+// memory budget of all requests allows it (the bytes sent are then
+// exactly the bytes verified), else nil and f is positioned at the start
+// after a verifying pass. release gives the memory back; call it (and
+// close f) once the bytes are sent. A file that is missing, truncated or
+// altered is removed and errNotCached returned, so the caller fetches it
+// again.
+func (c *Cache) open(key string, sum []byte) (f *os.File, data []byte, size int64, release func(), err error) {
+	release = func() {}
 	c.mu.Lock()
 	ok := c.storedLocked(key)
 	c.mu.Unlock()
 	if !ok {
-		return nil, nil, 0, errNotCached
+		return nil, nil, 0, release, errNotCached
 	}
 	f, err = os.Open(c.path(key))
 	if errors.Is(err, fs.ErrNotExist) {
 		c.forget(key)
-		return nil, nil, 0, errNotCached
+		return nil, nil, 0, release, errNotCached
 	}
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("opening cached tarball: %w", err)
+		return nil, nil, 0, release, fmt.Errorf("opening cached tarball: %w", err)
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, nil, 0, fmt.Errorf("opening cached tarball: %w", err)
+		return nil, nil, 0, release, fmt.Errorf("opening cached tarball: %w", err)
 	}
 	size = fi.Size()
 	h := sha512.New()
-	if size <= maxHeldBytes {
+	if size <= maxHeldBytes && c.hold(size) {
+		release = sync.OnceFunc(func() { c.hold(-size) })
 		data = make([]byte, size)
 		if _, err = io.ReadFull(f, data); err == nil {
 			h.Write(data)
@@ -200,17 +209,57 @@ func (c *Cache) open(key string, sum []byte) (f *os.File, data []byte, size int6
 	}
 	if err != nil || !hashEqual(h, sum) {
 		f.Close()
+		release()
 		c.remove(key)
-		return nil, nil, 0, errNotCached
+		return nil, nil, 0, func() {}, errNotCached
 	}
 	c.touch(key)
-	return f, data, size, nil
+	return f, data, size, release, nil
+}
+
+// hold reserves n bytes of the memory budget (false: over it), or gives
+// -n back.
+func (c *Cache) hold(n int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n > 0 && c.held+n > c.heldCap {
+		return false
+	}
+	c.held += n
+	return true
+}
+
+// hashFile is the alg hash of key's cached file (errNotCached when it is
+// not there).
+func (c *Cache) hashFile(key, alg string) ([]byte, error) {
+	if !c.stored(key) {
+		return nil, errNotCached
+	}
+	f, err := os.Open(c.path(key))
+	if errors.Is(err, fs.ErrNotExist) {
+		c.forget(key)
+		return nil, errNotCached
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening cached tarball: %w", err)
+	}
+	defer f.Close()
+	h := newHash(alg)
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, fmt.Errorf("reading cached tarball: %w", err)
+	}
+	return h.Sum(nil), nil
 }
 
 // maxHeldBytes is the largest cached tarball read whole into memory to be
 // verified and sent from the same buffer; larger ones are hashed in one
 // pass and sent in a second.
 const maxHeldBytes = 32 << 20
+
+// maxHeldTotal is the default memory budget of the tarballs held by all
+// requests at once (Cache.heldCap): many concurrent requests of large
+// tarballs are served from disk instead of each holding a copy.
+const maxHeldTotal = 256 << 20
 
 var errNotCached = errors.New("not cached")
 

@@ -22,21 +22,28 @@
 //     lockfile-sha1 for a sha1-only entry accepted under AllowSHA1), or 502
 //     when it cannot be fetched (upstream-error) or its bytes differ from
 //     the lockfile (integrity-mismatch); both also become the job's
-//     Failure;
+//     Failure, and the job's later requests of that tarball get the same
+//     answer without another fetch;
 //   - any other tarball: 403 not-in-lockfile (or the entry's refusal rule,
 //     e.g. sha1-only);
 //   - "/", "/-/…" and every other registry endpoint (whoami, search, ping,
 //     security advisories…): 403 registry-api;
 //   - the packument of a lockfile name: 200, filtered to the pinned
 //     versions with tarball URLs on the gateway (npm ci asks for one only
-//     when a lockfile entry has no resolved URL); of any other name: 403
-//     not-in-lockfile.
+//     when a lockfile entry has no resolved URL), fetched upstream once per
+//     job and media type (abbreviated or full: nothing of the sandbox's
+//     headers goes upstream); of any other name: 403 not-in-lockfile.
 //
 // Events carry the method, the path (query dropped, through Job.Redact),
 // package and version when known, status, bytes sent to the sandbox, the
 // cache "hit" or "miss", verdict ("allow"/"deny", as netpolicy's), rule,
 // Domain (the upstream's host) and, when the tarball was fetched for this
-// request, Dst (the upstream's host:port).
+// request, Dst (the upstream's host:port). Text from the request is
+// redacted, then control and format characters are shown in their
+// visible form (api.Printable), then it is cut to 1 KiB. A request
+// net/http refuses before it reaches the gateway's handler (malformed,
+// headers too large, cut off) is one event with rule bad-request and no
+// method or path when its connection closes.
 //
 // # Upstreams and aliases
 //
@@ -60,10 +67,20 @@
 // them for the log and the SBOM). The upstream body is hashed while it is
 // written to a temp file of the cache and renamed to dir/sha512/<2
 // hex>/<hex> only when it matches; concurrent requests for a tarball make
-// one upstream fetch. Serving from the cache reads and hashes the file
+// one upstream fetch (one per entry: another job's entry pinning the same
+// bytes at another URL neither delays nor fails this one's). A sha1-only
+// entry served from the cache is checked against its lockfile hash too. Serving from the cache reads and hashes the file
 // again before the first byte is sent, so a truncated or altered cache
 // file is removed and fetched again. The file's mtime is its last use: the
 // size cap evicts the least recently used, across restarts too.
+//
+// # Limits
+//
+// A sandbox holds at most maxJobConns connections to its endpoint (more
+// wait in the backlog), headers are bounded in size and time, a job
+// fetches at most four packuments at a time, and the tarballs all
+// requests hold in memory to verify and send share a budget (beyond it
+// they are sent from disk after a verifying pass).
 //
 // # Before the sandbox
 //
@@ -87,6 +104,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -106,6 +124,7 @@ const (
 	RuleReleaseTooNew     = "release-too-new"    // published less than min_release_age ago
 	RuleSHA1Only          = "sha1-only"          // a sha1-only entry without the allow_sha1 opt-in
 	RuleUpstream          = "upstream-error"     // the registry could not be reached or answered an error
+	RuleBadRequest        = "bad-request"        // a request net/http refused before routing (malformed, too large, cut off): no method or path
 	RuleAllowed           = "lockfile"           // an allowed request: pinned by the lockfile
 	RuleAllowedSHA1       = "lockfile-sha1"      // an allowed sha1-only tarball (allow_sha1): matched the lockfile's sha1 and the registry's sha512
 )
@@ -176,6 +195,9 @@ type Gateway struct {
 	// entries (AllowSHA1), by name@version.
 	publishedMu sync.Mutex
 	published   map[string][]byte
+	// weakVerified holds "<sha512 hex> <sha1 SRI>" of the cached files
+	// found to match a sha1-only entry's lockfile hash.
+	weakVerified map[string]bool
 }
 
 // upstream is a parsed Upstream.
@@ -200,7 +222,7 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, errors.New("gateway: no upstream registry configured")
 	}
 	g := &Gateway{cfg: cfg, cache: cfg.Cache, log: cfg.Logger, now: cfg.Now, aliases: map[string]bool{},
-		published: map[string][]byte{}}
+		published: map[string][]byte{}, weakVerified: map[string]bool{}}
 	if g.log == nil {
 		g.log = hclog.NewNullLogger()
 	}
@@ -426,6 +448,11 @@ func (g *Gateway) resolve(e Entry) (*target, *Refusal) {
 	u, err := url.Parse(e.Resolved)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return refuse(RuleNotInLockfile, "resolved URL %q is not an http(s) URL", e.Resolved)
+	}
+	if path.Clean(u.Path) != u.Path {
+		// "/npm/../admin/…" is under an upstream's base only as text: the
+		// registry would serve another path with that upstream's credential.
+		return refuse(RuleNotInLockfile, "resolved URL %s has empty or dot segments", e.Resolved)
 	}
 	i := strings.LastIndex(u.Path, "/"+e.Name+"/-/")
 	file := ""

@@ -47,6 +47,7 @@ type fakeRegistry struct {
 	pkgs     []*fakeTarball
 	requests map[string]int // by "METHOD path"
 	auth     []string       // Authorization headers seen
+	headers  []http.Header  // every request's headers
 	delay    time.Duration
 	truncate bool // announce the full length, send half
 }
@@ -80,6 +81,7 @@ func (f *fakeRegistry) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.requests[r.Method+" "+r.URL.Path]++
 	f.auth = append(f.auth, r.Header.Get("Authorization"))
+	f.headers = append(f.headers, r.Header.Clone())
 	delay, truncate := f.delay, f.truncate
 	f.mu.Unlock()
 	time.Sleep(delay)

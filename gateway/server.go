@@ -14,7 +14,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -38,7 +40,12 @@ func (g *Gateway) Serve(ln net.Listener, j Job) (*JobServer, error) {
 		names:   map[string][]*target{},
 		refused: map[string]Refusal{},
 		done:    make(chan struct{}),
+
+		packuments:    map[string]*packumentFlight{},
+		failedTargets: map[*target]error{},
+		packumentSem:  make(chan struct{}, packumentConcurrency),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, t := range ts {
 		s.names[t.entry.Name] = append(s.names[t.entry.Name], t)
 	}
@@ -52,15 +59,70 @@ func (g *Gateway) Serve(ln net.Listener, j Job) (*JobServer, error) {
 		WriteTimeout:      30 * time.Minute, // one large tarball on a slow sandbox
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          g.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+		// "OPTIONS *" reaches the handler (refused and audited) instead of
+		// being answered by net/http without an event.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     g.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
 	}
+	s.trackConns()
 	go func() {
 		defer close(s.done)
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.srv.Serve(newLimitListener(ln, maxJobConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			g.log.Error("gateway endpoint stopped", "job", j.Job, "error", err)
 		}
 	}()
 	return s, nil
+}
+
+// maxJobConns bounds the connections one job's sandbox holds open to its
+// endpoint (npm opens at most maxsockets, 15 by default): beyond it new
+// connections wait in the listen backlog until one closes, so a sandbox
+// cannot make the agent hold thousands of connections, goroutines and
+// buffers.
+var maxJobConns = 64
+
+// limitListener accepts at most cap(slots) connections at a time; the
+// next Accept waits for one of them to close.
+type limitListener struct {
+	net.Listener
+	slots     chan struct{}
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func newLimitListener(ln net.Listener, n int) *limitListener {
+	return &limitListener{Listener: ln, slots: make(chan struct{}, n), closed: make(chan struct{})}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	select {
+	case l.slots <- struct{}{}:
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitedConn{Conn: c, release: sync.OnceFunc(func() { <-l.slots })}, nil
+}
+
+func (l *limitListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+// limitedConn gives its slot back when it is closed.
+type limitedConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.release()
+	return err
 }
 
 // JobServer is one job's running endpoint.
@@ -73,9 +135,20 @@ type JobServer struct {
 	names   map[string][]*target // by name
 	refused map[string]Refusal   // by name@version
 
-	mu      sync.Mutex
-	failure error
+	mu         sync.Mutex
+	failure    error
+	packuments map[string]*packumentFlight // by accept and name
+	// failedTargets are the tarballs that failed (integrity, upstream).
+	failedTargets map[*target]error
 
+	packumentSem chan struct{}
+
+	// ctx ends when the server is closed: it bounds work that outlives a
+	// request (packument fetches).
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	conns     sync.WaitGroup // connections not yet closed
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
@@ -103,12 +176,21 @@ func (s *JobServer) fail(err error) {
 // Close stops the endpoint and waits for its requests to end.
 func (s *JobServer) Close() error {
 	s.closeOnce.Do(func() {
+		defer s.cancel()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := s.srv.Shutdown(ctx); err != nil {
 			s.closeErr = s.srv.Close()
 		}
 		<-s.done
+		// The connections' goroutines end (and send their last events)
+		// after Shutdown stopped tracking them.
+		waited := make(chan struct{})
+		go func() { s.conns.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-ctx.Done():
+		}
 	})
 	return s.closeErr
 }
@@ -118,18 +200,11 @@ const maxLoggedPath = 1024
 
 // ServeHTTP answers one request of the sandbox and reports it as an event.
 func (s *JobServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ev := api.EgressEvent{
-		Time:    s.g.now().UTC(),
-		Runner:  s.job.Runner,
-		Job:     s.job.Job,
-		Sandbox: s.job.Sandbox,
-		Proto:   ProtoHTTP,
-		Method:  r.Method,
-		Path:    s.redact(r.URL.Path),
+	if st, ok := r.Context().Value(connKey{}).(*connStat); ok {
+		st.handled.Add(1)
 	}
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		ev.Src = host
-	}
+	ev := s.event(r.RemoteAddr)
+	ev.Method, ev.Path = s.logged(r.Method), s.logged(r.URL.Path)
 	cw := &countingWriter{w: w}
 	status := s.handle(cw, r, &ev)
 	ev.Status, ev.Bytes = status, cw.n
@@ -139,17 +214,90 @@ func (s *JobServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ev.Verdict = api.VerdictDeny
 		}
 	}
+	s.emit(ev)
+}
+
+// event is an event of the job for a request from remote.
+func (s *JobServer) event(remote string) api.EgressEvent {
+	ev := api.EgressEvent{
+		Time:    s.g.now().UTC(),
+		Runner:  s.job.Runner,
+		Job:     s.job.Job,
+		Sandbox: s.job.Sandbox,
+		Proto:   ProtoHTTP,
+	}
+	if host, _, err := net.SplitHostPort(remote); err == nil {
+		ev.Src = host
+	}
+	return ev
+}
+
+func (s *JobServer) emit(ev api.EgressEvent) {
 	if s.job.OnEvent != nil {
 		s.job.OnEvent(ev)
 	}
 }
 
-func (s *JobServer) redact(p string) string {
-	if len(p) > maxLoggedPath {
-		p = p[:maxLoggedPath] + "…"
+// connKey keys a connection's connStat in its requests' contexts.
+type connKey struct{}
+
+// connStat counts a connection's requests: started (net/http read bytes
+// of one) and handled (it reached ServeHTTP).
+type connStat struct {
+	started, handled atomic.Int64
+}
+
+// trackConns makes every request net/http answers by itself — malformed,
+// headers too large, an unknown transfer coding or Expect, an HTTP/2
+// preface, cut off by the header timeout — an event too (rule
+// bad-request), when its connection closes: none goes unaudited. Close
+// waits for the connections' last events.
+func (s *JobServer) trackConns() {
+	var conns sync.Map // net.Conn → *connStat
+	s.srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		st := &connStat{}
+		conns.Store(c, st)
+		return context.WithValue(ctx, connKey{}, st)
 	}
+	s.srv.ConnState = func(c net.Conn, state http.ConnState) {
+		v, ok := conns.Load(c)
+		if !ok {
+			return
+		}
+		st := v.(*connStat)
+		switch state {
+		case http.StateNew:
+			s.conns.Add(1)
+		case http.StateActive:
+			st.started.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			conns.Delete(c)
+			if n := st.started.Load() - st.handled.Load(); n > 0 {
+				ev := s.event(c.RemoteAddr().String())
+				ev.Verdict, ev.Rule = api.VerdictDeny, RuleBadRequest
+				s.emit(ev)
+			}
+			s.conns.Done()
+		}
+	}
+}
+
+// logged makes text taken from a request fit for an event: secrets
+// redacted first (so that cutting it short cannot leave part of one), then
+// every control, format or invalid byte in its visible form (a newline
+// cannot break a log line, an escape sequence cannot reach a terminal),
+// then cut to maxLoggedPath bytes at a rune boundary.
+func (s *JobServer) logged(p string) string {
 	if s.job.Redact != nil {
 		p = s.job.Redact(p)
+	}
+	p = api.Printable(p)
+	if len(p) > maxLoggedPath {
+		cut := maxLoggedPath
+		for cut > 0 && !utf8.RuneStart(p[cut]) {
+			cut--
+		}
+		p = p[:cut] + "…"
 	}
 	return p
 }
@@ -163,12 +311,14 @@ func (s *JobServer) handle(w *countingWriter, r *http.Request, ev *api.EgressEve
 	if t, ok := s.tarball(p); ok {
 		return s.serveTarball(w, r, ev, t)
 	}
-	if i := strings.LastIndex(p, "/-/"); i >= 0 && strings.HasSuffix(p, ".tgz") && i > 0 {
-		name, _ := splitName(p[:i])
-		ev.Package = name
+	if name, file, ok := tarballName(p); ok && strings.HasSuffix(p, ".tgz") {
+		if !validName(name) {
+			name = ""
+		}
+		ev.Package = s.logged(name)
 		if name != "" {
-			if v, ok := s.versionOf(name, p[i+3:]); ok {
-				ev.Version = v
+			if v, ok := s.versionOf(name, file); ok {
+				ev.Version = s.logged(v)
 				if ref, ok := s.refused[name+"@"+v]; ok {
 					return deny(w, ev, ref.Rule, ref.Entry.Name+"@"+ref.Entry.Version+": "+ref.Reason)
 				}
@@ -183,7 +333,7 @@ func (s *JobServer) handle(w *countingWriter, r *http.Request, ev *api.EgressEve
 	if name == "" || rest != "" {
 		return deny(w, ev, RuleRegistryAPI, "only the lockfile's tarballs are served, no other registry endpoint")
 	}
-	ev.Package = name
+	ev.Package = s.logged(name)
 	if len(s.names[name]) == 0 {
 		return deny(w, ev, RuleNotInLockfile, "the job's lockfile does not pin "+name)
 	}
@@ -209,29 +359,41 @@ func splitName(p string) (name, rest string) {
 	return name, rest
 }
 
-// tarball finds the target a request path names: its tail is
-// "<name>/-/<file>" of a lockfile entry (a path prefix before the name is
-// ignored: the lockfile's resolved URL may have one).
-func (s *JobServer) tarball(p string) (*target, bool) {
+// tarballName splits a tarball request path into the package name it
+// names and the file: the name is the segment before "/-/", or the two
+// before it when the first of them is a scope ("@scope/name"); a path
+// prefix before the name is ignored (the lockfile's resolved URL may have
+// one). ok is false when p has no "/-/" or no name before it.
+func tarballName(p string) (name, file string, ok bool) {
 	i := strings.LastIndex(p, "/-/")
 	if i <= 0 {
-		return nil, false
+		return "", "", false
 	}
 	before, file := p[:i], p[i+3:]
-	// The name is the last segment before "/-/", or the last two when the
-	// first of them is a scope.
 	j := strings.LastIndex(before, "/")
-	if t, ok := s.targets[before[j+1:]+"/-/"+file]; ok && !strings.HasPrefix(before[j+1:], "@") {
-		return t, true
-	}
+	name = before[j+1:]
 	if j > 0 {
 		k := strings.LastIndex(before[:j], "/")
 		if scope := before[k+1 : j]; strings.HasPrefix(scope, "@") {
-			t, ok := s.targets[before[k+1:]+"/-/"+file]
-			return t, ok
+			name = scope + "/" + name
 		}
 	}
-	return nil, false
+	if name == "" || strings.HasPrefix(name, "@") && !strings.Contains(name, "/") {
+		return "", "", false
+	}
+	return name, file, true
+}
+
+// tarball finds the target a request path names: its "<name>/-/<file>"
+// (tarballName) is a lockfile entry's. A scoped path names only the scoped
+// package: "/@a/x/-/x-1.0.0.tgz" is never the unscoped x's tarball.
+func (s *JobServer) tarball(p string) (*target, bool) {
+	name, file, ok := tarballName(p)
+	if !ok {
+		return nil, false
+	}
+	t, ok := s.targets[name+"/-/"+file]
+	return t, ok
 }
 
 // versionOf guesses the version a tarball file name of name carries, for
@@ -269,10 +431,13 @@ func (s *JobServer) serveTarball(w *countingWriter, r *http.Request, ev *api.Egr
 	if t.weak() {
 		ev.Rule = RuleAllowedSHA1
 	}
+	if err := s.failedTarget(t); err != nil {
+		return s.upstreamFailed(w, ev, err)
+	}
 	ctx := r.Context()
 	sum, err := s.g.sha512Of(ctx, t)
 	if err != nil {
-		return s.upstreamFailed(w, ev, err)
+		return s.targetFailed(w, ev, t, err)
 	}
 	key := hex.EncodeToString(sum)
 	defer s.g.cache.pin(key)()
@@ -280,12 +445,12 @@ func (s *JobServer) serveTarball(w *countingWriter, r *http.Request, ev *api.Egr
 	for attempt := 0; ; attempt++ {
 		_, hit, err := s.g.ensure(ctx, t)
 		if err != nil {
-			return s.upstreamFailed(w, ev, err)
+			return s.targetFailed(w, ev, t, err)
 		}
 		if !hit {
 			ev.Cache, ev.Dst = "miss", t.up.base.Host
 		}
-		f, data, size, err := s.g.cache.open(key, sum)
+		f, data, size, release, err := s.g.cache.open(key, sum)
 		if errors.Is(err, errNotCached) && attempt == 0 {
 			s.g.log.Warn("cached tarball failed verification, fetching it again", "package", t.spec())
 			continue
@@ -296,6 +461,7 @@ func (s *JobServer) serveTarball(w *countingWriter, r *http.Request, ev *api.Egr
 			return plain(w, http.StatusInternalServerError, "the gateway could not read "+t.spec()+" from its cache\n")
 		}
 		defer f.Close()
+		defer release()
 		h := w.Header()
 		h.Set("Content-Type", "application/octet-stream")
 		h.Set("Content-Length", strconv.FormatInt(size, 10))
@@ -311,6 +477,26 @@ func (s *JobServer) serveTarball(w *countingWriter, r *http.Request, ev *api.Egr
 		}
 		return http.StatusOK
 	}
+}
+
+// failedTarget is the error t's tarball already failed with in this job:
+// the job fails anyway, and a sandbox asking again must not make the
+// agent download (up to maxTarballBytes) again and again.
+func (s *JobServer) failedTarget(t *target) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failedTargets[t]
+}
+
+// targetFailed answers as upstreamFailed and remembers err for t (not a
+// cancellation: nothing failed).
+func (s *JobServer) targetFailed(w *countingWriter, ev *api.EgressEvent, t *target, err error) int {
+	if !errors.Is(err, context.Canceled) {
+		s.mu.Lock()
+		s.failedTargets[t] = err
+		s.mu.Unlock()
+	}
+	return s.upstreamFailed(w, ev, err)
 }
 
 // upstreamFailed answers 502 for a tarball the gateway could not fetch or
@@ -329,7 +515,25 @@ func (s *JobServer) upstreamFailed(w *countingWriter, ev *api.EgressEvent, err e
 	s.fail(err)
 	s.g.log.Error("gateway could not serve a tarball", "job", s.job.Job, "package", ev.Package+"@"+ev.Version, "error", err)
 	return plain(w, http.StatusBadGateway, "the cleanroom registry gateway could not serve "+ev.Package+"@"+ev.Version+
-		" (rule "+ev.Rule+"): "+err.Error()+"\n")
+		" (rule "+ev.Rule+"): "+sandboxReason(err)+"\n")
+}
+
+// sandboxReason is what a sandbox is told of err: the hashes of an
+// integrity mismatch, the refusal, the upstream and status, but not the
+// transport error's own words (they may carry an upstream's redirect URL
+// with its signature, or internal addresses); the job's Failure and the
+// agent's log keep them.
+func sandboxReason(err error) string {
+	var ue *UpstreamError
+	switch {
+	case isIntegrity(err), errors.As(err, new(*RefusedError)):
+		return err.Error()
+	case errors.As(err, &ue) && ue.Status != 0:
+		return ue.Error()
+	case ue != nil:
+		return fmt.Sprintf("registry %s unreachable fetching %s (the job's failure says why)", ue.Upstream, ue.What)
+	}
+	return "internal error (the job's failure says why)"
 }
 
 // servePackument answers the packument of a lockfile name filtered to the
@@ -338,19 +542,13 @@ func (s *JobServer) upstreamFailed(w *countingWriter, ev *api.EgressEvent, err e
 func (s *JobServer) servePackument(w *countingWriter, r *http.Request, ev *api.EgressEvent, name string) int {
 	ev.Rule = RuleAllowed
 	up := s.g.forName(name)
-	ev.Domain, ev.Dst = up.base.Hostname(), up.base.Host
-	accept := r.Header.Get("Accept")
-	if accept == "" || len(accept) > 256 {
-		accept = "application/json"
+	ev.Domain = up.base.Hostname()
+	b, fetched, err := s.packument(r.Context(), up, name, upstreamAccept(r.Header.Get("Accept")))
+	if fetched {
+		ev.Dst = up.base.Host
 	}
-	body, err := s.g.packumentBody(r.Context(), up, name, accept)
 	if err != nil {
 		return s.upstreamFailed(w, ev, err)
-	}
-	defer body.Close()
-	b, err := s.filterPackument(io.LimitReader(body, maxPackumentBytes), name)
-	if err != nil {
-		return s.upstreamFailed(w, ev, &UpstreamError{Upstream: up.String(), What: "the packument of " + name, Err: err})
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
@@ -361,6 +559,74 @@ func (s *JobServer) servePackument(w *countingWriter, r *http.Request, ev *api.E
 		w.Write(b)
 	}
 	return http.StatusOK
+}
+
+// Media types a packument is asked for upstream: npm's abbreviated
+// ("corgi") document or the full one. Nothing of the sandbox's own Accept
+// header is sent upstream, where it would carry the sandbox's data.
+const (
+	acceptAbbreviated = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
+	acceptFull        = "application/json"
+)
+
+// upstreamAccept is the fixed Accept header sent upstream for a packument
+// the sandbox asked for with accept.
+func upstreamAccept(accept string) string {
+	if strings.Contains(accept, "application/vnd.npm.install-v1+json") {
+		return acceptAbbreviated
+	}
+	return acceptFull
+}
+
+// packumentFlight is one filtered packument of a job: fetched once, then
+// answered from memory for the rest of the job.
+type packumentFlight struct {
+	done chan struct{}
+	body []byte
+	err  error
+}
+
+// packumentConcurrency bounds the packuments one job fetches and filters at
+// a time (each may be large in memory while it is decoded).
+const packumentConcurrency = 4
+
+// packument is name's packument filtered to the job's pinned versions:
+// fetched upstream once per job and media type, however often and however
+// concurrently the sandbox asks (its requests cannot make the agent fetch
+// or decode more), at most packumentConcurrency at a time.
+// fetched says this call started the fetch.
+func (s *JobServer) packument(ctx context.Context, up *upstream, name, accept string) (body []byte, fetched bool, err error) {
+	key := accept + " " + name
+	s.mu.Lock()
+	fl, ok := s.packuments[key]
+	if !ok {
+		fl = &packumentFlight{done: make(chan struct{})}
+		s.packuments[key] = fl
+		go func() {
+			defer close(fl.done)
+			fctx, cancel := context.WithTimeout(s.ctx, fetchTimeout)
+			defer cancel()
+			s.packumentSem <- struct{}{}
+			defer func() { <-s.packumentSem }()
+			body, err := s.g.packumentBody(fctx, up, name, accept)
+			if err != nil {
+				fl.err = err
+				return
+			}
+			defer body.Close()
+			fl.body, fl.err = s.filterPackument(io.LimitReader(body, maxPackumentBytes), name)
+			if fl.err != nil {
+				fl.err = &UpstreamError{Upstream: up.String(), What: "the packument of " + name, Err: fl.err}
+			}
+		}()
+	}
+	s.mu.Unlock()
+	select {
+	case <-fl.done:
+		return fl.body, !ok, fl.err
+	case <-ctx.Done():
+		return nil, !ok, ctx.Err()
+	}
 }
 
 // filterPackument keeps of a packument only the pinned versions (their

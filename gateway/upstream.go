@@ -92,24 +92,68 @@ func (g *Gateway) sha512Of(ctx context.Context, t *target) ([]byte, error) {
 }
 
 // ensure makes t's tarball present and verified in the cache, fetching it
-// once for all concurrent callers. hit says it was there already.
+// once for all concurrent callers of the same target. hit says it was
+// there already. A sha1-only target is checked against the lockfile's
+// hash as well on a hit: the cache is keyed by the sha512 its registry
+// publishes, and a registry that publishes the sha512 of another cached
+// tarball must not have that one served.
 func (g *Gateway) ensure(ctx context.Context, t *target) (sum []byte, hit bool, err error) {
 	if sum, err = g.sha512Of(ctx, t); err != nil {
 		return nil, false, err
 	}
 	key := hex.EncodeToString(sum)
-	if g.cache.stored(key) {
-		return sum, true, nil
-	}
-	err = g.cache.do(ctx, key, func() error {
-		if g.cache.stored(key) {
-			return nil // fetched by a flight that just ended
+	for attempt := 0; ; attempt++ {
+		hit = g.cache.stored(key)
+		if !hit {
+			// One flight per target, not per key: the same bytes pinned by
+			// another job's entry at another URL (or with another lockfile
+			// hash) must not make this one wait for, or fail with, that
+			// entry's fetch.
+			err = g.cache.do(ctx, key+" "+t.url+" "+t.want.String(), func() error {
+				if g.cache.stored(key) {
+					return nil // fetched by a flight that just ended
+				}
+				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+				defer cancel()
+				return g.download(fctx, t, key, sum)
+			})
+			if err != nil {
+				return sum, false, err
+			}
 		}
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
-		defer cancel()
-		return g.download(fctx, t, key, sum)
-	})
-	return sum, false, err
+		if !t.weak() {
+			return sum, hit, nil
+		}
+		err = g.checkWeak(t, key)
+		if errors.Is(err, errNotCached) && attempt == 0 {
+			continue // removed meanwhile: fetch it again
+		}
+		return sum, hit, err
+	}
+}
+
+// checkWeak verifies the cached file of key against a sha1-only target's
+// lockfile hash (remembered once verified: the file's bytes are fixed by
+// its sha512).
+func (g *Gateway) checkWeak(t *target, key string) error {
+	ok := key + " " + t.want.String()
+	g.publishedMu.Lock()
+	done := g.weakVerified[ok]
+	g.publishedMu.Unlock()
+	if done {
+		return nil
+	}
+	got, err := g.cache.hashFile(key, t.want.alg)
+	if err != nil {
+		return err
+	}
+	if string(got) != string(t.want.sum) {
+		return &IntegrityError{Entry: t.entry, Want: t.want.String(), Got: digest{alg: t.want.alg, sum: got}.String()}
+	}
+	g.publishedMu.Lock()
+	g.weakVerified[ok] = true
+	g.publishedMu.Unlock()
+	return nil
 }
 
 // download streams t's tarball from its upstream into a temp file of the
@@ -167,6 +211,11 @@ func (g *Gateway) download(ctx context.Context, t *target, key string, sum []byt
 	}
 	if err := g.cache.commit(f.Name(), key, n); err != nil {
 		return err
+	}
+	if t.weak() {
+		g.publishedMu.Lock()
+		g.weakVerified[key+" "+t.want.String()] = true
+		g.publishedMu.Unlock()
 	}
 	g.log.Debug("fetched tarball", "package", t.spec(), "upstream", t.up.String(), "bytes", n,
 		"duration", time.Since(start).Round(time.Millisecond))
