@@ -35,15 +35,15 @@ echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # The table: every metric a benchmark reported, by name.
 awk '
-/^Benchmark/ { for (i = 4; i < NF; i += 2) m[$(i+1)] = $i }
+/^Benchmark/ { for (i = 5; i < NF; i += 2) m[$(i+1)] = $i }
 function v(k) { return (k in m) ? m[k] : "-" }
 function row(what, a, b, r, target) { printf "%-44s %14s %14s %9s   %s\n", what, a, b, r, target }
 END {
 	printf "\n%-44s %14s %14s %9s   %s\n", "", "SQLite, 1", "PostgreSQL, 2", "PG/SQLite", "target"
-	row("submit → claim median, ms (PG: A → B)", v("sqlite-ms-median"), v("postgres-ms-median"), v("pg/sqlite-median") "×", "PG < 20 ms")
-	row("submit → claim p90, ms", v("sqlite-ms-p90"), v("postgres-ms-p90"), "", "")
-	row("jobs/s, 8 runners, claim+heartbeat+log+result", v("sqlite-jobs/s"), v("postgres-jobs/s"), v("pg/sqlite") "×", "PG ≥ 1.0×")
+	row("submit -> claim median, ms (PG: A -> B)", v("sqlite-ms-median"), v("postgres-ms-median"), v("pg/sqlite-median") "x", "PG < 20 ms")
+	row("submit -> claim p90, ms", v("sqlite-ms-p90"), v("postgres-ms-p90"), "", "")
+	row("jobs/s, 8 runners, claim+heartbeat+log+result", v("sqlite-jobs/s"), v("postgres-jobs/s"), v("pg/sqlite") "x", "PG ≥ 1.0x")
 	row("peak RSS, 64 MiB artifact up+down, MiB", v("sqlite-64MiB-peak-MiB"), v("postgres-64MiB-peak-MiB"), "", "")
 	row("peak RSS, 1 GiB artifact up+down, MiB", v("sqlite-1024MiB-peak-MiB"), v("postgres-1024MiB-peak-MiB"), "", "")
-	row("peak RSS 1 GiB / 64 MiB", v("sqlite-1GiB/64MiB") "×", v("postgres-1GiB/64MiB") "×", "", "flat (≈ 1×)")
+	row("peak RSS 1 GiB / 64 MiB", v("sqlite-1GiB/64MiB") "x", v("postgres-1GiB/64MiB") "x", "", "flat (~ 1x)")
 }' "$out"
