@@ -24,7 +24,7 @@ bench/netpolicy.sh "$N"
 
 echo
 echo "== Go benchmarks (redactor, lockfile gate + SBOM, claim latency, /metrics scrape with 1,000 jobs: target < 20 ms)"
-go test -run '^$' -bench . -skip '^BenchmarkConsole' -benchmem -count 1 ./secrets/ ./supplychain/ ./coordinator/... ./agent/... 2>&1 | grep -E '^(Benchmark|ok|FAIL|goos|cpu)' || true
+go test -run '^$' -bench . -skip '^(BenchmarkConsole|BenchmarkHA)' -benchmem -count 1 ./secrets/ ./supplychain/ ./coordinator/... ./agent/... 2>&1 | grep -E '^(Benchmark|ok|FAIL|goos|cpu)' || true
 
 echo
 echo "== connect()+close() on loopback from a cgroup of its own on the host, without and with the attribution hooks (target: hooked ≤ 1.05× unhooked)"
@@ -34,6 +34,11 @@ echo
 echo "== web console on the SQLite store (modernc.org/sqlite, WAL): a job page with 5,000 egress events (target < 100 ms);"
 echo "   the egress explorer's first page over 1,000,000 events by verdict, rule, domain (target < 200 ms; seeding takes ~25 s)"
 go test -run '^$' -bench '^BenchmarkConsole' -benchtime "${BENCH_CONSOLE_N:-5}x" -count 1 ./coordinator/ 2>&1 | grep -E '^(Benchmark|ok|FAIL)' || true
+
+echo
+echo "== scale-out: 1 coordinator on SQLite vs 2 on PostgreSQL (submit → claim across coordinators < 20 ms,"
+echo "   jobs/s PostgreSQL ≥ 1.0× SQLite, peak RSS streaming a 1 GiB artifact flat)"
+scripts/bench-ha.sh
 
 if [ -x scripts/bench-job.sh ]; then
 	echo

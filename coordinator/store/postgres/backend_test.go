@@ -3,12 +3,15 @@ package postgres
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store/postgres/pgtest"
 )
@@ -163,5 +166,45 @@ func TestListenReconnectsAndDeliversChangeAll(t *testing.T) {
 	stop()
 	if err := <-done; err != context.Canceled {
 		t.Fatalf("Listen returned %v", err)
+	}
+}
+
+// A claim reads the queue a page at a time: jobs the runner fits are found
+// behind more than a page of jobs it does not, in queue order, and a claim
+// stops reading once it has its jobs.
+func TestClaimFindsFittingJobsPastTheFirstPage(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, pgtest.NewDatabase(t), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	now := time.Now()
+	add := func(id string, labels map[string]string) {
+		t.Helper()
+		j := store.Job{Job: api.Job{ID: id, MaxAttempts: 1, CreatedAt: now, Spec: api.JobSpec{Labels: labels, Build: api.Build{Script: "true"}}}}
+		if err := s.CreateJob(ctx, j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range claimPage + claimPage/2 {
+		add(fmt.Sprintf("gpu-%03d", i), map[string]string{"gpu": "yes"})
+	}
+	for i := range 3 {
+		add(fmt.Sprintf("any-%d", i), nil)
+	}
+	r := store.Runner{Runner: api.Runner{ID: "r-cpu"}}
+	var got []string
+	for _, want := range []int{2, 1, 0} {
+		claims, err := s.ClaimJobs(ctx, r, nil, 2, time.Minute, now)
+		if err != nil || len(claims) != want {
+			t.Fatalf("claim: %d jobs (%v), want %d", len(claims), err, want)
+		}
+		for _, c := range claims {
+			got = append(got, c.Job.ID)
+		}
+	}
+	if want := []string{"any-0", "any-1", "any-2"}; !slices.Equal(got, want) {
+		t.Fatalf("claimed %v, want %v", got, want)
 	}
 }

@@ -20,14 +20,14 @@ import (
 // honouring the cap (store.LogLimits.Keep). The caller has checked offsets.
 func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, j store.Job, data []byte) error {
 	keep, truncated := s.log.Keep(j.LogSize, j.LogTruncated, data)
+	var stmts []stmt
 	if len(keep) > 0 {
-		if _, err := tx.Exec(ctx, `INSERT INTO log_chunks (job_id, off, data) VALUES ($1,$2,$3)`, j.ID, j.LogSize, keep); err != nil {
-			return fmt.Errorf("storing log chunk of job %s: %w", j.ID, err)
-		}
+		stmts = append(stmts, stmt{`INSERT INTO log_chunks (job_id, off, data) VALUES ($1,$2,$3)`, []any{j.ID, j.LogSize, keep}})
 	}
-	if _, err := tx.Exec(ctx, `UPDATE jobs SET log_offset = $1, log_stored = $2, log_truncated = $3 WHERE id = $4`,
-		j.LogOffset+int64(len(data)), j.LogSize+int64(len(keep)), truncated, j.ID); err != nil {
-		return fmt.Errorf("updating log state of job %s: %w", j.ID, err)
+	stmts = append(stmts, stmt{`UPDATE jobs SET log_offset = $1, log_stored = $2, log_truncated = $3 WHERE id = $4`,
+		[]any{j.LogOffset + int64(len(data)), j.LogSize + int64(len(keep)), truncated, j.ID}})
+	if _, err := execBatch(ctx, tx, stmts...); err != nil {
+		return fmt.Errorf("storing log chunk of job %s: %w", j.ID, err)
 	}
 	return nil
 }

@@ -332,11 +332,18 @@ func (s *Store) ListJobs(ctx context.Context, f store.JobFilter) ([]store.Job, e
 	return out, nil
 }
 
+// claimScan bounds how many queued jobs one claim looks at (as the
+// SQLite store's), and claimPage how many it reads at a time: a claim
+// usually finds its jobs in the first page, so it neither transfers nor
+// decodes the rest of a long queue.
+const claimScan, claimPage = 1000, 32
+
 // ClaimJobs leases up to max matching queued jobs in one transaction. It
-// reads the oldest queued jobs' labels and resources without locking,
-// keeps those store.Fits admits, and locks them one by one with FOR UPDATE
-// SKIP LOCKED: a job another coordinator is claiming at that moment is
-// skipped, not waited for, and one claimed meanwhile is no longer queued.
+// reads the oldest queued jobs' labels and resources without locking, a
+// page at a time, keeps those store.Fits admits, and locks them one by
+// one with FOR UPDATE SKIP LOCKED: a job another coordinator is claiming
+// at that moment is skipped, not waited for, and one claimed meanwhile is
+// no longer queued.
 func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, capacity *api.Resources, max int, ttl time.Duration, now time.Time) ([]store.Claim, error) {
 	if max <= 0 {
 		return nil, nil
@@ -344,45 +351,34 @@ func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, capacity *api.Res
 	var claims []store.Claim
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		claims = nil
-		rows, err := tx.Query(ctx, `SELECT id, labels, resources FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1000`)
-		if err != nil {
-			return fmt.Errorf("finding queued jobs: %w", err)
-		}
-		var ids []string
-		var id, labels, res string
-		_, err = pgx.ForEachRow(rows, []any{&id, &labels, &res}, func() error {
-			var jl map[string]string
-			if err := json.Unmarshal([]byte(labels), &jl); err != nil {
-				return fmt.Errorf("decoding labels of job %s: %w", id, err)
-			}
-			var jr api.Resources
-			if err := json.Unmarshal([]byte(res), &jr); err != nil {
-				return fmt.Errorf("decoding resources of job %s: %w", id, err)
-			}
-			if store.Fits(r.Labels, capacity, jl, jr) {
-				ids = append(ids, id)
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("finding queued jobs: %w", err)
-		}
 		ev := store.Event{Kind: store.EventClaim, Fence: store.Fence{RunnerID: r.ID}, Now: now, TTL: ttl}
-		for _, id := range ids {
-			if len(claims) == max {
-				break
-			}
-			j, err := jobTx(ctx, tx, id, " AND state = 'queued' FOR UPDATE SKIP LOCKED")
-			if errors.Is(err, store.ErrNotFound) {
-				continue // being claimed, or claimed, by another
-			} else if err != nil {
-				return err
-			}
-			next, _, err := transitionTx(ctx, tx, j, ev)
+		after := int64(0)
+		for scanned := 0; scanned < claimScan && len(claims) < max; {
+			page := min(claimPage, claimScan-scanned)
+			ids, last, n, err := fittingQueued(ctx, tx, r, capacity, after, page)
 			if err != nil {
 				return err
 			}
-			claims = append(claims, store.Claim{Job: next, Token: next.LeaseToken})
+			scanned, after = scanned+n, last
+			for _, id := range ids {
+				if len(claims) == max {
+					break
+				}
+				j, err := jobTx(ctx, tx, id, " AND state = 'queued' FOR UPDATE SKIP LOCKED")
+				if errors.Is(err, store.ErrNotFound) {
+					continue // being claimed, or claimed, by another
+				} else if err != nil {
+					return err
+				}
+				next, _, err := transitionTx(ctx, tx, j, ev)
+				if err != nil {
+					return err
+				}
+				claims = append(claims, store.Claim{Job: next, Token: next.LeaseToken})
+			}
+			if n < page {
+				break // the end of the queue
+			}
 		}
 		return nil
 	})
@@ -390,6 +386,41 @@ func (s *Store) ClaimJobs(ctx context.Context, r store.Runner, capacity *api.Res
 		return nil, err
 	}
 	return claims, nil
+}
+
+// fittingQueued reads up to limit queued jobs after seq after, oldest
+// first, without locking, and returns the ids of those r fits, the last
+// seq read and how many it read.
+func fittingQueued(ctx context.Context, tx pgx.Tx, r store.Runner, capacity *api.Resources, after int64, limit int) (ids []string, last int64, n int, err error) {
+	rows, err := tx.Query(ctx, `SELECT seq, id, labels, resources FROM jobs WHERE state = 'queued' AND seq > $1 ORDER BY seq LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("finding queued jobs: %w", err)
+	}
+	last = after
+	var seq int64
+	var id, labels, res string
+	_, err = pgx.ForEachRow(rows, []any{&seq, &id, &labels, &res}, func() error {
+		n++
+		last = seq
+		var jl map[string]string
+		if err := json.Unmarshal([]byte(labels), &jl); err != nil {
+			return fmt.Errorf("decoding labels of job %s: %w", id, err)
+		}
+		var jr api.Resources
+		if capacity != nil {
+			if err := json.Unmarshal([]byte(res), &jr); err != nil {
+				return fmt.Errorf("decoding resources of job %s: %w", id, err)
+			}
+		}
+		if store.Fits(r.Labels, capacity, jl, jr) {
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("finding queued jobs: %w", err)
+	}
+	return ids, last, n, nil
 }
 
 // ReleaseClaim undoes a claim whose answer never reached the runner; a
@@ -412,10 +443,15 @@ func (s *Store) ReleaseClaim(ctx context.Context, f store.Fence) error {
 
 // transitionTx applies store.Transition to j (read under its row lock) and
 // writes the fields it changed, conditional on the state and lease token
-// read.
-func transitionTx(ctx context.Context, tx pgx.Tx, j store.Job, ev store.Event) (store.Job, store.Effect, error) {
+// read; more are the transaction's other writes, sent in the same round
+// trip after the update (alone when the transition changes nothing).
+func transitionTx(ctx context.Context, tx pgx.Tx, j store.Job, ev store.Event, more ...stmt) (store.Job, store.Effect, error) {
 	next, eff, err := store.Transition(j, ev)
-	if err != nil || !eff.Changed {
+	if err != nil {
+		return next, eff, err
+	}
+	if !eff.Changed {
+		_, err := execBatch(ctx, tx, more...)
 		return next, eff, err
 	}
 	var runner *string
@@ -427,18 +463,53 @@ func transitionTx(ctx context.Context, tx pgx.Tx, j store.Job, ev store.Event) (
 		n := nanos(next.LeaseExpires)
 		leaseExp = &n
 	}
-	tag, err := tx.Exec(ctx, `UPDATE jobs SET state = $1, runner_id = $2, lease_token = $3, lease_expires = $4, attempts = $5,
+	update := stmt{`UPDATE jobs SET state = $1, runner_id = $2, lease_token = $3, lease_expires = $4, attempts = $5,
 		cancel_requested = $6, started_at = $7, finished_at = $8, exit_code = $9, reason = $10, failure_class = $11
-		WHERE id = $12 AND state = $13 AND lease_token = $14`,
+		WHERE id = $12 AND state = $13 AND lease_token = $14`, []any{
 		next.State, runner, next.LeaseToken, leaseExp, next.Attempts, next.Cancel, nullNanos(next.StartedAt), nullNanos(next.FinishedAt),
-		next.ExitCode, text(next.Reason), text(next.FailureClass), j.ID, j.State, j.LeaseToken)
+		next.ExitCode, text(next.Reason), text(next.FailureClass), j.ID, j.State, j.LeaseToken}}
+	tags, err := execBatch(ctx, tx, append([]stmt{update}, more...)...)
 	if err != nil {
 		return j, store.Effect{}, fmt.Errorf("applying %s to job %s: %w", ev.Kind, j.ID, err)
 	}
-	if tag.RowsAffected() != 1 {
+	if tags[0].RowsAffected() != 1 {
 		return j, store.Effect{}, fmt.Errorf("applying %s to job %s: changed meanwhile: %w", ev.Kind, j.ID, store.ErrConflict)
 	}
 	return next, eff, nil
+}
+
+// stmt is one statement of a batch.
+type stmt struct {
+	sql  string
+	args []any
+}
+
+// execBatch sends stmts in one round trip (a pipeline: each still runs
+// on its own, in order, in tx) and returns their command tags; the first
+// error ends it, and PostgreSQL then aborts the transaction.
+func execBatch(ctx context.Context, tx pgx.Tx, stmts ...stmt) ([]pgconn.CommandTag, error) {
+	switch len(stmts) {
+	case 0:
+		return nil, nil
+	case 1:
+		tag, err := tx.Exec(ctx, stmts[0].sql, stmts[0].args...)
+		return []pgconn.CommandTag{tag}, err
+	}
+	var b pgx.Batch
+	for _, s := range stmts {
+		b.Queue(s.sql, s.args...)
+	}
+	br := tx.SendBatch(ctx, &b)
+	tags := make([]pgconn.CommandTag, 0, len(stmts))
+	for range stmts {
+		tag, err := br.Exec()
+		if err != nil {
+			br.Close()
+			return nil, err
+		}
+		tags = append(tags, tag)
+	}
+	return tags, br.Close()
 }
 
 // checkLeaseTx loads the job under lock and verifies the fence is its
@@ -464,13 +535,9 @@ func (s *Store) Heartbeat(ctx context.Context, f store.Fence, ttl time.Duration,
 		if j, err = jobTx(ctx, tx, f.JobID, " FOR UPDATE"); err != nil {
 			return err
 		}
-		if j, _, err = transitionTx(ctx, tx, j, store.Event{Kind: store.EventHeartbeat, Fence: f, Now: now, TTL: ttl}); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `UPDATE runners SET last_seen = $1 WHERE id = $2`, nanos(now), f.RunnerID); err != nil {
-			return fmt.Errorf("touching runner %s: %w", f.RunnerID, err)
-		}
-		return nil
+		touch := stmt{`UPDATE runners SET last_seen = $1 WHERE id = $2`, []any{nanos(now), f.RunnerID}}
+		j, _, err = transitionTx(ctx, tx, j, store.Event{Kind: store.EventHeartbeat, Fence: f, Now: now, TTL: ttl}, touch)
+		return err
 	})
 	return j, err
 }
