@@ -310,15 +310,21 @@ func decodeSHA512(b64 string) ([]byte, bool) {
 
 // SHA512 returns the sha512 digest from the entry's integrity, if any.
 func (p *Package) SHA512() ([]byte, bool) {
-	for _, f := range strings.Fields(p.Integrity) {
-		alg, b64, ok := strings.Cut(f, "-")
-		if !ok || alg != "sha512" {
+	return sriDigest(p.Integrity, "sha512", func(b64 string) ([]byte, bool) { return decodeSHA512(b64) })
+}
+
+// sriDigest returns the first well-formed digest of algorithm alg in an SRI
+// string (options after '?' ignored).
+func sriDigest(sri, alg string, decode func(b64 string) ([]byte, bool)) ([]byte, bool) {
+	for _, f := range strings.Fields(sri) {
+		a, b64, ok := strings.Cut(f, "-")
+		if !ok || a != alg {
 			continue
 		}
 		if i := strings.IndexByte(b64, '?'); i >= 0 {
 			b64 = b64[:i]
 		}
-		if d, ok := decodeSHA512(b64); ok {
+		if d, ok := decode(b64); ok {
 			return d, true
 		}
 	}
@@ -338,19 +344,10 @@ func (p *Package) SHA1Only() bool {
 
 // SHA1 returns the sha1 digest from the entry's integrity, if any.
 func (p *Package) SHA1() ([]byte, bool) {
-	for _, f := range strings.Fields(p.Integrity) {
-		alg, b64, ok := strings.Cut(f, "-")
-		if !ok || alg != "sha1" {
-			continue
-		}
-		if i := strings.IndexByte(b64, '?'); i >= 0 {
-			b64 = b64[:i]
-		}
-		if d, err := base64.StdEncoding.DecodeString(b64); err == nil && len(d) == 20 {
-			return d, true
-		}
-	}
-	return nil, false
+	return sriDigest(p.Integrity, "sha1", func(b64 string) ([]byte, bool) {
+		d, err := base64.StdEncoding.DecodeString(b64)
+		return d, err == nil && len(d) == 20
+	})
 }
 
 func isGitSource(r string) bool {
