@@ -139,6 +139,10 @@ func gatewayError(what string, err error) error {
 		reason := fmt.Sprintf("%s: %s", what, strings.Join(parts, "; "))
 		return &jobError{reason: reason, exit: 1, say: "refused: " + reason, class: api.ClassRefused}
 	}
+	if ie := (*gateway.IntegrityError)(nil); errors.As(err, &ie) {
+		reason := fmt.Sprintf("%s: %s@%s: %s: %v", what, ie.Entry.Name, ie.Entry.Version, gateway.RuleIntegrityMismatch, ie)
+		return &jobError{reason: reason, exit: 1, say: "refused: " + reason, class: api.ClassRefused}
+	}
 	reason := fmt.Sprintf("%s: %v", what, err)
 	return &jobError{reason: reason, exit: 1, say: reason + "; the job does not run", class: api.ClassInfrastructure}
 }

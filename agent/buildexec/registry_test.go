@@ -85,6 +85,8 @@ func TestGatewayRefusalsAndFailuresEndTheJob(t *testing.T) {
 			[]string{"registry gateway", "connection refused"}, false, ""},
 		{"tarball altered in the registry: refused before install", &world{prefetchErr: altered}, api.ClassRefused,
 			[]string{"left-pad@1.3.0", "integrity-mismatch"}, true, ""},
+		{"tarball altered, as the gateway reports it", &world{prefetchErr: &gateway.IntegrityError{Entry: gateway.Entry{Name: "left-pad", Version: "1.3.0"}, Want: "sha512-a", Got: "sha512-b"}}, api.ClassRefused,
+			[]string{"left-pad@1.3.0", "integrity-mismatch"}, true, ""},
 		{"no listener on the host end", &world{listenErr: errors.New("address already in use")}, api.ClassInfrastructure,
 			[]string{"could not listen", "address already in use"}, true, ""},
 		{"failure while serving: the job fails with it", &world{serveFailure: errors.New("left-pad@1.3.0: integrity-mismatch")}, api.ClassPolicy,
