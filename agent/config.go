@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -430,6 +431,24 @@ func (c *Config) Validate() error {
 		return fe
 	}
 	return nil
+}
+
+// GateRegistries are the registry URLs this agent's lockfile gate accepts,
+// as the agent reports them with its claims (for `cleanroom submit`'s own
+// gate): network.registries, the registries entries' URLs, and each
+// registry alias as an https registry at its root (what the gate accepts
+// for an alias).
+func (c *Config) GateRegistries() []string {
+	out := append([]string(nil), c.Network.Registries...)
+	for _, r := range c.Registries {
+		if !slices.Contains(out, r.URL) {
+			out = append(out, r.URL)
+		}
+	}
+	for _, h := range c.RegistryAliases {
+		out = append(out, "https://"+h+"/")
+	}
+	return out
 }
 
 // validScope: "@" and an npm package name part.

@@ -72,6 +72,12 @@ func TestConfigGatewaySection(t *testing.T) {
 		len(c.RegistryAliases) != 0 || !c.AllowSHA1 || c.MinReleaseAge.D().Hours() != 72 {
 		t.Errorf("set: %+v %+v aliases %v", c.Registries, c.Gateway, c.RegistryAliases)
 	}
+	if got := strings.Join(c.GateRegistries(), ","); got != "http://npm.corp:4873/" {
+		t.Errorf("gate registries without aliases = %s", got)
+	}
+	if c, _ := loadConfig(t, "network:\n  registries: [\"http://r:4873/\"]\n"); strings.Join(c.GateRegistries(), ",") != "http://r:4873/,https://registry.npmjs.org/" {
+		t.Errorf("gate registries = %v, want the registry and the default alias", c.GateRegistries())
+	}
 	for yaml, field := range map[string]string{
 		"registries:\n  - url: npm.corp\n":                                                 "registries[0].url",
 		"registries:\n  - url: http://npm.corp/\n    token_secret: A\n    token_file: f\n": "registries[0].token_file",
