@@ -230,7 +230,7 @@ func (a *Agent) claimLoop(ctx, hardCtx context.Context, wg *sync.WaitGroup) erro
 			}
 			continue
 		}
-		resp, err := a.client.Claim(ctx, api.ClaimRequest{Slots: int(free), Wait: api.Duration(a.ClaimWait), Capacity: a.Capacity, Registries: a.cfg.Network.Registries})
+		resp, err := a.client.Claim(ctx, api.ClaimRequest{Slots: int(free), Wait: api.Duration(a.ClaimWait), Capacity: a.Capacity, Registries: a.cfg.GateRegistries()})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -71,11 +72,31 @@ type Config struct {
 	Image       string        `yaml:"image,omitempty"`
 	Network     NetworkConfig `yaml:"network,omitempty"`
 	SecretsFile string        `yaml:"secrets_file,omitempty"`
-	// RegistryTokenSecret names a build-scope secret of the secrets file
-	// that is the internal registry's read-only token: every job gets it in
-	// its per-job, read-only .npmrc (never in its environment).
-	RegistryTokenSecret string             `yaml:"registry_token_secret,omitempty"`
-	InstallScripts      api.InstallScripts `yaml:"install_scripts,omitempty"`
+	// RegistryTokenSecret names a secret of the secrets file that is the
+	// first internal registry's token (network.registries[0]) when
+	// Registries gives it none. Only the registry gateway uses it, upstream:
+	// no job gets it, and a job asking for it is refused.
+	RegistryTokenSecret string `yaml:"registry_token_secret,omitempty"`
+	// Registries give the internal registries' credentials and scopes (the
+	// gateway's upstreams). An entry whose URL is one of
+	// network.registries describes it; any other is a further registry
+	// lockfiles may resolve to (typically serving Scopes).
+	Registries []RegistryConfig `yaml:"registries,omitempty"`
+	// Gateway configures the registry gateway: each job's endpoint and the
+	// agent-wide cache of verified tarballs.
+	Gateway GatewayConfig `yaml:"gateway,omitempty"`
+	// RegistryAliases are hosts the internal registry mirrors (default
+	// registry.npmjs.org; [] for none): lockfile entries resolved there pass
+	// the gate and are fetched from the internal registry by the gateway.
+	RegistryAliases []string `yaml:"registry_aliases,omitempty"`
+	// AllowSHA1 accepts lockfile entries pinned by sha1 only, served when
+	// the tarball matches that sha1 and the sha512 the registry publishes
+	// (default false: refused).
+	AllowSHA1 bool `yaml:"allow_sha1,omitempty"`
+	// MinReleaseAge refuses a job whose lockfile pins a version published
+	// less than this long ago (default 0: off); a job may ask for longer.
+	MinReleaseAge  api.Duration       `yaml:"min_release_age,omitempty"`
+	InstallScripts api.InstallScripts `yaml:"install_scripts,omitempty"`
 	// Artifacts bound the copies of a job's artifacts on this host.
 	Artifacts ArtifactsConfig `yaml:"artifacts,omitempty"`
 	// Git is where git sources may be fetched from; none = git sources
@@ -111,6 +132,31 @@ type GitConfig struct {
 	// MaxFiles bounds the number of files and directories of the checkout
 	// (default 100000).
 	MaxFiles int `yaml:"max_files,omitempty"`
+}
+
+// RegistryConfig is one internal registry the gateway fetches from, with
+// its credential: a token sent upstream as a bearer token, from a secret of
+// the secrets file or from a file (mode 0600); never in a sandbox.
+type RegistryConfig struct {
+	URL string `yaml:"url"`
+	// Scopes ("@acme") whose packages come from this registry (npm's
+	// @scope:registry); a registry without scopes serves every other name.
+	Scopes      []string `yaml:"scopes,omitempty"`
+	TokenSecret string   `yaml:"token_secret,omitempty"`
+	TokenFile   string   `yaml:"token_file,omitempty"`
+}
+
+// GatewayConfig is the registry gateway's part of the agent config.
+type GatewayConfig struct {
+	// Port each job's endpoint listens on, on the host end of the job's
+	// veth (default 4873; every job's host end has its own address).
+	Port int `yaml:"port,omitempty"`
+	// CacheDir holds the verified tarballs (default DATA_DIR/gateway-cache);
+	// no sandbox mounts it.
+	CacheDir string `yaml:"cache_dir,omitempty"`
+	// CacheMaxBytes caps the cache; the least recently used tarballs go
+	// first (default 10GiB).
+	CacheMaxBytes api.ByteSize `yaml:"cache_max_bytes,omitempty"`
 }
 
 // ContainerdConfig locates the containerd daemon the sandboxes run in.
@@ -158,7 +204,15 @@ const (
 	DefaultNetStateDir         = "/var/lib/cleanroom/net"
 	DefaultGitMaxBytes         = 1 << 30
 	DefaultGitMaxFiles         = 100000
+	DefaultGatewayPort         = 4873
+	DefaultGatewayCacheBytes   = 10 << 30
+	// DefaultGatewayCacheDir is under data_dir.
+	DefaultGatewayCacheDir = "gateway-cache"
 )
+
+// DefaultRegistryAliases are the hosts the internal registry is taken to
+// mirror when the config names none: the public npm registry.
+var DefaultRegistryAliases = []string{"registry.npmjs.org"}
 
 // LoadConfig reads, defaults and validates the config at path. Relative
 // paths inside are resolved against the config's directory.
@@ -182,7 +236,11 @@ func LoadConfig(path string) (*Config, error) {
 }
 
 func (c *Config) resolvePaths(dir string) {
-	for _, p := range []*string{&c.SigningKey, &c.DataDir, &c.RunnerTokenFile, &c.SecretsFile, &c.CAFile, &c.Network.StateDir, &c.Git.CAFile} {
+	paths := []*string{&c.SigningKey, &c.DataDir, &c.RunnerTokenFile, &c.SecretsFile, &c.CAFile, &c.Network.StateDir, &c.Git.CAFile, &c.Gateway.CacheDir}
+	for i := range c.Registries {
+		paths = append(paths, &c.Registries[i].TokenFile)
+	}
+	for _, p := range paths {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -220,6 +278,18 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Git.MaxFiles == 0 {
 		c.Git.MaxFiles = DefaultGitMaxFiles
+	}
+	if c.Gateway.Port == 0 {
+		c.Gateway.Port = DefaultGatewayPort
+	}
+	if c.Gateway.CacheDir == "" && c.DataDir != "" {
+		c.Gateway.CacheDir = filepath.Join(c.DataDir, DefaultGatewayCacheDir)
+	}
+	if c.Gateway.CacheMaxBytes == 0 {
+		c.Gateway.CacheMaxBytes = DefaultGatewayCacheBytes
+	}
+	if c.RegistryAliases == nil {
+		c.RegistryAliases = append([]string(nil), DefaultRegistryAliases...)
 	}
 }
 
@@ -286,6 +356,34 @@ func (c *Config) Validate() error {
 		if u, err := url.Parse(r); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			add(fmt.Sprintf("network.registries[%d]", i), "must be an http:// or https:// URL")
 		}
+	}
+	for i, r := range c.Registries {
+		f := fmt.Sprintf("registries[%d]", i)
+		if u, err := url.Parse(r.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add(f+".url", "must be an http:// or https:// URL")
+		}
+		if r.TokenSecret != "" && r.TokenFile != "" {
+			add(f+".token_file", "set token_secret or token_file, not both")
+		}
+		for j, sc := range r.Scopes {
+			if !validScope(sc) {
+				add(fmt.Sprintf("%s.scopes[%d]", f, j), "must be an npm scope such as @acme")
+			}
+		}
+	}
+	if c.Gateway.Port < 0 || c.Gateway.Port > 65535 {
+		add("gateway.port", "must be a TCP port")
+	}
+	if c.Gateway.CacheMaxBytes < 0 {
+		add("gateway.cache_max_bytes", "must not be negative")
+	}
+	for i, h := range c.RegistryAliases {
+		if h == "" || strings.ContainsAny(h, "/@ ") {
+			add(fmt.Sprintf("registry_aliases[%d]", i), "must be a host or host:port, e.g. registry.npmjs.org")
+		}
+	}
+	if c.MinReleaseAge < 0 || c.MinReleaseAge.D() > api.MaxReleaseAge {
+		add("min_release_age", fmt.Sprintf("must be between 0 and %s", api.MaxReleaseAge))
 	}
 	for i, r := range c.Network.Extra {
 		if _, _, err := net.SplitHostPort(r); err != nil || strings.Contains(r, "/") {
@@ -371,6 +469,37 @@ func (c *Config) URLs() []string {
 func validURL(s string) bool {
 	u, err := url.Parse(s)
 	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}
+
+// GateRegistries are the registry URLs this agent's lockfile gate accepts,
+// as the agent reports them with its claims (for `cleanroom submit`'s own
+// gate): network.registries, the registries entries' URLs, and each
+// registry alias as an https registry at its root (what the gate accepts
+// for an alias).
+func (c *Config) GateRegistries() []string {
+	out := append([]string(nil), c.Network.Registries...)
+	for _, r := range c.Registries {
+		if !slices.Contains(out, r.URL) {
+			out = append(out, r.URL)
+		}
+	}
+	for _, h := range c.RegistryAliases {
+		out = append(out, "https://"+h+"/")
+	}
+	return out
+}
+
+// validScope: "@" and an npm package name part.
+func validScope(s string) bool {
+	if len(s) < 2 || s[0] != '@' {
+		return false
+	}
+	for _, c := range s[1:] {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.ContainsRune("-._~", c)) {
+			return false
+		}
+	}
+	return true
 }
 
 // Token returns the runner token, from the config or its file.

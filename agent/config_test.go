@@ -87,3 +87,44 @@ func TestConfigAcceptsSeveralCoordinators(t *testing.T) {
 		}
 	}
 }
+
+// The gateway's knobs: defaults (cache under the data dir, 10 GiB, the
+// public registry as alias, sha1 refused, no cooldown), paths relative to
+// the config, and the problems named by field.
+func TestConfigGatewaySection(t *testing.T) {
+	c, err := loadConfig(t, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Gateway.Port != agent.DefaultGatewayPort || c.Gateway.CacheMaxBytes != 10<<30 || c.Gateway.CacheDir != filepath.Join(c.DataDir, "gateway-cache") ||
+		strings.Join(c.RegistryAliases, ",") != "registry.npmjs.org" || c.AllowSHA1 || c.MinReleaseAge != 0 {
+		t.Errorf("defaults: gateway %+v aliases %v sha1 %v age %v", c.Gateway, c.RegistryAliases, c.AllowSHA1, c.MinReleaseAge)
+	}
+	c, err = loadConfig(t, "registries:\n  - url: http://npm.corp:4873/\n    scopes: [\"@acme\"]\n    token_file: acme.token\ngateway:\n  cache_dir: cache\n  cache_max_bytes: 1GiB\nregistry_aliases: []\nallow_sha1: true\nmin_release_age: 72h\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !filepath.IsAbs(c.Registries[0].TokenFile) || !filepath.IsAbs(c.Gateway.CacheDir) || c.Gateway.CacheMaxBytes != 1<<30 ||
+		len(c.RegistryAliases) != 0 || !c.AllowSHA1 || c.MinReleaseAge.D().Hours() != 72 {
+		t.Errorf("set: %+v %+v aliases %v", c.Registries, c.Gateway, c.RegistryAliases)
+	}
+	if got := strings.Join(c.GateRegistries(), ","); got != "http://npm.corp:4873/" {
+		t.Errorf("gate registries without aliases = %s", got)
+	}
+	if c, _ := loadConfig(t, "network:\n  registries: [\"http://r:4873/\"]\n"); strings.Join(c.GateRegistries(), ",") != "http://r:4873/,https://registry.npmjs.org/" {
+		t.Errorf("gate registries = %v, want the registry and the default alias", c.GateRegistries())
+	}
+	for yaml, field := range map[string]string{
+		"registries:\n  - url: npm.corp\n":                                                 "registries[0].url",
+		"registries:\n  - url: http://npm.corp/\n    token_secret: A\n    token_file: f\n": "registries[0].token_file",
+		"registries:\n  - url: http://npm.corp/\n    scopes: [acme]\n":                     "registries[0].scopes[0]",
+		"gateway:\n  port: 70000\n":                                                        "gateway.port",
+		"gateway:\n  cache_max_bytes: -1\n":                                                "parsing size",
+		"registry_aliases: [\"https://registry.npmjs.org/\"]\n":                            "registry_aliases[0]",
+		"min_release_age: -1h\n":                                                           "min_release_age",
+	} {
+		if _, err := loadConfig(t, yaml); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("%q: got %v, want an error naming %s", yaml, err, field)
+		}
+	}
+}

@@ -100,11 +100,11 @@ func TestResourcesOverNamesEveryFieldThatDoesNotFit(t *testing.T) {
 }
 
 func TestValidateReportsEveryFieldAtOnce(t *testing.T) {
-	s := api.JobSpec{Timeout: api.Duration(-time.Second), Secrets: []string{"a b"}, Network: api.NetworkSpec{OnViolation: "x"}}
+	s := api.JobSpec{Timeout: api.Duration(-time.Second), Secrets: []string{"a b"}, Network: api.NetworkSpec{OnViolation: "x"}, MinReleaseAge: api.Duration(-time.Hour)}
 	err := s.Validate()
 	var fe api.FieldErrors
-	if !errors.As(err, &fe) || len(fe) != 4 {
-		t.Fatalf("got %v, want 4 field errors (build, timeout, secrets[0], network.on_violation)", err)
+	if !errors.As(err, &fe) || len(fe) != 5 {
+		t.Fatalf("got %v, want 5 field errors (build, timeout, min_release_age, secrets[0], network.on_violation)", err)
 	}
 }
 

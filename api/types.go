@@ -401,6 +401,12 @@ type JobSpec struct {
 	Labels         map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
 	InstallScripts InstallScripts    `json:"install_scripts,omitzero" yaml:"install_scripts,omitempty"`
 	Network        NetworkSpec       `json:"network,omitzero" yaml:"network,omitempty"`
+	// MinReleaseAge refuses the job before any sandbox exists when its
+	// lockfile pins a version published less than this long ago (a
+	// cooldown: most malicious releases are found and pulled within days).
+	// It can only make the runner's min_release_age stricter: the longer
+	// of the two applies.
+	MinReleaseAge Duration `json:"min_release_age,omitempty" yaml:"min_release_age,omitempty"`
 	// MaxAttempts bounds how often a job whose lease expired is re-queued
 	// (default 3). Not usually set by hand.
 	MaxAttempts int `json:"max_attempts,omitempty" yaml:"max_attempts,omitempty"`

@@ -65,9 +65,11 @@ func PrefixFields(prefix string, err error) FieldErrors {
 
 // Limits the coordinator enforces on every spec.
 const (
-	MaxTimeout   = 24 * time.Hour
-	MaxLabels    = 32
-	MaxArtifacts = 256
+	MaxTimeout = 24 * time.Hour
+	// MaxReleaseAge bounds min_release_age (a year: longer is a typo).
+	MaxReleaseAge = 365 * 24 * time.Hour
+	MaxLabels     = 32
+	MaxArtifacts  = 256
 	// MaxClaimRegistries bounds the registries a claim reports.
 	MaxClaimRegistries = 16
 	maxScriptBytes     = 64 << 10
@@ -118,6 +120,11 @@ func (s *JobSpec) Validate() error {
 		fe.add("timeout", "must not be negative")
 	} else if s.Timeout.D() > MaxTimeout {
 		fe.add("timeout", "must be at most %s", MaxTimeout)
+	}
+	if s.MinReleaseAge < 0 {
+		fe.add("min_release_age", "must not be negative")
+	} else if s.MinReleaseAge.D() > MaxReleaseAge {
+		fe.add("min_release_age", "must be at most %s", MaxReleaseAge)
 	}
 	if len(s.Artifacts) > MaxArtifacts {
 		fe.add("artifacts", "at most %d patterns", MaxArtifacts)

@@ -28,7 +28,9 @@ var jobStates = []string{api.StateQueued, api.StateRunning, api.StateSucceeded, 
 // egressRules are the rule names of docs/egress-log.md. The rule of a posted
 // event comes from an agent: anything else is counted as "other", so an agent
 // cannot grow the coordinator's label set at will.
-var egressRules = []string{"default-deny", "metadata-deny", "allow-registry", "dns-allow", "dns-refused"}
+var egressRules = []string{"default-deny", "metadata-deny", "allow-registry", "dns-allow", "dns-refused",
+	// The registry gateway's (proto http).
+	"lockfile", "not-in-lockfile", "registry-write", "registry-api", "integrity-mismatch", "release-too-new", "sha1-only", "upstream-error"}
 
 type metrics struct {
 	reg           *prometheus.Registry

@@ -549,6 +549,43 @@ func TestDirectModeReachesOnlyTheHostEnd(t *testing.T) {
 	rec.waitFor(t, "allow host end", func(e netpolicy.Event) bool { return e.Verdict == "allow" && e.Dst == nw.HostIP.String()+":18080" })
 }
 
+// A gateway policy in forward mode: the sandbox reaches a listener made
+// with ListenHostEnd, and the registry not at all.
+func TestGatewayPolicyReachesOnlyTheHostEndListener(t *testing.T) {
+	l := newLab(t)
+	rec := &recorder{}
+	cfg := labConfig(t, l, "j-gw", rec)
+	cfg.Policy.Gateway = 18081
+	nw, err := netpolicy.Setup(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAndCheck(t, l, nw)
+	ln, err := nw.ListenHostEnd(18081)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if out := inSandbox(t, nw, "node", probePath(t), "tcp", nw.HostIP.String(), "18081"); !strings.HasPrefix(out, "ok") {
+		t.Fatalf("gateway on the host end: %s", out)
+	}
+	if out := inSandbox(t, nw, "node", probePath(t), "tcp", lab.RegistryIP.String(), strconv.Itoa(lab.RegistryPort)); !strings.HasPrefix(out, "err") {
+		t.Fatalf("registry reachable past the gateway: %s", out)
+	}
+	rec.waitFor(t, "registry denied", func(e netpolicy.Event) bool {
+		return e.Verdict == "deny" && e.Dst == net.JoinHostPort(lab.RegistryIP.String(), strconv.Itoa(lab.RegistryPort))
+	})
+}
+
 func TestForwardModeFailsClosedWithoutIPForward(t *testing.T) {
 	l := newLab(t)
 	rec := &recorder{}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"sync"
 	"time"
 
@@ -127,6 +128,25 @@ func ResolvConfPathFor(stateDir, id string) string {
 // domains, one quick attempt.
 func (n *Network) ResolvConf() []byte {
 	return []byte(fmt.Sprintf("nameserver %s\noptions ndots:0 attempts:1 timeout:1\n", n.HostIP))
+}
+
+// ListenHostEnd opens a TCP listener on the host end of the veth
+// (HostIP:port), with its socket made in the host namespace (Config.HostNS)
+// — a socket keeps the namespace it was made in, so the server on it runs
+// on any goroutine. Only this sandbox can reach that address: another
+// sandbox's packets arrive on their own veth, whose guard admits only its
+// own host end. It is how the registry gateway serves one job (Policy.Gateway).
+func (n *Network) ListenHostEnd(port int) (net.Listener, error) {
+	var ln net.Listener
+	addr := net.JoinHostPort(n.HostIP.String(), strconv.Itoa(port))
+	err := doInNS(n.cfg.HostNS, func() (err error) {
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listening on the host end %s: %w", addr, err)
+	}
+	return ln, nil
 }
 
 // ResolvConfPath is a file with ResolvConf's content, to bind-mount read-only.

@@ -81,6 +81,12 @@ func (SystemResolver) LookupIP(ctx context.Context, host string) ([]net.IP, erro
 type Policy struct {
 	// Registries are registry URLs, e.g. http://registry.cleanroom.test:4873/.
 	Registries []string `json:"registries"`
+	// Gateway, when not zero, is the TCP port of the registry gateway on the
+	// host end of the sandbox's veth, and the gateway is then the only way
+	// to the registries: Registries are no destination (they are neither
+	// resolved nor allowed), only HostEnd:Gateway is, and a job's Extra may
+	// not name a registry to get it back.
+	Gateway int `json:"gateway,omitempty"`
 	// Extra are further host:port destinations; off (empty) by default.
 	Extra []string `json:"extra,omitempty"`
 	// Kill ends the job at the first denied attempt (on_violation: kill);
@@ -122,9 +128,14 @@ func parseHostPort(s string) (hostPort, error) {
 	return hostPort{strings.ToLower(h), port}, nil
 }
 
+// hostPorts are the destinations the policy names: its registries (unless
+// a gateway stands in for them) and its extras.
 func (p Policy) hostPorts() ([]hostPort, error) {
 	var out []hostPort
 	for _, r := range p.Registries {
+		if p.Gateway != 0 {
+			break
+		}
 		hp, err := parseRegistry(r)
 		if err != nil {
 			return nil, err
@@ -148,14 +159,24 @@ func (p Policy) hostPorts() ([]hostPort, error) {
 //     of the runner's (the runner's list is a ceiling, not a default); none
 //     names none.
 //   - Kill: kill on either side wins (a job's deny on a kill runner is kill).
+//   - Gateway: the runner's, always (a job cannot name or drop it); with a
+//     gateway the registries are not destinations, so an Extra naming one
+//     widens.
 //
 // Naming a destination the runner does not allow is ErrWidening.
 func (p Policy) Narrow(job Policy) (Policy, error) {
-	allowed, err := p.hostPorts()
+	// A job's registries are checked as before a gateway existed (they
+	// only ever narrow what the gateway fetches from); its extras against
+	// the destinations the policy really has.
+	named, err := Policy{Registries: p.Registries, Extra: p.Extra}.hostPorts()
 	if err != nil {
 		return Policy{}, fmt.Errorf("narrowing policy: %w", err)
 	}
-	check := func(items []string, parse func(string) (hostPort, error)) error {
+	reachable, err := p.hostPorts()
+	if err != nil {
+		return Policy{}, fmt.Errorf("narrowing policy: %w", err)
+	}
+	check := func(items []string, allowed []hostPort, parse func(string) (hostPort, error)) error {
 		for _, it := range items {
 			hp, err := parse(it)
 			if err != nil {
@@ -167,15 +188,15 @@ func (p Policy) Narrow(job Policy) (Policy, error) {
 		}
 		return nil
 	}
-	out := Policy{Registries: p.Registries, Kill: p.Kill || job.Kill}
+	out := Policy{Registries: p.Registries, Gateway: p.Gateway, Kill: p.Kill || job.Kill}
 	if len(job.Registries) > 0 {
-		if err := check(job.Registries, parseRegistry); err != nil {
+		if err := check(job.Registries, named, parseRegistry); err != nil {
 			return Policy{}, err
 		}
 		out.Registries = job.Registries
 	}
 	if len(job.Extra) > 0 {
-		if err := check(job.Extra, parseHostPort); err != nil {
+		if err := check(job.Extra, reachable, parseHostPort); err != nil {
 			return Policy{}, err
 		}
 		out.Extra = job.Extra
@@ -183,7 +204,8 @@ func (p Policy) Narrow(job Policy) (Policy, error) {
 	return out, nil
 }
 
-// Destinations resolves the policy's registries and extras on the host side.
+// Destinations resolves the policy's registries and extras on the host side
+// (with a Gateway: HostEnd at the gateway's port instead of the registries).
 // Addresses in 169.254.0.0/16 (cloud metadata) are refused.
 func (p Policy) Destinations(ctx context.Context, r Resolver) ([]Destination, error) {
 	hps, err := p.hostPorts()
@@ -191,6 +213,15 @@ func (p Policy) Destinations(ctx context.Context, r Resolver) ([]Destination, er
 		return nil, err
 	}
 	var out []Destination
+	if p.Gateway != 0 {
+		// No name: the sandbox's npm config names the gateway by address,
+		// so the DNS responder answers nothing for it.
+		d, err := checkDestination(Destination{IPs: []net.IP{HostEnd}, Port: p.Gateway})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
 	for _, hp := range hps {
 		var ips []net.IP
 		if ip := net.ParseIP(hp.host); ip != nil {

@@ -77,6 +77,31 @@ func TestDestinationsRefuseMetadata(t *testing.T) {
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
+// With a gateway the registries are no destination: only the host end at
+// the gateway's port is, extras stay, and a job cannot name a registry as
+// an extra to reach it around the gateway.
+func TestGatewayIsTheOnlyRegistryDestination(t *testing.T) {
+	runner := Policy{Registries: []string{"http://registry.cleanroom.test:4873/"}, Gateway: 4873, Extra: []string{"cache.corp:443"}}
+	r := StaticResolver{Hosts: map[string][]net.IP{"cache.corp": {net.IPv4(10, 1, 2, 3)}}}
+	d, err := runner.Destinations(context.Background(), r) // the registry's name is not resolvable here: it must not be asked
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d) != 2 || !d[0].IPs[0].Equal(HostEnd) || d[0].Port != 4873 || d[0].Host != "" || d[1].Host != "cache.corp" {
+		t.Fatalf("destinations = %+v, want the host end and the extra", d)
+	}
+	job, err := runner.Narrow(Policy{Extra: []string{"cache.corp:443"}})
+	if err != nil || job.Gateway != 4873 {
+		t.Fatalf("narrow: %+v %v: the job keeps the runner's gateway", job, err)
+	}
+	if _, err := runner.Narrow(Policy{Extra: []string{"registry.cleanroom.test:4873"}}); !errors.Is(err, ErrWidening) {
+		t.Fatalf("a job naming the registry as an extra: err = %v, want ErrWidening", err)
+	}
+	if _, err := runner.Narrow(Policy{Registries: []string{"http://registry.cleanroom.test:4873"}}); err != nil {
+		t.Fatalf("a job may still narrow the registries the gateway fetches from: %v", err)
+	}
+}
+
 func TestPoolConcurrentAllocationsAreDistinctAndPersist(t *testing.T) {
 	dir := t.TempDir()
 	p, err := NewPool("10.231.0.0/26", dir) // 16 slots

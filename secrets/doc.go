@@ -2,8 +2,9 @@
 // where secret values come from (a permission-checked YAML file, the
 // environment, files) and which scope each belongs to, which secrets a job may
 // be granted (build scope only), the job's environment built from scratch (never
-// inherited from the agent), the per-job .npmrc that carries registry
-// credentials, and the streaming redactor that keeps every known secret — in
+// inherited from the agent), the per-job .npmrc and npm's registry settings
+// (naming the job's registry gateway; never a credential: the agent reads
+// the upstream credentials for the gateway, Store.Credential), and the streaming redactor that keeps every known secret — in
 // its common encodings — and well-known token shapes out of logs and audit
 // events.
 //

@@ -18,7 +18,11 @@ const (
 // Base is the fixed, non-secret part of a job environment. It is the whole
 // environment apart from granted secrets: nothing is inherited from the agent.
 type Base struct {
-	// RegistryURL is the internal registry (npm_config_registry). Required.
+	// RegistryURL is npm's registry (npm_config_registry), or "" when it is
+	// known only later: a job's registry gateway gets its address once the
+	// job's network exists, and each step then gets RegistryEnv. Either
+	// way npm_config_registry and npm_config_replace_registry_host are
+	// reserved: no secret or extra variable may define them.
 	RegistryURL string
 	// Home defaults to DefaultHome.
 	Home string
@@ -41,11 +45,10 @@ type Base struct {
 // variable: npm reads npm_config_* case-insensitively, so those clash
 // regardless of case).
 func BuildEnv(base Base, granted []Secret) ([]string, error) {
-	if base.RegistryURL == "" {
-		return nil, fmt.Errorf("building job environment: %w: registry URL is required", ErrInvalid)
-	}
-	if u, err := url.Parse(base.RegistryURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("building job environment: %w: registry URL %q is not an http(s) URL", ErrInvalid, base.RegistryURL)
+	if base.RegistryURL != "" {
+		if u, err := url.Parse(base.RegistryURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("building job environment: %w: registry URL %q is not an http(s) URL", ErrInvalid, base.RegistryURL)
+		}
 	}
 	home := cmpOr(base.Home, DefaultHome)
 	vars := [][2]string{
@@ -53,17 +56,24 @@ func BuildEnv(base Base, granted []Secret) ([]string, error) {
 		{"HOME", home},
 		{"CI", "true"},
 		{"LANG", "C.UTF-8"},
-		{"npm_config_registry", base.RegistryURL},
+	}
+	if base.RegistryURL != "" {
+		vars = append(vars, RegistryEnv(base.RegistryURL)...)
+	}
+	vars = append(vars, [][2]string{
 		{"npm_config_cache", cmpOr(base.NPMCache, DefaultNPMCache)},
 		{"npm_config_update_notifier", "false"},
 		{"npm_config_fund", "false"},
 		{"npm_config_audit", "false"},
-	}
+	}...)
 	if base.NPMRC != "" {
 		vars = append(vars, [2]string{"npm_config_userconfig", base.NPMRC})
 	}
 	defined := map[string]string{} // conflict key → origin
 	for _, v := range vars {
+		defined[envKey(v[0])] = "base"
+	}
+	for _, v := range RegistryEnv("") { // reserved even when set per step
 		defined[envKey(v[0])] = "base"
 	}
 	var errs []error
@@ -130,30 +140,42 @@ func cmpOr(a, b string) string {
 	return b
 }
 
-// NPMRC returns the content of a per-job .npmrc: the registry and, when
-// authToken is not empty, its token scoped to that registry's host, port and
-// path ("//host:port/path/:_authToken=…"), which is how npm expects it.
-// Registry credentials reach npm through this file, never through the
-// environment a script can dump. The token line is left out when the URL
-// does not parse or either value contains a line break, since a wrong or
-// injected line could send the token elsewhere.
-func NPMRC(registryURL string, authToken []byte) []byte {
-	var b strings.Builder
-	if strings.ContainsAny(registryURL, "\r\n") {
+// RegistryEnv is npm's registry setting as environment variables (which
+// npm ranks above a project's own .npmrc): the registry, and
+// replace-registry-host=always, so that npm fetches every tarball the
+// lockfile resolves elsewhere from that registry too — the job's registry
+// gateway, which alone decides what is served.
+func RegistryEnv(registryURL string) [][2]string {
+	return [][2]string{
+		{"npm_config_registry", registryURL},
+		{"npm_config_replace_registry_host", "always"},
+	}
+}
+
+// NPMRC returns the content of a per-job .npmrc naming the job's registry
+// gateway for every package and for each of scopes ("@acme": a scope an
+// upstream serves, which npm would otherwise look up under its own
+// registry), with replace-registry-host=always. It holds no credential: the
+// gateway adds the agent's upstream credentials outside the sandbox. It is
+// nil when the URL or a scope could inject a line or is not a URL/scope.
+func NPMRC(registryURL string, scopes []string) []byte {
+	u, err := url.Parse(registryURL)
+	if strings.ContainsAny(registryURL, "\r\n") || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil
 	}
-	u, err := url.Parse(registryURL)
-	reg := registryURL
-	if err == nil && u.Host != "" {
-		if !strings.HasSuffix(u.Path, "/") {
-			u.Path += "/"
-		}
-		u.RawQuery, u.Fragment, u.User = "", "", nil
-		reg = u.String()
+	if !strings.HasSuffix(u.Path, "/") {
+		u.Path += "/"
 	}
+	u.RawQuery, u.Fragment, u.User = "", "", nil
+	reg := u.String()
+	var b strings.Builder
 	b.WriteString("registry=" + reg + "\n")
-	if len(authToken) > 0 && err == nil && u.Host != "" && !strings.ContainsAny(string(authToken), "\r\n") {
-		b.WriteString("//" + u.Host + u.EscapedPath() + ":_authToken=" + string(authToken) + "\n")
+	b.WriteString("replace-registry-host=always\n")
+	for _, sc := range scopes {
+		if len(sc) < 2 || sc[0] != '@' || strings.ContainsAny(sc, "\r\n=:/ ") {
+			return nil
+		}
+		b.WriteString(sc + ":registry=" + reg + "\n")
 	}
 	return []byte(b.String())
 }

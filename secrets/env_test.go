@@ -82,7 +82,8 @@ func TestBuildEnvRefuses(t *testing.T) {
 		{"agent credential", okBase, []Secret{{Name: "RUNNER", Scope: ScopeAgent, Value: []byte("x")}}, ErrAgentCredential, "RUNNER"},
 		{"invalid name", okBase, []Secret{build("BAD=NAME", "x")}, ErrInvalid, "BAD=NAME"},
 		{"NUL in value", okBase, []Secret{build("TOK", "a\x00b")}, ErrInvalid, "NUL"},
-		{"no registry", Base{}, nil, ErrInvalid, "registry"},
+		{"secret setting the registry when it comes per step", Base{}, []Secret{build("npm_config_registry", "http://evil")}, ErrEnvConflict, "npm_config_registry"},
+		{"secret turning host replacement off", Base{}, []Secret{build("NPM_CONFIG_REPLACE_REGISTRY_HOST", "never")}, ErrEnvConflict, "NPM_CONFIG_REPLACE_REGISTRY_HOST"},
 		{"registry not http", Base{RegistryURL: "file:///etc"}, nil, ErrInvalid, "file:///etc"},
 	}
 	for _, tc := range cases {
@@ -98,22 +99,47 @@ func TestBuildEnvRefuses(t *testing.T) {
 	}
 }
 
+// Without a registry (a gateway's comes per step) the environment names
+// none; RegistryEnv is what a step adds.
+func TestBuildEnvWithoutRegistryLeavesItToTheStep(t *testing.T) {
+	env, err := BuildEnv(Base{NPMRC: "/run/cleanroom/npmrc"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range env {
+		if strings.HasPrefix(strings.ToLower(kv), "npm_config_registry=") || strings.HasPrefix(kv, "npm_config_replace_registry_host=") {
+			t.Errorf("env names a registry: %q", kv)
+		}
+	}
+	want := [][2]string{{"npm_config_registry", "http://10.0.0.1:4873/"}, {"npm_config_replace_registry_host", "always"}}
+	if got := RegistryEnv("http://10.0.0.1:4873/"); !slices.Equal(got, want) {
+		t.Errorf("RegistryEnv = %q", got)
+	}
+}
+
 func TestNPMRC(t *testing.T) {
 	cases := []struct {
-		name, url, token, want string
+		name, url string
+		scopes    []string
+		want      string
 	}{
-		{"host and port", "http://10.231.1.1:4873", "tok123", "registry=http://10.231.1.1:4873/\n//10.231.1.1:4873/:_authToken=tok123\n"},
-		{"path keeps its trailing slash", "https://nexus.example/repository/npm/", "t", "registry=https://nexus.example/repository/npm/\n//nexus.example/repository/npm/:_authToken=t\n"},
-		{"path gains a trailing slash", "https://nexus.example/repository/npm", "t", "registry=https://nexus.example/repository/npm/\n//nexus.example/repository/npm/:_authToken=t\n"},
-		{"no token", "http://r.lab:4873/", "", "registry=http://r.lab:4873/\n"},
-		{"userinfo and query dropped", "http://u:p@r.lab:4873/?x=1", "t", "registry=http://r.lab:4873/\n//r.lab:4873/:_authToken=t\n"},
-		{"token with a line break is not written", "http://r.lab/", "t\nregistry=http://evil/", "registry=http://r.lab/\n"},
-		{"registry URL with a line break", "http://r.lab/\n//evil/:_authToken=x", "t", ""},
+		{"gateway address", "http://10.231.1.1:4873", nil, "registry=http://10.231.1.1:4873/\nreplace-registry-host=always\n"},
+		{"scopes go to the gateway too", "http://10.231.1.1:4873/", []string{"@acme", "@corp"},
+			"registry=http://10.231.1.1:4873/\nreplace-registry-host=always\n@acme:registry=http://10.231.1.1:4873/\n@corp:registry=http://10.231.1.1:4873/\n"},
+		{"userinfo and query dropped", "http://u:p@r.lab:4873/?x=1", nil, "registry=http://r.lab:4873/\nreplace-registry-host=always\n"},
+		{"registry URL with a line break", "http://r.lab/\n//evil/:_authToken=x", nil, ""},
+		{"not a URL", "r.lab", nil, ""},
+		{"scope injecting a line", "http://r.lab/", []string{"@a\n//evil/:_authToken=x"}, ""},
+		{"scope without @", "http://r.lab/", []string{"acme"}, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := string(NPMRC(tc.url, []byte(tc.token))); got != tc.want {
+			got := string(NPMRC(tc.url, tc.scopes))
+			if got != tc.want {
 				t.Errorf("NPMRC(%q) = %q, want %q", tc.url, got, tc.want)
+			}
+			if strings.Contains(got, "_auth") {
+				t.Errorf("npmrc holds a credential: %q", got)
 			}
 		})
 	}

@@ -303,6 +303,19 @@ func (s *Store) Grant(team string, names []string) ([]Secret, error) {
 	return out, nil
 }
 
+// Credential returns the value of a secrets file entry of any scope for the
+// agent's own use (the registry gateway's upstream token): it never reaches
+// a job, and, being in the store, it is redacted like every secret.
+func (s *Store) Credential(name string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sec, ok := s.file[name]
+	if !ok {
+		return nil, fmt.Errorf("secret %q: %w", name, ErrUnknownSecret)
+	}
+	return bytes.Clone(sec.Value), nil
+}
+
 // allows reports whether a job of team may be granted the secret.
 func (sec Secret) allows(team string) bool {
 	return sec.Teams == nil || (team != "" && slices.Contains(sec.Teams, team))

@@ -291,3 +291,17 @@ func TestSecretNeverPrintsItsValue(t *testing.T) {
 		}
 	}
 }
+
+// The agent reads an upstream credential of any scope; an unknown name is
+// an error, not an empty token.
+func TestCredentialReadsAnyScopeForTheAgent(t *testing.T) {
+	st := testStore(t)
+	for _, name := range []string{"NPM_READ_TOKEN", "DEPLOY_KEY"} {
+		if v, err := st.Credential(name); err != nil || len(v) == 0 {
+			t.Errorf("Credential(%s) = %q, %v", name, v, err)
+		}
+	}
+	if _, err := st.Credential("NOPE"); !errors.Is(err, ErrUnknownSecret) {
+		t.Errorf("unknown: err = %v", err)
+	}
+}

@@ -67,6 +67,18 @@ type LockPolicy struct {
 	// AllowedHosts are extra hosts (host or host:port) that may serve
 	// tarballs over https; they get no package-name check.
 	AllowedHosts []string
+	// RegistryAliases are hosts (host or host:port) the internal registry
+	// mirrors, e.g. "registry.npmjs.org": an https tarball URL on one of
+	// them passes as if it were on a registry (with the package-name check,
+	// at the path root), because the registry gateway fetches it from the
+	// internal registry and checks its integrity.
+	RegistryAliases []string
+	// AllowSHA1 accepts an entry whose integrity holds only a sha1 hash (old
+	// lockfiles) instead of refusing it with integrity-sha512: the registry
+	// gateway then serves it only when the tarball matches both that sha1
+	// and the sha512 the registry publishes. Such entries are marked in the
+	// SBOM (Package.SHA1Only).
+	AllowSHA1 bool
 	// AllowGit accepts git+…, git://, github: and similar sources.
 	AllowGit bool
 	// AllowFile accepts file: sources and links that point outside the

@@ -82,6 +82,8 @@ type registry struct {
 type compiledPolicy struct {
 	registries   []registry
 	allowedHosts map[string]bool
+	aliases      []registry
+	allowSHA1    bool
 	allowGit     bool
 	allowFile    bool
 	allowAliases bool
@@ -91,6 +93,7 @@ func (p LockPolicy) compile() (*compiledPolicy, error) {
 	cp := &compiledPolicy{
 		allowedHosts: map[string]bool{},
 		allowGit:     p.AllowGit,
+		allowSHA1:    p.AllowSHA1,
 		allowFile:    p.AllowFile,
 		allowAliases: p.AllowAliases,
 	}
@@ -110,6 +113,12 @@ func (p LockPolicy) compile() (*compiledPolicy, error) {
 			return nil, fmt.Errorf("%w: allowed host %q must be host or host:port", ErrInvalidPolicy, h)
 		}
 		cp.allowedHosts[normHost("https", h)] = true
+	}
+	for _, h := range p.RegistryAliases {
+		if h == "" || strings.ContainsAny(h, "/@ ") {
+			return nil, fmt.Errorf("%w: registry alias %q must be host or host:port", ErrInvalidPolicy, h)
+		}
+		cp.aliases = append(cp.aliases, registry{scheme: "https", host: normHost("https", h), prefix: "/"})
 	}
 	return cp, nil
 }
@@ -198,7 +207,7 @@ func (cp *compiledPolicy) checkSource(p *Package, add func(*Package, string, str
 	}
 	host := normHost(u.Scheme, u.Host)
 	var matched []registry
-	for _, reg := range cp.registries {
+	for _, reg := range append(cp.registries, cp.aliases...) {
 		if reg.host == host {
 			matched = append(matched, reg)
 		}
@@ -210,7 +219,7 @@ func (cp *compiledPolicy) checkSource(p *Package, add func(*Package, string, str
 			httpOK = httpOK || reg.scheme == "http"
 		}
 		if u.Scheme != "https" && !httpOK {
-			add(p, RuleAllowedScheme, r, "registry is configured as https")
+			add(p, RuleAllowedScheme, r, "registry is configured as https (registry aliases are https)")
 		}
 		if reason := tarballNameMismatch(u.Path, p.Name, p.Version, matched); reason != "" {
 			add(p, RulePackageName, r, reason)
@@ -252,6 +261,9 @@ func tarballNameMismatch(urlPath, name, version string, regs []registry) string 
 }
 
 func (cp *compiledPolicy) checkIntegrity(p *Package, add func(*Package, string, string, string)) {
+	if cp.allowSHA1 && p.SHA1Only() {
+		return
+	}
 	if rule, reason := integrityProblem(p.Integrity); rule != "" {
 		add(p, rule, p.Integrity, reason)
 	}
@@ -298,19 +310,44 @@ func decodeSHA512(b64 string) ([]byte, bool) {
 
 // SHA512 returns the sha512 digest from the entry's integrity, if any.
 func (p *Package) SHA512() ([]byte, bool) {
-	for _, f := range strings.Fields(p.Integrity) {
-		alg, b64, ok := strings.Cut(f, "-")
-		if !ok || alg != "sha512" {
+	return sriDigest(p.Integrity, "sha512", func(b64 string) ([]byte, bool) { return decodeSHA512(b64) })
+}
+
+// sriDigest returns the first well-formed digest of algorithm alg in an SRI
+// string (options after '?' ignored).
+func sriDigest(sri, alg string, decode func(b64 string) ([]byte, bool)) ([]byte, bool) {
+	for _, f := range strings.Fields(sri) {
+		a, b64, ok := strings.Cut(f, "-")
+		if !ok || a != alg {
 			continue
 		}
 		if i := strings.IndexByte(b64, '?'); i >= 0 {
 			b64 = b64[:i]
 		}
-		if d, ok := decodeSHA512(b64); ok {
+		if d, ok := decode(b64); ok {
 			return d, true
 		}
 	}
 	return nil, false
+}
+
+// SHA1Only reports whether the entry's integrity holds no sha512 hash but a
+// well-formed sha1 one: an old lockfile's entry, accepted only with
+// LockPolicy.AllowSHA1.
+func (p *Package) SHA1Only() bool {
+	if _, ok := p.SHA512(); ok {
+		return false
+	}
+	_, ok := p.SHA1()
+	return ok
+}
+
+// SHA1 returns the sha1 digest from the entry's integrity, if any.
+func (p *Package) SHA1() ([]byte, bool) {
+	return sriDigest(p.Integrity, "sha1", func(b64 string) ([]byte, bool) {
+		d, err := base64.StdEncoding.DecodeString(b64)
+		return d, err == nil && len(d) == 20
+	})
 }
 
 func isGitSource(r string) bool {

@@ -16,6 +16,10 @@ import (
 	cdx "github.com/CycloneDX/cyclonedx-go"
 )
 
+// SBOMPropertySHA1Only marks a component whose lockfile entry was pinned by
+// a sha1 hash only (LockPolicy.AllowSHA1).
+const SBOMPropertySHA1Only = "cleanroom:npm:integrity:sha1-only"
+
 // rootManifest is the part of package.json the SBOM records.
 type rootManifest struct {
 	Name        string `json:"name"`
@@ -119,6 +123,8 @@ func component(p *Package, bomRef string) cdx.Component {
 	}
 	if d, ok := p.SHA512(); ok {
 		c.Hashes = &[]cdx.Hash{{Algorithm: cdx.HashAlgoSHA512, Value: hex.EncodeToString(d)}}
+	} else if d, ok := p.SHA1(); ok {
+		c.Hashes = &[]cdx.Hash{{Algorithm: cdx.HashAlgoSHA1, Value: hex.EncodeToString(d)}}
 	}
 	if p.License != "" {
 		lc := cdx.LicenseChoice{License: &cdx.License{ID: p.License}}
@@ -136,6 +142,12 @@ func component(p *Package, bomRef string) cdx.Component {
 	}
 	if p.HasInstallScript {
 		props = append(props, cdx.Property{Name: "cleanroom:npm:hasInstallScript", Value: "true"})
+	}
+	if p.SHA1Only() {
+		// Only a job whose agent opted in (allow_sha1) gets this far, and
+		// its gateway served the tarball only when it matched both this
+		// sha1 and the sha512 the registry publishes.
+		props = append(props, cdx.Property{Name: SBOMPropertySHA1Only, Value: "lockfile pins sha1 only; accepted by allow_sha1 after the tarball matched it and the registry's sha512"})
 	}
 	c.Properties = &props
 	return c

@@ -205,3 +205,27 @@ func TestPurl(t *testing.T) {
 		}
 	}
 }
+
+// A sha1-only entry (accepted under allow_sha1) says so in the SBOM and
+// carries its sha1; an ordinary one does not get the mark.
+func TestSBOMMarksSHA1OnlyEntries(t *testing.T) {
+	lf, err := ParseLockfile(lockJSON(t, 3, map[string]map[string]any{
+		"node_modules/old": with(regEntry("old", "1.0.0"), "integrity", "sha1-2jmj7l5rSw0yVb/vlWAYkK/YBwk="),
+		"node_modules/new": regEntry("new", "1.0.0"),
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bom := BuildBOM("proj", "1.0.0", "", lf)
+	marked := map[string]string{}
+	for _, c := range *bom.Components {
+		for _, p := range *c.Properties {
+			if p.Name == SBOMPropertySHA1Only {
+				marked[c.Name] = (*c.Hashes)[0].Value
+			}
+		}
+	}
+	if len(marked) != 1 || marked["old"] != "da39a3ee5e6b4b0d3255bfef95601890afd80709" {
+		t.Fatalf("sha1-only marks = %v, want old with its sha1 only", marked)
+	}
+}

@@ -1,6 +1,7 @@
 // Package buildexec owns the composition of one job on the build host: the
 // git source fetch in a cage of its own (fetch.go), the supply-chain gate, the secret grant and the job environment, the network
-// policy, the sandbox and its steps (npm ci, allowed install scripts, the
+// policy, the job's registry gateway (the sandbox's only destination, fed
+// the lockfile's tarballs), the sandbox and its steps (npm ci, allowed install scripts, the
 // build), artifact collection, the SBOM and the signed provenance — and the
 // teardown of all of it, whatever happens. It is the agent.Executor that
 // `cleanroom agent run` uses; the agent package itself knows none of this.
@@ -27,6 +28,7 @@ import (
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/attribution"
+	"github.com/cleanroom-ci/cleanroom/gateway"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
 	"github.com/cleanroom-ci/cleanroom/secrets"
 )
@@ -38,9 +40,29 @@ type Config struct {
 	// BuilderID is the provenance builder id (a URI naming this runner).
 	BuilderID string
 	Image     string
-	// Registries are the internal registry URLs; the first one is npm's
-	// registry. Every job may reach them and nothing else by default.
+	// Registries are the internal registry URLs lockfiles may resolve to.
+	// No sandbox reaches them: the registry gateway fetches from them.
 	Registries []string
+	// RegistryAliases are hosts the internal registry mirrors (e.g.
+	// registry.npmjs.org): lockfile entries resolved there pass the gate
+	// and are fetched through the gateway like any.
+	RegistryAliases []string
+	// AllowSHA1 lets sha1-only lockfile entries pass the gate (the gateway
+	// then checks them against the registry's sha512 too).
+	AllowSHA1 bool
+	// Gateway is the agent's registry gateway (required): each job gets an
+	// endpoint of it on the host end of its veth, its sandbox's only
+	// destination besides the job's extras.
+	Gateway *gateway.Gateway
+	// GatewayPort is the port of that endpoint (default DefaultGatewayPort).
+	GatewayPort int
+	// GatewayScopes are the scopes ("@acme") the upstreams serve; the job's
+	// npmrc points them at the gateway too.
+	GatewayScopes []string
+	// UpstreamSecrets name the secrets file entries the gateway uses as
+	// upstream credentials: a job asking for one is refused, so no
+	// registry credential can be granted into a sandbox.
+	UpstreamSecrets []string
 	// Extra host:port destinations jobs may ask for (the agent's ceiling).
 	Extra       []string
 	OnViolation api.OnViolation // deny (default) | kill
@@ -58,9 +80,6 @@ type Config struct {
 	Signing     ed25519.PrivateKey
 	// Sandbox is the containerd client every job's sandbox is created with.
 	Sandbox *sandbox.Client
-	// RegistryTokenSecret names the build-scope secret written into every
-	// job's .npmrc as the registry's auth token ("" = anonymous reads).
-	RegistryTokenSecret string
 	// InstallScripts allowed on every job of this agent (merged with the
 	// job's own allow-list).
 	InstallScripts api.InstallScripts
@@ -86,6 +105,7 @@ type Executor struct {
 	matcher   *secrets.Matcher
 	sandboxes sandboxes
 	networks  networks
+	gateway   registryGateway
 	// chown hands the job's npmrc to the build user.
 	chown   func(path string) error
 	imageMu sync.Mutex
@@ -117,18 +137,28 @@ func New(cfg Config) (*Executor, error) {
 	if cfg.NetStateDir == "" {
 		errs = append(errs, "no network state dir")
 	}
+	if cfg.Gateway == nil {
+		errs = append(errs, "no registry gateway")
+	}
 	if _, err := api.ParseOnViolation(string(cfg.OnViolation)); err != nil {
 		errs = append(errs, err.Error())
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("configuring the build executor: %s", strings.Join(errs, "; "))
 	}
-	return newExecutor(cfg, containerdSandboxes{cfg.Sandbox}, kernelNetworks{}, chownToBuildUser), nil
+	return newExecutor(cfg, containerdSandboxes{cfg.Sandbox}, kernelNetworks{}, agentGateway{cfg.Gateway}, chownToBuildUser), nil
 }
 
+// DefaultGatewayPort is the port of a job's registry gateway on the host
+// end of its veth (each job's host end has an address of its own).
+const DefaultGatewayPort = 4873
+
 // newExecutor fills the configuration's defaults and takes the sandbox and
-// network factories (fakes in unit tests).
-func newExecutor(cfg Config, sb sandboxes, nw networks, chown func(string) error) *Executor {
+// network factories and the gateway (fakes in unit tests).
+func newExecutor(cfg Config, sb sandboxes, nw networks, gw registryGateway, chown func(string) error) *Executor {
+	if cfg.GatewayPort == 0 {
+		cfg.GatewayPort = DefaultGatewayPort
+	}
 	if cfg.OnViolation == "" {
 		cfg.OnViolation = api.OnViolationDeny
 	}
@@ -150,7 +180,7 @@ func newExecutor(cfg Config, sb sandboxes, nw networks, chown func(string) error
 	if cfg.Observe != nil {
 		sb, nw = observe(sb, nw, cfg.Observe)
 	}
-	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), sandboxes: sb, networks: nw, chown: chown, digests: map[string]string{}}
+	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), sandboxes: sb, networks: nw, gateway: gw, chown: chown, digests: map[string]string{}}
 }
 
 // Capacity is the most a job may ask of this runner: its limits
@@ -182,14 +212,16 @@ func (e *Executor) Run(ctx context.Context, job *api.Job, ws string, out io.Writ
 	r.runCtx, r.cancelRun = context.WithCancelCause(ctx)
 	defer r.cancelRun(nil)
 	for _, phase := range []func(context.Context) error{
-		r.gate,    // lockfile gate and install-script plan
-		r.secrets, // build-scope secrets, environment, limits, registry token
-		r.policy,  // the job's network policy within the runner's
-		r.files,   // the job's npmrc
-		r.isolate, // network policy and sandbox, made concurrently; fail closed
-		r.watch,   // on_violation: kill ends the job at the first denied attempt
-		r.steps,   // npm ci, allowed install scripts, the build
-		r.outputs, // artifacts, SBOM, signed provenance
+		r.gate,     // lockfile gate and install-script plan
+		r.secrets,  // build-scope secrets, environment, limits
+		r.policy,   // the job's network policy within the runner's
+		r.registry, // the gateway checks the lockfile, then prefetches it (in the background)
+		r.files,    // the job's directory
+		r.isolate,  // network policy and sandbox, made concurrently; fail closed
+		r.serve,    // prefetch done, the gateway serves the job on its host end, npmrc
+		r.watch,    // on_violation: kill ends the job at the first denied attempt
+		r.steps,    // npm ci, allowed install scripts, the build
+		r.outputs,  // artifacts, SBOM, signed provenance
 	} {
 		if err := phase(ctx); err != nil {
 			return r.result(err), nil

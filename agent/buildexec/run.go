@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/attribution"
+	"github.com/cleanroom-ci/cleanroom/gateway"
 	"github.com/cleanroom-ci/cleanroom/netpolicy"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
 	"github.com/cleanroom-ci/cleanroom/secrets"
@@ -43,11 +45,14 @@ type jobRun struct {
 	plan      supplychain.ScriptPlan
 	env       []string
 	limits    sandbox.Limits
-	regToken  []byte
 	netPolicy netpolicy.Policy
+	gwJob     gateway.Job
+	prefetch  *prefetch // the gateway's prefetch of the lockfile, running
 	npmrc     string
+	regEnv    []string // each step's npm registry settings: the gateway
 	image     string
 	nw        jobNetwork
+	js        jobGateway // the job's gateway endpoint
 	sb        jobSandbox
 	attr      *attribution.Watch // fills the process of the network's events
 	runCtx    context.Context    // the steps' context; canceled by a kill-mode violation
@@ -124,7 +129,7 @@ func (r *jobRun) result(err error) agent.Result {
 // with integrity; the install-script policy decides which scripts run.
 func (r *jobRun) gate(context.Context) error {
 	cfg := r.e.cfg
-	lf, err := supplychain.CheckLockfile(r.ws, supplychain.LockPolicy{Registries: cfg.Registries})
+	lf, err := supplychain.CheckLockfile(r.ws, supplychain.LockPolicy{Registries: cfg.Registries, RegistryAliases: cfg.RegistryAliases, AllowSHA1: cfg.AllowSHA1})
 	if err != nil {
 		r.log.say("lockfile gate: %v", err)
 		var ge *supplychain.GateError
@@ -135,7 +140,18 @@ func (r *jobRun) gate(context.Context) error {
 		return refused("lockfile rejected: %v", err)
 	}
 	r.lf = lf
-	r.log.say("lockfile %s: %d packages, every one from the internal registry with sha512 integrity", lf.File, len(lf.Packages))
+	var sha1Only []string
+	for _, p := range lf.Packages {
+		if p.SHA1Only() {
+			sha1Only = append(sha1Only, p.Name+"@"+p.Version)
+		}
+	}
+	if len(sha1Only) == 0 {
+		r.log.say("lockfile %s: %d packages, every one from the internal registry (or a registry alias) with sha512 integrity", lf.File, len(lf.Packages))
+	} else {
+		r.log.say("lockfile %s: %d packages from the internal registry (or a registry alias); %d pinned by sha1 only, accepted by this runner's allow_sha1 (served only if the tarball matches that sha1 and the registry's sha512; marked in the SBOM): %s",
+			lf.File, len(lf.Packages), len(sha1Only), strings.Join(sha1Only, ", "))
+	}
 	spec := r.job.Spec.InstallScripts
 	r.plan = supplychain.PlanScripts(lf, supplychain.ScriptPolicy{
 		AllowAll: spec.All || cfg.InstallScripts.All,
@@ -154,11 +170,18 @@ func (r *jobRun) gate(context.Context) error {
 // built from scratch; the job's resources must fit the runner's limits.
 func (r *jobRun) secrets(context.Context) error {
 	cfg := r.e.cfg
+	for _, n := range r.job.Spec.Secrets {
+		if slices.Contains(cfg.UpstreamSecrets, n) {
+			return refused("secret %q is a registry credential of this runner: the registry gateway uses it upstream, it never enters a sandbox", n)
+		}
+	}
 	granted, err := cfg.Secrets.Grant(r.job.Team, r.job.Spec.Secrets)
 	if err != nil {
 		return refused("%v", err)
 	}
-	if r.env, err = secrets.BuildEnv(secrets.Base{RegistryURL: cfg.Registries[0], NPMRC: "/run/cleanroom/npmrc"}, granted); err != nil {
+	// No registry in the sandbox's environment: the gateway's address is
+	// known once the network exists, and each step gets it (serve).
+	if r.env, err = secrets.BuildEnv(secrets.Base{NPMRC: "/run/cleanroom/npmrc"}, granted); err != nil {
 		return refused("%v", err)
 	}
 	if r.limits, err = r.e.limitsFor(r.job.Spec.Resources); err != nil {
@@ -170,15 +193,6 @@ func (r *jobRun) secrets(context.Context) error {
 			names[i] = s.Name
 		}
 		r.log.say("build secrets granted: %s (redacted from all output)", strings.Join(names, ", "))
-	}
-	// The registry token is a build-scope secret, so it is redacted like
-	// any other; it reaches npm through the npmrc, never the environment.
-	if cfg.RegistryTokenSecret != "" {
-		tok, err := cfg.Secrets.Grant(r.job.Team, []string{cfg.RegistryTokenSecret})
-		if err != nil {
-			return refused("registry token (registry_token_secret): %v", err)
-		}
-		r.regToken = tok[0].Value
 	}
 	return nil
 }
@@ -192,26 +206,22 @@ func (r *jobRun) policy(context.Context) error {
 	if err != nil { // an unknown value must not silently mean deny
 		return refused("%v", err)
 	}
-	runner := netpolicy.Policy{Registries: cfg.Registries, Extra: cfg.Extra, Kill: cfg.OnViolation.Kill()}
+	runner := netpolicy.Policy{Registries: cfg.Registries, Gateway: cfg.GatewayPort, Extra: cfg.Extra, Kill: cfg.OnViolation.Kill()}
 	if r.netPolicy, err = runner.Narrow(netpolicy.Policy{Extra: want.Extra, Kill: v.Kill()}); err != nil {
 		return refused("network policy: %v", err)
 	}
 	return nil
 }
 
-// files writes the job's npmrc, read-only for the build user.
+// files makes the job's directory. Its npmrc names the gateway, whose
+// address exists only with the network: serve writes it, and the sandbox
+// checks it is there before a step starts (sandbox.Options.PathsLater).
 func (r *jobRun) files(context.Context) error {
 	_ = os.RemoveAll(r.dir) // an earlier attempt of the same job on this agent
 	if err := os.MkdirAll(r.dir, 0o700); err != nil {
 		return fmt.Errorf("creating job dir: %w", err)
 	}
 	r.npmrc = filepath.Join(r.dir, "npmrc")
-	if err := os.WriteFile(r.npmrc, secrets.NPMRC(r.e.cfg.Registries[0], r.regToken), 0o400); err != nil {
-		return fmt.Errorf("writing job npmrc: %w", err)
-	}
-	if err := r.e.chown(r.npmrc); err != nil {
-		return fmt.Errorf("handing the job npmrc to the build user: %w", err)
-	}
 	return nil
 }
 
@@ -265,8 +275,12 @@ func (r *jobRun) network(ctx context.Context) error {
 	r.nw = nw
 	var dsts []string
 	for _, d := range nw.Allowed() {
+		name := d.Host
+		if name == "" && d.Port == cfg.GatewayPort {
+			name = "registry gateway"
+		}
 		for _, ip := range d.IPs {
-			dsts = append(dsts, net.JoinHostPort(ip.String(), strconv.Itoa(d.Port))+" ("+d.Host+")")
+			dsts = append(dsts, net.JoinHostPort(ip.String(), strconv.Itoa(d.Port))+" ("+name+")")
 		}
 	}
 	onViolation := api.OnViolationDeny
@@ -354,12 +368,16 @@ func (r *jobRun) steps(context.Context) error {
 	steps = append(steps, step{"build", build})
 	for _, st := range steps {
 		r.log.say("$ %s", printableArgv(st.argv))
-		res, err := r.sb.Run(r.runCtx, sandbox.Step{Args: st.argv, Stdout: api.BuildOutput(r.out), Grace: r.e.cfg.StepStop, Created: r.attribute})
+		res, err := r.sb.Run(r.runCtx, sandbox.Step{Args: st.argv, Env: r.regEnv, Stdout: api.BuildOutput(r.out), Grace: r.e.cfg.StepStop, Created: r.attribute})
 		if err != nil {
 			return failed(127, "%s: %v", st.name, err) // the step could not be run
 		}
 		if cause := context.Cause(r.runCtx); errors.Is(cause, errEgressViolation) || errors.Is(cause, errAuditStopped) {
 			return &jobError{reason: cause.Error(), exit: exitOr(res.ExitCode, 1), class: api.ClassPolicy} // the watcher said why
+		}
+		if err := r.gatewayFailed(); err != nil { // the step may have failed because of it: it says why
+			err.exit = exitOr(res.ExitCode, 1)
+			return err
 		}
 		if res.Failed() {
 			reason := fmt.Sprintf("%s step failed: %s", st.name, res)
@@ -458,9 +476,18 @@ func printableArgv(argv []string) string {
 // sandbox is removed; if the processes could not be confirmed gone,
 // everything is torn down in order instead.
 func (r *jobRun) teardown(ctx context.Context) error {
-	var sbErr, nwErr error
+	var sbErr, nwErr, gwErr error
 	logger := r.e.cfg.Logger
+	r.stopPrefetch()
 	closeNet := func() {
+		// The gateway's endpoint first: its listener lives on the host end
+		// the network's Close takes away.
+		if r.js != nil {
+			if gwErr = r.js.Close(); gwErr != nil {
+				logger.Error("closing the job's registry gateway", "job", r.job.ID, "error", gwErr)
+				gwErr = fmt.Errorf("closing the job's registry gateway: %w", gwErr)
+			}
+		}
 		if r.nw != nil {
 			if nwErr = r.nw.Close(ctx); nwErr != nil {
 				logger.Error("tearing down job network", "job", r.job.ID, "error", nwErr)
@@ -486,13 +513,13 @@ func (r *jobRun) teardown(ctx context.Context) error {
 	if r.sb != nil && r.sb.StopAll(ctx) != nil {
 		destroy()
 		closeNet()
-		return errors.Join(sbErr, nwErr)
+		return errors.Join(sbErr, gwErr, nwErr)
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); closeNet() }()
 	destroy()
 	<-done
-	return errors.Join(sbErr, nwErr)
+	return errors.Join(sbErr, gwErr, nwErr)
 }
 
 // limitsFor applies a job's resources within the agent's limits: a job may

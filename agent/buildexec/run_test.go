@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/gateway"
 	"github.com/cleanroom-ci/cleanroom/netpolicy"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
 	"github.com/cleanroom-ci/cleanroom/secrets"
@@ -52,6 +53,14 @@ type world struct {
 	netCfg      netpolicy.Config
 	sbOpts      sandbox.Options
 	ws          string
+	// The gateway: Check and Prefetch fail with checkErr and prefetchErr,
+	// the host-end listener with listenErr; serveFailure is what the job's
+	// endpoint reports as its Failure once the install step ran.
+	checkErr, prefetchErr, listenErr, serveFailure error
+	gwJob                                          gateway.Job
+	stepEnv                                        map[string][]string
+	npmrcAtFirstStep                               string
+	installed                                      bool
 }
 
 func (w *world) record(s string) {
@@ -90,6 +99,38 @@ func (w *world) Create(_ context.Context, o sandbox.Options) (jobSandbox, error)
 	return &fakeSandbox{w: w, killed: make(chan struct{})}, nil
 }
 
+func (w *world) Check(_ context.Context, j gateway.Job) error {
+	w.record("gateway check")
+	w.gwJob = j
+	return w.checkErr
+}
+
+func (w *world) Prefetch(context.Context, gateway.Job, func(int, int)) error {
+	w.record("gateway prefetch")
+	return w.prefetchErr
+}
+
+func (w *world) Serve(ln net.Listener, _ gateway.Job) (jobGateway, error) {
+	w.record("gateway serve")
+	return &fakeJobGateway{w: w, ln: ln}, nil
+}
+
+type fakeJobGateway struct {
+	w  *world
+	ln net.Listener
+}
+
+func (g *fakeJobGateway) URL() string { return "http://" + g.ln.Addr().String() + "/" }
+func (g *fakeJobGateway) Failure() error {
+	g.w.mu.Lock()
+	defer g.w.mu.Unlock()
+	if g.w.installed {
+		return g.w.serveFailure
+	}
+	return nil
+}
+func (g *fakeJobGateway) Close() error { g.w.record("gateway close"); return g.ln.Close() }
+
 func (w *world) ImageDigest(context.Context, string) (string, error) {
 	return "sha256:" + strings.Repeat("cd", 32), nil
 }
@@ -101,6 +142,12 @@ func (n *fakeNetwork) Allowed() []netpolicy.Destination {
 }
 func (n *fakeNetwork) Violations() <-chan netpolicy.Event { return n.w.violations }
 func (n *fakeNetwork) AuditFailed() <-chan error          { return n.w.auditFailed }
+func (n *fakeNetwork) ListenHostEnd(int) (net.Listener, error) {
+	if n.w.listenErr != nil {
+		return nil, n.w.listenErr
+	}
+	return net.Listen("tcp", "127.0.0.1:0")
+}
 func (n *fakeNetwork) Close(context.Context) error {
 	n.w.record("network close")
 	return nil
@@ -116,6 +163,15 @@ func (s *fakeSandbox) ID() string            { return "cr-fake" }
 func (s *fakeSandbox) WorkspacePath() string { return s.w.ws }
 func (s *fakeSandbox) Run(ctx context.Context, st sandbox.Step) (sandbox.Result, error) {
 	s.w.record("run " + st.Args[0])
+	s.w.mu.Lock()
+	if s.w.stepEnv == nil {
+		s.w.stepEnv = map[string][]string{}
+		b, _ := os.ReadFile(filepath.Join(s.w.sbOpts.Mounts[1].Source))
+		s.w.npmrcAtFirstStep = string(b)
+	}
+	s.w.stepEnv[st.Args[0]] = st.Env
+	s.w.installed = true
+	s.w.mu.Unlock()
 	if (s.w.violate || s.w.auditFails) && st.Args[0] == "/bin/sh" {
 		if s.w.violate {
 			s.w.violations <- netpolicy.Event{Proto: "tcp", Src: "10.0.0.2:1234", Dst: "169.254.169.254:80", Verdict: "deny"}
@@ -188,7 +244,7 @@ func newFakeExecutor(t *testing.T, w *world, mutate func(*Config)) *Executor {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	return newExecutor(cfg, w, w, func(string) error { return nil })
+	return newExecutor(cfg, w, w, w, func(string) error { return nil })
 }
 
 func run(t *testing.T, e *Executor, w *world, spec api.JobSpec) (Result, string) {
@@ -227,7 +283,7 @@ func TestRefusalsComeBeforeAnySandboxOrNetwork(t *testing.T) {
 		{"resources over the runner's", func(c *Config) { c.Limits.MemoryBytes = 1 << 30 }, api.JobSpec{Resources: api.Resources{Memory: 8 << 30}}, nil, "more than this runner's limits"},
 		{"extra the runner does not allow", nil, api.JobSpec{Network: api.NetworkSpec{Extra: []string{"evil.example:443"}}}, nil, "network policy"},
 		{"unknown on_violation", nil, api.JobSpec{Network: api.NetworkSpec{OnViolation: "alert"}}, nil, "on_violation"},
-		{"missing registry token secret", func(c *Config) { c.RegistryTokenSecret = "NPM_TOKEN" }, api.JobSpec{}, nil, "registry_token_secret"},
+		{"a registry credential of the gateway", func(c *Config) { c.UpstreamSecrets = []string{"BUILD_TOKEN"} }, api.JobSpec{Secrets: []string{"BUILD_TOKEN"}}, nil, "registry credential of this runner"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

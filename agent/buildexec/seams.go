@@ -2,8 +2,10 @@ package buildexec
 
 import (
 	"context"
+	"net"
 	"os"
 
+	"github.com/cleanroom-ci/cleanroom/gateway"
 	"github.com/cleanroom-ci/cleanroom/netpolicy"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
 )
@@ -39,7 +41,35 @@ type jobNetwork interface {
 	Allowed() []netpolicy.Destination
 	Violations() <-chan netpolicy.Event
 	AuditFailed() <-chan error
+	// ListenHostEnd listens on the host end of the job's veth, where the
+	// job's registry gateway serves it.
+	ListenHostEnd(port int) (net.Listener, error)
 	Close(ctx context.Context) error
+}
+
+// registryGateway is the part of *gateway.Gateway a job run uses.
+type registryGateway interface {
+	Check(ctx context.Context, j gateway.Job) error
+	Prefetch(ctx context.Context, j gateway.Job, progress func(done, total int)) error
+	Serve(ln net.Listener, j gateway.Job) (jobGateway, error)
+}
+
+// jobGateway is the part of *gateway.JobServer a job run uses.
+type jobGateway interface {
+	URL() string
+	Failure() error
+	Close() error
+}
+
+// agentGateway is registryGateway on the real gateway.
+type agentGateway struct{ *gateway.Gateway }
+
+func (g agentGateway) Serve(ln net.Listener, j gateway.Job) (jobGateway, error) {
+	s, err := g.Gateway.Serve(ln, j)
+	if err != nil {
+		return nil, err // no typed nil in the interface
+	}
+	return s, nil
 }
 
 // containerdSandboxes is sandboxes on a real containerd.

@@ -22,6 +22,7 @@ import (
 
 func init() {
 	var f api.EgressFilter
+	var only egressMatch
 	var denied, follow bool
 	var since, until, statePath string
 	var after int64
@@ -39,7 +40,13 @@ when the connection breaks or the coordinator restarts it reconnects (with
 backoff, saying so on stderr) after the last cursor it printed, so no event is
 skipped or printed twice. --state FILE keeps the last cursor printed in FILE
 and starts after it, so a restarted shipper (a systemd service) resumes where
-it stopped (docs/egress-log.md, "Shipping to a SIEM").`,
+it stopped (docs/egress-log.md, "Shipping to a SIEM").
+
+Registry gateway events (proto http) show their request in the REQUEST
+column: method, package@version (or the redacted path when no package is
+known), status, cache hit or miss and bytes. --proto and --rule keep only
+events of that proto or rule (e.g. --proto http --rule not-in-lockfile);
+they filter what the coordinator returns, so with --limit fewer may print.`,
 		Args: cobra.NoArgs,
 	}
 	cf := addClientFlags(cmd, true)
@@ -91,13 +98,22 @@ it stopped (docs/egress-log.md, "Shipping to a SIEM").`,
 			}
 		default:
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			const row = "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n"
+			const row = "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n"
 			fmt.Fprintf(tw, row, egressHeader...)
 			print = func(r api.EgressRecord) error {
 				_, err := fmt.Fprintf(tw, row, egressRow(r)...)
 				return err
 			}
 			flush = tw.Flush
+		}
+		if only.proto != "" || only.rule != "" {
+			show := print
+			print = func(r api.EgressRecord) error {
+				if !only.matches(r.EgressEvent) {
+					return nil
+				}
+				return show(r)
+			}
 		}
 		if st != nil {
 			show := print
@@ -122,6 +138,8 @@ it stopped (docs/egress-log.md, "Shipping to a SIEM").`,
 	fl.StringVar(&f.Job, "job", "", "only this job")
 	fl.StringVar(&f.Runner, "runner", "", "only this runner id")
 	fl.BoolVar(&denied, "denied", false, "only denied attempts")
+	fl.StringVar(&only.proto, "proto", "", "only events of this proto (tcp, udp, dns, http, ...)")
+	fl.StringVar(&only.rule, "rule", "", "only events of this rule (e.g. not-in-lockfile, registry-write, default-deny)")
 	fl.StringVar(&since, "since", "", "from this time (RFC 3339, or a duration ago like 24h or 7d)")
 	fl.StringVar(&until, "until", "", "before this time (RFC 3339, or a duration ago)")
 	fl.IntVar(&f.Limit, "limit", 0, "at most this many events (0 = all); with --follow, exit after this many")
@@ -131,11 +149,45 @@ it stopped (docs/egress-log.md, "Shipping to a SIEM").`,
 	rootCmd.AddCommand(cmd)
 }
 
-var egressHeader = []any{"CURSOR", "TIME", "RUNNER", "JOB", "PROTO", "DESTINATION", "VERDICT", "RULE", "PROCESS"}
+var egressHeader = []any{"CURSOR", "TIME", "RUNNER", "JOB", "PROTO", "DESTINATION", "VERDICT", "RULE", "REQUEST", "PROCESS"}
 
 // egressRowFormat lays out a followed table, whose widths cannot wait for
 // the last row.
-const egressRowFormat = "%-8s  %-23s  %-15s  %-18s  %-6s  %-36s  %-7s  %-14s  %s\n"
+const egressRowFormat = "%-8s  %-23s  %-15s  %-18s  %-6s  %-36s  %-7s  %-18s  %-28s  %s\n"
+
+// egressMatch keeps the events of one proto and/or rule (client side).
+type egressMatch struct{ proto, rule string }
+
+func (m egressMatch) matches(ev api.EgressEvent) bool {
+	return (m.proto == "" || strings.EqualFold(ev.Proto, m.proto)) && (m.rule == "" || ev.Rule == m.rule)
+}
+
+// egressRequest is an http (registry gateway) event's request as one
+// column: "GET left-pad@1.3.0 200 hit 1.2KiB"; "" for other protos.
+func egressRequest(ev api.EgressEvent) string {
+	if ev.Method == "" && ev.Path == "" {
+		return ""
+	}
+	parts := []string{ev.Method}
+	switch {
+	case ev.Package != "" && ev.Version != "":
+		parts = append(parts, ev.Package+"@"+ev.Version)
+	case ev.Package != "":
+		parts = append(parts, ev.Package)
+	default:
+		parts = append(parts, api.Printable(ev.Path))
+	}
+	if ev.Status != 0 {
+		parts = append(parts, strconv.Itoa(ev.Status))
+	}
+	if ev.Cache != "" {
+		parts = append(parts, ev.Cache)
+	}
+	if ev.Bytes > 0 {
+		parts = append(parts, api.ByteSize(ev.Bytes).String())
+	}
+	return strings.Join(parts, " ")
+}
 
 // egressRow is one table row; DESTINATION is "domain (dst)" when a domain
 // is known, PROCESS "pid comm: cmdline [package]" when the agent named it.
@@ -147,7 +199,7 @@ func egressRow(r api.EgressRecord) []any {
 			dst += " (" + r.Dst + ")"
 		}
 	}
-	return []any{fmt.Sprint(r.Cursor), r.Time.Local().Format(timeFormatMilli), r.Runner, r.Job, r.Proto, orDash(dst), r.Verdict, orDash(r.Rule), orDash(r.Process.String())}
+	return []any{fmt.Sprint(r.Cursor), r.Time.Local().Format(timeFormatMilli), r.Runner, r.Job, r.Proto, orDash(dst), r.Verdict, orDash(r.Rule), orDash(egressRequest(r.EgressEvent)), orDash(r.Process.String())}
 }
 
 // printError is print's failure, which ends a follow (stdout is gone)

@@ -269,6 +269,36 @@ func TestEgressRowShowsCursorAndDomain(t *testing.T) {
 	}
 }
 
+// A registry gateway event shows its request; --proto and --rule keep
+// only the matching events.
+func TestEgressShowsAndFiltersGatewayRequests(t *testing.T) {
+	tarball := api.EgressEvent{Proto: "http", Dst: "10.0.0.1:4873", Verdict: api.VerdictAllow, Rule: "lockfile",
+		Method: "GET", Path: "/left-pad/-/left-pad-1.3.0.tgz", Package: "left-pad", Version: "1.3.0", Status: 200, Cache: "hit", Bytes: 2048}
+	adduser := api.EgressEvent{Proto: "http", Dst: "10.0.0.1:4873", Verdict: api.VerdictDeny, Rule: "registry-write",
+		Method: "PUT", Path: "/-/user/org.couchdb.user:x", Status: 403}
+	dns := api.EgressEvent{Proto: "dns", Domain: "evil.example", Verdict: api.VerdictDeny, Rule: "dns-refused"}
+	for ev, want := range map[*api.EgressEvent]string{&tarball: "GET left-pad@1.3.0 200 hit 2KiB", &adduser: "PUT /-/user/org.couchdb.user:x 403", &dns: "-"} {
+		row := egressRow(api.EgressRecord{EgressEvent: *ev})
+		if got := row[len(row)-2]; got != want { // REQUEST, before PROCESS
+			t.Errorf("REQUEST = %q, want %q", got, want)
+		}
+	}
+	for _, tc := range []struct {
+		m    egressMatch
+		want []bool
+	}{
+		{egressMatch{proto: "http"}, []bool{true, true, false}},
+		{egressMatch{proto: "http", rule: "registry-write"}, []bool{false, true, false}},
+		{egressMatch{rule: "dns-refused"}, []bool{false, false, true}},
+	} {
+		for i, ev := range []api.EgressEvent{tarball, adduser, dns} {
+			if got := tc.m.matches(ev); got != tc.want[i] {
+				t.Errorf("%+v matches event %d = %v", tc.m, i, got)
+			}
+		}
+	}
+}
+
 // --state keeps the last cursor printed: a second run prints only the
 // events stored since, and --after counts only before the file exists.
 func TestEgressStateFileResumesAfterTheLastCursorPrinted(t *testing.T) {

@@ -76,6 +76,11 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 	for h, ip := range cfg.Network.Hosts {
 		hosts[h] = append(hosts[h], net.ParseIP(ip))
 	}
+	gw, gww, err := newGateway(cfg, store, hosts, log)
+	if err != nil {
+		sb.Close()
+		return nil, err
+	}
 	lim := sandbox.Limits{
 		MemoryBytes: int64(cfg.Limits.Memory), CPUs: cfg.Limits.CPUs, Pids: cfg.Limits.PIDs, DiskBytes: int64(cfg.Limits.Disk),
 	}
@@ -90,12 +95,14 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 		RunnerID: cfg.RunnerID, RunnerName: cfg.Name,
 		BuilderID:  builderID(cfg),
 		Image:      cfg.Image,
-		Registries: cfg.Network.Registries, Extra: cfg.Network.Extra, OnViolation: cfg.Network.OnViolation,
+		Registries: gww.registries, RegistryAliases: cfg.RegistryAliases, AllowSHA1: cfg.AllowSHA1,
+		Gateway: gw, GatewayPort: cfg.Gateway.Port, GatewayScopes: gww.scopes, UpstreamSecrets: gww.upstreamSecrets,
+		Extra: cfg.Network.Extra, OnViolation: cfg.Network.OnViolation,
 		Forward: cfg.Network.Mode == agent.NetworkModeForward, Masquerade: cfg.Network.Masquerade,
 		Hosts: hosts, HostNS: cfg.Network.HostNetNS,
 		DataDir: cfg.DataDir, NetStateDir: cfg.Network.StateDir, Limits: lim, Secrets: store, Signing: priv, Sandbox: sb,
-		InstallScripts: cfg.InstallScripts, RegistryTokenSecret: cfg.RegistryTokenSecret,
-		Artifacts: buildexec.ArtifactLimits{MaxBytes: int64(cfg.Artifacts.MaxBytes), MaxFiles: cfg.Artifacts.MaxFiles},
+		InstallScripts: cfg.InstallScripts,
+		Artifacts:      buildexec.ArtifactLimits{MaxBytes: int64(cfg.Artifacts.MaxBytes), MaxFiles: cfg.Artifacts.MaxFiles},
 		Git: buildexec.GitConfig{
 			Hosts: cfg.Git.Hosts, CAFile: cfg.Git.CAFile,
 			MaxBytes: int64(cfg.Git.MaxBytes), MaxFiles: cfg.Git.MaxFiles,

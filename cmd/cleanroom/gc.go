@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,13 +13,17 @@ import (
 
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/agent/buildexec"
+	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/gateway"
 	"github.com/cleanroom-ci/cleanroom/netpolicy"
 )
 
 func init() {
 	var cf containerdFlags
+	cacheMax := int64(agent.DefaultGatewayCacheBytes)
 	var (
 		configPath, agentName, hostNS, netState string
+		gatewayCache                            string
 		all, dryRun, asJSON, check              bool
 	)
 	cmd := &cobra.Command{
@@ -28,7 +34,9 @@ containers, tasks, snapshots, workspace mounts and cgroups labelled by cleanroom
 whose creating process is gone, then the network namespaces (cr-*), veths, host
 firewall chains (CR-*) and address-pool leases of jobs that no longer have a
 sandbox. Objects without cleanroom's labels or names are never touched, and a
-sandbox whose agent still runs is left alone unless --all is given.
+sandbox whose agent still runs is left alone unless --all is given. Then the
+registry gateway's cache (--gateway-cache, from the agent config when given)
+loses its partial writes and its least recently used tarballs down to its cap.
 
 With --config, the agent's config file supplies containerd, namespace and data
 directory. The agent runs the same collection at start-up.`,
@@ -61,6 +69,10 @@ directory. The agent runs the same collection at start-up.`,
 				}
 				if !cmd.Flags().Changed("host-netns") {
 					hostNS = cfg.Network.HostNetNS
+				}
+				if !cmd.Flags().Changed("gateway-cache") {
+					gatewayCache = cfg.Gateway.CacheDir
+					cacheMax = int64(cfg.Gateway.CacheMaxBytes)
 				}
 			}
 			c, err := cf.client(cmd.Context(), "gc", cliLogger())
@@ -123,6 +135,14 @@ directory. The agent runs the same collection at start-up.`,
 					fmt.Println("nothing to collect")
 				}
 			}
+			if gatewayCache != "" && !dryRun {
+				crep, cerr := gcGatewayCache(cmd.Context(), gatewayCache, cacheMax)
+				if cerr == nil && !asJSON {
+					fmt.Printf("gateway cache %s: removed %d file(s) (%s), kept %d tarball(s) (%s)\n",
+						gatewayCache, crep.Removed, api.ByteSize(crep.Bytes), crep.Kept, api.ByteSize(crep.Size))
+				}
+				err = errors.Join(err, cerr)
+			}
 			return err
 		},
 	}
@@ -133,8 +153,38 @@ directory. The agent runs the same collection at start-up.`,
 	f.StringVar(&hostNS, "host-netns", "", "network namespace holding the sandboxes' host ends (default: this one)")
 	f.StringVar(&netState, "net-state-dir", "/var/lib/cleanroom/net", "network state dir (address pool)")
 	f.BoolVar(&all, "all", false, "also remove sandboxes whose agent is still running, and networks no pool lease explains")
+	f.StringVar(&gatewayCache, "gateway-cache", "", "the registry gateway's cache dir to collect (default: the agent config's gateway.cache_dir)")
+	f.Var((*byteSizeFlag)(&cacheMax), "gateway-cache-max", "the cache's cap (default: the agent config's gateway.cache_max_bytes, else 10GiB)")
 	f.BoolVar(&dryRun, "dry-run", false, "only report what would be removed (sandboxes only)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.BoolVar(&check, "check", false, "only list what of cleanroom's remains (containers, snapshots, workspaces, cgroups, network namespaces, address leases); exit 1 if anything does")
 	rootCmd.AddCommand(cmd)
+}
+
+// gcGatewayCache collects the registry gateway's cache in dir: partial
+// writes, then the least recently used tarballs down to maxBytes.
+func gcGatewayCache(ctx context.Context, dir string, maxBytes int64) (gateway.GCReport, error) {
+	c, err := gateway.OpenCache(dir, maxBytes)
+	if err != nil {
+		return gateway.GCReport{}, fmt.Errorf("opening the gateway cache %s: %w", dir, err)
+	}
+	rep, err := c.GC(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("collecting the gateway cache %s: %w", dir, err)
+	}
+	return rep, nil
+}
+
+// byteSizeFlag is a flag taking a size such as 10GiB.
+type byteSizeFlag int64
+
+func (b *byteSizeFlag) String() string { return api.ByteSize(*b).String() }
+func (b *byteSizeFlag) Type() string   { return "size" }
+func (b *byteSizeFlag) Set(s string) error {
+	v, err := api.ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b = byteSizeFlag(v)
+	return nil
 }

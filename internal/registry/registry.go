@@ -120,7 +120,7 @@ web:
 max_body_size: 200mb
 server:
   keepAliveTimeout: 60
-logs: { type: stdout, format: pretty, level: warn }
+logs: { type: stdout, format: pretty, level: http }
 listen: %[2]s
 `
 
