@@ -151,11 +151,10 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func BenchmarkHASubmitToClaim(b *testing.B) {
 	lite, pg := sides(b)
 	type path struct {
-		side           *haSide
-		submitTo       string
-		runner         *api.Client
-		lat            []time.Duration
-		firstClaimDone bool
+		side     *haSide
+		submitTo string
+		runner   *api.Client
+		lat      []time.Duration
 	}
 	paths := []*path{
 		{side: lite, submitTo: lite.urls[0], runner: lite.register(b, lite.urls[0], "lat")},
