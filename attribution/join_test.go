@@ -133,6 +133,70 @@ func TestProcReadsOnlyWhatItNeeds(t *testing.T) {
 	}
 }
 
+// A pid reused while it is read (the sandbox process exited and a host
+// process got its number) never lends the host process's command line or
+// environment: read keeps the process it opened, and checks its cgroup
+// after reading.
+func TestProcNeverReadsAPidReusedByAHostProcess(t *testing.T) {
+	root := t.TempDir()
+	fakeProc(t, root, "10", "node", "node\x00install.js\x00", "npm_package_name=left-pad\x00", "/cleanroom/cr-j-1")
+	host := t.TempDir()
+	fakeProc(t, host, "10", "sshd", "sshd: admin --password=host-secret\x00", "npm_package_name=host-package\x00", "/system.slice/sshd.service")
+	defer func(f func(string)) { procOpened = f }(procOpened)
+	procOpened = func(dir string) {
+		// The sandbox process is gone, the host one takes its place.
+		if err := os.Rename(dir, dir+".gone"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(host, "10"), dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := procReader{root: root}.read(10, "node", "/cleanroom/cr-j-1")
+	if strings.Contains(p.Cmdline, "host-secret") || strings.Contains(p.Comm, "sshd") || p.Package == "host-package" {
+		t.Fatalf("read the host process that reused the pid: %+v", p)
+	}
+	// Without a cgroup to check against, nothing is read.
+	procOpened = func(string) {}
+	if p := (procReader{root: root}).read(10, "node", ""); *p != (api.EgressProcess{PID: 10, Comm: "node"}) {
+		t.Errorf("read without a cgroup: %+v, want only pid and comm", p)
+	}
+}
+
+// Everything a sandbox process chooses about itself reaches the event
+// redacted, in visible form and bounded: a package name with a newline and
+// an escape sequence, or a job secret, does not reach a terminal or a log
+// line as such.
+func TestProcTextIsRedactedAndVisible(t *testing.T) {
+	root := t.TempDir()
+	const secret = "hunter2-secret"
+	fakeProc(t, root, "10", "no\x1b[2Jde", "node\x00a\nb\x00",
+		"npm_package_name=evil\n{\"verdict\":\"allow\"}\x1b]0;x\x07"+secret+"\x00", "/cleanroom/cr-j-1")
+	if err := os.Remove(filepath.Join(root, "10", "exe")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/tmp/\x1b[31m"+secret+"/"+strings.Repeat("d", 3000), filepath.Join(root, "10", "exe")); err != nil {
+		t.Fatal(err)
+	}
+	pr := procReader{root: root, redact: func(s string) string { return strings.ReplaceAll(s, secret, "[REDACTED]") }}
+	p := pr.read(10, "x\ny"+secret[:8], "/cleanroom/cr-j-1")
+	for name, v := range map[string]string{"comm": p.Comm, "exe": p.Exe, "cmdline": p.Cmdline, "package": p.Package} {
+		if api.HasUnsafeRune(v) || strings.Contains(v, secret) {
+			t.Errorf("%s %q: want no control characters and no secret", name, v)
+		}
+	}
+	if !strings.Contains(p.Package, "[REDACTED]") || !strings.HasPrefix(p.Package, "evil") {
+		t.Errorf("package %q: want the name shown, with the secret redacted", p.Package)
+	}
+	if len(p.Exe) > maxExe {
+		t.Errorf("exe of %d bytes, want at most %d", len(p.Exe), maxExe)
+	}
+	// The record's comm (kept when the process is gone) is cleaned too.
+	if p := pr.read(12, "x\ny", "/cleanroom/cr-j-1"); api.HasUnsafeRune(p.Comm) {
+		t.Errorf("record comm %q", p.Comm)
+	}
+}
+
 func TestTruncateKeepsRunes(t *testing.T) {
 	s := truncate(strings.Repeat("é", 200), 11)
 	if len(s) > 11 || !strings.HasSuffix(s, "…") || strings.ContainsRune(s, '\uFFFD') {
