@@ -6,7 +6,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -257,5 +259,106 @@ func TestWatchWithoutTracerPassesThrough(t *testing.T) {
 	}
 	if err := w.Close(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// One sandbox whose /proc lookups are stuck (a flood of processes, a slow
+// /proc) does not hold up the records of another: the tracer's one reader
+// hands records over without waiting.
+func TestASlowSandboxDoesNotDelayAnothersRecords(t *testing.T) {
+	root := t.TempDir()
+	fakeProc(t, root, "10", "node", "node\x00", "", "/cleanroom/cr-a")
+	fakeProc(t, root, "20", "node", "node\x00", "", "/cleanroom/cr-b")
+	stuck := make(chan struct{})
+	defer func(f func(string)) { procOpened = f }(procOpened)
+	procOpened = func(dir string) {
+		if filepath.Base(dir) == "10" {
+			<-stuck
+		}
+	}
+	tr := &Tracer{procs: procReader{root: root}, watches: map[uint64]*Watch{}}
+	a := tr.Watch(func(api.EgressEvent) {}, nil)
+	b := tr.Watch(func(api.EgressEvent) {}, nil)
+	a.cgroups[1], b.cgroups[2] = "/cleanroom/cr-a", "/cleanroom/cr-b"
+	tr.watches[1], tr.watches[2] = a, b
+	defer func() {
+		close(stuck)
+		a.Close(context.Background())
+		b.Close(context.Background())
+	}()
+
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	flooded := make(chan struct{})
+	go func() {
+		defer close(flooded)
+		for i := 0; i < 10*maxLookups; i++ {
+			tr.dispatch(Record{PID: 10, Cgroup: 1, Proto: "tcp", Dst: dst, Time: time.Now()})
+		}
+		tr.dispatch(Record{PID: 20, Cgroup: 2, Proto: "tcp", Dst: dst, Time: time.Now()})
+	}()
+	select {
+	case <-flooded:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reader waited for a sandbox's stuck lookups")
+	}
+	p := b.idx.wait(api.EgressEvent{Time: time.Now(), Proto: "tcp", Dst: dst.String()}, time.Now().Add(5*time.Second))
+	if p == nil || p.PID != 20 {
+		t.Fatalf("the other sandbox's record: %+v", p)
+	}
+}
+
+// Events that pile up behind a slow consumer are delivered, in order,
+// without searching for their record once more than maxBacklog wait: the
+// queue drains at the consumer's pace, whatever the flood.
+func TestWatchStopsSearchingBeyondTheBacklog(t *testing.T) {
+	tr := &Tracer{procs: procReader{root: t.TempDir()}, watches: map[uint64]*Watch{}}
+	release := make(chan struct{})
+	var got []api.EgressEvent
+	var mu sync.Mutex
+	w := tr.Watch(func(ev api.EgressEvent) {
+		mu.Lock()
+		first := len(got) == 0
+		got = append(got, ev)
+		mu.Unlock()
+		if first {
+			<-release
+		}
+	}, nil)
+	now := time.Now()
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	w.idx.add(Record{PID: 7, Comm: "node", Proto: "tcp", Dst: dst, Time: now.Add(-time.Millisecond)})
+	const n = 3 * maxBacklog
+	for i := 0; i < n; i++ {
+		w.OnEvent(api.EgressEvent{Time: now, Proto: "tcp", Dst: dst.String(), Rule: strconv.Itoa(i)})
+		if i == 0 {
+			for { // the first one is being emitted (and held)
+				mu.Lock()
+				k := len(got)
+				mu.Unlock()
+				if k == 1 {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	close(release)
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("delivered %d events, want %d", len(got), n)
+	}
+	attributed := 0
+	for i, ev := range got {
+		if ev.Rule != strconv.Itoa(i) {
+			t.Fatalf("event %d delivered as %s: out of order", i, ev.Rule)
+		}
+		if ev.Process != nil {
+			attributed++
+		}
+	}
+	if attributed == 0 || attributed > maxBacklog+1 {
+		t.Errorf("%d of %d events attributed, want at most %d (those within the backlog)", attributed, n, maxBacklog+1)
 	}
 }
