@@ -3,6 +3,8 @@ package postgres
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -163,5 +165,44 @@ func TestListenReconnectsAndDeliversChangeAll(t *testing.T) {
 	stop()
 	if err := <-done; err != context.Canceled {
 		t.Fatalf("Listen returned %v", err)
+	}
+}
+
+// Uploads whose clients send nothing (a trickling source, a stalled
+// artifact) hold a connection each for as long as they last; they may take
+// only part of the pool, so claims, heartbeats and log appends still get
+// connections.
+func TestStalledUploadsLeaveConnectionsForEverythingElse(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, pgtest.NewDatabase(t), Options{MaxConns: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var wg sync.WaitGroup
+	var writers []*io.PipeWriter
+	for i := 0; i < 8; i++ {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, _ = s.PutBlob(ctx, pr, 1<<20, "")
+		}()
+	}
+	defer func() {
+		for _, pw := range writers {
+			pw.CloseWithError(errors.New("client gone"))
+		}
+		wg.Wait()
+	}()
+	time.Sleep(200 * time.Millisecond) // the uploads start and stall
+	for i := 0; i < 3; i++ {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := s.Stats(qctx, time.Now(), time.Now())
+		cancel()
+		if err != nil {
+			t.Fatalf("a query while uploads stall: %v", err)
+		}
 	}
 }
