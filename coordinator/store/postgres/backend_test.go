@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store/postgres/pgtest"
 )
@@ -174,11 +176,7 @@ func TestListenReconnectsAndDeliversChangeAll(t *testing.T) {
 // connections.
 func TestStalledUploadsLeaveConnectionsForEverythingElse(t *testing.T) {
 	ctx := context.Background()
-	s, err := Open(ctx, pgtest.NewDatabase(t), Options{MaxConns: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openSmallPool(t, 4)
 	var wg sync.WaitGroup
 	var writers []*io.PipeWriter
 	for i := 0; i < 8; i++ {
@@ -205,4 +203,64 @@ func TestStalledUploadsLeaveConnectionsForEverythingElse(t *testing.T) {
 			t.Fatalf("a query while uploads stall: %v", err)
 		}
 	}
+}
+
+// A client reading egress events slowly holds no connection while it
+// reads: with a pool of one, the coordinator still answers other queries
+// while an export waits on its client, and the export sends every event
+// once, in order, across its batches.
+func TestSlowEgressReaderHoldsNoConnection(t *testing.T) {
+	ctx := context.Background()
+	s := openSmallPool(t, 1)
+	n := egressPage + 3
+	for i := 1; i <= n; i++ {
+		if _, err := s.pool.Exec(ctx, `INSERT INTO egress (id, job_id, runner_id, seq, time, verdict, event) VALUES ($1, 'j-1', 'r-1', $1, $2, 'deny', $3)`,
+			i, int64(n-i/2), fmt.Sprintf(`{"verdict":"deny","rule":"%d"}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, after := range []*int64{nil, new(int64)} {
+		waiting, release := make(chan struct{}), make(chan struct{})
+		var got []int64
+		done := make(chan error, 1)
+		go func() {
+			done <- s.QueryEgressRecords(ctx, store.EgressFilter{EgressFilter: api.EgressFilter{After: after}}, func(r api.EgressRecord) error {
+				if len(got) == 0 {
+					close(waiting)
+					<-release
+				}
+				got = append(got, r.Cursor)
+				return nil
+			})
+		}()
+		<-waiting
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := s.Stats(qctx, time.Now(), time.Now())
+		cancel()
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if err != nil {
+			t.Fatalf("a query while an export waits on its client: %v", err)
+		}
+		seen := map[int64]bool{}
+		for _, c := range got {
+			seen[c] = true
+		}
+		if len(got) != n || len(seen) != n {
+			t.Errorf("after %v: %d events (%d distinct), want %d", after, len(got), len(seen), n)
+		}
+	}
+}
+
+// openSmallPool opens a new database with a pool of maxConns connections.
+func openSmallPool(t *testing.T, maxConns int32) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), pgtest.NewDatabase(t), Options{MaxConns: maxConns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
