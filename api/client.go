@@ -96,6 +96,12 @@ var errNoReplay = errors.New("the request body cannot be sent again")
 // r; a later one reads it again from where it started if r is an
 // io.Seeker, or if the attempts before read nothing of it. The transport
 // never closes r.
+//
+// An attempt that failed may still be read: http.RoundTripper may go on
+// reading a request's body in its own goroutine after RoundTrip returned.
+// So a later attempt first ends the one before (waiting for a Read in
+// progress, after which it reads nothing more) and only then rewinds r:
+// two attempts never read r at once, and a rewound r is read by one.
 func replayable(r io.Reader) func() (io.Reader, error) {
 	start := int64(-1)
 	if sk, ok := r.(io.Seeker); ok {
@@ -103,9 +109,9 @@ func replayable(r io.Reader) func() (io.Reader, error) {
 			start = off
 		}
 	}
-	var last *countingReader
+	var last *attemptReader
 	return func() (io.Reader, error) {
-		if last != nil && last.n.Load() > 0 {
+		if last != nil && last.end() > 0 {
 			if start < 0 {
 				return nil, errNoReplay
 			}
@@ -113,21 +119,43 @@ func replayable(r io.Reader) func() (io.Reader, error) {
 				return nil, fmt.Errorf("rewinding the request body: %w", err)
 			}
 		}
-		last = &countingReader{r: r}
+		last = &attemptReader{r: r}
 		return last, nil
 	}
 }
 
-// countingReader counts what the transport read (from its own goroutine).
-type countingReader struct {
-	r io.Reader
-	n atomic.Int64
+// errAttemptEnded is what an attempt's body reads after a later attempt
+// took the source over.
+var errAttemptEnded = errors.New("the request body was taken over by another attempt")
+
+// attemptReader is one attempt's view of a replayable body: it counts what
+// the transport read (from the transport's goroutine) and reads nothing
+// once ended.
+type attemptReader struct {
+	mu    sync.Mutex
+	r     io.Reader
+	n     int64
+	ended bool
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
+func (a *attemptReader) Read(p []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ended {
+		return 0, errAttemptEnded
+	}
+	n, err := a.r.Read(p)
+	a.n += int64(n)
 	return n, err
+}
+
+// end stops the attempt's reads, once its Read in progress (if any)
+// returned, and says how much of the source it read.
+func (a *attemptReader) end() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ended = true
+	return a.n
 }
 
 // send sends cl to the current coordinator and fails over to the others

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -265,5 +266,55 @@ func TestClientFailsOverOnATLSHandshakeFailure(t *testing.T) {
 	cl.HTTP = &http.Client{Transport: tr}
 	if _, err := cl.ListRunners(context.Background()); err != nil {
 		t.Fatalf("after a failed handshake: %v", err)
+	}
+}
+
+// lingering is a transport whose first attempt fails at once but goes on
+// reading the request body afterwards, as http.RoundTripper may, while the
+// second attempt (another coordinator) reads it: the second must still get
+// the whole body, and the first must read none of it then.
+type lingering struct {
+	attempts  atomic.Int32
+	secondGot chan []byte
+	late      chan int // bytes the first attempt read after the second began
+}
+
+func (l *lingering) RoundTrip(req *http.Request) (*http.Response, error) {
+	if l.attempts.Add(1) == 1 {
+		buf := make([]byte, 10)
+		io.ReadFull(req.Body, buf)
+		started := make(chan struct{})
+		go func() { // the transport's writer, still at it
+			<-started
+			n, _ := io.ReadFull(req.Body, make([]byte, 100))
+			l.late <- n
+		}()
+		go func() { <-l.secondGot; close(started) }()
+		return nil, errors.New("connection reset")
+	}
+	first := make([]byte, 1)
+	io.ReadFull(req.Body, first)
+	l.secondGot <- nil // let the first attempt's reader go on, now
+	n := <-l.late
+	rest, _ := io.ReadAll(req.Body)
+	body := append(first, rest...)
+	if n > 0 {
+		return nil, fmt.Errorf("the first attempt read %d bytes after the second began", n)
+	}
+	return &http.Response{StatusCode: http.StatusCreated, Body: io.NopCloser(strings.NewReader(
+		fmt.Sprintf(`{"name":"a","sha256":"%d"}`, len(body)))), Header: http.Header{}, Request: req}, nil
+}
+
+func TestAFailedAttemptStillReadingDoesNotStealTheNextOnesBody(t *testing.T) {
+	l := &lingering{secondGot: make(chan []byte), late: make(chan int, 1)}
+	cl := api.NewClient("http://a.invalid,http://b.invalid", "tok")
+	cl.HTTP = &http.Client{Transport: l}
+	data := bytes.Repeat([]byte("0123456789"), 100)
+	a, err := cl.UploadArtifact(context.Background(), "j-1", 1, "a", api.KindFile, "", bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.SHA256 != fmt.Sprint(len(data)) {
+		t.Fatalf("the second coordinator got %s bytes, want %d", a.SHA256, len(data))
 	}
 }

@@ -6,7 +6,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,6 +135,70 @@ func TestProcReadsOnlyWhatItNeeds(t *testing.T) {
 	}
 }
 
+// A pid reused while it is read (the sandbox process exited and a host
+// process got its number) never lends the host process's command line or
+// environment: read keeps the process it opened, and checks its cgroup
+// after reading.
+func TestProcNeverReadsAPidReusedByAHostProcess(t *testing.T) {
+	root := t.TempDir()
+	fakeProc(t, root, "10", "node", "node\x00install.js\x00", "npm_package_name=left-pad\x00", "/cleanroom/cr-j-1")
+	host := t.TempDir()
+	fakeProc(t, host, "10", "sshd", "sshd: admin --password=host-secret\x00", "npm_package_name=host-package\x00", "/system.slice/sshd.service")
+	defer func(f func(string)) { procOpened = f }(procOpened)
+	procOpened = func(dir string) {
+		// The sandbox process is gone, the host one takes its place.
+		if err := os.Rename(dir, dir+".gone"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(host, "10"), dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := procReader{root: root}.read(10, "node", "/cleanroom/cr-j-1")
+	if strings.Contains(p.Cmdline, "host-secret") || strings.Contains(p.Comm, "sshd") || p.Package == "host-package" {
+		t.Fatalf("read the host process that reused the pid: %+v", p)
+	}
+	// Without a cgroup to check against, nothing is read.
+	procOpened = func(string) {}
+	if p := (procReader{root: root}).read(10, "node", ""); *p != (api.EgressProcess{PID: 10, Comm: "node"}) {
+		t.Errorf("read without a cgroup: %+v, want only pid and comm", p)
+	}
+}
+
+// Everything a sandbox process chooses about itself reaches the event
+// redacted, in visible form and bounded: a package name with a newline and
+// an escape sequence, or a job secret, does not reach a terminal or a log
+// line as such.
+func TestProcTextIsRedactedAndVisible(t *testing.T) {
+	root := t.TempDir()
+	const secret = "hunter2-secret"
+	fakeProc(t, root, "10", "no\x1b[2Jde", "node\x00a\nb\x00",
+		"npm_package_name=evil\n{\"verdict\":\"allow\"}\x1b]0;x\x07"+secret+"\x00", "/cleanroom/cr-j-1")
+	if err := os.Remove(filepath.Join(root, "10", "exe")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/tmp/\x1b[31m"+secret+"/"+strings.Repeat("d", 3000), filepath.Join(root, "10", "exe")); err != nil {
+		t.Fatal(err)
+	}
+	pr := procReader{root: root, redact: func(s string) string { return strings.ReplaceAll(s, secret, "[REDACTED]") }}
+	p := pr.read(10, "x\ny"+secret[:8], "/cleanroom/cr-j-1")
+	for name, v := range map[string]string{"comm": p.Comm, "exe": p.Exe, "cmdline": p.Cmdline, "package": p.Package} {
+		if api.HasUnsafeRune(v) || strings.Contains(v, secret) {
+			t.Errorf("%s %q: want no control characters and no secret", name, v)
+		}
+	}
+	if !strings.Contains(p.Package, "[REDACTED]") || !strings.HasPrefix(p.Package, "evil") {
+		t.Errorf("package %q: want the name shown, with the secret redacted", p.Package)
+	}
+	if len(p.Exe) > maxExe {
+		t.Errorf("exe of %d bytes, want at most %d", len(p.Exe), maxExe)
+	}
+	// The record's comm (kept when the process is gone) is cleaned too.
+	if p := pr.read(12, "x\ny", "/cleanroom/cr-j-1"); api.HasUnsafeRune(p.Comm) {
+		t.Errorf("record comm %q", p.Comm)
+	}
+}
+
 func TestTruncateKeepsRunes(t *testing.T) {
 	s := truncate(strings.Repeat("é", 200), 11)
 	if len(s) > 11 || !strings.HasSuffix(s, "…") || strings.ContainsRune(s, '\uFFFD') {
@@ -193,5 +259,106 @@ func TestWatchWithoutTracerPassesThrough(t *testing.T) {
 	}
 	if err := w.Close(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// One sandbox whose /proc lookups are stuck (a flood of processes, a slow
+// /proc) does not hold up the records of another: the tracer's one reader
+// hands records over without waiting.
+func TestASlowSandboxDoesNotDelayAnothersRecords(t *testing.T) {
+	root := t.TempDir()
+	fakeProc(t, root, "10", "node", "node\x00", "", "/cleanroom/cr-a")
+	fakeProc(t, root, "20", "node", "node\x00", "", "/cleanroom/cr-b")
+	stuck := make(chan struct{})
+	defer func(f func(string)) { procOpened = f }(procOpened)
+	procOpened = func(dir string) {
+		if filepath.Base(dir) == "10" {
+			<-stuck
+		}
+	}
+	tr := &Tracer{procs: procReader{root: root}, watches: map[uint64]*Watch{}}
+	a := tr.Watch(func(api.EgressEvent) {}, nil)
+	b := tr.Watch(func(api.EgressEvent) {}, nil)
+	a.cgroups[1], b.cgroups[2] = "/cleanroom/cr-a", "/cleanroom/cr-b"
+	tr.watches[1], tr.watches[2] = a, b
+	defer func() {
+		close(stuck)
+		a.Close(context.Background())
+		b.Close(context.Background())
+	}()
+
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	flooded := make(chan struct{})
+	go func() {
+		defer close(flooded)
+		for i := 0; i < 10*maxLookups; i++ {
+			tr.dispatch(Record{PID: 10, Cgroup: 1, Proto: "tcp", Dst: dst, Time: time.Now()})
+		}
+		tr.dispatch(Record{PID: 20, Cgroup: 2, Proto: "tcp", Dst: dst, Time: time.Now()})
+	}()
+	select {
+	case <-flooded:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reader waited for a sandbox's stuck lookups")
+	}
+	p := b.idx.wait(api.EgressEvent{Time: time.Now(), Proto: "tcp", Dst: dst.String()}, time.Now().Add(5*time.Second))
+	if p == nil || p.PID != 20 {
+		t.Fatalf("the other sandbox's record: %+v", p)
+	}
+}
+
+// Events that pile up behind a slow consumer are delivered, in order,
+// without searching for their record once more than maxBacklog wait: the
+// queue drains at the consumer's pace, whatever the flood.
+func TestWatchStopsSearchingBeyondTheBacklog(t *testing.T) {
+	tr := &Tracer{procs: procReader{root: t.TempDir()}, watches: map[uint64]*Watch{}}
+	release := make(chan struct{})
+	var got []api.EgressEvent
+	var mu sync.Mutex
+	w := tr.Watch(func(ev api.EgressEvent) {
+		mu.Lock()
+		first := len(got) == 0
+		got = append(got, ev)
+		mu.Unlock()
+		if first {
+			<-release
+		}
+	}, nil)
+	now := time.Now()
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	w.idx.add(Record{PID: 7, Comm: "node", Proto: "tcp", Dst: dst, Time: now.Add(-time.Millisecond)})
+	const n = 3 * maxBacklog
+	for i := 0; i < n; i++ {
+		w.OnEvent(api.EgressEvent{Time: now, Proto: "tcp", Dst: dst.String(), Rule: strconv.Itoa(i)})
+		if i == 0 {
+			for { // the first one is being emitted (and held)
+				mu.Lock()
+				k := len(got)
+				mu.Unlock()
+				if k == 1 {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	close(release)
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("delivered %d events, want %d", len(got), n)
+	}
+	attributed := 0
+	for i, ev := range got {
+		if ev.Rule != strconv.Itoa(i) {
+			t.Fatalf("event %d delivered as %s: out of order", i, ev.Rule)
+		}
+		if ev.Process != nil {
+			attributed++
+		}
+	}
+	if attributed == 0 || attributed > maxBacklog+1 {
+		t.Errorf("%d of %d events attributed, want at most %d (those within the backlog)", attributed, n, maxBacklog+1)
 	}
 }

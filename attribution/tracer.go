@@ -109,14 +109,23 @@ func (t *Tracer) read() {
 		if err != nil {
 			continue
 		}
-		t.mu.Lock()
-		w := t.watches[r.Cgroup]
-		t.mu.Unlock()
-		if w == nil {
-			continue // a step's cgroup already closed, or not ours
-		}
-		w.record(r)
+		t.dispatch(r)
 	}
+}
+
+// dispatch hands r to the Watch of its cgroup without waiting: the ring
+// buffer and this one reader are shared by every sandbox on the agent, so
+// the /proc lookups of one sandbox (which a flood of short-lived processes
+// can make slow) are done on its own goroutine and never hold up the
+// records of another.
+func (t *Tracer) dispatch(r Record) {
+	t.mu.Lock()
+	w := t.watches[r.Cgroup]
+	t.mu.Unlock()
+	if w == nil {
+		return // a step's cgroup already closed, or not ours
+	}
+	w.take(r)
 }
 
 // monoToWall converts CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) to wall
@@ -140,6 +149,9 @@ type Watch struct {
 	emit   func(api.EgressEvent)
 	closed chan struct{} // Close began: no more events are queued
 	done   chan struct{} // the delivery goroutine has delivered everything
+	recs   chan Record   // records waiting for their /proc lookup
+	stop   chan struct{} // closed by Close: the lookup goroutine ends
+	once   sync.Once
 
 	mu      sync.Mutex
 	links   []link.Link
@@ -153,6 +165,17 @@ type Watch struct {
 		proc *api.EgressProcess
 	}
 }
+
+// maxLookups bounds the records of a sandbox waiting for their /proc
+// lookup; beyond it the sandbox's own records are dropped (its events
+// then have a null process), never another sandbox's.
+const maxLookups = 1024
+
+// maxBacklog is how many events may wait for delivery before the next ones
+// are delivered without looking for their record: a sandbox that floods
+// denied packets must not make the agent hold its events, and each one's
+// search of up to maxRecords records, without bound.
+const maxBacklog = 1024
 
 type pending struct {
 	ev       api.EgressEvent
@@ -170,10 +193,33 @@ func (t *Tracer) Watch(emit func(api.EgressEvent), redact func(string) string) *
 	w := &Watch{
 		t: t, procs: procReader{root: t.procs.root, redact: redact}, idx: newIndex(), emit: emit,
 		closed: make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{}, 1),
+		recs: make(chan Record, maxLookups), stop: make(chan struct{}),
 		cgroups: map[uint64]string{},
 	}
 	go w.deliver()
+	go w.lookups()
 	return w
+}
+
+// take queues r for its /proc lookup, dropping it when the sandbox has
+// maxLookups waiting already.
+func (w *Watch) take(r Record) {
+	select {
+	case w.recs <- r:
+	default:
+	}
+}
+
+// lookups looks up the process of each record taken, until Close.
+func (w *Watch) lookups() {
+	for {
+		select {
+		case r := <-w.recs:
+			w.record(r)
+		case <-w.stop:
+			return
+		}
+	}
 }
 
 // AttachPID attaches the hooks to the cgroup v2 of pid (a step's first
@@ -227,7 +273,7 @@ func (w *Watch) AttachPID(pid uint32) (retErr error) {
 	return nil
 }
 
-// record takes a record of this sandbox (on the tracer's reader goroutine)
+// record takes a record of this sandbox (on its lookup goroutine)
 // and looks its process up in /proc at once, before a short-lived process
 // is gone. Consecutive records of one process within 100 ms share one
 // lookup.
@@ -291,9 +337,10 @@ func (w *Watch) deliver() {
 			}
 		}
 		p := w.queue[0]
+		backlog := len(w.queue)
 		w.queue = w.queue[1:]
 		w.mu.Unlock()
-		if p.ev.Process == nil {
+		if p.ev.Process == nil && backlog <= maxBacklog {
 			p.ev.Process = w.idx.wait(p.ev, p.deadline)
 		}
 		w.emit(p.ev)
@@ -318,6 +365,7 @@ func (w *Watch) Close(ctx context.Context) error {
 	case <-w.done:
 	case <-ctx.Done():
 	}
+	w.once.Do(func() { close(w.stop) })
 	w.mu.Lock()
 	links := w.links
 	w.links = nil

@@ -3,7 +3,9 @@ package postgres
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"testing"
@@ -207,4 +209,99 @@ func TestClaimFindsFittingJobsPastTheFirstPage(t *testing.T) {
 	if want := []string{"any-0", "any-1", "any-2"}; !slices.Equal(got, want) {
 		t.Fatalf("claimed %v, want %v", got, want)
 	}
+}
+
+// Uploads whose clients send nothing (a trickling source, a stalled
+// artifact) hold a connection each for as long as they last; they may take
+// only part of the pool, so claims, heartbeats and log appends still get
+// connections.
+func TestStalledUploadsLeaveConnectionsForEverythingElse(t *testing.T) {
+	ctx := context.Background()
+	s := openSmallPool(t, 4)
+	var wg sync.WaitGroup
+	var writers []*io.PipeWriter
+	for i := 0; i < 8; i++ {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, _ = s.PutBlob(ctx, pr, 1<<20, "")
+		}()
+	}
+	defer func() {
+		for _, pw := range writers {
+			pw.CloseWithError(errors.New("client gone"))
+		}
+		wg.Wait()
+	}()
+	time.Sleep(200 * time.Millisecond) // the uploads start and stall
+	for i := 0; i < 3; i++ {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := s.Stats(qctx, time.Now(), time.Now())
+		cancel()
+		if err != nil {
+			t.Fatalf("a query while uploads stall: %v", err)
+		}
+	}
+}
+
+// A client reading egress events slowly holds no connection while it
+// reads: with a pool of one, the coordinator still answers other queries
+// while an export waits on its client, and the export sends every event
+// once, in order, across its batches.
+func TestSlowEgressReaderHoldsNoConnection(t *testing.T) {
+	ctx := context.Background()
+	s := openSmallPool(t, 1)
+	n := egressPage + 3
+	for i := 1; i <= n; i++ {
+		if _, err := s.pool.Exec(ctx, `INSERT INTO egress (id, job_id, runner_id, seq, time, verdict, event) VALUES ($1, 'j-1', 'r-1', $1, $2, 'deny', $3)`,
+			i, int64(n-i/2), fmt.Sprintf(`{"verdict":"deny","rule":"%d"}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, after := range []*int64{nil, new(int64)} {
+		waiting, release := make(chan struct{}), make(chan struct{})
+		var got []int64
+		done := make(chan error, 1)
+		go func() {
+			done <- s.QueryEgressRecords(ctx, store.EgressFilter{EgressFilter: api.EgressFilter{After: after}}, func(r api.EgressRecord) error {
+				if len(got) == 0 {
+					close(waiting)
+					<-release
+				}
+				got = append(got, r.Cursor)
+				return nil
+			})
+		}()
+		<-waiting
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := s.Stats(qctx, time.Now(), time.Now())
+		cancel()
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if err != nil {
+			t.Fatalf("a query while an export waits on its client: %v", err)
+		}
+		seen := map[int64]bool{}
+		for _, c := range got {
+			seen[c] = true
+		}
+		if len(got) != n || len(seen) != n {
+			t.Errorf("after %v: %d events (%d distinct), want %d", after, len(got), len(seen), n)
+		}
+	}
+}
+
+// openSmallPool opens a new database with a pool of maxConns connections.
+func openSmallPool(t *testing.T, maxConns int32) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), pgtest.NewDatabase(t), Options{MaxConns: maxConns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }

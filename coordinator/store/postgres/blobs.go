@@ -30,8 +30,16 @@ var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
 // large or mismatching upload rolls back, so there are no partial uploads
 // to sweep. A blob already stored keeps its chunks: the new ones are
 // dropped and its time refreshed (a source uploaded again must survive the
-// next sweep, as a file rewritten would).
+// next sweep, as a file rewritten would). At most a quarter of the pool's
+// connections are uploading at a time (Options.MaxConns); the others wait
+// for a turn.
 func (s *Store) PutBlob(ctx context.Context, r io.Reader, limit int64, want string) (digest string, size int64, retErr error) {
+	select {
+	case s.uploads <- struct{}{}:
+		defer func() { <-s.uploads }()
+	case <-ctx.Done():
+		return "", 0, fmt.Errorf("waiting to store a blob: %w", ctx.Err())
+	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
 		digest, size, err = s.putBlobTx(ctx, tx, r, limit, want)

@@ -145,60 +145,92 @@ func (s *Store) QueryEgress(ctx context.Context, f store.EgressFilter, fn func(a
 
 // QueryEgressRecords streams matching events with their cursors: after
 // f.After in cursor order when it is set, else oldest first by event time.
+// Events are read egressPage at a time, and fn is called with no
+// connection held: a client reading slowly (fn writes to it) must not keep
+// one of the pool's connections, and a snapshot, for as long as it likes.
 func (s *Store) QueryEgressRecords(ctx context.Context, f store.EgressFilter, fn func(api.EgressRecord) error) error {
-	var w where
-	if f.After != nil {
-		w.add("id > " + w.arg(*f.After))
+	type row struct {
+		rec  api.EgressRecord
+		time int64
 	}
-	if f.Submitter != "" {
-		w.add("job_id IN (SELECT id FROM jobs WHERE submitter = " + w.arg(text(f.Submitter)) + ")")
-	}
-	if f.Job != "" {
-		w.add("job_id = " + w.arg(text(f.Job)))
-	}
-	if f.Runner != "" {
-		w.add("runner_id = " + w.arg(text(f.Runner)))
-	}
-	if f.Verdict != "" {
-		w.add("verdict = " + w.arg(text(f.Verdict)))
-	}
-	if !f.Since.IsZero() {
-		w.add("time >= " + w.arg(nanos(f.Since)))
-	}
-	if !f.Until.IsZero() {
-		w.add("time < " + w.arg(nanos(f.Until)))
-	}
-	egressMatch(f.Match, &w)
-	q := `SELECT id, event FROM egress` + w.sql()
-	if f.After != nil {
-		q += ` ORDER BY id`
-	} else {
-		q += ` ORDER BY time, id`
-	}
-	q += w.page(f.Limit, f.Offset)
-	rows, err := s.pool.Query(ctx, q, w.args...)
-	if err != nil {
-		return fmt.Errorf("querying egress events: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var rec api.EgressRecord
-		var raw string
-		if err := rows.Scan(&rec.Cursor, &raw); err != nil {
+	var last *row
+	for sent := 0; ; {
+		var w where
+		if f.After != nil {
+			w.add("id > " + w.arg(*f.After))
+		}
+		if f.Submitter != "" {
+			w.add("job_id IN (SELECT id FROM jobs WHERE submitter = " + w.arg(text(f.Submitter)) + ")")
+		}
+		if f.Job != "" {
+			w.add("job_id = " + w.arg(text(f.Job)))
+		}
+		if f.Runner != "" {
+			w.add("runner_id = " + w.arg(text(f.Runner)))
+		}
+		if f.Verdict != "" {
+			w.add("verdict = " + w.arg(text(f.Verdict)))
+		}
+		if !f.Since.IsZero() {
+			w.add("time >= " + w.arg(nanos(f.Since)))
+		}
+		if !f.Until.IsZero() {
+			w.add("time < " + w.arg(nanos(f.Until)))
+		}
+		egressMatch(f.Match, &w)
+		offset := f.Offset
+		if last != nil { // the next batch starts after the last event sent
+			offset = 0
+			if f.After != nil {
+				w.add("id > " + w.arg(last.rec.Cursor))
+			} else {
+				w.add("(time, id) > (" + w.arg(last.time) + ", " + w.arg(last.rec.Cursor) + ")")
+			}
+		}
+		q := `SELECT id, time, event FROM egress` + w.sql()
+		if f.After != nil {
+			q += ` ORDER BY id`
+		} else {
+			q += ` ORDER BY time, id`
+		}
+		n := egressPage
+		if f.Limit > 0 {
+			n = min(n, f.Limit-sent)
+		}
+		q += w.page(n, offset)
+		rows, err := s.pool.Query(ctx, q, w.args...)
+		if err != nil {
 			return fmt.Errorf("querying egress events: %w", err)
 		}
-		if err := json.Unmarshal([]byte(raw), &rec.EgressEvent); err != nil {
-			return fmt.Errorf("decoding egress event %d: %w", rec.Cursor, err)
+		var batch []row
+		var raw string
+		var r row
+		_, err = pgx.ForEachRow(rows, []any{&r.rec.Cursor, &r.time, &raw}, func() error {
+			r.rec.EgressEvent = api.EgressEvent{}
+			if err := json.Unmarshal([]byte(raw), &r.rec.EgressEvent); err != nil {
+				return fmt.Errorf("decoding egress event %d: %w", r.rec.Cursor, err)
+			}
+			batch = append(batch, r)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("querying egress events: %w", err)
 		}
-		if err := fn(rec); err != nil {
-			return err
+		for _, b := range batch {
+			if err := fn(b.rec); err != nil {
+				return err
+			}
 		}
+		sent += len(batch)
+		if len(batch) < n || (f.Limit > 0 && sent >= f.Limit) {
+			return nil
+		}
+		last = &batch[len(batch)-1]
 	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("querying egress events: %w", err)
-	}
-	return nil
 }
+
+// egressPage is how many events QueryEgressRecords reads at a time.
+const egressPage = 500
 
 // egressMatch adds the conditions of m on the event's rule, dst and domain
 // columns (the domain kept without its trailing dot).

@@ -38,7 +38,9 @@ type Options struct {
 	// takes the caller's now.
 	Now func() time.Time
 	// MaxConns bounds the connection pool (0: 16). Listen uses one more
-	// connection of its own.
+	// connection of its own. Blob uploads, which hold a connection and a
+	// transaction for as long as their client takes to send, may use at
+	// most a quarter of it (at least one).
 	MaxConns int32
 }
 
@@ -47,6 +49,11 @@ type Store struct {
 	pool *pgxpool.Pool
 	log  store.LogLimits
 	now  func() time.Time
+	// uploads holds a token per PutBlob in progress: slow uploads (a
+	// client trickling a source or an artifact) wait here, holding no
+	// connection, instead of taking the whole pool from claims,
+	// heartbeats and log appends.
+	uploads chan struct{}
 }
 
 var _ store.Store = (*Store)(nil)
@@ -69,7 +76,8 @@ func Open(ctx context.Context, dsn string, opts Options) (_ *Store, retErr error
 	if _, err := store.Migrate(ctx, migrationDB{pool}, migrations, opts.Now(), false); err != nil {
 		return nil, err
 	}
-	return &Store{pool: pool, log: opts.Log.WithDefaults(), now: opts.Now}, nil
+	return &Store{pool: pool, log: opts.Log.WithDefaults(), now: opts.Now,
+		uploads: make(chan struct{}, max(1, pool.Config().MaxConns/4))}, nil
 }
 
 func openPool(ctx context.Context, dsn string, opts Options) (*pgxpool.Pool, error) {
