@@ -110,7 +110,6 @@ func (e *Env) startCoordinators(ctx context.Context, o CoordinatorOptions) error
 			return err
 		}
 		e.CoordinatorProcs = append(e.CoordinatorProcs, p)
-		e.coordArgs = append(e.coordArgs, args)
 		e.URLs = append(e.URLs, "http://"+addr)
 	}
 	e.URL = e.URLs[0]
@@ -155,21 +154,6 @@ func (e *Env) KillCoordinator(i int) error {
 	case <-time.After(10 * time.Second):
 		return fmt.Errorf("coordinator %s did not exit on SIGKILL", e.URLs[i])
 	}
-}
-
-// RestartCoordinator starts coordinator i again with its arguments (after
-// a kill), as a service manager would, and waits until it answers.
-func (e *Env) RestartCoordinator(ctx context.Context, i int) error {
-	p := e.CoordinatorProcs[i]
-	if !p.Exited() {
-		return fmt.Errorf("restarting coordinator %s: it is still running", e.URLs[i])
-	}
-	np, err := e.start(ctx, p.Name, nil, e.coordArgs[i]...)
-	if err != nil {
-		return err
-	}
-	e.CoordinatorProcs[i] = np
-	return e.waitCoordinator(ctx, i)
 }
 
 // newDatabase creates a fresh database on the PostgreSQL server at

@@ -88,7 +88,6 @@ type Env struct {
 	Store    string   // "sqlite" or "postgres"
 	// CoordinatorProcs are the coordinators' processes, in URLs' order.
 	CoordinatorProcs []*Proc
-	coordArgs        [][]string
 	opts             Options
 	// parent is the environment whose lab this one (from Coordinators)
 	// uses; nil for Start's.
