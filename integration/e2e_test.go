@@ -25,6 +25,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/cleanroom-ci/cleanroom/api"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store/postgres/pgtest"
 	"github.com/cleanroom-ci/cleanroom/integration/harness"
 	"github.com/cleanroom-ci/cleanroom/internal/lab"
 	"github.com/cleanroom-ci/cleanroom/internal/tarball"
@@ -151,8 +152,13 @@ func env(t *testing.T) *harness.Env {
 			progress = os.Stderr
 		}
 		start := time.Now()
+		pg, err := suiteStore()
+		if err != nil {
+			suite.envErr = err
+			t.Fatal(err)
+		}
 		suite.env, suite.envErr = harness.Start(ctx, harness.Options{
-			Bin: suite.bin, Repo: suite.repo, Containerd: addr, Name: "e2e", Progress: progress,
+			Bin: suite.bin, Repo: suite.repo, Containerd: addr, Name: "e2e", Progress: progress, Postgres: pg,
 			Secrets: fmt.Sprintf("secrets:\n  - name: NPM_READ_TOKEN\n    value: %q\n    scope: build\n"+
 				"  - name: DEPLOY_TOKEN\n    value: %q\n    scope: deploy\n"+
 				"  - name: WEB_TOKEN\n    value: %q\n    scope: build\n    teams: [web]\n", buildSecret, deploySecret, webSecret),
@@ -164,13 +170,38 @@ func env(t *testing.T) *harness.Env {
 		})
 		if suite.envErr == nil {
 			suite.fbdBase = len(suite.env.Lab.ForbiddenPackets())
-			t.Logf("environment up in %.1fs (lab %s, %s)", time.Since(start).Seconds(), suite.env.Lab.ID, suite.env.Dir)
+			t.Logf("environment up in %.1fs (lab %s, %s, %d coordinator(s) on %s)", time.Since(start).Seconds(), suite.env.Lab.ID, suite.env.Dir,
+				len(suite.env.URLs), suite.env.Store)
 		}
 	}
 	if suite.envErr != nil {
 		t.Fatalf("starting the end-to-end environment: %v", suite.envErr)
 	}
 	return suite.env
+}
+
+// storeEnv picks the suite's store: "sqlite" runs it on one coordinator
+// over SQLite (the README quickstart and make demo always do); otherwise it
+// runs on two coordinators over PostgreSQL ($CLEANROOM_TEST_POSTGRES).
+const storeEnv = "CLEANROOM_E2E_STORE"
+
+// suiteStore returns the PostgreSQL server DSN the suite's coordinators
+// use, or "" for SQLite: when $CLEANROOM_E2E_STORE is sqlite, or when
+// $CLEANROOM_TEST_POSTGRES is unset outside CI. In CI (CI=true) a missing
+// server is an error: CI runs the suite on PostgreSQL.
+func suiteStore() (string, error) {
+	switch os.Getenv(storeEnv) {
+	case "sqlite":
+		return "", nil
+	case "", "postgres":
+	default:
+		return "", fmt.Errorf("%s=%q: want sqlite or postgres", storeEnv, os.Getenv(storeEnv))
+	}
+	dsn := os.Getenv(pgtest.EnvDSN)
+	if dsn == "" && (os.Getenv("CI") == "true" || os.Getenv(storeEnv) == "postgres") {
+		return "", fmt.Errorf("%s is not set: the end-to-end suite runs on PostgreSQL with two coordinators in CI (scripts/test.sh starts scripts/postgres.sh; %s=sqlite picks SQLite)", pgtest.EnvDSN, storeEnv)
+	}
+	return dsn, nil
 }
 
 // buildBinary returns $CLEANROOM_BIN, or builds cmd/cleanroom from this

@@ -15,6 +15,8 @@
 # $WORK defaults to /var/tmp/cleanroom-pg-<hash of the checkout's path>: the
 # postgres user must be able to reach it, which a checkout under a private
 # home directory would not allow, and two checkouts get two clusters.
+# CLEANROOM_POSTGRES_WORK names another one: a test that kills its
+# postmaster runs a cluster of its own.
 set -euo pipefail
 
 PGBIN="${CLEANROOM_POSTGRES_BIN:-/usr/lib/postgresql/15/bin}"
@@ -64,9 +66,14 @@ start)
 			{ echo "initdb failed; log:" >&2; tail -20 "$WORK/initdb.log" >&2; exit 1; }
 	fi
 	chown -R "$PGUSER_OS" "$WORK"
-	# The port is chosen again at each start: another cluster may hold the
+	# A restart keeps the port (and so the DSN its clients hold) when it is
+	# still free; otherwise another is chosen: another cluster may hold the
 	# old one by now.
-	free_port >"$WORK/port"
+	if [[ -s "$WORK/port" ]] && ! (exec 3<>"/dev/tcp/127.0.0.1/$(cat "$WORK/port")") 2>/dev/null; then
+		:
+	else
+		free_port >"$WORK/port"
+	fi
 	port=$(cat "$WORK/port")
 	# setsid: its own session, so a Ctrl-C in the caller's terminal does not
 	# kill it halfway through a test's cleanup. fsync off: test data only.

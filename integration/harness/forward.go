@@ -5,16 +5,19 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/cleanroom-ci/cleanroom/internal/lab"
 )
 
-// Forward makes the coordinator, which listens on the lab host namespace's
-// own loopback (CoordinatorAddr), reachable from the root namespace's
-// loopback: each connection to the returned base URL (http://127.0.0.1:PORT)
-// is relayed to a connection opened inside the lab host namespace. A browser
+// Forward makes the coordinators, which listen on the lab host namespace's
+// own loopback (e.URLs), reachable from the root namespace's loopback: each
+// connection to the returned base URL (http://127.0.0.1:PORT) is relayed
+// to a connection opened inside the lab host namespace, to the first
+// coordinator that accepts one, in e.URLs' order (as a load balancer
+// would skip a dead one). A browser
 // or a scraper on this machine can then use the console and /metrics;
 // nothing listens beyond 127.0.0.1 and no packet leaves loopback.
 //
@@ -31,7 +34,11 @@ func (e *Env) Forward() (baseURL string, stop func(), err error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("forwarding the coordinator: %w", err)
 	}
-	r := &relay{ln: ln, nsPath: e.Lab.HostNSPath(), conns: map[net.Conn]struct{}{}}
+	var addrs []string
+	for _, u := range e.URLs {
+		addrs = append(addrs, strings.TrimPrefix(u, "http://"))
+	}
+	r := &relay{ln: ln, nsPath: e.Lab.HostNSPath(), addrs: addrs, conns: map[net.Conn]struct{}{}}
 	r.wg.Add(1)
 	go r.accept()
 	var once sync.Once
@@ -45,6 +52,7 @@ func (e *Env) Forward() (baseURL string, stop func(), err error) {
 type relay struct {
 	ln     net.Listener
 	nsPath string
+	addrs  []string // the coordinators, in the order tried
 	wg     sync.WaitGroup
 
 	mu     sync.Mutex
@@ -90,7 +98,11 @@ func (r *relay) accept() {
 		var up net.Conn
 		err = lab.Do(r.nsPath, func() error {
 			var err error
-			up, err = net.DialTimeout("tcp", CoordinatorAddr, 5*time.Second)
+			for _, addr := range r.addrs {
+				if up, err = net.DialTimeout("tcp", addr, 5*time.Second); err == nil {
+					return nil
+				}
+			}
 			return err
 		})
 		if err != nil {

@@ -6,9 +6,14 @@
 // which has no route out. The caller provides a running containerd with the
 // node image (make test / make demo start one).
 //
+// With Options.Postgres the coordinators are two (CoordinatorAddrs) on a
+// fresh PostgreSQL database, and the CLI and the agents get both URLs;
+// without, one coordinator on SQLite. Coordinators adds another set of
+// coordinators on a store of their own to a running environment.
+//
 // Every process it starts is recorded by PID and stopped by Close; every
-// namespace, folder and file it makes is removed by Close, and so is every
-// loopback relay to the coordinator (Forward).
+// namespace, folder, file and database it makes is removed by Close, and
+// so is every loopback relay to the coordinators (Forward).
 package harness
 
 import (
@@ -62,6 +67,11 @@ type Options struct {
 	// that kill an agent mid-job use a short one, so the lease expires in
 	// seconds rather than the default 30 s).
 	LeaseTTL time.Duration
+	// Postgres is the DSN of a PostgreSQL server whose role may CREATE
+	// DATABASE: Start makes a fresh database on it and runs two
+	// coordinators (CoordinatorAddrs) on it, dropped at Close. Empty: one
+	// coordinator on SQLite.
+	Postgres string
 	// NoCoordinator leaves the coordinator out: the lab and the registry
 	// only, for a test that starts its own (the README quickstart).
 	NoCoordinator bool
@@ -72,14 +82,23 @@ type Env struct {
 	Lab      *lab.Lab
 	Registry *registry.Registry
 	Dir      string
-	URL      string
-	Admin    string // admin token
-	opts     Options
+	URL      string   // the first coordinator
+	URLs     []string // every coordinator, as the CLI and agents get them
+	Admin    string   // admin token
+	Store    string   // "sqlite" or "postgres"
+	// CoordinatorProcs are the coordinators' processes, in URLs' order.
+	CoordinatorProcs []*Proc
+	opts             Options
+	// parent is the environment whose lab this one (from Coordinators)
+	// uses; nil for Start's.
+	parent *Env
 
-	mu     sync.Mutex
-	procs  []*Proc
-	stops  []func() // relays made by Forward
-	closed bool
+	mu       sync.Mutex
+	procs    []*Proc
+	stops    []func()       // relays made by Forward
+	cleanups []func() error // after the processes stopped (databases)
+	views    []*Env         // made by Coordinators
+	closed   bool
 }
 
 // Proc is a process the harness started.
@@ -137,7 +156,7 @@ func Start(ctx context.Context, o Options) (_ *Env, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Env{Dir: dir, opts: o, URL: "http://" + CoordinatorAddr}
+	e := &Env{Dir: dir, opts: o}
 	defer func() {
 		if retErr != nil {
 			_ = e.Close()
@@ -169,32 +188,14 @@ func Start(ctx context.Context, o Options) (_ *Env, retErr error) {
 		return e, nil
 	}
 	t = time.Now()
-	srvDir := filepath.Join(dir, "server")
-	if err := os.MkdirAll(srvDir, 0o700); err != nil {
+	co := CoordinatorOptions{Addrs: CoordinatorAddrs[:1], LeaseTTL: o.LeaseTTL}
+	if o.Postgres != "" {
+		co.Addrs, co.Postgres = CoordinatorAddrs, o.Postgres
+	}
+	if err := e.startCoordinators(ctx, co); err != nil {
 		return nil, err
 	}
-	srvArgs := []string{"server", "--data-dir", srvDir, "--listen", CoordinatorAddr}
-	if o.LeaseTTL > 0 {
-		srvArgs = append(srvArgs, "--lease-ttl", o.LeaseTTL.String())
-	}
-	if _, err := e.start(ctx, "coordinator", nil, srvArgs...); err != nil {
-		return nil, err
-	}
-	tokFile := filepath.Join(srvDir, "admin.token")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if b, err := os.ReadFile(tokFile); err == nil && len(bytes.TrimSpace(b)) > 0 {
-			if _, _, code := e.CLI(ctx, "jobs", "--token", string(bytes.TrimSpace(b))); code == 0 {
-				e.Admin = string(bytes.TrimSpace(b))
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("coordinator did not come up: %s", e.procs[0].Output())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	e.say("coordinator on %s, SQLite in %s (%.1fs)", e.URL, srvDir, time.Since(t).Seconds())
+	e.say("%d coordinator(s) on %s, %s store (%.1fs)", len(e.URLs), strings.Join(e.URLs, " "), e.Store, time.Since(t).Seconds())
 	return e, nil
 }
 
@@ -251,11 +252,16 @@ func baseEnv(containerd string) []string {
 }
 
 // CLI runs `cleanroom ARGS` as a user would, inside the lab host namespace,
-// pointed at the coordinator with the admin token. It returns stdout, stderr
+// pointed at every coordinator (they fail over) with the admin token. It returns stdout, stderr
 // and the exit code.
 func (e *Env) CLI(ctx context.Context, args ...string) (string, string, int) {
+	return e.cliAt(ctx, strings.Join(e.URLs, ","), args...)
+}
+
+// cliAt is CLI pointed at urls (a comma-separated list).
+func (e *Env) cliAt(ctx context.Context, urls string, args ...string) (string, string, int) {
 	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + e.Lab.HostNSPath(), "--", e.opts.Bin}, args...)...)
-	cmd.Env = append(baseEnv(e.opts.Containerd), "CLEANROOM_URL="+e.URL, "CLEANROOM_TOKEN="+e.Admin, "HOME="+e.Dir)
+	cmd.Env = append(baseEnv(e.opts.Containerd), "CLEANROOM_URL="+urls, "CLEANROOM_TOKEN="+e.Admin, "HOME="+e.Dir)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -328,7 +334,7 @@ func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 	}
 	adir := filepath.Join(e.Dir, "agent-"+o.Name)
 	cfgPath := filepath.Join(adir, "agent.yaml")
-	args := []string{"agent", "register", "--url", e.URL, "--token", tok, "--name", o.Name, "--config", cfgPath,
+	args := []string{"agent", "register", "--url", strings.Join(e.URLs, ","), "--token", tok, "--name", o.Name, "--config", cfgPath,
 		"--concurrency", fmt.Sprint(o.Concurrency)}
 	if o.Labels != "" {
 		args = append(args, "--labels", o.Labels)
@@ -484,7 +490,9 @@ func jsonField(s, key string) string {
 
 // Close stops the relays made by Forward, every process the harness started
 // (SIGTERM, then SIGKILL after 15 s: agents destroy their sandboxes on the
-// way out), stops the registry, removes the lab and the temp dir.
+// way out), drops the databases it made, stops the registry, removes the
+// lab and the temp dir. An Env from Coordinators closes only what is its
+// own: its relays, processes and database.
 func (e *Env) Close() error {
 	e.mu.Lock()
 	if e.closed {
@@ -493,13 +501,19 @@ func (e *Env) Close() error {
 	}
 	e.closed = true
 	procs := append([]*Proc{}, e.procs...)
-	stops := e.stops
+	stops, cleanups, views := e.stops, e.cleanups, e.views
 	e.mu.Unlock()
 	var errs []error
+	for _, v := range views {
+		if err := v.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, stop := range stops {
 		stop()
 	}
-	// Agents first, then the coordinator (they report to it on the way out).
+	// Agents first, then the coordinators (they report to them on the way
+	// out).
 	for i := len(procs) - 1; i >= 0; i-- {
 		p := procs[i]
 		if p.Exited() {
@@ -513,6 +527,14 @@ func (e *Env) Close() error {
 			<-p.done
 			errs = append(errs, fmt.Errorf("%s did not stop on SIGTERM within 15s", p.Name))
 		}
+	}
+	for _, c := range cleanups {
+		if err := c(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if e.parent != nil {
+		return errors.Join(errs...)
 	}
 	if e.Registry != nil {
 		if err := e.Registry.Stop(); err != nil {
