@@ -12,15 +12,6 @@ import (
 	"github.com/cleanroom-ci/cleanroom/integration/harness"
 )
 
-// webappGateEnv temporarily gates TestWebappBuildsFromItsPublicLockfile.
-//
-// TODO(issue 12): remove this gate once registry_aliases (branch gwint)
-// is merged. Until then the lockfile gate refuses the webapp's unchanged
-// lockfile, whose entries resolve at https://registry.npmjs.org/ (one
-// allowed-host violation per entry), and the test fails as it should; with
-// CLEANROOM_E2E_WEBAPP=1 it runs anyway.
-const webappGateEnv = "CLEANROOM_E2E_WEBAPP"
-
 // The real-world-sized example (examples/webapp: React, webpack 5, Babel,
 // 373 packages) builds end to end in a sandbox from its lockfile exactly as
 // the public registry produced it: the entries resolved on
@@ -28,9 +19,6 @@ const webappGateEnv = "CLEANROOM_E2E_WEBAPP"
 // registry and are installed from it; the build's artifacts, SBOM and
 // provenance come back.
 func TestWebappBuildsFromItsPublicLockfile(t *testing.T) {
-	if os.Getenv(webappGateEnv) == "" {
-		t.Skipf("temporarily gated until registry_aliases lands (branch gwint): set %s=1 to run", webappGateEnv)
-	}
 	e := env(t)
 	a := agentFor(t, e, "main", harness.AgentOptions{Labels: "lane=" + laneMain})
 	ctx := timeout(t, 12*time.Minute)

@@ -2,9 +2,11 @@ package buildexec
 
 import (
 	"errors"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/gateway"
@@ -148,5 +150,24 @@ func TestGatewayEntriesAreTheLockfilesRegistryTarballs(t *testing.T) {
 	want := []string{"a@1.0.0 sha512-x", "b@2.0.0 sha1-y", "c@3.0.0 sha512-z"}
 	if !slices.Equal(got, want) {
 		t.Errorf("entries = %v, want %v", got, want)
+	}
+}
+
+// The log says how long the job waited for the prefetch after its network
+// and sandbox were ready: with a cold cache that is its download time,
+// which the install step alone does not show (benchmarks add the two).
+func TestGatewayLogsTheJobsWaitForThePrefetch(t *testing.T) {
+	w := &world{prefetchTakes: 300 * time.Millisecond}
+	res, log := run(t, newFakeExecutor(t, w, nil), w, api.JobSpec{})
+	if res.State != api.StateSucceeded {
+		t.Fatalf("result = %+v\n%s", res, log)
+	}
+	m := regexp.MustCompile(`verified against their integrity in the shared cache \(\S+; the job waited (\S+) for it\)`).FindStringSubmatch(log)
+	if m == nil {
+		t.Fatalf("no prefetch wait in the log:\n%s", log)
+	}
+	d, err := time.ParseDuration(m[1])
+	if err != nil || d < 200*time.Millisecond || d > 300*time.Millisecond+time.Second {
+		t.Errorf("the job waited %s (%v), want about the prefetch's 300ms", m[1], err)
 	}
 }

@@ -57,10 +57,12 @@ type world struct {
 	// the host-end listener with listenErr; serveFailure is what the job's
 	// endpoint reports as its Failure once the install step ran.
 	checkErr, prefetchErr, listenErr, serveFailure error
-	gwJob                                          gateway.Job
-	stepEnv                                        map[string][]string
-	npmrcAtFirstStep                               string
-	installed                                      bool
+	// prefetchTakes is how long Prefetch takes.
+	prefetchTakes    time.Duration
+	gwJob            gateway.Job
+	stepEnv          map[string][]string
+	npmrcAtFirstStep string
+	installed        bool
 }
 
 func (w *world) record(s string) {
@@ -107,6 +109,7 @@ func (w *world) Check(_ context.Context, j gateway.Job) error {
 
 func (w *world) Prefetch(context.Context, gateway.Job, func(int, int)) error {
 	w.record("gateway prefetch")
+	time.Sleep(w.prefetchTakes)
 	return w.prefetchErr
 }
 

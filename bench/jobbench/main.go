@@ -56,6 +56,7 @@ func main() {
 	flag.StringVar(&o.taskset, "baseline-cpus", "", "pin the host baseline to this CPU list (taskset -c), e.g. 0 to mirror a job spec's cpus: 1; empty: no pinning")
 	flag.BoolVar(&o.verbose, "v", false, "print each job's log with arrival times")
 	flag.BoolVar(&o.gateway, "gateway", false, "cold vs warm registry-gateway cache mode on examples/webapp (see gateway.go); -example then defaults to webapp")
+	flag.StringVar(&o.hostNode, "host-node", "", "-gateway: folder whose bin/ has the node and npm the host side runs (e.g. the sandbox image's, unpacked); empty: the host's own from PATH")
 	flag.Parse()
 	if o.gateway && !flagSet("example") {
 		o.example = "webapp"
@@ -88,8 +89,8 @@ type opts struct {
 	n, warmup                               int
 	bin, repo, example, containerd, taskset string
 	verbose                                 bool
-	gateway                                 bool // -gateway: cold/warm cache mode (gateway.go)
-	quietFail                               bool // a failed job's log is not printed (a probe)
+	gateway                                 bool   // -gateway: cold/warm cache mode (gateway.go)
+	hostNode                                string // -host-node: the host side's node and npm (gateway.go)
 }
 
 // line is one line of the CLI's output and when it arrived here.
@@ -316,7 +317,7 @@ func submit(ctx context.Context, env *harness.Env, o opts, dir string) (*jobRun,
 			}
 		}
 	}
-	if o.verbose || (werr != nil && !o.quietFail) {
+	if o.verbose || werr != nil {
 		for _, l := range j.lines {
 			fmt.Printf("    +%7.3fs %s\n", l.at.Sub(j.start).Seconds(), l.text)
 		}
@@ -325,7 +326,6 @@ func submit(ctx context.Context, env *harness.Env, o opts, dir string) (*jobRun,
 		return nil, ctx.Err()
 	}
 	if werr != nil {
-		// j goes back too: a caller may read why (gateMode does).
 		return j, fmt.Errorf("cleanroom submit --wait: %v (job %q)", werr, j.id)
 	}
 	if j.id == "" {
@@ -357,6 +357,38 @@ type baseline struct {
 	// cache, when set, is the npm cache every run shares (a warm cache);
 	// empty: a fresh, empty one each run.
 	cache string
+	// node, when set, is a folder whose bin/ holds the node and npm to run
+	// (first on PATH); empty: the host's own.
+	node string
+}
+
+// path is the PATH the host side's npm runs with.
+func (b *baseline) path() string {
+	if b.node == "" {
+		return os.Getenv("PATH")
+	}
+	return filepath.Join(b.node, "bin") + string(os.PathListSeparator) + os.Getenv("PATH")
+}
+
+// versions are the node and npm versions the host side runs.
+func (b *baseline) versions() (node, npm string, err error) {
+	for _, v := range []struct {
+		cmd string
+		out *string
+	}{{"node", &node}, {"npm", &npm}} {
+		cmd := exec.Command(v.cmd, "--version")
+		cmd.Env = []string{"PATH=" + b.path(), "HOME=" + os.TempDir(), "npm_config_update_notifier=false"}
+		if b.node != "" {
+			// exec.Command looks the name up in our own PATH.
+			cmd.Path = filepath.Join(b.node, "bin", v.cmd)
+		}
+		out, err := cmd.Output()
+		if err != nil {
+			return "", "", fmt.Errorf("host side: %s --version: %w", v.cmd, err)
+		}
+		*v.out = strings.TrimSpace(string(out))
+	}
+	return node, npm, nil
 }
 
 var fetchRe = regexp.MustCompile(`npm http fetch GET \d+ (\S+)`)
@@ -397,7 +429,7 @@ func (b *baseline) run(ctx context.Context, verify bool) (hostRun, []string, err
 	// The same settings the sandbox gets (secrets.BuildEnv and the image's
 	// /etc/npmrc), nothing from the host's own npm configuration.
 	env := []string{
-		"PATH=" + os.Getenv("PATH"), "HOME=" + home, "CI=true", "LANG=C.UTF-8",
+		"PATH=" + b.path(), "HOME=" + home, "CI=true", "LANG=C.UTF-8",
 		"npm_config_update_notifier=false", "npm_config_fund=false", "npm_config_audit=false",
 	}
 	npm := func(args ...string) (time.Duration, string, error) {
