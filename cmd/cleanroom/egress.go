@@ -184,9 +184,27 @@ func egressRequest(ev api.EgressEvent) string {
 		parts = append(parts, ev.Cache)
 	}
 	if ev.Bytes > 0 {
-		parts = append(parts, api.ByteSize(ev.Bytes).String())
+		parts = append(parts, approxSize(ev.Bytes))
 	}
 	return strings.Join(parts, " ")
+}
+
+// approxSize is a size for people: "512B", "2KiB", "3.9MiB".
+func approxSize(n int64) string {
+	if n < 1024 {
+		return strconv.FormatInt(n, 10) + "B"
+	}
+	v, unit := float64(n), ""
+	for _, u := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		v, unit = v/1024, u
+		if v < 1024 {
+			break
+		}
+	}
+	if v == float64(int64(v)) {
+		return fmt.Sprintf("%d%s", int64(v), unit)
+	}
+	return fmt.Sprintf("%.1f%s", v, unit)
 }
 
 // egressRow is one table row; DESTINATION is "domain (dst)" when a domain

@@ -277,6 +277,11 @@ func TestEgressShowsAndFiltersGatewayRequests(t *testing.T) {
 	adduser := api.EgressEvent{Proto: "http", Dst: "10.0.0.1:4873", Verdict: api.VerdictDeny, Rule: "registry-write",
 		Method: "PUT", Path: "/-/user/org.couchdb.user:x", Status: 403}
 	dns := api.EgressEvent{Proto: "dns", Domain: "evil.example", Verdict: api.VerdictDeny, Rule: "dns-refused"}
+	for n, want := range map[int64]string{0: "0B", 1023: "1023B", 2048: "2KiB", 4174590: "4.0MiB", 3 << 30: "3GiB"} {
+		if got := approxSize(n); got != want {
+			t.Errorf("approxSize(%d) = %q, want %q", n, got, want)
+		}
+	}
 	for ev, want := range map[*api.EgressEvent]string{&tarball: "GET left-pad@1.3.0 200 hit 2KiB", &adduser: "PUT /-/user/org.couchdb.user:x 403", &dns: "-"} {
 		row := egressRow(api.EgressRecord{EgressEvent: *ev})
 		if got := row[len(row)-2]; got != want { // REQUEST, before PROCESS
