@@ -81,10 +81,8 @@ type Executor struct {
 	matcher   *secrets.Matcher
 	sandboxes sandboxes
 	networks  networks
-	// chown hands the job's npmrc to the build user.
-	chown   func(path string) error
-	imageMu sync.Mutex
-	digests map[string]string
+	imageMu   sync.Mutex
+	digests   map[string]string
 }
 
 // New checks the configuration (fail closed: no registry, no signing key or
@@ -118,12 +116,12 @@ func New(cfg Config) (*Executor, error) {
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("configuring the build executor: %s", strings.Join(errs, "; "))
 	}
-	return newExecutor(cfg, containerdSandboxes{cfg.Sandbox}, kernelNetworks{}, chownToBuildUser), nil
+	return newExecutor(cfg, containerdSandboxes{cfg.Sandbox}, kernelNetworks{}), nil
 }
 
 // newExecutor fills the configuration's defaults and takes the sandbox and
 // network factories (fakes in unit tests).
-func newExecutor(cfg Config, sb sandboxes, nw networks, chown func(string) error) *Executor {
+func newExecutor(cfg Config, sb sandboxes, nw networks) *Executor {
 	if cfg.OnViolation == "" {
 		cfg.OnViolation = api.OnViolationDeny
 	}
@@ -145,7 +143,7 @@ func newExecutor(cfg Config, sb sandboxes, nw networks, chown func(string) error
 	if cfg.Observe != nil {
 		sb, nw = observe(sb, nw, cfg.Observe)
 	}
-	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), sandboxes: sb, networks: nw, chown: chown, digests: map[string]string{}}
+	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), sandboxes: sb, networks: nw, digests: map[string]string{}}
 }
 
 // Capacity is the most a job may ask of this runner: its limits

@@ -197,7 +197,9 @@ func (r *jobRun) policy(context.Context) error {
 	return nil
 }
 
-// files writes the job's npmrc, read-only for the build user.
+// files writes the job's npmrc, read-only for the build user: the sandbox
+// hands it to the build user's host IDs, which are its slot's with user
+// namespaces (sandbox.Mount.BuildUser).
 func (r *jobRun) files(context.Context) error {
 	_ = os.RemoveAll(r.dir) // an earlier attempt of the same job on this agent
 	if err := os.MkdirAll(r.dir, 0o700); err != nil {
@@ -206,9 +208,6 @@ func (r *jobRun) files(context.Context) error {
 	r.npmrc = filepath.Join(r.dir, "npmrc")
 	if err := os.WriteFile(r.npmrc, secrets.NPMRC(r.e.cfg.Registries[0], r.regToken), 0o400); err != nil {
 		return fmt.Errorf("writing job npmrc: %w", err)
-	}
-	if err := r.e.chown(r.npmrc); err != nil {
-		return fmt.Errorf("handing the job npmrc to the build user: %w", err)
 	}
 	return nil
 }
@@ -229,7 +228,11 @@ func (r *jobRun) isolate(ctx context.Context) error {
 		return sbErr
 	}
 	lim := r.limits
-	r.log.say("sandbox %s: image %s, memory %s, cpus %g, pids %d, no capabilities, read-only root, non-root user", r.sb.ID(), r.image, api.ByteSize(lim.MemoryBytes), lim.CPUs, lim.Pids)
+	user := "non-root user"
+	if c := r.e.cfg.Sandbox; c != nil && c.UserNS() {
+		user = "non-root user in a user namespace of its own (unprivileged host IDs)"
+	}
+	r.log.say("sandbox %s: image %s, memory %s, cpus %g, pids %d, no capabilities, read-only root, %s", r.sb.ID(), r.image, api.ByteSize(lim.MemoryBytes), lim.CPUs, lim.Pids, user)
 	return nil
 }
 
@@ -285,7 +288,7 @@ func (r *jobRun) sandbox(ctx context.Context) error {
 		JobID: sandboxID(r.runID), Image: r.image, Workspace: r.ws, NetNS: netpolicy.NetNSPathFor(r.runID), Env: r.env, Limits: r.limits,
 		Mounts: []sandbox.Mount{
 			{Source: netpolicy.ResolvConfPathFor(cfg.NetStateDir, r.runID), Destination: "/etc/resolv.conf"},
-			{Source: r.npmrc, Destination: "/run/cleanroom/npmrc"},
+			{Source: r.npmrc, Destination: "/run/cleanroom/npmrc", BuildUser: true},
 		},
 		PathsLater: true,
 		Labels:     map[string]string{sandbox.LabelJob: r.job.ID, "cleanroom.runner": cfg.RunnerID, "cleanroom.attempt": strconv.Itoa(max(r.job.Attempts, 1))},

@@ -2,7 +2,6 @@ package buildexec
 
 import (
 	"context"
-	"os"
 
 	"github.com/cleanroom-ci/cleanroom/netpolicy"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
@@ -67,9 +66,3 @@ func (kernelNetworks) Setup(ctx context.Context, cfg netpolicy.Config) (jobNetwo
 type kernelNetwork struct{ *netpolicy.Network }
 
 func (n kernelNetwork) Allowed() []netpolicy.Destination { return n.Destinations }
-
-// chownToBuildUser hands a per-job file (the npmrc) to the sandbox's build
-// user, which reads it through a read-only bind mount.
-func chownToBuildUser(path string) error {
-	return os.Chown(path, sandbox.BuildUID, sandbox.BuildGID)
-}

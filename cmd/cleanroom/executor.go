@@ -64,12 +64,21 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 	if failed := rep.Failed(false); len(failed) > 0 {
 		return nil, fmt.Errorf("host check: %d problem(s) logged above (cleanroom agent check prints them with their fixes)", len(failed))
 	}
+	userns := userNSConfig(cfg, log)
 	sb, err := sandbox.New(context.Background(), sandbox.Config{
 		Address: addr, Namespace: cfg.Containerd.Namespace, Agent: cfg.Name,
 		StateDir: filepath.Join(cfg.DataDir, "sandbox"), Logger: log.Named("sandbox"),
+		UserNS: userns,
 	})
 	if err != nil {
+		// With user namespaces on, a range that cannot be used (the kernel,
+		// a real user's IDs, another agent's range) stops the agent: jobs
+		// never silently run without them.
 		return nil, err
+	}
+	if userns != nil {
+		log.Info("sandboxes run in user namespaces of their own", "slots", userns.Slots,
+			"host_ids", fmt.Sprintf("%d-%d", userns.Base, uint64(userns.Base)+uint64(userns.Slots)*sandbox.UserNSSize-1))
 	}
 	hosts := map[string][]net.IP{}
 	for h, ip := range cfg.Network.Hosts {
@@ -100,6 +109,30 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 		return nil, err
 	}
 	return &sandboxExecutor{Executor: ex, sb: sb, cfg: cfg, metrics: m}, nil
+}
+
+// userNSConfig maps sandbox.userns of the agent config onto the sandbox
+// client's: one slot per concurrent job from the base. A nil result means
+// sandboxes share the host's user namespace: mode off, or mode auto on a
+// kernel without user namespaces (said once, here). Mode on always asks for
+// them, and sandbox.New refuses to start without.
+func userNSConfig(cfg *agent.Config, log hclog.Logger) *sandbox.UserNS {
+	u := cfg.Sandbox.UserNS
+	switch u.Mode {
+	case agent.UserNSOff:
+		log.Warn("sandboxes share the host's user namespace (sandbox.userns.mode: off): every job's build user is host uid 1000")
+		return nil
+	case agent.UserNSAuto:
+		if err := sandbox.UserNSSupported(); err != nil {
+			log.Warn("sandboxes share the host's user namespace: the kernel does not allow user namespaces (sandbox.userns.mode: on refuses to start instead)", "reason", err)
+			return nil
+		}
+	}
+	base := u.Base
+	if base == 0 {
+		base = sandbox.DefaultUserNSBase
+	}
+	return &sandbox.UserNS{Base: base, Slots: cfg.Concurrency}
 }
 
 // agentContainerdAddress is the config's containerd socket, or

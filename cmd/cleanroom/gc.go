@@ -18,7 +18,7 @@ func init() {
 	var cf containerdFlags
 	var (
 		configPath, agentName, hostNS, netState string
-		all, dryRun, asJSON, check              bool
+		all, dryRun, asJSON, check, usernsCache bool
 	)
 	cmd := &cobra.Command{
 		Use:   "gc",
@@ -95,7 +95,7 @@ directory. The agent runs the same collection at start-up.`,
 				fmt.Println("nothing of cleanroom's remains")
 				return nil
 			}
-			rep, err := buildexec.GC(cmd.Context(), c, buildexec.GCOptions{Agent: agentName, All: all, HostNS: hostNS, NetStateDir: netState, DryRun: dryRun})
+			rep, err := buildexec.GC(cmd.Context(), c, buildexec.GCOptions{Agent: agentName, All: all, HostNS: hostNS, NetStateDir: netState, DryRun: dryRun, UserNSCache: usernsCache})
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
@@ -113,7 +113,7 @@ directory. The agent runs the same collection at start-up.`,
 					{"workspaces", rep.Sandbox.StateDirs}, {"cgroups", rep.Sandbox.Cgroups},
 					{"network namespaces", rep.Network.Namespaces}, {"veths", rep.Network.Links},
 					{"firewall rules", rep.Network.Rules}, {"firewall chains", rep.Network.Chains},
-					{"address leases", rep.Network.Leases},
+					{"address leases", rep.Network.Leases}, {"remapped image snapshots", rep.Sandbox.UserNSCache},
 				} {
 					if len(line.items) > 0 {
 						fmt.Printf("%s %d %s: %s\n", verb, len(line.items), line.what, strings.Join(line.items, ", "))
@@ -135,6 +135,7 @@ directory. The agent runs the same collection at start-up.`,
 	f.BoolVar(&all, "all", false, "also remove sandboxes whose agent is still running, and networks no pool lease explains")
 	f.BoolVar(&dryRun, "dry-run", false, "only report what would be removed (sandboxes only)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.BoolVar(&usernsCache, "userns-cache", false, "also remove the remapped image snapshots of user-namespace slots (a cache: the next job of each slot remaps the image again, a few seconds)")
 	f.BoolVar(&check, "check", false, "only list what of cleanroom's remains (containers, snapshots, workspaces, cgroups, network namespaces, address leases); exit 1 if anything does")
 	rootCmd.AddCommand(cmd)
 }

@@ -80,6 +80,7 @@ type Env struct {
 	procs  []*Proc
 	stops  []func() // relays made by Forward
 	closed bool
+	agents int // agents added so far: each gets a user-namespace range of its own
 }
 
 // Proc is a process the harness started.
@@ -331,6 +332,12 @@ func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 	// A short grace period: Close (SIGTERM) then ends within its 15 s even
 	// if a job is still running. (Zero would mean the default, 5 minutes.)
 	cfg.GracePeriod = api.Duration(AgentGracePeriod)
+	// Agents of one host need disjoint user-namespace ranges (the second
+	// one on a range refuses to start): 16 slots each from the default base.
+	e.mu.Lock()
+	cfg.Sandbox.UserNS.Base = uint32(100_000_000 + e.agents*16*65536)
+	e.agents++
+	e.mu.Unlock()
 	if e.opts.Containerd != "" {
 		cfg.Containerd.Address = e.opts.Containerd
 	}
