@@ -96,6 +96,11 @@ func TestUserNSStepsRunOnTheSlotsUnprivilegedHostIDs(t *testing.T) {
 			}
 		}
 	}
+	// The build cannot make user namespaces of its own (seccomp refuses
+	// unshare and clone with namespace flags without CAP_SYS_ADMIN).
+	if _, out := run(t, sb, sandbox.Step{Args: sh("unshare -Ur id -u 2>&1; echo rc=$?")}); !strings.Contains(out, "rc=1") || !strings.Contains(strings.ToLower(out), "operation not permitted") {
+		t.Errorf("unshare -Ur inside the sandbox: %q", out)
+	}
 	st, err := os.Stat(filepath.Join(sb.WorkspacePath(), "x"))
 	if err != nil || st.Sys().(*syscall.Stat_t).Uid != uint32(uid) {
 		t.Fatalf("a file the build made is owned by %v on the host, want %d (%v)", st.Sys().(*syscall.Stat_t).Uid, uid, err)
