@@ -64,7 +64,10 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 	if failed := rep.Failed(false); len(failed) > 0 {
 		return nil, fmt.Errorf("host check: %d problem(s) logged above (cleanroom agent check prints them with their fixes)", len(failed))
 	}
-	userns := userNSConfig(cfg, log)
+	userns, why := preflight.UserNS(cfg)
+	if userns == nil {
+		log.Warn("sandboxes share the host's user namespace", "reason", why)
+	}
 	sb, err := sandbox.New(context.Background(), sandbox.Config{
 		Address: addr, Namespace: cfg.Containerd.Namespace, Agent: cfg.Name,
 		StateDir: filepath.Join(cfg.DataDir, "sandbox"), Logger: log.Named("sandbox"),
@@ -109,30 +112,6 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 		return nil, err
 	}
 	return &sandboxExecutor{Executor: ex, sb: sb, cfg: cfg, metrics: m}, nil
-}
-
-// userNSConfig maps sandbox.userns of the agent config onto the sandbox
-// client's: one slot per concurrent job from the base. A nil result means
-// sandboxes share the host's user namespace: mode off, or mode auto on a
-// kernel without user namespaces (said once, here). Mode on always asks for
-// them, and sandbox.New refuses to start without.
-func userNSConfig(cfg *agent.Config, log hclog.Logger) *sandbox.UserNS {
-	u := cfg.Sandbox.UserNS
-	switch u.Mode {
-	case agent.UserNSOff:
-		log.Warn("sandboxes share the host's user namespace (sandbox.userns.mode: off): every job's build user is host uid 1000")
-		return nil
-	case agent.UserNSAuto:
-		if err := sandbox.UserNSSupported(); err != nil {
-			log.Warn("sandboxes share the host's user namespace: the kernel does not allow user namespaces (sandbox.userns.mode: on refuses to start instead)", "reason", err)
-			return nil
-		}
-	}
-	base := u.Base
-	if base == 0 {
-		base = sandbox.DefaultUserNSBase
-	}
-	return &sandbox.UserNS{Base: base, Slots: cfg.Concurrency}
 }
 
 // agentContainerdAddress is the config's containerd socket, or

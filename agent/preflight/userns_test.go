@@ -1,18 +1,16 @@
-package main
+package preflight
 
 import (
 	"testing"
-
-	"github.com/hashicorp/go-hclog"
 
 	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/sandbox"
 )
 
 // sandbox.userns maps onto one slot per concurrent job; off (or auto on a
-// kernel without user namespaces) means none, and on always asks for them
-// (sandbox.New then refuses to start without).
-func TestUserNSConfigFollowsTheAgentConfig(t *testing.T) {
+// kernel without user namespaces) means none, with a reason, and on always
+// asks for them (the sandbox client then refuses to start without).
+func TestUserNSFollowsTheAgentConfig(t *testing.T) {
 	kernel := sandbox.UserNSSupported() == nil
 	cases := []struct {
 		mode string
@@ -25,9 +23,9 @@ func TestUserNSConfigFollowsTheAgentConfig(t *testing.T) {
 	}
 	for _, tc := range cases {
 		cfg := &agent.Config{Concurrency: 3, Sandbox: agent.SandboxConfig{UserNS: agent.UserNSConfig{Mode: tc.mode, Base: tc.base}}}
-		u := userNSConfig(cfg, hclog.NewNullLogger())
-		if (u != nil) != tc.want {
-			t.Fatalf("mode %s: %+v, want user namespaces %v", tc.mode, u, tc.want)
+		u, why := UserNS(cfg)
+		if (u != nil) != tc.want || (u == nil) != (why != "") {
+			t.Fatalf("mode %s: %+v %q, want user namespaces %v (and a reason when not)", tc.mode, u, why, tc.want)
 		}
 		if u == nil {
 			continue
