@@ -509,7 +509,7 @@ func TestGCCleansUpAfterKilledProcess(t *testing.T) {
 	_ = cmd.Process.Signal(syscall.SIGKILL)
 	_ = cmd.Wait()
 
-	c, err := sandbox.New(context.Background(), sandbox.Config{Address: testutil.ContainerdAddress(t), Agent: f.agent, StateDir: state, UserNS: testUserNS(testUserNSBase + 8*sandbox.UserNSSize)})
+	c, err := sandbox.New(context.Background(), sandbox.Config{Address: testutil.ContainerdAddress(t), Agent: f.agent, StateDir: state})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -517,6 +517,18 @@ func TestGCCleansUpAfterKilledProcess(t *testing.T) {
 	before, _ := c.Residue(context.Background(), f.agent)
 	if len(before) == 0 {
 		t.Fatal("the killed process left nothing behind: the test did not test GC")
+	}
+	// Until GC removes it, the leftover container keeps its user-namespace
+	// slot: its processes still run on the slot's IDs.
+	one, err := sandbox.New(context.Background(), sandbox.Config{Address: testutil.ContainerdAddress(t), Agent: f.agent, StateDir: t.TempDir(),
+		UserNS: &sandbox.UserNS{Base: testUserNSBase + 16*sandbox.UserNSSize, Slots: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = one.Create(context.Background(), sandbox.Options{JobID: f.jobID("taken"), Image: testutil.Image(), Env: testEnv})
+	one.Close()
+	if !errors.Is(err, sandbox.ErrUserNS) || !strings.Contains(err.Error(), "leftover") {
+		t.Errorf("a sandbox on the killed process's slot: %v, want ErrUserNS naming the leftover", err)
 	}
 	rep, err := c.GC(context.Background(), sandbox.GCOptions{Agent: f.agent})
 	if err != nil {
@@ -535,7 +547,7 @@ func gcHelper() {
 	ctx := context.Background()
 	// A range of its own: the test's client holds the fixture's.
 	c, err := sandbox.New(ctx, sandbox.Config{Address: os.Getenv("CLEANROOM_CONTAINERD_ADDRESS"), Agent: os.Getenv("CLEANROOM_GC_AGENT"), StateDir: os.Getenv("CLEANROOM_GC_STATE"),
-		UserNS: testUserNS(testUserNSBase + 8*sandbox.UserNSSize)})
+		UserNS: &sandbox.UserNS{Base: testUserNSBase + 16*sandbox.UserNSSize, Slots: 1}})
 	if err != nil {
 		fmt.Println("helper:", err)
 		os.Exit(1)
