@@ -152,6 +152,7 @@ type Options struct {
 	workspaceMount string
 	userNS         bool   // run in a user namespace of its own
 	userNSStart    uint32 // its first host ID
+	sysfsMount     string // with a user namespace and NetNS: the host's sysfs of NetNS
 	testRW         []Mount
 }
 
@@ -335,6 +336,9 @@ type Sandbox struct {
 	slot       int      // user-namespace slot, -1 for none
 	uid, gid   int      // host IDs of the build user
 	chownLater []string // BuildUser mount sources to hand over before a step
+	netns      string   // NetNS, when its sysfs is mounted by the host (WithSysfsFrom)
+	sysfs      string   // where: mounted before the first step
+	sysfsDone  bool
 
 	mu      sync.Mutex
 	steps   int
@@ -419,6 +423,13 @@ func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr erro
 		return nil, err
 	}
 	o.workspaceMount = s.ws
+	if o.userNS && o.NetNS != "" {
+		s.netns, s.sysfs = o.NetNS, filepath.Join(s.stateDir, sysfsDir)
+		if err := os.Mkdir(s.sysfs, 0o755); err != nil {
+			return nil, fmt.Errorf("creating the sandbox's sysfs mount point: %w", err)
+		}
+		o.sysfsMount = s.sysfs
+	}
 
 	ctr, err := c.cd.NewContainer(ctx, id,
 		containerd.WithContainerLabels(labels),
@@ -558,6 +569,9 @@ func (s *Sandbox) Run(ctx context.Context, st Step) (Result, error) {
 		if err := os.Chown(p, s.uid, s.gid); err != nil {
 			return Result{}, fmt.Errorf("running %q: handing %s to the build user: %w", st.Args[0], p, err)
 		}
+	}
+	if err := s.mountSysfs(); err != nil {
+		return Result{}, fmt.Errorf("running %q: %w", st.Args[0], err)
 	}
 
 	if st.Stdout == nil {
@@ -754,6 +768,22 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		go s.c.reapStrayShims(s.id, 2*time.Second)
 	}
 	return errors.Join(errs...)
+}
+
+// mountSysfs mounts the sysfs of the sandbox's network namespace for
+// WithSysfsFrom, once, before the first step (the namespace may be made
+// while the sandbox is created). removeStateDir unmounts it.
+func (s *Sandbox) mountSysfs() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sysfs == "" || s.sysfsDone {
+		return nil
+	}
+	if err := mountSysfsOf(s.netns, s.sysfs); err != nil {
+		return err
+	}
+	s.sysfsDone = true
+	return nil
 }
 
 // releaseSlot gives the sandbox's user-namespace slot back, once, and only

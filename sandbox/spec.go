@@ -361,6 +361,9 @@ func hardeningOpts(o *Options, cgroupsPath string) []oci.SpecOpts {
 	}
 	if o.userNS {
 		opts = append(opts, WithUserNS(o.userNSStart))
+		if o.NetNS != "" {
+			opts = append(opts, WithSysfsFrom(o.sysfsMount))
+		}
 	}
 	for _, m := range o.Mounts {
 		opts = append(opts, WithBind(m.Source, m.Destination, false))

@@ -8,11 +8,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/mount"
 	"github.com/containerd/containerd/oci"
@@ -459,4 +461,69 @@ func (c *Client) collectUserNSCache(ctx context.Context, agent string, dryRun bo
 // a cache that `cleanroom gc --userns-cache` removes, not residue.
 func (c *Client) UserNSCache(ctx context.Context) ([]string, error) {
 	return c.collectUserNSCache(c.ctx(ctx), "", true)
+}
+
+// sysfsDir is where, under a sandbox's state dir, the sysfs of its network
+// namespace is mounted (see WithSysfsFrom).
+const sysfsDir = "sys"
+
+// WithSysfsFrom replaces the sandbox's /sys with a read-only bind of src,
+// a sysfs the host mounted from inside the sandbox's network namespace
+// (mountSysfsOf). A sandbox in a user namespace that joins a network
+// namespace made outside it (the agent's netns) cannot mount sysfs itself:
+// the kernel requires CAP_SYS_ADMIN over the network namespace, which the
+// sandbox's user namespace does not own, and runc 1.1 has no fallback. The
+// bind is not recursive, so none of the host's mounts below /sys (cgroup
+// trees, debugfs, securityfs, bpffs) come with it, and the network devices
+// it lists are the sandbox's own, as with a sysfs mounted inside.
+func WithSysfsFrom(src string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		var out []specs.Mount
+		done := false
+		for _, m := range s.Mounts {
+			if filepath.Clean(m.Destination) == "/sys" {
+				if !done {
+					out = append(out, specs.Mount{Destination: "/sys", Type: "bind", Source: src,
+						Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}})
+					done = true
+				}
+				continue
+			}
+			out = append(out, m)
+		}
+		if !done {
+			// /sys first, so that mounts below it (/sys/fs/cgroup) land on it.
+			out = append([]specs.Mount{{Destination: "/sys", Type: "bind", Source: src,
+				Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}}}, out...)
+		}
+		s.Mounts = out
+		return nil
+	}
+}
+
+// mountSysfsOf mounts, read-only, a sysfs whose network devices are those
+// of the network namespace at netns on dir. The mount is made from a thread
+// that joins the namespace and is never unlocked: it ends with its
+// goroutine and the runtime discards it, so no other goroutine can ever run
+// in that namespace.
+func mountSysfsOf(netns, dir string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		errc <- func() error {
+			f, err := os.Open(netns)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+				return fmt.Errorf("joining %s: %w", netns, err)
+			}
+			return unix.Mount("sysfs", dir, "sysfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+		}()
+	}()
+	if err := <-errc; err != nil {
+		return fmt.Errorf("mounting the sandbox's sysfs: %w", err)
+	}
+	return nil
 }

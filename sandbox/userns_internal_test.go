@@ -1,12 +1,15 @@
 package sandbox
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/cleanroom-ci/cleanroom/internal/testutil"
+	"github.com/containerd/containerd/containers"
+	"github.com/containerd/containerd/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
@@ -92,5 +95,19 @@ func TestShiftOwnersMovesTheImageIntoTheRange(t *testing.T) {
 	must(os.Chown(filepath.Join(root, "unmappable"), 70000, 0))
 	if err := shiftOwners(root, start); err == nil || !strings.Contains(err.Error(), "70000") {
 		t.Errorf("an ID above 65535: %v", err)
+	}
+}
+
+func TestSysfsFromReplacesSysWithANonRecursiveReadOnlyBind(t *testing.T) {
+	s := applyOpts(t, func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		s.Mounts = []specs.Mount{{Destination: "/proc", Type: "proc"}, {Destination: "/sys", Type: "sysfs", Source: "sysfs"}, {Destination: "/sys/fs/cgroup", Type: "cgroup"}}
+		return nil
+	}, WithSysfsFrom("/state/cr-x/sys"))
+	if len(s.Mounts) != 3 || s.Mounts[1].Destination != "/sys" || s.Mounts[2].Destination != "/sys/fs/cgroup" {
+		t.Fatalf("mounts %+v: want /sys replaced in place, before /sys/fs/cgroup", s.Mounts)
+	}
+	m := s.Mounts[1]
+	if m.Type != "bind" || m.Source != "/state/cr-x/sys" || strings.Join(m.Options, ",") != "bind,ro,nosuid,nodev,noexec" {
+		t.Errorf("/sys = %+v, want a read-only, non-recursive bind of the host's sysfs of the namespace", m)
 	}
 }

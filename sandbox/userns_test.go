@@ -297,3 +297,30 @@ func TestCheckUserNSRefusesRangesOfRealUsers(t *testing.T) {
 		})
 	}
 }
+
+// The agent's sandboxes join a network namespace made outside them, which
+// their user namespace does not own: the kernel refuses them a sysfs mount,
+// so the host mounts the namespace's sysfs for them (read-only, not
+// recursive). The sandbox sees its own network devices there, as it would
+// with a sysfs of its own, and none of the host's.
+func TestUserNSSandboxJoinsANetworkNamespaceMadeOutside(t *testing.T) {
+	testutil.RequiresCommands(t, "ip")
+	f := newFixture(t)
+	name := "crut-" + strconv.Itoa(os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	sb := f.create(t, sandbox.Options{NetNS: "/run/netns/" + name})
+	res, out := run(t, sb, sandbox.Step{Args: sh("ls /sys/class/net; grep -c . /proc/self/uid_map; touch /sys/x 2>/dev/null || echo read-only")})
+	if res.Failed() || strings.Fields(out)[0] != "lo" || !strings.Contains(out, "read-only") || len(strings.Fields(out)) != 3 {
+		t.Fatalf("in a joined network namespace: %s %q, want only lo in /sys/class/net, a uid map and a read-only /sys", res, out)
+	}
+	if uid, _ := sb.BuildUser(); uid < testUserNSBase {
+		t.Fatalf("build user %d: not in a user namespace", uid)
+	}
+	// A second step finds the same mount.
+	if res, out := run(t, sb, sandbox.Step{Args: sh("ls /sys/class/net")}); res.Failed() || strings.TrimSpace(out) != "lo" {
+		t.Fatalf("second step: %s %q", res, out)
+	}
+}
