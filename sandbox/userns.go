@@ -247,7 +247,8 @@ func (s *slots) close() error {
 // in [lo, hi): each client holds an flock on ClaimDir/<lo>-<hi> while it
 // lives (the kernel drops it when the process dies), and a new claim is
 // refused while an overlapping one is held. A directory-wide lock makes the
-// check and the claim one step.
+// check and the claim one step. Claims of processes that ended without
+// Close (the lock is gone with them) are removed here.
 func claimRange(dir string, lo, hi uint64) (_ *os.File, retErr error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: creating %s: %v", ErrUserNS, dir, err)
@@ -269,7 +270,7 @@ func claimRange(dir string, lo, hi uint64) (_ *os.File, retErr error) {
 		a, b, ok := strings.Cut(e.Name(), "-")
 		l, err1 := strconv.ParseUint(a, 10, 64)
 		h, err2 := strconv.ParseUint(b, 10, 64)
-		if !ok || err1 != nil || err2 != nil || h <= lo || hi <= l {
+		if !ok || err1 != nil || err2 != nil {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
@@ -279,12 +280,15 @@ func claimRange(dir string, lo, hi uint64) (_ *os.File, retErr error) {
 		}
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		if err == nil {
-			_ = os.Remove(p) // a dead process's claim
+			_ = os.Remove(p) // a dead process's claim, overlapping or not
 			f.Close()
 			continue
 		}
 		pid, _ := os.ReadFile(p)
 		f.Close()
+		if h <= lo || hi <= l {
+			continue
+		}
 		return nil, fmt.Errorf("%w: host IDs %d–%d overlap %d–%d, in use by another cleanroom process (pid %s): give each agent on a host its own sandbox.userns.base", ErrUserNS, lo, hi-1, l, h-1, strings.TrimSpace(string(pid)))
 	}
 	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
