@@ -105,7 +105,38 @@ type Config struct {
 	// MetricsListen, if set, is the host:port of the agent's plain-HTTP
 	// /metrics, /healthz and /readyz (off by default).
 	MetricsListen string `yaml:"metrics_listen,omitempty"`
+	// Sandbox configures the isolation of the sandboxes beyond their limits.
+	Sandbox SandboxConfig `yaml:"sandbox,omitempty"`
 }
+
+// SandboxConfig is the isolation of the job sandboxes.
+type SandboxConfig struct {
+	UserNS UserNSConfig `yaml:"userns,omitempty"`
+}
+
+// UserNSConfig puts every sandbox in a user namespace of its own: container
+// IDs 0–65535 map to a host range of 65,536 IDs per slot (concurrency),
+// from Base, so the build user is a host UID that no real user and no other
+// running job has.
+type UserNSConfig struct {
+	// Mode is auto (default: on when the kernel has user namespaces, off
+	// with a warning when it has not), on (the agent refuses to start
+	// without them) or off.
+	Mode string `yaml:"mode,omitempty"`
+	// Base is the first host ID of slot 0 (default 100000000, the
+	// sandbox package's DefaultUserNSBase). The agent refuses to start when
+	// base … base+concurrency·65536−1 overlaps a UID or GID of /etc/passwd
+	// or /etc/group, a range of /etc/subuid or /etc/subgid, or the range of
+	// another agent on the host.
+	Base uint32 `yaml:"base,omitempty"`
+}
+
+// User-namespace modes (UserNSConfig.Mode).
+const (
+	UserNSAuto = "auto"
+	UserNSOn   = "on"
+	UserNSOff  = "off"
+)
 
 // ArtifactsConfig bounds what the agent copies out of a job's workspace
 // before it uploads it: total bytes (apparent sizes, so a sparse file counts
@@ -291,6 +322,9 @@ func (c *Config) SetDefaults() {
 	if c.RegistryAliases == nil {
 		c.RegistryAliases = append([]string(nil), DefaultRegistryAliases...)
 	}
+	if c.Sandbox.UserNS.Mode == "" {
+		c.Sandbox.UserNS.Mode = UserNSAuto
+	}
 }
 
 // Validate returns every problem at once as api.FieldErrors.
@@ -428,6 +462,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Git.MaxFiles < 0 {
 		add("git.max_files", "must not be negative")
+	}
+	switch c.Sandbox.UserNS.Mode {
+	case UserNSAuto, UserNSOn, UserNSOff:
+	default:
+		add("sandbox.userns.mode", "must be auto, on or off")
+	}
+	if b := uint64(c.Sandbox.UserNS.Base); b != 0 && (b < 65536 || b+uint64(max(c.Concurrency, 1))*65536 > 1<<32-1) {
+		add("sandbox.userns.base", "must be at least 65536, with base + concurrency×65536 within the 32-bit IDs (e.g. 100000000)")
 	}
 	spec := api.JobSpec{Build: api.Build{Script: "x"}, Resources: c.Limits}
 	if err := spec.Validate(); err != nil {

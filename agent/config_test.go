@@ -128,3 +128,24 @@ func TestConfigGatewaySection(t *testing.T) {
 		}
 	}
 }
+
+// The sandbox.userns section: auto by default, and the problems named by
+// field.
+func TestConfigUserNSSection(t *testing.T) {
+	c, err := loadConfig(t, "")
+	if err != nil || c.Sandbox.UserNS.Mode != agent.UserNSAuto || c.Sandbox.UserNS.Base != 0 {
+		t.Fatalf("no sandbox section: %+v, %v", c.Sandbox, err)
+	}
+	if c, err := loadConfig(t, "concurrency: 4\nsandbox:\n  userns:\n    mode: on\n    base: 200000000\n"); err != nil || c.Sandbox.UserNS.Mode != agent.UserNSOn || c.Sandbox.UserNS.Base != 200000000 {
+		t.Errorf("userns section: %+v, %v", c.Sandbox, err)
+	}
+	for yaml, field := range map[string]string{
+		"sandbox:\n  userns:\n    mode: yes\n":                        "sandbox.userns.mode",
+		"sandbox:\n  userns:\n    base: 1000\n":                       "sandbox.userns.base",
+		"concurrency: 2\nsandbox:\n  userns:\n    base: 4294901760\n": "sandbox.userns.base",
+	} {
+		if _, err := loadConfig(t, yaml); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("%q: got %v, want an error naming %s", yaml, err, field)
+		}
+	}
+}

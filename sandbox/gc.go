@@ -26,6 +26,12 @@ type GCOptions struct {
 	Keep func(jobID string) bool
 	// DryRun reports without removing.
 	DryRun bool
+	// UserNSCache also removes the remapped image snapshots of user
+	// namespace slots (of Agent, or of any agent) that no sandbox uses.
+	// They are a cache the next sandbox of a slot builds on, so plain GC
+	// keeps them; without them the next sandbox of each slot remaps the
+	// image again.
+	UserNSCache bool
 }
 
 // GCReport lists what GC removed (or would remove, with DryRun).
@@ -34,11 +40,14 @@ type GCReport struct {
 	Snapshots  []string
 	StateDirs  []string
 	Cgroups    []string
+	// UserNSCache lists the remapped image snapshots removed
+	// (GCOptions.UserNSCache).
+	UserNSCache []string
 }
 
 // Empty reports whether GC found nothing.
 func (r GCReport) Empty() bool {
-	return len(r.Containers)+len(r.Snapshots)+len(r.StateDirs)+len(r.Cgroups) == 0
+	return len(r.Containers)+len(r.Snapshots)+len(r.StateDirs)+len(r.Cgroups)+len(r.UserNSCache) == 0
 }
 
 // GC removes containers, tasks, snapshots, workspace mounts, state dirs and
@@ -169,6 +178,14 @@ func (c *Client) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 			}
 		}
 	}
+	if o.UserNSCache {
+		// After the containers: a parent with children cannot go.
+		names, err := c.collectUserNSCache(ctx, o.Agent, o.DryRun)
+		rep.UserNSCache = names
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return rep, errors.Join(errs...)
 }
 
@@ -177,7 +194,8 @@ func (c *Client) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 // dirs and mounts under this client's state dir, and the cgroups of those
 // state dirs' and containers' sandboxes (all cr-* cgroups when agent is
 // empty). Tests and `cleanroom gc --check` use it to prove teardown left
-// nothing behind.
+// nothing behind. The remapped image snapshots of user-namespace slots are a
+// cache, not residue: UserNSCache lists them.
 func (c *Client) Residue(ctx context.Context, agent string) ([]string, error) {
 	ctx = c.ctx(ctx)
 	var out []string

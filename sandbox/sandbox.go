@@ -4,7 +4,8 @@
 // (memory, CPU, pids, a disk-limited workspace), running steps with streamed
 // output, timeouts and cancellation (SIGTERM, grace, SIGKILL), and the
 // destruction of all of it — plus garbage collection, by label, of whatever a
-// crashed process left behind.
+// crashed process left behind. With Config.UserNS each sandbox runs in a user
+// namespace of its own on a host ID range unique to its slot (userns.go).
 //
 // The package knows nothing of networks, secrets or jobs queues: the caller
 // hands it a network namespace path, an environment and a workspace.
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -115,6 +117,10 @@ func (l Limits) WithDefaults() Limits {
 type Mount struct {
 	Source      string
 	Destination string
+	// BuildUser hands the source to the build user (chowned to the host IDs
+	// the build user has in this sandbox, which differ per sandbox with user
+	// namespaces) before the first step, for a file only it may read.
+	BuildUser bool
 }
 
 // Options describe one sandbox.
@@ -144,6 +150,10 @@ type Options struct {
 	PathsLater bool
 
 	workspaceMount string
+	userNS         bool   // run in a user namespace of its own
+	userNSStart    uint32 // its first host ID
+	sysfsMount     string // with a user namespace and NetNS: the host's sysfs of NetNS
+	testRW         []Mount
 }
 
 // Config configures a Client.
@@ -158,7 +168,12 @@ type Config struct {
 	StateDir string
 	// Runtime is the containerd runtime; empty uses io.containerd.runc.v2.
 	Runtime string
-	Logger  hclog.Logger
+	// UserNS, if set, runs every sandbox in a user namespace of its own on
+	// a host ID range unique to its slot; New fails (ErrUserNS) when the
+	// kernel or the host's users do not allow the range. Nil: sandboxes
+	// share the host's user namespace (the build user is host uid 1000).
+	UserNS *UserNS
+	Logger hclog.Logger
 }
 
 // Client creates sandboxes in one containerd namespace.
@@ -169,6 +184,8 @@ type Client struct {
 	owner    string
 	closer   sync.Once
 	unpacked sync.Map // ref@digest → unpacked once
+	chains   sync.Map // image digest → chain id of its root filesystem
+	slots    *slots   // nil without user namespaces
 }
 
 // New connects to containerd. It fails fast (5 s) with ErrContainerd and the
@@ -211,8 +228,18 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		cd.Close()
 		return nil, fmt.Errorf("%w: %s does not answer: %v", ErrContainerd, cfg.Address, err)
 	}
-	return &Client{cd: cd, cfg: cfg, log: cfg.Logger, owner: selfOwner()}, nil
+	c := &Client{cd: cd, cfg: cfg, log: cfg.Logger, owner: selfOwner()}
+	if cfg.UserNS != nil {
+		if c.slots, err = newSlots(*cfg.UserNS); err != nil {
+			cd.Close()
+			return nil, err
+		}
+	}
+	return c, nil
 }
+
+// UserNS reports whether sandboxes of this client run in user namespaces.
+func (c *Client) UserNS() bool { return c.slots != nil }
 
 // Containerd exposes the underlying client (image import, GC, tests).
 func (c *Client) Containerd() *containerd.Client { return c.cd }
@@ -223,7 +250,7 @@ func (c *Client) Namespace() string { return c.cfg.Namespace }
 // Close releases the connection.
 func (c *Client) Close() error {
 	var err error
-	c.closer.Do(func() { err = c.cd.Close() })
+	c.closer.Do(func() { err = errors.Join(c.cd.Close(), c.slots.close()) })
 	return err
 }
 
@@ -295,17 +322,23 @@ func (o *Options) validate() error {
 // persist across steps; each step runs in turn as the container's task (PID 1
 // of a fresh pid namespace). It must be destroyed with Destroy.
 type Sandbox struct {
-	c        *Client
-	id       string
-	jobID    string
-	ctr      containerd.Container
-	task     containerd.Task
-	spec     *specs.Spec
-	stateDir string
-	later    []string // paths to check before each step (Options.PathsLater)
-	ws       string   // host path of the workspace (mounted at /workspace)
-	disk     bool     // ws is a loop-mounted filesystem
-	cgroup   string
+	c          *Client
+	id         string
+	jobID      string
+	ctr        containerd.Container
+	task       containerd.Task
+	spec       *specs.Spec
+	stateDir   string
+	later      []string // paths to check before each step (Options.PathsLater)
+	ws         string   // host path of the workspace (mounted at /workspace)
+	disk       bool     // ws is a loop-mounted filesystem
+	cgroup     string
+	slot       int      // user-namespace slot, -1 for none
+	uid, gid   int      // host IDs of the build user
+	chownLater []string // BuildUser mount sources to hand over before a step
+	netns      string   // NetNS, when its sysfs is mounted by the host (WithSysfsFrom)
+	sysfs      string   // where: mounted before the first step
+	sysfsDone  bool
 
 	mu      sync.Mutex
 	steps   int
@@ -324,7 +357,8 @@ func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr erro
 	}
 	ctx = c.ctx(ctx)
 	id := ContainerID(o.JobID)
-	s := &Sandbox{c: c, id: id, jobID: o.JobID, stateDir: filepath.Join(c.cfg.StateDir, id), cgroup: "/cleanroom/" + id}
+	s := &Sandbox{c: c, id: id, jobID: o.JobID, stateDir: filepath.Join(c.cfg.StateDir, id), cgroup: "/cleanroom/" + id,
+		slot: -1, uid: BuildUID, gid: BuildGID}
 	if o.PathsLater {
 		if o.NetNS != "" {
 			s.later = append(s.later, o.NetNS)
@@ -341,9 +375,43 @@ func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr erro
 		}
 	}()
 
+	labels := map[string]string{}
+	for k, v := range o.Labels {
+		labels[k] = v
+	}
+	if labels[LabelJob] == "" {
+		labels[LabelJob] = o.JobID // a caller may label with its own job id
+	}
+	labels[LabelAgent] = c.cfg.Agent
+	labels[LabelOwner] = c.owner
 	img, err := c.image(ctx, o.Image)
 	if err != nil {
 		return nil, err
+	}
+	snapshot := containerd.WithNewSnapshot(id, img, snapshots.WithLabels(labels))
+	if c.slots != nil {
+		if s.slot, err = c.slots.acquire(ctx, c.slotBusy(ctx)); err != nil {
+			return nil, err
+		}
+		o.userNS, o.userNSStart = true, c.slots.start(s.slot)
+		s.uid, s.gid = int(o.userNSStart)+BuildUID, int(o.userNSStart)+BuildGID
+		labels[LabelUserNS] = strconv.FormatUint(uint64(o.userNSStart), 10)
+		parent, err := c.remappedParent(ctx, img, o.userNSStart)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUserNS, err)
+		}
+		snapshot = withChildSnapshot(id, parent, labels)
+	}
+	for _, m := range o.Mounts {
+		if !m.BuildUser {
+			continue
+		}
+		if err := os.Chown(m.Source, s.uid, s.gid); err != nil {
+			if !o.PathsLater || !errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("handing %s to the build user: %w", m.Source, err)
+			}
+			s.chownLater = append(s.chownLater, m.Source)
+		}
 	}
 	if _, err := os.Stat(s.stateDir); err == nil {
 		return nil, fmt.Errorf("%w: a sandbox for job %s already exists on this host (state %s)", ErrInvalidOptions, o.JobID, s.stateDir)
@@ -355,21 +423,18 @@ func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr erro
 		return nil, err
 	}
 	o.workspaceMount = s.ws
-
-	labels := map[string]string{}
-	for k, v := range o.Labels {
-		labels[k] = v
+	if o.userNS && o.NetNS != "" {
+		s.netns, s.sysfs = o.NetNS, filepath.Join(s.stateDir, sysfsDir)
+		if err := os.Mkdir(s.sysfs, 0o755); err != nil {
+			return nil, fmt.Errorf("creating the sandbox's sysfs mount point: %w", err)
+		}
+		o.sysfsMount = s.sysfs
 	}
-	if labels[LabelJob] == "" {
-		labels[LabelJob] = o.JobID // a caller may label with its own job id
-	}
-	labels[LabelAgent] = c.cfg.Agent
-	labels[LabelOwner] = c.owner
 
 	ctr, err := c.cd.NewContainer(ctx, id,
 		containerd.WithContainerLabels(labels),
 		containerd.WithImage(img),
-		containerd.WithNewSnapshot(id, img, snapshots.WithLabels(labels)),
+		snapshot,
 		containerd.WithRuntime(c.cfg.Runtime, nil),
 		containerd.WithNewSpec(hardeningOpts(&o, s.cgroup)...),
 	)
@@ -385,6 +450,20 @@ func (c *Client) Create(ctx context.Context, o Options) (_ *Sandbox, retErr erro
 	}
 	c.log.Debug("sandbox created", "sandbox", id, "image", o.Image)
 	return s, nil
+}
+
+// withChildSnapshot gives the container a new writable snapshot on top of
+// parent (a remapped image snapshot). It runs inside NewContainer's lease,
+// so containerd cannot collect the snapshot before the container names it.
+func withChildSnapshot(id, parent string, labels map[string]string) containerd.NewContainerOpts {
+	return func(ctx context.Context, client *containerd.Client, c *containers.Container) error {
+		if _, err := client.SnapshotService(containerd.DefaultSnapshotter).Prepare(ctx, id, parent, snapshots.WithLabels(labels)); err != nil {
+			return fmt.Errorf("preparing the sandbox's snapshot: %w", err)
+		}
+		c.Snapshotter = containerd.DefaultSnapshotter
+		c.SnapshotKey = id
+		return nil
+	}
 }
 
 // image looks up an image and makes sure it is unpacked. The unpack check
@@ -489,6 +568,14 @@ func (s *Sandbox) Run(ctx context.Context, st Step) (Result, error) {
 		if _, err := os.Stat(p); err != nil {
 			return Result{}, fmt.Errorf("running %q: %s does not exist (it is made while the sandbox is created): %w", st.Args[0], p, ErrInvalidOptions)
 		}
+	}
+	for _, p := range s.chownLater {
+		if err := os.Chown(p, s.uid, s.gid); err != nil {
+			return Result{}, fmt.Errorf("running %q: handing %s to the build user: %w", st.Args[0], p, err)
+		}
+	}
+	if err := s.mountSysfs(); err != nil {
+		return Result{}, fmt.Errorf("running %q: %w", st.Args[0], err)
 	}
 
 	if st.Stdout == nil {
@@ -683,11 +770,53 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	if err := removeCgroup(s.cgroup); err != nil {
 		errs = append(errs, err)
 	}
+	s.releaseSlot()
 	if s.ctr != nil && len(errs) == 0 {
 		go s.c.reapStrayShims(s.id, 2*time.Second)
 	}
 	return errors.Join(errs...)
 }
+
+// mountSysfs mounts the sysfs of the sandbox's network namespace for
+// WithSysfsFrom, once, before the first step (the namespace may be made
+// while the sandbox is created). removeStateDir unmounts it.
+func (s *Sandbox) mountSysfs() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sysfs == "" || s.sysfsDone {
+		return nil
+	}
+	if err := mountSysfsOf(s.netns, s.sysfs); err != nil {
+		return err
+	}
+	s.sysfsDone = true
+	return nil
+}
+
+// releaseSlot gives the sandbox's user-namespace slot back, once, and only
+// when nothing runs in the sandbox any more: a slot whose processes could
+// not be ended stays taken (its IDs must not go to another sandbox).
+func (s *Sandbox) releaseSlot() {
+	s.mu.Lock()
+	slot, empty := s.slot, s.empty
+	if empty {
+		s.slot = -1
+	}
+	s.mu.Unlock()
+	if slot < 0 {
+		return
+	}
+	if !empty {
+		s.c.log.Error("keeping a user-namespace slot out of use: its sandbox's processes could not be ended", "sandbox", s.id, "slot", slot)
+		return
+	}
+	s.c.slots.release(slot)
+}
+
+// BuildUser returns the host UID and GID the build user has in this
+// sandbox: BuildUID and BuildGID, or their place in the sandbox's user
+// namespace range.
+func (s *Sandbox) BuildUser() (uid, gid int) { return s.uid, s.gid }
 
 // StopAll ends every process of the sandbox (the running step's task, or
 // one left by a step still being torn down) and refuses further steps; when

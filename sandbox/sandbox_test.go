@@ -31,14 +31,32 @@ type fixture struct {
 	mu    sync.Mutex
 }
 
+// testUserNSBase is the first host ID of the tests' user-namespace slots
+// (the agent's default is sandbox.DefaultUserNSBase); a fixed base lets the
+// remapped image snapshots, a cache, serve every test and run.
+const testUserNSBase = 1 << 30
+
+// testUserNS is the user-namespace configuration of test clients: 8 slots
+// from base.
+func testUserNS(base uint32) *sandbox.UserNS {
+	return &sandbox.UserNS{Base: base, Slots: 8}
+}
+
 // newFixture connects to the test containerd with a private state dir and a
 // unique agent label, and checks at the end that nothing of ours remains.
+// Its sandboxes run in user namespaces, as the agent's do by default.
 func newFixture(t *testing.T) *fixture {
+	return newFixtureWith(t, testUserNS(testUserNSBase))
+}
+
+// newFixtureWith is newFixture with a user-namespace configuration (nil:
+// none).
+func newFixtureWith(t *testing.T, userns *sandbox.UserNS) *fixture {
 	t.Helper()
 	testutil.RequiresRoot(t)
 	agent := fmt.Sprintf("test-%d-%d", os.Getpid(), rand.Int63())
 	state := t.TempDir()
-	c, err := sandbox.New(context.Background(), sandbox.Config{Address: testutil.ContainerdAddress(t), Agent: agent, StateDir: state})
+	c, err := sandbox.New(context.Background(), sandbox.Config{Address: testutil.ContainerdAddress(t), Agent: agent, StateDir: state, UserNS: userns})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,6 +518,18 @@ func TestGCCleansUpAfterKilledProcess(t *testing.T) {
 	if len(before) == 0 {
 		t.Fatal("the killed process left nothing behind: the test did not test GC")
 	}
+	// Until GC removes it, the leftover container keeps its user-namespace
+	// slot: its processes still run on the slot's IDs.
+	one, err := sandbox.New(context.Background(), sandbox.Config{Address: testutil.ContainerdAddress(t), Agent: f.agent, StateDir: t.TempDir(),
+		UserNS: &sandbox.UserNS{Base: testUserNSBase + 16*sandbox.UserNSSize, Slots: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = one.Create(context.Background(), sandbox.Options{JobID: f.jobID("taken"), Image: testutil.Image(), Env: testEnv})
+	one.Close()
+	if !errors.Is(err, sandbox.ErrUserNS) || !strings.Contains(err.Error(), "leftover") {
+		t.Errorf("a sandbox on the killed process's slot: %v, want ErrUserNS naming the leftover", err)
+	}
 	rep, err := c.GC(context.Background(), sandbox.GCOptions{Agent: f.agent})
 	if err != nil {
 		t.Fatalf("gc: %v", err)
@@ -515,7 +545,9 @@ func TestGCCleansUpAfterKilledProcess(t *testing.T) {
 
 func gcHelper() {
 	ctx := context.Background()
-	c, err := sandbox.New(ctx, sandbox.Config{Address: os.Getenv("CLEANROOM_CONTAINERD_ADDRESS"), Agent: os.Getenv("CLEANROOM_GC_AGENT"), StateDir: os.Getenv("CLEANROOM_GC_STATE")})
+	// A range of its own: the test's client holds the fixture's.
+	c, err := sandbox.New(ctx, sandbox.Config{Address: os.Getenv("CLEANROOM_CONTAINERD_ADDRESS"), Agent: os.Getenv("CLEANROOM_GC_AGENT"), StateDir: os.Getenv("CLEANROOM_GC_STATE"),
+		UserNS: &sandbox.UserNS{Base: testUserNSBase + 16*sandbox.UserNSSize, Slots: 1}})
 	if err != nil {
 		fmt.Println("helper:", err)
 		os.Exit(1)

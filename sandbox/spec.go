@@ -359,8 +359,17 @@ func hardeningOpts(o *Options, cgroupsPath string) []oci.SpecOpts {
 		oci.WithCgroup(cgroupsPath),
 		WithExactEnv(o.Env),
 	}
+	if o.userNS {
+		opts = append(opts, WithUserNS(o.userNSStart))
+		if o.NetNS != "" {
+			opts = append(opts, WithSysfsFrom(o.sysfsMount))
+		}
+	}
 	for _, m := range o.Mounts {
 		opts = append(opts, WithBind(m.Source, m.Destination, false))
+	}
+	for _, m := range o.testRW {
+		opts = append(opts, WithBind(m.Source, m.Destination, true))
 	}
 	return opts
 }

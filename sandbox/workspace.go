@@ -17,7 +17,8 @@ import (
 )
 
 // prepareWorkspace gives the sandbox a workspace of its own under its state
-// dir, owned by the build user, with a copy of src. With a disk limit the
+// dir, owned by the build user (its host IDs: see Sandbox.BuildUser), with a
+// copy of src. With a disk limit the
 // workspace is a loop-mounted ext4 filesystem of exactly that size, so a job
 // that fills it gets ENOSPC and the host's disk is unaffected.
 func (s *Sandbox) prepareWorkspace(ctx context.Context, src string, diskBytes int64) error {
@@ -37,7 +38,7 @@ func (s *Sandbox) prepareWorkspace(ctx context.Context, src string, diskBytes in
 			return fmt.Errorf("sizing workspace disk image: %w", err)
 		}
 		if out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
-			"-E", "nodiscard,lazy_itable_init=1,root_owner="+strconv.Itoa(BuildUID)+":"+strconv.Itoa(BuildGID), img).CombinedOutput(); err != nil {
+			"-E", "nodiscard,lazy_itable_init=1,root_owner="+strconv.Itoa(s.uid)+":"+strconv.Itoa(s.gid), img).CombinedOutput(); err != nil {
 			return fmt.Errorf("formatting workspace disk (mkfs.ext4): %w: %s", err, strings.TrimSpace(string(out)))
 		}
 		if out, err := exec.CommandContext(ctx, "mount", "-o", "loop,nosuid,nodev", img, s.ws).CombinedOutput(); err != nil {
@@ -46,13 +47,13 @@ func (s *Sandbox) prepareWorkspace(ctx context.Context, src string, diskBytes in
 		s.disk = true
 		_ = os.Remove(filepath.Join(s.ws, "lost+found"))
 	}
-	if err := os.Chown(s.ws, BuildUID, BuildGID); err != nil {
+	if err := os.Chown(s.ws, s.uid, s.gid); err != nil {
 		return fmt.Errorf("handing workspace to the build user: %w", err)
 	}
 	if src == "" {
 		return nil
 	}
-	if err := copyTree(src, s.ws, BuildUID, BuildGID); err != nil {
+	if err := copyTree(src, s.ws, s.uid, s.gid); err != nil {
 		if errors.Is(err, unix.ENOSPC) {
 			return fmt.Errorf("%w: copying the workspace: the source does not fit in the %d-byte disk limit", ErrInvalidOptions, diskBytes)
 		}

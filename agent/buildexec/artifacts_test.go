@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cleanroom-ci/cleanroom/internal/testutil"
 )
 
 // dirBytes is the space the files under dir really take (blocks, not
@@ -140,5 +142,35 @@ func TestCancelEndsALargeArtifactCopy(t *testing.T) {
 	}
 	if took > 1200*time.Millisecond {
 		t.Errorf("the copy went on for %s after a cancel at 200ms", took)
+	}
+}
+
+// With user namespaces the build's files are owned by the slot's host IDs;
+// the copies the agent keeps and uploads are the agent's (root's), with no
+// set-id bits, whoever owned the original.
+func TestArtifactCopiesAreOwnedByTheAgent(t *testing.T) {
+	testutil.RequiresRoot(t)
+	ws := t.TempDir()
+	const slotBuildUID = 100_001_000 // sandbox.DefaultUserNSBase + BuildUID
+	p := filepath.Join(ws, "out.js")
+	if err := os.WriteFile(p, []byte("built\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(p, slotBuildUID, slotBuildUID); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, 0o6755); err != nil {
+		t.Fatal(err)
+	}
+	arts, err := collectArtifacts(context.Background(), ws, []string{"out.js"}, t.TempDir(), ArtifactLimits{MaxBytes: 1 << 20})
+	if err != nil || len(arts) != 1 {
+		t.Fatal(arts, err)
+	}
+	st, err := os.Stat(arts[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sys := st.Sys().(*syscall.Stat_t); sys.Uid != 0 || sys.Gid != 0 || st.Mode()&(os.ModeSetuid|os.ModeSetgid) != 0 {
+		t.Errorf("artifact copy: owner %d:%d, mode %s; want root's, no set-id bits", sys.Uid, sys.Gid, st.Mode())
 	}
 }

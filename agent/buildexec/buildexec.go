@@ -106,10 +106,8 @@ type Executor struct {
 	sandboxes sandboxes
 	networks  networks
 	gateway   registryGateway
-	// chown hands the job's npmrc to the build user.
-	chown   func(path string) error
-	imageMu sync.Mutex
-	digests map[string]string
+	imageMu   sync.Mutex
+	digests   map[string]string
 }
 
 // New checks the configuration (fail closed: no registry, no signing key or
@@ -146,7 +144,7 @@ func New(cfg Config) (*Executor, error) {
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("configuring the build executor: %s", strings.Join(errs, "; "))
 	}
-	return newExecutor(cfg, containerdSandboxes{cfg.Sandbox}, kernelNetworks{}, agentGateway{cfg.Gateway}, chownToBuildUser), nil
+	return newExecutor(cfg, containerdSandboxes{cfg.Sandbox}, kernelNetworks{}, agentGateway{cfg.Gateway}), nil
 }
 
 // DefaultGatewayPort is the port of a job's registry gateway on the host
@@ -155,7 +153,7 @@ const DefaultGatewayPort = 4873
 
 // newExecutor fills the configuration's defaults and takes the sandbox and
 // network factories and the gateway (fakes in unit tests).
-func newExecutor(cfg Config, sb sandboxes, nw networks, gw registryGateway, chown func(string) error) *Executor {
+func newExecutor(cfg Config, sb sandboxes, nw networks, gw registryGateway) *Executor {
 	if cfg.GatewayPort == 0 {
 		cfg.GatewayPort = DefaultGatewayPort
 	}
@@ -180,7 +178,7 @@ func newExecutor(cfg Config, sb sandboxes, nw networks, gw registryGateway, chow
 	if cfg.Observe != nil {
 		sb, nw = observe(sb, nw, cfg.Observe)
 	}
-	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), sandboxes: sb, networks: nw, gateway: gw, chown: chown, digests: map[string]string{}}
+	return &Executor{cfg: cfg, matcher: cfg.Secrets.Matcher(), sandboxes: sb, networks: nw, gateway: gw, digests: map[string]string{}}
 }
 
 // Capacity is the most a job may ask of this runner: its limits

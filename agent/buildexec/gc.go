@@ -24,6 +24,9 @@ type GCOptions struct {
 	HostNS      string
 	NetStateDir string
 	DryRun      bool
+	// UserNSCache also removes the remapped image snapshots of unused
+	// user-namespace slots (sandbox.GCOptions.UserNSCache).
+	UserNSCache bool
 }
 
 // GCReport is what GC removed.
@@ -46,7 +49,7 @@ func (r GCReport) Empty() bool {
 func GC(ctx context.Context, c *sandbox.Client, o GCOptions) (GCReport, error) {
 	var rep GCReport
 	var errs []error
-	sr, err := c.GC(ctx, sandbox.GCOptions{Agent: o.Agent, All: o.All, DryRun: o.DryRun})
+	sr, err := c.GC(ctx, sandbox.GCOptions{Agent: o.Agent, All: o.All, DryRun: o.DryRun, UserNSCache: o.UserNSCache})
 	rep.Sandbox = sr
 	if err != nil {
 		errs = append(errs, fmt.Errorf("collecting sandboxes: %w", err))

@@ -104,9 +104,6 @@ func (r *jobRun) serve(ctx context.Context) error {
 	if err := os.WriteFile(r.npmrc, rc, 0o400); err != nil {
 		return fmt.Errorf("writing job npmrc: %w", err)
 	}
-	if err := r.e.chown(r.npmrc); err != nil {
-		return fmt.Errorf("handing the job npmrc to the build user: %w", err)
-	}
 	for _, kv := range secrets.RegistryEnv(url) {
 		r.regEnv = append(r.regEnv, kv[0]+"="+kv[1])
 	}

@@ -242,7 +242,11 @@ func (r *jobRun) isolate(ctx context.Context) error {
 		return sbErr
 	}
 	lim := r.limits
-	r.log.say("sandbox %s: image %s, memory %s, cpus %g, pids %d, no capabilities, read-only root, non-root user", r.sb.ID(), r.image, api.ByteSize(lim.MemoryBytes), lim.CPUs, lim.Pids)
+	user := "non-root user"
+	if c := r.e.cfg.Sandbox; c != nil && c.UserNS() {
+		user = "non-root user in a user namespace of its own (unprivileged host IDs)"
+	}
+	r.log.say("sandbox %s: image %s, memory %s, cpus %g, pids %d, no capabilities, read-only root, %s", r.sb.ID(), r.image, api.ByteSize(lim.MemoryBytes), lim.CPUs, lim.Pids, user)
 	return nil
 }
 
@@ -302,7 +306,7 @@ func (r *jobRun) sandbox(ctx context.Context) error {
 		JobID: sandboxID(r.runID), Image: r.image, Workspace: r.ws, NetNS: netpolicy.NetNSPathFor(r.runID), Env: r.env, Limits: r.limits,
 		Mounts: []sandbox.Mount{
 			{Source: netpolicy.ResolvConfPathFor(cfg.NetStateDir, r.runID), Destination: "/etc/resolv.conf"},
-			{Source: r.npmrc, Destination: "/run/cleanroom/npmrc"},
+			{Source: r.npmrc, Destination: "/run/cleanroom/npmrc", BuildUser: true},
 		},
 		PathsLater: true,
 		Labels:     map[string]string{sandbox.LabelJob: r.job.ID, "cleanroom.runner": cfg.RunnerID, "cleanroom.attempt": strconv.Itoa(max(r.job.Attempts, 1))},

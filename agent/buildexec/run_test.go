@@ -247,7 +247,7 @@ func newFakeExecutor(t *testing.T, w *world, mutate func(*Config)) *Executor {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	return newExecutor(cfg, w, w, w, func(string) error { return nil })
+	return newExecutor(cfg, w, w, w)
 }
 
 func run(t *testing.T, e *Executor, w *world, spec api.JobSpec) (Result, string) {
@@ -382,6 +382,13 @@ func TestStepsRunAfterBothExistAndTeardownStopsFirst(t *testing.T) {
 	}
 	if w.sbOpts.NetNS != netpolicy.NetNSPathFor("j-1-1") || w.sbOpts.Limits.DiskBytes != DefaultDiskLimit || w.sbOpts.Limits.MemoryBytes != sandbox.DefaultLimits.MemoryBytes {
 		t.Errorf("sandbox options = %+v", w.sbOpts)
+	}
+	// The npmrc goes to the build user's host IDs, which only the sandbox
+	// knows (its user-namespace slot); resolv.conf stays root's.
+	for _, m := range w.sbOpts.Mounts {
+		if m.BuildUser != (m.Destination == "/run/cleanroom/npmrc") {
+			t.Errorf("mount %+v: only the npmrc is the build user's", m)
+		}
 	}
 }
 

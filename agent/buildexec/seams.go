@@ -3,7 +3,6 @@ package buildexec
 import (
 	"context"
 	"net"
-	"os"
 
 	"github.com/cleanroom-ci/cleanroom/gateway"
 	"github.com/cleanroom-ci/cleanroom/netpolicy"
@@ -97,9 +96,3 @@ func (kernelNetworks) Setup(ctx context.Context, cfg netpolicy.Config) (jobNetwo
 type kernelNetwork struct{ *netpolicy.Network }
 
 func (n kernelNetwork) Allowed() []netpolicy.Destination { return n.Destinations }
-
-// chownToBuildUser hands a per-job file (the npmrc) to the sandbox's build
-// user, which reads it through a read-only bind mount.
-func chownToBuildUser(path string) error {
-	return os.Chown(path, sandbox.BuildUID, sandbox.BuildGID)
-}

@@ -1,8 +1,9 @@
 // Package preflight owns the build host's prerequisites for an agent, as
 // `cleanroom agent check` prints them (and `agent register` and `agent run`
 // run them first): root, a writable data dir, containerd and runc, the
-// sandbox image, cgroup limits, ip_forward in the namespace the veths live
-// in, iptables and the kernel's NFLOG and conntrack netlink, loop devices and
+// sandbox image, cgroup limits, the sandboxes' user-namespace range (UserNS
+// maps the config onto it), ip_forward in the namespace the veths live in,
+// iptables and the kernel's NFLOG and conntrack netlink, loop devices and
 // mkfs.ext4, and the registries and git hosts reachable from the host. Each
 // check says OK, or what failed and the command or setting that fixes it.
 // The agent's /readyz reuses the cheap ones (Containerd, Image, NetworkTools).
@@ -133,6 +134,12 @@ func Run(ctx context.Context, cfg *agent.Config, o Options) Report {
 		}
 	}
 	check("runc", "runc on PATH", lookPath("runc"), "apt-get install runc")
+	if u, why := UserNS(cfg); u == nil {
+		ok("user namespaces", why)
+	} else {
+		check("user namespaces", fmt.Sprintf("sandboxes on host IDs %d–%d (%d slots of %d)", u.Base, uint64(u.Base)+uint64(u.Slots)*sandbox.UserNSSize-1, u.Slots, sandbox.UserNSSize),
+			sandbox.CheckUserNS(*u), "choose another sandbox.userns.base (docs/operations.md, User namespaces), or enable user namespaces (sysctl -w user.max_user_namespaces=15000), or set sandbox.userns.mode: off")
+	}
 	if detail, err := Cgroups(); err != nil {
 		fail("cgroups", err, "mount the memory, pids and cpu cgroup controllers (cgroup v2: boot with systemd.unified_cgroup_hierarchy=1, or enable them in /sys/fs/cgroup/cgroup.subtree_control)")
 	} else {
@@ -324,4 +331,27 @@ func Reach(ctx context.Context, nsPath string, hosts map[string]string, addr str
 		}
 		return c.Close()
 	})
+}
+
+// UserNS maps the agent config's sandbox.userns onto the sandbox client's:
+// one slot per concurrent job from the base (default
+// sandbox.DefaultUserNSBase). It returns nil, with the reason, when
+// sandboxes share the host's user namespace: mode off, or mode auto on a
+// kernel without user namespaces. Mode on always asks for them; the sandbox
+// client then refuses to start without.
+func UserNS(cfg *agent.Config) (*sandbox.UserNS, string) {
+	u := cfg.Sandbox.UserNS
+	switch u.Mode {
+	case agent.UserNSOff:
+		return nil, "off (sandbox.userns.mode: off): every job's build user is host uid 1000"
+	case agent.UserNSAuto, "":
+		if err := sandbox.UserNSSupported(); err != nil {
+			return nil, fmt.Sprintf("not used: %v (sandbox.userns.mode: on refuses to start instead)", err)
+		}
+	}
+	base := u.Base
+	if base == 0 {
+		base = sandbox.DefaultUserNSBase
+	}
+	return &sandbox.UserNS{Base: base, Slots: max(cfg.Concurrency, 1)}, ""
 }

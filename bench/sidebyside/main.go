@@ -5,6 +5,10 @@
 //	full:     netpolicy setup (netns, veth, rules, DNS, audit) + sandbox in it
 //	          → run `true` → destroy everything            vs  ctr run --rm + ip netns add/del
 //
+// each with and without a user namespace per sandbox (the remapped image
+// snapshot of the slot is made once, before the timed runs, as an agent's
+// first job on a slot does).
+//
 // The network half runs in a throwaway lab (internal/lab); nothing touches
 // the root namespace. Root only; `make bench` runs it.
 package main
@@ -43,11 +47,18 @@ func run(n int, addr, image string) error {
 		return err
 	}
 	defer os.RemoveAll(state)
-	c, err := sandbox.New(ctx, sandbox.Config{Address: addr, Agent: "bench", StateDir: filepath.Join(state, "sb")})
+	plain, err := sandbox.New(ctx, sandbox.Config{Address: addr, Agent: "bench", StateDir: filepath.Join(state, "sb")})
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer plain.Close()
+	// A range of its own, away from an agent's default one on this host.
+	userns, err := sandbox.New(ctx, sandbox.Config{Address: addr, Agent: "bench", StateDir: filepath.Join(state, "sbu"),
+		UserNS: &sandbox.UserNS{Base: 3 << 30, Slots: 1}})
+	if err != nil {
+		return err
+	}
+	defer userns.Close()
 	l, err := lab.New(ctx, "bench")
 	if err != nil {
 		return fmt.Errorf("creating lab: %w", err)
@@ -59,9 +70,10 @@ func run(n int, addr, image string) error {
 		_ = netpolicy.Settle(sctx) // addresses back in the pool before the lab goes
 	}()
 	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/home/build"}
-	var ours, ctr, full, base []time.Duration
+	fullOnce := func(c *sandbox.Client, id string) error { return fullLifecycle(ctx, c, l, state, image, env, id) }
+	var ours, oursU, ctr, full, fullU, base []time.Duration
 
-	sandboxOnce := func(id, netns string, mounts []sandbox.Mount) error {
+	sandboxOnce := func(c *sandbox.Client, id, netns string, mounts []sandbox.Mount) error {
 		sb, err := c.Create(ctx, sandbox.Options{JobID: id, Image: image, Env: env, NetNS: netns, Mounts: mounts})
 		if err != nil {
 			return err
@@ -85,73 +97,38 @@ func run(n int, addr, image string) error {
 		}
 		return nil
 	}
+	if err := sandboxOnce(userns, "benchwarm", "", nil); err != nil { // the slot's remapped image
+		return err
+	}
 	for i := 0; i < n; i++ {
-		// sandbox alone vs ctr run --rm
+		// sandbox alone, without and with a user namespace, vs ctr run --rm
 		t := time.Now()
-		if err := sandboxOnce(fmt.Sprintf("bench-%d", i), "", nil); err != nil {
+		if err := sandboxOnce(plain, fmt.Sprintf("bench-%d", i), "", nil); err != nil {
 			return err
 		}
 		ours = append(ours, time.Since(t))
+		t = time.Now()
+		if err := sandboxOnce(userns, fmt.Sprintf("benchu-%d", i), "", nil); err != nil {
+			return err
+		}
+		oursU = append(oursU, time.Since(t))
 		t = time.Now()
 		if err := ctrOnce(i); err != nil {
 			return err
 		}
 		ctr = append(ctr, time.Since(t))
 
-		// full lifecycle vs ctr run --rm + bare netns add/del, done as the
-		// agent does it: network and sandbox made concurrently, then the
-		// step, then the sandbox destroyed before the network is closed.
-		t = time.Now()
-		id := fmt.Sprintf("benchfull-%d", i)
-		netState := filepath.Join(state, "net")
-		var nw *netpolicy.Network
-		netDone := make(chan error, 1)
-		go func() {
-			var err error
-			nw, err = netpolicy.Setup(ctx, netpolicy.Config{
-				ID: id, Runner: "bench", HostNS: l.HostNSPath(), Mode: netpolicy.ModeForward,
-				Policy:   netpolicy.Policy{Registries: []string{"http://registry.cleanroom.test:4873/"}},
-				Resolver: netpolicy.StaticResolver{Hosts: map[string][]net.IP{"registry.cleanroom.test": {lab.RegistryIP}}},
-				StateDir: netState,
-			})
-			netDone <- err
-		}()
-		sb, err := c.Create(ctx, sandbox.Options{JobID: id, Image: image, Env: env, NetNS: netpolicy.NetNSPathFor(id), PathsLater: true,
-			Mounts: []sandbox.Mount{{Source: netpolicy.ResolvConfPathFor(netState, id), Destination: "/etc/resolv.conf"}}})
-		if nerr := <-netDone; nerr != nil {
-			if err == nil {
-				_ = sb.Destroy(ctx)
+		for _, c := range []*sandbox.Client{plain, userns} {
+			t = time.Now()
+			if err := fullOnce(c, fmt.Sprintf("benchfull-%d", len(full)+len(fullU))); err != nil {
+				return err
 			}
-			return fmt.Errorf("network setup: %w", nerr)
-		}
-		var cerr error
-		if err == nil {
-			var res sandbox.Result
-			res, err = sb.Run(ctx, sandbox.Step{Args: []string{"true"}})
-			if err == nil && res.Failed() {
-				err = fmt.Errorf("true failed: %s", res)
+			if c.UserNS() {
+				fullU = append(fullU, time.Since(t))
+			} else {
+				full = append(full, time.Since(t))
 			}
-			// No process left: the network closes while the rest of the
-			// sandbox is removed (buildexec's teardown).
-			if serr := sb.StopAll(ctx); serr != nil && err == nil {
-				err = serr
-			}
-			closed := make(chan struct{})
-			go func() { defer close(closed); cerr = nw.Close(ctx) }()
-			if derr := sb.Destroy(ctx); derr != nil && err == nil {
-				err = derr
-			}
-			<-closed
-		} else {
-			cerr = nw.Close(ctx)
 		}
-		if err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-		full = append(full, time.Since(t))
 		t = time.Now()
 		nsName := fmt.Sprintf("crlab-benchns-%d", os.Getpid())
 		if out, err := exec.Command("ip", "netns", "add", nsName).CombinedOutput(); err != nil {
@@ -165,13 +142,68 @@ func run(n int, addr, image string) error {
 		}
 		base = append(base, time.Since(t))
 	}
-	mo, mc, mf, mb := median(ours), median(ctr), median(full), median(base)
+	mo, mu, mc, mf, mfu, mb := median(ours), median(oursU), median(ctr), median(full), median(fullU), median(base)
 	fmt.Printf("iterations: %d   load average: %s", n, loadavg())
 	fmt.Printf("sandbox create→true→destroy     median %7.1f ms\n", ms(mo))
-	fmt.Printf("ctr run --rm IMAGE id true       median %7.1f ms   ratio %.2f (target ≤ 1.00)\n", ms(mc), ratio(mo, mc))
+	fmt.Printf("  with a user namespace          median %7.1f ms   ratio to without %.2f\n", ms(mu), ratio(mu, mo))
+	fmt.Printf("ctr run --rm IMAGE id true       median %7.1f ms   ratio %.2f, with userns %.2f (target ≤ 1.05)\n", ms(mc), ratio(mo, mc), ratio(mu, mc))
 	fmt.Printf("full: netpolicy + sandbox        median %7.1f ms\n", ms(mf))
-	fmt.Printf("ctr run --rm + ip netns add/del  median %7.1f ms   ratio %.2f (target ≤ 1.00)\n", ms(mb), ratio(mf, mb))
+	fmt.Printf("  with a user namespace          median %7.1f ms   ratio to without %.2f\n", ms(mfu), ratio(mfu, mf))
+	fmt.Printf("ctr run --rm + ip netns add/del  median %7.1f ms   ratio %.2f, with userns %.2f (target ≤ 1.05)\n", ms(mb), ratio(mf, mb), ratio(mfu, mb))
 	return nil
+}
+
+// fullLifecycle is netpolicy setup plus a sandbox of c in it, a `true` step
+// and the teardown of both, as the agent does it: network and sandbox made
+// concurrently, then the step, then the sandbox's processes ended before the
+// network is closed while the rest of the sandbox is removed.
+func fullLifecycle(ctx context.Context, c *sandbox.Client, l *lab.Lab, state, image string, env []string, id string) error {
+	netState := filepath.Join(state, "net")
+	var nw *netpolicy.Network
+	netDone := make(chan error, 1)
+	go func() {
+		var err error
+		nw, err = netpolicy.Setup(ctx, netpolicy.Config{
+			ID: id, Runner: "bench", HostNS: l.HostNSPath(), Mode: netpolicy.ModeForward,
+			Policy:   netpolicy.Policy{Registries: []string{"http://registry.cleanroom.test:4873/"}},
+			Resolver: netpolicy.StaticResolver{Hosts: map[string][]net.IP{"registry.cleanroom.test": {lab.RegistryIP}}},
+			StateDir: netState,
+		})
+		netDone <- err
+	}()
+	sb, err := c.Create(ctx, sandbox.Options{JobID: id, Image: image, Env: env, NetNS: netpolicy.NetNSPathFor(id), PathsLater: true,
+		Mounts: []sandbox.Mount{{Source: netpolicy.ResolvConfPathFor(netState, id), Destination: "/etc/resolv.conf"}}})
+	if nerr := <-netDone; nerr != nil {
+		if err == nil {
+			_ = sb.Destroy(ctx)
+		}
+		return fmt.Errorf("network setup: %w", nerr)
+	}
+	var cerr error
+	if err == nil {
+		var res sandbox.Result
+		res, err = sb.Run(ctx, sandbox.Step{Args: []string{"true"}})
+		if err == nil && res.Failed() {
+			err = fmt.Errorf("true failed: %s", res)
+		}
+		// No process left: the network closes while the rest of the
+		// sandbox is removed (buildexec's teardown).
+		if serr := sb.StopAll(ctx); serr != nil && err == nil {
+			err = serr
+		}
+		closed := make(chan struct{})
+		go func() { defer close(closed); cerr = nw.Close(ctx) }()
+		if derr := sb.Destroy(ctx); derr != nil && err == nil {
+			err = derr
+		}
+		<-closed
+	} else {
+		cerr = nw.Close(ctx)
+	}
+	if err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func median(d []time.Duration) time.Duration {

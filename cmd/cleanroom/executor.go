@@ -65,12 +65,24 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 	if failed := rep.Failed(false); len(failed) > 0 {
 		return nil, fmt.Errorf("host check: %d problem(s) logged above (cleanroom agent check prints them with their fixes)", len(failed))
 	}
+	userns, why := preflight.UserNS(cfg)
+	if userns == nil {
+		log.Warn("sandboxes share the host's user namespace", "reason", why)
+	}
 	sb, err := sandbox.New(context.Background(), sandbox.Config{
 		Address: addr, Namespace: cfg.Containerd.Namespace, Agent: cfg.Name,
 		StateDir: filepath.Join(cfg.DataDir, "sandbox"), Logger: log.Named("sandbox"),
+		UserNS: userns,
 	})
 	if err != nil {
+		// With user namespaces on, a range that cannot be used (the kernel,
+		// a real user's IDs, another agent's range) stops the agent: jobs
+		// never silently run without them.
 		return nil, err
+	}
+	if userns != nil {
+		log.Info("sandboxes run in user namespaces of their own", "slots", userns.Slots,
+			"host_ids", fmt.Sprintf("%d-%d", userns.Base, uint64(userns.Base)+uint64(userns.Slots)*sandbox.UserNSSize-1))
 	}
 	hosts := map[string][]net.IP{}
 	for h, ip := range cfg.Network.Hosts {

@@ -24,7 +24,7 @@ func init() {
 	var (
 		configPath, agentName, hostNS, netState string
 		gatewayCache                            string
-		all, dryRun, asJSON, check              bool
+		all, dryRun, asJSON, check, usernsCache bool
 	)
 	cmd := &cobra.Command{
 		Use:   "gc",
@@ -107,7 +107,7 @@ directory. The agent runs the same collection at start-up.`,
 				fmt.Println("nothing of cleanroom's remains")
 				return nil
 			}
-			rep, err := buildexec.GC(cmd.Context(), c, buildexec.GCOptions{Agent: agentName, All: all, HostNS: hostNS, NetStateDir: netState, DryRun: dryRun})
+			rep, err := buildexec.GC(cmd.Context(), c, buildexec.GCOptions{Agent: agentName, All: all, HostNS: hostNS, NetStateDir: netState, DryRun: dryRun, UserNSCache: usernsCache})
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
@@ -125,7 +125,7 @@ directory. The agent runs the same collection at start-up.`,
 					{"workspaces", rep.Sandbox.StateDirs}, {"cgroups", rep.Sandbox.Cgroups},
 					{"network namespaces", rep.Network.Namespaces}, {"veths", rep.Network.Links},
 					{"firewall rules", rep.Network.Rules}, {"firewall chains", rep.Network.Chains},
-					{"address leases", rep.Network.Leases},
+					{"address leases", rep.Network.Leases}, {"remapped image snapshots", rep.Sandbox.UserNSCache},
 				} {
 					if len(line.items) > 0 {
 						fmt.Printf("%s %d %s: %s\n", verb, len(line.items), line.what, strings.Join(line.items, ", "))
@@ -157,6 +157,7 @@ directory. The agent runs the same collection at start-up.`,
 	f.Var((*byteSizeFlag)(&cacheMax), "gateway-cache-max", "the cache's cap (default: the agent config's gateway.cache_max_bytes, else 10GiB)")
 	f.BoolVar(&dryRun, "dry-run", false, "only report what would be removed (sandboxes only)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.BoolVar(&usernsCache, "userns-cache", false, "also remove the remapped image snapshots of user-namespace slots (a cache: the next job of each slot remaps the image again, a few seconds)")
 	f.BoolVar(&check, "check", false, "only list what of cleanroom's remains (containers, snapshots, workspaces, cgroups, network namespaces, address leases); exit 1 if anything does")
 	rootCmd.AddCommand(cmd)
 }

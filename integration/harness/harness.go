@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -100,6 +101,10 @@ type Env struct {
 	views    []*Env         // made by Coordinators
 	closed   bool
 }
+
+// agentSeq numbers the agents this process started, for their
+// user-namespace ranges.
+var agentSeq atomic.Int64
 
 // Proc is a process the harness started.
 type Proc struct {
@@ -357,6 +362,11 @@ func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 	// A short grace period: Close (SIGTERM) then ends within its 15 s even
 	// if a job is still running. (Zero would mean the default, 5 minutes.)
 	cfg.GracePeriod = api.Duration(AgentGracePeriod)
+	// Agents of one host need disjoint user-namespace ranges (the second
+	// one on a range refuses to start): 16 slots each from the default base.
+	// The counter is the process's, not the Env's: environments made by
+	// Coordinators share the lab and the host with Start's.
+	cfg.Sandbox.UserNS.Base = uint32(100_000_000 + (agentSeq.Add(1)-1)%256*16*65536)
 	if e.opts.Containerd != "" {
 		cfg.Containerd.Address = e.opts.Containerd
 	}
