@@ -7,63 +7,29 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 )
-
-// fleet remembers what each runner said with its last claim (capacity,
-// registries), in memory: claims repeat every few seconds, so a restarted
-// coordinator knows them again at the runners' next claims. It answers
-// "why is this job still queued" and GET /v1/policy.
-type fleet struct {
-	mu   sync.Mutex
-	seen map[string]claimSeen
-}
-
-type claimSeen struct {
-	capacity   *api.Resources
-	registries []string
-}
-
-func newFleet() *fleet { return &fleet{seen: map[string]claimSeen{}} }
-
-func (f *fleet) claimed(runnerID string, req api.ClaimRequest) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.seen[runnerID] = claimSeen{capacity: req.Capacity, registries: slices.Clone(req.Registries)}
-}
-
-func (f *fleet) get(runnerID string) claimSeen {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.seen[runnerID]
-}
-
-// waiting returns the runners with a claim open now: they have free slots.
-func (d *dispatcher) waiting() map[string]bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := map[string]bool{}
-	for _, w := range d.waiters {
-		out[w.runner.ID] = true
-	}
-	return out
-}
 
 // runnerState is one online runner as the queue sees it.
 type runnerState struct {
 	name    string
 	labels  map[string]string
 	running int
+	// waiting: a claim of the runner is open now, on any coordinator of
+	// the store; it has free slots.
 	waiting bool
-	seen    claimSeen
+	// claim is what the runner said with its last claim (nil: none yet).
+	claim *store.ClaimReport
 }
 
 // onlineRunners are the runners not revoked that claimed within the online
-// window or hold a running job (an agent with every slot busy does not
-// claim).
+// window, have a claim open, or hold a running job (an agent with every
+// slot busy does not claim). What they said with their last claims comes
+// from the store (store.ClaimReport), so every coordinator on it answers
+// "why is this job still queued" and GET /v1/policy the same, whichever
+// coordinator each runner long-polls.
 func (s *Server) onlineRunners(ctx context.Context) ([]runnerState, error) {
 	runners, err := s.store.ListRunners(ctx)
 	if err != nil {
@@ -77,15 +43,15 @@ func (s *Server) onlineRunners(ctx context.Context) ([]runnerState, error) {
 	for _, j := range running {
 		busy[j.RunnerID]++
 	}
-	waiting := s.disp.waiting()
-	since := s.now().Add(-s.cfg.RunnerOnlineWindow)
+	now := s.now()
+	since := now.Add(-s.cfg.RunnerOnlineWindow)
 	var out []runnerState
 	for _, r := range runners {
-		if r.RevokedAt != nil || busy[r.ID] == 0 && !waiting[r.ID] && (r.LastSeen == nil || r.LastSeen.Before(since)) {
+		waiting := r.LastClaim.OpenAt(now)
+		if r.RevokedAt != nil || busy[r.ID] == 0 && !waiting && (r.LastSeen == nil || r.LastSeen.Before(since)) {
 			continue
 		}
-		seen := s.fleet.get(r.ID)
-		out = append(out, runnerState{name: r.Name, labels: r.Labels, running: busy[r.ID], waiting: waiting[r.ID], seen: seen})
+		out = append(out, runnerState{name: r.Name, labels: r.Labels, running: busy[r.ID], waiting: waiting, claim: r.LastClaim})
 	}
 	return out, nil
 }
@@ -108,11 +74,11 @@ func queuedReason(spec api.JobSpec, runners []runnerState) string {
 	var fit []runnerState
 	var over []string
 	for _, r := range labelled {
-		if r.seen.capacity == nil {
+		if r.claim == nil || r.claim.Capacity == nil {
 			fit = append(fit, r)
 			continue
 		}
-		if o := spec.Resources.Over(*r.seen.capacity); len(o) > 0 {
+		if o := spec.Resources.Over(*r.claim.Capacity); len(o) > 0 {
 			over = append(over, r.name+": "+strings.Join(o, ", "))
 			continue
 		}
@@ -167,7 +133,8 @@ func (s *Server) withQueuedReason(ctx context.Context, j api.Job) (api.Job, erro
 }
 
 // handlePolicy answers GET /v1/policy: the union of the registries the
-// online runners reported with their claims.
+// online runners reported with their last claims, on any coordinator of
+// the store.
 func (s *Server) handlePolicy(w http.ResponseWriter, r *http.Request) error {
 	runners, err := s.onlineRunners(r.Context())
 	if err != nil {
@@ -175,7 +142,10 @@ func (s *Server) handlePolicy(w http.ResponseWriter, r *http.Request) error {
 	}
 	p := api.Policy{Registries: []string{}}
 	for _, rs := range runners {
-		for _, reg := range rs.seen.registries {
+		if rs.claim == nil {
+			continue
+		}
+		for _, reg := range rs.claim.Registries {
 			if !slices.Contains(p.Registries, reg) {
 				p.Registries = append(p.Registries, reg)
 			}

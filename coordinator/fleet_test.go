@@ -44,15 +44,7 @@ func TestQueuedJobSaysWhyAndPolicyListsTheRunnersRegistries(t *testing.T) {
 	}
 
 	runner, _ := c.Register("small", map[string]string{"zone": "a"})
-	claim := func() []api.Claim {
-		t.Helper()
-		resp, err := runner.Claim(ctx, api.ClaimRequest{Slots: 1, Wait: api.Duration(100 * time.Millisecond),
-			Capacity: &api.Resources{Memory: 1 << 30}, Registries: []string{"http://registry.test:4873/"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.Claims
-	}
+	claim := func() []api.Claim { t.Helper(); return claimAsSmall(t, runner) }
 	claim()
 	reason(elsewhere, "no runner online has labels zone=b (1 online)")
 	big := submit(map[string]string{"zone": "a"}, 4<<30)
@@ -79,4 +71,16 @@ func TestQueuedJobSaysWhyAndPolicyListsTheRunnersRegistries(t *testing.T) {
 		t.Fatalf("policy after the runner was removed = %+v %v, want none", p, err)
 	}
 	reason(waiting, "no runner is online")
+}
+
+// claimAsSmall claims one slot for 100 ms as runner "small" (1 GiB of
+// memory, one registry) and returns what it got.
+func claimAsSmall(t *testing.T, runner *api.Client) []api.Claim {
+	t.Helper()
+	resp, err := runner.Claim(context.Background(), api.ClaimRequest{Slots: 1, Wait: api.Duration(100 * time.Millisecond),
+		Capacity: &api.Resources{Memory: 1 << 30}, Registries: []string{"http://registry.test:4873/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Claims
 }

@@ -7,12 +7,16 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store/postgres"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store/postgres/pgtest"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store/sqlite"
 )
 
@@ -21,15 +25,89 @@ import (
 // same admin token.
 func startPair(t *testing.T) (a, b *coord) {
 	t.Helper()
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "shared.db"), sqlite.Options{})
-	if err != nil {
-		t.Fatal(err)
+	return startPairOn(t, "sqlite")
+}
+
+// startPairOn runs two coordinators on one store of kind: "sqlite" (one
+// handle shared by both) or "postgres" (a new database on the test server,
+// each coordinator with its own connections, as two processes).
+func startPairOn(t *testing.T, kind string) (a, b *coord) {
+	t.Helper()
+	ctx := context.Background()
+	var open func() store.Store
+	switch kind {
+	case "sqlite":
+		st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "shared.db"), sqlite.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() }) // after both coordinators stopped
+		open = func() store.Store { return st }
+	case "postgres":
+		dsn := pgtest.NewDatabase(t)
+		open = func() store.Store {
+			st, err := postgres.Open(ctx, dsn, postgres.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		}
+	default:
+		t.Fatalf("unknown store kind %q", kind)
 	}
-	t.Cleanup(func() { st.Close() }) // after both coordinators stopped
-	a = startCoord(t, func(cfg *coordinator.Config) { cfg.Store = st })
-	b = startCoord(t, func(cfg *coordinator.Config) { cfg.Store = st; cfg.AdminToken = a.Admin })
+	a = startCoord(t, func(cfg *coordinator.Config) { cfg.Store = open() })
+	b = startCoord(t, func(cfg *coordinator.Config) { cfg.Store = open(); cfg.AdminToken = a.Admin })
 	b.Admin = a.Admin
 	return a, b
+}
+
+// What a runner reports with its claims through coordinator B (capacity,
+// registries; whether its claim is still open) is what coordinator A
+// answers with: GET /v1/policy on A lists the registries (the CLI's
+// lockfile gate), and a queued job's reason on A names the runner.
+func TestRunnerClaimingThroughOneCoordinatorIsKnownToTheOther(t *testing.T) {
+	for _, kind := range []string{"sqlite", "postgres"} {
+		t.Run(kind, func(t *testing.T) {
+			checkGoroutines(t)
+			a, b := startPairOn(t, kind)
+			ctx := context.Background()
+			runner, _ := b.Register("small", nil)
+			claim := func() []api.Claim { t.Helper(); return claimAsSmall(t, runner) }
+			reason := func(j api.Job, want string) {
+				t.Helper()
+				got, err := a.AdminClient().GetJob(ctx, j.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(got.QueuedReason, want) {
+					t.Errorf("queued_reason on A = %q, want %q", got.QueuedReason, want)
+				}
+			}
+			if p, err := a.AdminClient().Policy(ctx); err != nil || len(p.Registries) != 0 {
+				t.Fatalf("policy on A before any claim = %+v %v, want none", p, err)
+			}
+			claim()
+			if p, err := a.AdminClient().Policy(ctx); err != nil || !slices.Equal(p.Registries, []string{"http://registry.test:4873/"}) {
+				t.Fatalf("policy on A = %+v %v, want the registry the runner reported to B", p, err)
+			}
+			spec, src := gitSpec()
+			spec.Resources.Memory = 4 << 30
+			big, err := a.AdminClient().SubmitGit(ctx, spec, src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reason(big, "no runner online has the resources it asks for (small: resources.memory 4GiB > 1GiB)")
+
+			a.Submit(nil)
+			if got := claim(); len(got) != 1 {
+				t.Fatalf("claimed %d jobs through B, want the one that fits", len(got))
+			}
+			// The claim on B ended with a job: A must not count the runner
+			// as waiting until the claim's wait is over.
+			reason(a.Submit(nil), "all 1 runner(s) that can take it are busy (1 job(s) running)")
+		})
+	}
 }
 
 // postSubmit posts a git submit with an idempotency key.

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -45,11 +46,12 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) error {
 	}
 	start := time.Now()
 	p := principalFrom(r.Context())
-	s.fleet.claimed(p.runner.ID, req)
-	if err := s.store.TouchRunner(r.Context(), p.runner.ID, s.now()); err != nil {
+	wait := min(max(req.Wait.D(), 0), s.cfg.MaxClaimWait)
+	now := s.now()
+	report := store.ClaimReport{OpenUntil: now.Add(wait), Capacity: req.Capacity, Registries: req.Registries}
+	if err := s.store.ReportClaim(r.Context(), p.runner.ID, report, now); err != nil {
 		return err
 	}
-	wait := min(max(req.Wait.D(), 0), s.cfg.MaxClaimWait)
 	wt := &waiter{ctx: r.Context(), runner: p.runner, slots: req.Slots, capacity: req.Capacity, ch: make(chan claimResult, 1)}
 	s.disp.add(wt)
 	timer := time.NewTimer(wait)
@@ -64,6 +66,7 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) error {
 	if res.claims == nil && res.err == nil && !s.disp.remove(wt) {
 		res = <-wt.ch // the dispatcher picked us meanwhile
 	}
+	s.closeClaim(r.Context(), p.runner.ID, report.OpenUntil)
 	if res.err != nil {
 		return res.err
 	}
@@ -79,6 +82,23 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) error {
 	s.metrics.claimed(time.Since(start), res.claims, s.now())
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// closeClaim tells the store that a claim open until openUntil ended now,
+// before the response goes out, when it ended early (it got jobs, its
+// caller left, the coordinator stops): otherwise every coordinator would
+// count the runner as waiting with free slots until then. A claim that
+// waited its whole time costs no second write.
+func (s *Server) closeClaim(ctx context.Context, runnerID string, openUntil time.Time) {
+	now := s.now()
+	if !now.Before(openUntil) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.store.CloseClaim(ctx, runnerID, openUntil, now); err != nil {
+		s.log.Warn("closing a claim", "runner", runnerID, "error", err)
+	}
 }
 
 func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {

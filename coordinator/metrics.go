@@ -329,6 +329,16 @@ func (t timedStore) TouchRunner(ctx context.Context, id string, now time.Time) e
 	return t.Store.TouchRunner(ctx, id, now)
 }
 
+func (t timedStore) ReportClaim(ctx context.Context, id string, c store.ClaimReport, now time.Time) error {
+	defer t.time("report_claim")()
+	return t.Store.ReportClaim(ctx, id, c, now)
+}
+
+func (t timedStore) CloseClaim(ctx context.Context, id string, openUntil, now time.Time) error {
+	defer t.time("close_claim")()
+	return t.Store.CloseClaim(ctx, id, openUntil, now)
+}
+
 func (t timedStore) CreateJob(ctx context.Context, j store.Job) error {
 	defer t.time("create_job")()
 	return t.Store.CreateJob(ctx, j)

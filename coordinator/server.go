@@ -123,7 +123,6 @@ type Server struct {
 	log       hclog.Logger
 	hub       *hub
 	disp      *dispatcher
-	fleet     *fleet
 	mux       *http.ServeMux
 	handler   http.Handler // mux, counted and timed
 	metrics   *metrics
@@ -174,7 +173,6 @@ func New(ctx context.Context, cfg Config) (_ *Server, retErr error) {
 		return nil, err
 	}
 	s.disp = newDispatcher(s)
-	s.fleet = newFleet()
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	s.mux = http.NewServeMux()
 	s.routes()

@@ -81,10 +81,10 @@ func checkCompleteRun(ctx context.Context, t *testing.T, e *harness.Env, id stri
 // run, so the residue check can attribute its sandboxes.
 //
 // The HA scenarios run on coordinators of their own, not on the suite's:
-// an agent stays on the coordinator that last answered it, so after a kill
-// the suite's agents would serve one coordinator and the CLI ask the
-// other, and what a coordinator knows from runners' claims (/metrics, the
-// registries behind GET /v1/policy) is its own.
+// a kill would leave the suite's coordinators one short for the scenarios
+// after it, and the suite's agents claim through its second coordinator
+// (AgentsLastFirst) while the kill must hit the one both the agent and the
+// CLI use first.
 func haSet(ctx context.Context, t *testing.T, e *harness.Env, name, server string, addrs []string, leaseTTL time.Duration) (*harness.Env, *harness.Agent) {
 	t.Helper()
 	ha, err := e.Coordinators(ctx, harness.CoordinatorOptions{Name: name + "-", Addrs: addrs, Postgres: server, LeaseTTL: leaseTTL})

@@ -296,7 +296,7 @@ func TestHelloBuildsWithVerifiableProvenance(t *testing.T) {
 		stdout, stderr, code := e.CLI(ctx, append(args, extra...)...)
 		return stdout + stderr, code
 	}
-	if msg, code := verify("--source", j.Source.SHA256, "--builder", e.URL+"/runners/"+a.RunnerID()); code != 0 {
+	if msg, code := verify("--source", j.Source.SHA256, "--builder", e.AgentURLs[0]+"/runners/"+a.RunnerID()); code != 0 {
 		t.Fatalf("verify of the untouched artifacts failed (exit %d): %s", code, msg)
 	}
 

@@ -76,7 +76,34 @@ type Runner struct {
 	api.Runner
 	TokenHash []byte
 	PublicKey []byte
+	// LastClaim is what the runner said with its last claim, on whichever
+	// coordinator it claimed (nil before its first). It is not part of the
+	// record stream (Porter): runners report again with their next claim.
+	LastClaim *ClaimReport
 }
+
+// ClaimReport is what a runner says with each claim, kept with the runner
+// so that every coordinator on the store answers "why is this job still
+// queued" and GET /v1/policy alike, whichever coordinator the runner
+// long-polls.
+type ClaimReport struct {
+	// At is when the claim arrived (set by ReportClaim from its now).
+	At time.Time `json:"-"`
+	// OpenUntil is when the claim's long-poll ends at the latest: until
+	// then the runner waits with free slots. CloseClaim moves it to the
+	// time a claim ended early (it got jobs, or its caller left).
+	OpenUntil time.Time `json:"-"`
+	// Capacity is the resources one job may use on the runner (nil: the
+	// runner did not say). Backends keep Capacity and Registries as the
+	// report's JSON, At and OpenUntil in columns of their own.
+	Capacity *api.Resources `json:"capacity,omitempty"`
+	// Registries are the npm registries the runner's egress policy allows.
+	Registries []string `json:"registries,omitempty"`
+}
+
+// OpenAt reports whether the claim is still waiting at now: the runner has
+// a free slot and takes the next job that fits it.
+func (c *ClaimReport) OpenAt(now time.Time) bool { return c != nil && now.Before(c.OpenUntil) }
 
 // Job is a job with the coordinator-side fields the API does not show.
 type Job struct {
@@ -224,7 +251,16 @@ type Runners interface {
 	// RevokeRunner marks the runner revoked and expires the leases of its
 	// running jobs (at now) so the reaper re-queues them.
 	RevokeRunner(ctx context.Context, id string, now time.Time) (Runner, error)
+	// TouchRunner records that the runner was seen at now.
 	TouchRunner(ctx context.Context, id string, now time.Time) error
+	// ReportClaim records a claim arriving at now: c becomes the runner's
+	// LastClaim (with At = now) and the runner is seen at now, in one
+	// write. An unknown runner is not an error (nothing is written).
+	ReportClaim(ctx context.Context, id string, c ClaimReport, now time.Time) error
+	// CloseClaim ends, at now, the claim ReportClaim recorded as open until
+	// openUntil (it returned before its wait was over); a later claim that
+	// replaced it (another OpenUntil) is left alone.
+	CloseClaim(ctx context.Context, id string, openUntil, now time.Time) error
 }
 
 // JobReader reads jobs.

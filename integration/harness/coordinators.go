@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -36,6 +37,12 @@ type CoordinatorOptions struct {
 	Postgres string
 	// LeaseTTL, if set, is passed as --lease-ttl.
 	LeaseTTL time.Duration
+	// AgentsLastFirst gives the agents the coordinators last first (the
+	// CLI keeps first first): with two, a job submitted through one is
+	// claimed, logged and reported through the other, so every scenario
+	// crosses coordinators. Start's set does this; the HA sets do not, so
+	// that killing their first coordinator hits the agent and the CLI.
+	AgentsLastFirst bool
 }
 
 // Coordinators starts a set of coordinators sharing one store and returns
@@ -113,6 +120,10 @@ func (e *Env) startCoordinators(ctx context.Context, o CoordinatorOptions) error
 		e.URLs = append(e.URLs, "http://"+addr)
 	}
 	e.URL = e.URLs[0]
+	e.AgentURLs = slices.Clone(e.URLs)
+	if o.AgentsLastFirst {
+		slices.Reverse(e.AgentURLs)
+	}
 	for i := range e.CoordinatorProcs {
 		if err := e.waitCoordinator(ctx, i); err != nil {
 			return err

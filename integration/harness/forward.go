@@ -16,10 +16,12 @@ import (
 // own loopback (e.URLs), reachable from the root namespace's loopback: each
 // connection to the returned base URL (http://127.0.0.1:PORT) is relayed
 // to a connection opened inside the lab host namespace, to the first
-// coordinator that accepts one, in e.URLs' order (as a load balancer
-// would skip a dead one). A browser
-// or a scraper on this machine can then use the console and /metrics;
-// nothing listens beyond 127.0.0.1 and no packet leaves loopback.
+// coordinator that accepts one, in the agents' order (e.AgentURLs; as a
+// load balancer would skip a dead one): the coordinator whose /metrics
+// counts the agents' claims and egress events, which are counters of
+// each process. A browser or a scraper on this machine can then use the
+// console and /metrics; nothing listens beyond 127.0.0.1 and no packet
+// leaves loopback.
 //
 // stop closes the listener and every relayed connection and waits for the
 // relay's goroutines; it is idempotent, and Close calls it for every relay
@@ -35,7 +37,7 @@ func (e *Env) Forward() (baseURL string, stop func(), err error) {
 		return "", nil, fmt.Errorf("forwarding the coordinator: %w", err)
 	}
 	var addrs []string
-	for _, u := range e.URLs {
+	for _, u := range e.AgentURLs {
 		addrs = append(addrs, strings.TrimPrefix(u, "http://"))
 	}
 	r := &relay{ln: ln, nsPath: e.Lab.HostNSPath(), addrs: addrs, conns: map[net.Conn]struct{}{}}

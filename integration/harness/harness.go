@@ -7,8 +7,9 @@
 // node image (make test / make demo start one).
 //
 // With Options.Postgres the coordinators are two (CoordinatorAddrs) on a
-// fresh PostgreSQL database, and the CLI and the agents get both URLs;
-// without, one coordinator on SQLite. Coordinators adds another set of
+// fresh PostgreSQL database, and the CLI and the agents get both URLs, in
+// opposite orders (the CLI submits through the first, the agents claim
+// through the second); without, one coordinator on SQLite. Coordinators adds another set of
 // coordinators on a store of their own to a running environment.
 //
 // Every process it starts is recorded by PID and stopped by Close; every
@@ -84,9 +85,13 @@ type Env struct {
 	Registry *registry.Registry
 	Dir      string
 	URL      string   // the first coordinator
-	URLs     []string // every coordinator, as the CLI and agents get them
-	Admin    string   // admin token
-	Store    string   // "sqlite" or "postgres"
+	URLs     []string // every coordinator, as the CLI gets them
+	// AgentURLs are the coordinators as the agents get them (URLs, or
+	// last first: CoordinatorOptions.AgentsLastFirst); the first is in
+	// the provenance they sign and the one Forward relays to.
+	AgentURLs []string
+	Admin     string // admin token
+	Store     string // "sqlite" or "postgres"
 	// CoordinatorProcs are the coordinators' processes, in URLs' order.
 	CoordinatorProcs []*Proc
 	opts             Options
@@ -195,7 +200,7 @@ func Start(ctx context.Context, o Options) (_ *Env, retErr error) {
 	t = time.Now()
 	co := CoordinatorOptions{Addrs: CoordinatorAddrs[:1], LeaseTTL: o.LeaseTTL}
 	if o.Postgres != "" {
-		co.Addrs, co.Postgres = CoordinatorAddrs, o.Postgres
+		co.Addrs, co.Postgres, co.AgentsLastFirst = CoordinatorAddrs, o.Postgres, true
 	}
 	if err := e.startCoordinators(ctx, co); err != nil {
 		return nil, err
@@ -339,7 +344,7 @@ func (e *Env) AddAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 	}
 	adir := filepath.Join(e.Dir, "agent-"+o.Name)
 	cfgPath := filepath.Join(adir, "agent.yaml")
-	args := []string{"agent", "register", "--url", strings.Join(e.URLs, ","), "--token", tok, "--name", o.Name, "--config", cfgPath,
+	args := []string{"agent", "register", "--url", strings.Join(e.AgentURLs, ","), "--token", tok, "--name", o.Name, "--config", cfgPath,
 		"--concurrency", fmt.Sprint(o.Concurrency)}
 	if o.Labels != "" {
 		args = append(args, "--labels", o.Labels)

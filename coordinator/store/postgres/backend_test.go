@@ -16,6 +16,7 @@ import (
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store/postgres/pgtest"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store/storetest"
 )
 
 // Two coordinators starting together on a new database: one applies the
@@ -304,4 +305,29 @@ func openSmallPool(t *testing.T, maxConns int32) *Store {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// A version 1 database's runners migrate with no claim report, until they
+// claim again.
+func TestVersion1RunnersMigrateWithoutAClaimReport(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDatabase(t)
+	pool, err := openPool(ctx, dsn, Options{MaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = store.Migrate(ctx, migrationDB{pool}, migrations[:1], time.Now(), false)
+	if err == nil {
+		_, err = pool.Exec(ctx, `INSERT INTO runners (id, name, token_hash, public_key, created_at, last_seen) VALUES ('r-old', 'old', '\x00', '\x00', 0, 5)`)
+	}
+	pool.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	storetest.RunnerMigratedWithoutClaim(t, s, "r-old", time.Unix(0, 5))
 }

@@ -241,6 +241,8 @@ var migrations = []store.Migration{
 		blob_id BIGINT NOT NULL, n INTEGER NOT NULL, data BYTEA NOT NULL,
 		PRIMARY KEY (blob_id, n));
 	ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;`},
+	{Version: 2, Note: "runners keep what they reported with their last claim", SQL: `
+	ALTER TABLE runners ADD COLUMN claim_at BIGINT, ADD COLUMN claim_open_until BIGINT, ADD COLUMN claim_report TEXT;`},
 }
 
 // SchemaVersion is the version this build migrates to.

@@ -149,6 +149,36 @@ func (s *Store) RegisterRunner(ctx context.Context, regID string, regHash []byte
 
 const runnerCols = `id, name, token_hash, public_key, labels, concurrency, created_at, last_seen, revoked_at`
 
+// runnerReadCols are runnerCols (what the record stream keeps) and the
+// runner's last claim report.
+const runnerReadCols = runnerCols + `, claim_at, claim_open_until, claim_report`
+
+// scanFunc makes a function a pgx.Row.
+type scanFunc func(dest ...any) error
+
+func (f scanFunc) Scan(dest ...any) error { return f(dest...) }
+
+// scanRunnerClaim scans runnerReadCols.
+func scanRunnerClaim(row pgx.Row) (store.Runner, error) {
+	var at, until *int64
+	var report *string
+	r, err := scanRunner(scanFunc(func(dest ...any) error { return row.Scan(append(dest, &at, &until, &report)...) }))
+	if err != nil || at == nil {
+		return r, err
+	}
+	c := &store.ClaimReport{At: time.Unix(0, *at).UTC()}
+	if until != nil {
+		c.OpenUntil = time.Unix(0, *until).UTC()
+	}
+	if report != nil {
+		if err := json.Unmarshal([]byte(*report), c); err != nil {
+			return r, fmt.Errorf("decoding runner %s's claim report: %w", r.ID, err)
+		}
+	}
+	r.LastClaim = c
+	return r, nil
+}
+
 func scanRunner(row pgx.Row) (store.Runner, error) {
 	var r store.Runner
 	var labels string
@@ -167,7 +197,7 @@ func scanRunner(row pgx.Row) (store.Runner, error) {
 }
 
 func (s *Store) runnerWhere(ctx context.Context, where string, arg string) (store.Runner, error) {
-	r, err := scanRunner(s.pool.QueryRow(ctx, `SELECT `+runnerCols+` FROM runners WHERE `+where, text(arg)))
+	r, err := scanRunnerClaim(s.pool.QueryRow(ctx, `SELECT `+runnerReadCols+` FROM runners WHERE `+where, text(arg)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return r, fmt.Errorf("looking up runner %v: %w", arg, store.ErrNotFound)
 	}
@@ -190,11 +220,11 @@ func (s *Store) RunnerByName(ctx context.Context, name string) (store.Runner, er
 
 // ListRunners lists all runners, oldest first.
 func (s *Store) ListRunners(ctx context.Context) ([]store.Runner, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+runnerCols+` FROM runners ORDER BY created_at`)
+	rows, err := s.pool.Query(ctx, `SELECT `+runnerReadCols+` FROM runners ORDER BY created_at`)
 	if err != nil {
 		return nil, fmt.Errorf("listing runners: %w", err)
 	}
-	out, err := collect(rows, scanRunner)
+	out, err := collect(rows, scanRunnerClaim)
 	if err != nil {
 		return nil, fmt.Errorf("listing runners: %w", err)
 	}
@@ -234,6 +264,26 @@ func (s *Store) RevokeRunner(ctx context.Context, id string, now time.Time) (sto
 func (s *Store) TouchRunner(ctx context.Context, id string, now time.Time) error {
 	if _, err := s.pool.Exec(ctx, `UPDATE runners SET last_seen = $1 WHERE id = $2`, nanos(now), text(id)); err != nil {
 		return fmt.Errorf("touching runner %s: %w", id, err)
+	}
+	return nil
+}
+
+// ReportClaim records a claim's report and that the runner was seen.
+func (s *Store) ReportClaim(ctx context.Context, id string, c store.ClaimReport, now time.Time) error {
+	_, err := s.pool.Exec(ctx, `UPDATE runners SET last_seen = $1, claim_at = $1, claim_open_until = $2, claim_report = $3 WHERE id = $4`,
+		nanos(now), nanos(c.OpenUntil), mustJSON(c), text(id))
+	if err != nil {
+		return fmt.Errorf("recording runner %s's claim: %w", id, err)
+	}
+	return nil
+}
+
+// CloseClaim ends the claim open until openUntil, if it is still the last.
+func (s *Store) CloseClaim(ctx context.Context, id string, openUntil, now time.Time) error {
+	_, err := s.pool.Exec(ctx, `UPDATE runners SET claim_open_until = LEAST($1, claim_open_until) WHERE id = $2 AND claim_open_until = $3`,
+		nanos(now), text(id), nanos(openUntil))
+	if err != nil {
+		return fmt.Errorf("closing runner %s's claim: %w", id, err)
 	}
 	return nil
 }

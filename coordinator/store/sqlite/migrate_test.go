@@ -10,6 +10,7 @@ import (
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/coordinator/store"
+	"github.com/cleanroom-ci/cleanroom/coordinator/store/storetest"
 )
 
 // oldDatabase writes a database at schema version, as that build left it,
@@ -143,4 +144,18 @@ func TestVersion3TokensAndJobsMigrateWithoutTeamAndKeepNewOnes(t *testing.T) {
 	if j, err := s.Job(ctx, "j-web"); err != nil || j.Team != "web" {
 		t.Fatalf("new job: %+v %v", j, err)
 	}
+}
+
+// A version 6 database's runners migrate with no claim report, until they
+// claim again.
+func TestVersion6RunnersMigrateWithoutAClaimReport(t *testing.T) {
+	ctx := context.Background()
+	path := oldDatabase(t, 6,
+		`INSERT INTO runners (id, name, token_hash, public_key, created_at, last_seen) VALUES ('r-old', 'old', x'00', x'00', 0, 5)`)
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	storetest.RunnerMigratedWithoutClaim(t, s, "r-old", time.Unix(0, 5))
 }

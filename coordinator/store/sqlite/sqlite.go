@@ -97,6 +97,26 @@ func openDB(path string) (*sql.DB, error) {
 	return db, nil
 }
 
+// ReportClaim records a claim's report and that the runner was seen.
+func (s *Store) ReportClaim(ctx context.Context, id string, c store.ClaimReport, now time.Time) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE runners SET last_seen = ?, claim_at = ?, claim_open_until = ?, claim_report = ? WHERE id = ?`,
+		nanos(now), nanos(now), nanos(c.OpenUntil), mustJSON(c), id)
+	if err != nil {
+		return fmt.Errorf("recording runner %s's claim: %w", id, err)
+	}
+	return nil
+}
+
+// CloseClaim ends the claim open until openUntil, if it is still the last.
+func (s *Store) CloseClaim(ctx context.Context, id string, openUntil, now time.Time) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE runners SET claim_open_until = MIN(?, claim_open_until) WHERE id = ? AND claim_open_until = ?`,
+		nanos(now), id, nanos(openUntil))
+	if err != nil {
+		return fmt.Errorf("closing runner %s's claim: %w", id, err)
+	}
+	return nil
+}
+
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
 
@@ -180,6 +200,11 @@ var migrations = []store.Migration{
 	// 6: a finished job records the failure class its agent reported
 	// (api.ClassBuild...). Older jobs have none.
 	{Version: 6, Note: "jobs record their failure class", SQL: `ALTER TABLE jobs ADD COLUMN failure_class TEXT NOT NULL DEFAULT '';`},
+	// 7: what a runner said with its last claim (capacity, registries) and
+	// until when that claim waits, shared by the coordinators on the store.
+	{Version: 7, Note: "runners keep what they reported with their last claim", SQL: `ALTER TABLE runners ADD COLUMN claim_at INTEGER;
+	ALTER TABLE runners ADD COLUMN claim_open_until INTEGER;
+	ALTER TABLE runners ADD COLUMN claim_report TEXT;`},
 }
 
 // SchemaVersion is the version this build migrates to.
@@ -460,7 +485,34 @@ func (s *Store) RegisterRunner(ctx context.Context, regID string, regHash []byte
 
 const runnerCols = `id, name, token_hash, public_key, labels, concurrency, created_at, last_seen, revoked_at`
 
+// runnerReadCols are runnerCols (what the record stream keeps) and the
+// runner's last claim report.
+const runnerReadCols = runnerCols + `, claim_at, claim_open_until, claim_report`
+
 type scanner interface{ Scan(dest ...any) error }
+
+// scanFunc makes a function a scanner.
+type scanFunc func(dest ...any) error
+
+func (f scanFunc) Scan(dest ...any) error { return f(dest...) }
+
+// scanRunnerClaim scans runnerReadCols.
+func scanRunnerClaim(sc scanner) (store.Runner, error) {
+	var at, until sql.NullInt64
+	var report sql.NullString
+	r, err := scanRunner(scanFunc(func(dest ...any) error { return sc.Scan(append(dest, &at, &until, &report)...) }))
+	if err != nil || !at.Valid {
+		return r, err
+	}
+	c := &store.ClaimReport{At: time.Unix(0, at.Int64).UTC(), OpenUntil: time.Unix(0, until.Int64).UTC()}
+	if report.Valid {
+		if err := json.Unmarshal([]byte(report.String), c); err != nil {
+			return r, fmt.Errorf("decoding runner %s's claim report: %w", r.ID, err)
+		}
+	}
+	r.LastClaim = c
+	return r, nil
+}
 
 func scanRunner(sc scanner) (store.Runner, error) {
 	var r store.Runner
@@ -480,7 +532,7 @@ func scanRunner(sc scanner) (store.Runner, error) {
 }
 
 func (s *Store) runnerWhere(ctx context.Context, where string, arg any) (store.Runner, error) {
-	r, err := scanRunner(s.db.QueryRowContext(ctx, `SELECT `+runnerCols+` FROM runners WHERE `+where, arg))
+	r, err := scanRunnerClaim(s.db.QueryRowContext(ctx, `SELECT `+runnerReadCols+` FROM runners WHERE `+where, arg))
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, fmt.Errorf("looking up runner %v: %w", arg, store.ErrNotFound)
 	}
@@ -503,14 +555,14 @@ func (s *Store) RunnerByName(ctx context.Context, name string) (store.Runner, er
 
 // ListRunners lists all runners, oldest first.
 func (s *Store) ListRunners(ctx context.Context) ([]store.Runner, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+runnerCols+` FROM runners ORDER BY created_at`)
+	rows, err := s.db.QueryContext(ctx, `SELECT `+runnerReadCols+` FROM runners ORDER BY created_at`)
 	if err != nil {
 		return nil, fmt.Errorf("listing runners: %w", err)
 	}
 	defer rows.Close()
 	var out []store.Runner
 	for rows.Next() {
-		r, err := scanRunner(rows)
+		r, err := scanRunnerClaim(rows)
 		if err != nil {
 			return nil, fmt.Errorf("listing runners: %w", err)
 		}

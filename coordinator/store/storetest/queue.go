@@ -125,6 +125,88 @@ func testRunners(t *testing.T, s store.Store) {
 	}
 }
 
+// What a runner reports with a claim is kept with the runner (every
+// coordinator reads it): the last claim replaces the one before, and
+// closing a claim ends only that claim, never later or extended.
+func testClaimReports(t *testing.T, s store.Store) {
+	two := 2
+	must(t, s.CreateToken(ctx, store.Token{ID: "reg", Kind: api.TokenRegistration, Hash: secret, CreatedAt: T0, UsesLeft: &two}))
+	must(t, register(t, s, "r-1", "one", T0))
+	must(t, register(t, s, "r-2", "two", T0))
+	last := func(id string) *store.ClaimReport {
+		t.Helper()
+		r, err := s.Runner(ctx, id)
+		must(t, err)
+		return r.LastClaim
+	}
+	if c := last("r-1"); c != nil || c.OpenAt(T0) {
+		t.Fatalf("claim report before any claim: %+v", c)
+	}
+	first := store.ClaimReport{OpenUntil: at(time.Minute + 30*time.Second), Capacity: &api.Resources{CPUs: 2, Memory: 1 << 30},
+		Registries: []string{"https://registry.npmjs.org/", "http://registry.test:4873/"}}
+	must(t, s.ReportClaim(ctx, "r-1", first, at(time.Minute)))
+	r, err := s.RunnerByName(ctx, "one")
+	must(t, err)
+	c := r.LastClaim
+	if c == nil || !c.At.Equal(at(time.Minute)) || !c.OpenUntil.Equal(first.OpenUntil) || c.Capacity == nil || *c.Capacity != *first.Capacity ||
+		!slices.Equal(c.Registries, first.Registries) {
+		t.Fatalf("claim report = %+v, want %+v at %s", c, first, at(time.Minute))
+	}
+	if r.LastSeen == nil || !r.LastSeen.Equal(at(time.Minute)) {
+		t.Errorf("a claim did not mark the runner seen: %v", r.LastSeen)
+	}
+	if !c.OpenAt(at(time.Minute+29*time.Second)) || c.OpenAt(first.OpenUntil) {
+		t.Errorf("claim open until %s: open at +29s %v, at its end %v", c.OpenUntil, c.OpenAt(at(time.Minute+29*time.Second)), c.OpenAt(first.OpenUntil))
+	}
+	list, err := s.ListRunners(ctx)
+	must(t, err)
+	for _, r := range list {
+		if (r.ID == "r-1") != (r.LastClaim != nil) {
+			t.Errorf("listed runner %s with claim report %+v", r.ID, r.LastClaim)
+		}
+	}
+
+	second := store.ClaimReport{OpenUntil: at(2*time.Minute + 30*time.Second), Registries: []string{"http://other.test/"}}
+	must(t, s.ReportClaim(ctx, "r-1", second, at(2*time.Minute)))
+	must(t, s.CloseClaim(ctx, "r-1", first.OpenUntil, at(2*time.Minute+time.Second)))
+	if c := last("r-1"); !c.At.Equal(at(2*time.Minute)) || c.Capacity != nil || !slices.Equal(c.Registries, second.Registries) ||
+		!c.OpenAt(at(2*time.Minute+5*time.Second)) {
+		t.Fatalf("after a second claim and closing the first: %+v, want the second, open", c)
+	}
+	must(t, s.CloseClaim(ctx, "r-1", second.OpenUntil, at(2*time.Minute+5*time.Second)))
+	if c := last("r-1"); c.OpenAt(at(2*time.Minute+5*time.Second)) || !c.OpenUntil.Equal(at(2*time.Minute+5*time.Second)) ||
+		!slices.Equal(c.Registries, second.Registries) {
+		t.Fatalf("after closing the second claim: %+v, want closed at +5s with its report kept", c)
+	}
+
+	third := store.ClaimReport{OpenUntil: at(3*time.Minute + time.Second)}
+	must(t, s.ReportClaim(ctx, "r-1", third, at(3*time.Minute)))
+	must(t, s.CloseClaim(ctx, "r-1", third.OpenUntil, at(3*time.Minute+10*time.Second)))
+	if c := last("r-1"); !c.OpenUntil.Equal(third.OpenUntil) {
+		t.Errorf("closing a claim after its end moved it to %s, want %s", c.OpenUntil, third.OpenUntil)
+	}
+	must(t, s.ReportClaim(ctx, "r-9", first, T0))
+	if c := last("r-2"); c != nil {
+		t.Errorf("runner two never claimed, has %+v", c)
+	}
+}
+
+// RunnerMigratedWithoutClaim checks, for a backend's migration test, runner
+// id of a database written before claim reports: it reads as before (last
+// seen at lastSeen) with no claim report, and its next claim is reported.
+func RunnerMigratedWithoutClaim(t *testing.T, s store.Store, id string, lastSeen time.Time) {
+	t.Helper()
+	r, err := s.Runner(ctx, id)
+	if err != nil || r.LastClaim != nil || r.LastSeen == nil || !r.LastSeen.Equal(lastSeen) {
+		t.Fatalf("runner %s after migration: %+v %v", id, r, err)
+	}
+	now := lastSeen.Add(time.Minute)
+	must(t, s.ReportClaim(ctx, id, store.ClaimReport{OpenUntil: now.Add(time.Second)}, now))
+	if r, err = s.Runner(ctx, id); err != nil || !r.LastClaim.OpenAt(now) {
+		t.Fatalf("runner %s after a claim: %+v %v", id, r.LastClaim, err)
+	}
+}
+
 func testClaimMatches(t *testing.T, s store.Store) {
 	arm := newJob("j-arm")
 	arm.Spec.Labels = map[string]string{"arch": "arm64"}

@@ -56,6 +56,7 @@ func RunBackend(t *testing.T, b Backend) {
 		{"ReadyUntilClosed", testReadyUntilClosed},
 		{"Tokens", testTokens},
 		{"Runners", testRunners},
+		{"ClaimReportsAreTheRunnersLastClaim", testClaimReports},
 		{"CreateJobRefusesATakenIDEvenConcurrently", testCreateJobExists},
 		{"ClaimMatchesLabelsAndCapacityOldestFirst", testClaimMatches},
 		{"ClaimIsAtomicUnderConcurrentClaimers", testClaimAtomic},
