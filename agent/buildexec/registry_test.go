@@ -1,7 +1,10 @@
 package buildexec
 
 import (
+	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -148,5 +151,36 @@ func TestGatewayEntriesAreTheLockfilesRegistryTarballs(t *testing.T) {
 	want := []string{"a@1.0.0 sha512-x", "b@2.0.0 sha1-y", "c@3.0.0 sha512-z"}
 	if !slices.Equal(got, want) {
 		t.Errorf("entries = %v, want %v", got, want)
+	}
+}
+
+// The gateway's events land in the agent's local audit log with the
+// network's (DATA_DIR/egress.jsonl); a log that cannot be opened fails the
+// job before anything exists.
+func TestGatewayEventsLandInTheLocalAuditLog(t *testing.T) {
+	dataDir := t.TempDir()
+	ev := api.EgressEvent{Job: "j-1", Proto: "http", Method: "PUT", Path: "/-/user/org.couchdb.user:x", Status: 403, Verdict: api.VerdictDeny, Rule: gateway.RuleRegistryWrite}
+	w := &world{gwEvent: &ev}
+	res, log := run(t, newFakeExecutor(t, w, func(c *Config) { c.DataDir = dataDir }), w, api.JobSpec{})
+	if res.State != api.StateSucceeded {
+		t.Fatalf("result = %+v\n%s", res, log)
+	}
+	b, err := os.ReadFile(filepath.Join(dataDir, "egress.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got api.EgressEvent
+	if err := json.Unmarshal(b, &got); err != nil || got.Method != "PUT" || got.Rule != gateway.RuleRegistryWrite || got.Status != 403 {
+		t.Errorf("egress.jsonl = %q (%v), want the gateway's event", b, err)
+	}
+
+	dataDir = t.TempDir()
+	if err := os.Mkdir(filepath.Join(dataDir, "egress.jsonl"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	w = &world{gwEvent: &ev}
+	res, log = run(t, newFakeExecutor(t, w, func(c *Config) { c.DataDir = dataDir }), w, api.JobSpec{})
+	if res.State != api.StateFailed || !strings.Contains(res.Reason, "registry gateway events cannot be audited") || w.has("network setup") || w.has("sandbox create") {
+		t.Errorf("result = %+v, calls %v, want failed before any network or sandbox\n%s", res, w.log(), log)
 	}
 }
