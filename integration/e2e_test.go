@@ -288,9 +288,11 @@ func TestHelloBuildsWithVerifiableProvenance(t *testing.T) {
 	}
 }
 
-// A dependency's postinstall tries every exfiltration channel: each attempt
-// is denied and audited under the right job, nothing reaches the forbidden
-// host, and no secret — deploy secret, runner token, or the granted build
+// A dependency's postinstall tries every exfiltration channel, the
+// registry's included: each attempt is denied and audited under the right
+// job (the only allowed traffic is the job's registry gateway, which
+// refuses every registry request but the lockfile's tarballs), nothing
+// reaches the forbidden host or the registry itself, and no secret — deploy secret, runner token, or the granted build
 // secret in any encoding — appears in the log or the audit trail. The
 // coordinator's /metrics, scraped before and after, counts the job and
 // every denied attempt by rule, with no job or runner id in any label.
