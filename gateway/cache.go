@@ -40,6 +40,10 @@ type Cache struct {
 	entries map[string]*cacheEntry // by sha512 hex
 	size    int64
 	flights map[string]*flight
+	// opened is what OpenCache removed (partials, evictions to the cap):
+	// the first GC reports it, so `cleanroom gc`, which opens the cache to
+	// collect it, says what it removed.
+	opened GCReport
 }
 
 type cacheEntry struct {
@@ -65,10 +69,12 @@ func OpenCache(dir string, maxBytes int64) (*Cache, error) {
 		}
 	}
 	c := &Cache{dir: dir, maxBytes: maxBytes, heldCap: maxHeldTotal, entries: map[string]*cacheEntry{}, flights: map[string]*flight{}}
-	if _, _, err := c.removePartials(); err != nil {
+	n, b, err := c.removePartials()
+	if err != nil {
 		return nil, err
 	}
-	err := filepath.WalkDir(filepath.Join(dir, "sha512"), func(p string, d fs.DirEntry, err error) error {
+	c.opened.Removed, c.opened.Bytes = n, b
+	err = filepath.WalkDir(filepath.Join(dir, "sha512"), func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -88,7 +94,9 @@ func OpenCache(dir string, maxBytes int64) (*Cache, error) {
 		return nil, fmt.Errorf("reading gateway cache: %w", err)
 	}
 	c.mu.Lock()
-	c.evictLocked()
+	rn, rb := c.evictLocked()
+	c.opened.Removed += rn
+	c.opened.Bytes += rb
 	c.mu.Unlock()
 	return c, nil
 }
@@ -428,7 +436,8 @@ func (c *Cache) GC(ctx context.Context) (GCReport, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	rn, rb := c.evictLocked()
-	r := GCReport{Removed: n + rn, Bytes: b + rb, Size: c.size}
+	r := GCReport{Removed: c.opened.Removed + n + rn, Bytes: c.opened.Bytes + b + rb, Size: c.size}
+	c.opened = GCReport{}
 	for _, e := range c.entries {
 		if !e.used.IsZero() {
 			r.Kept++

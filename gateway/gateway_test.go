@@ -313,20 +313,7 @@ func TestGCRemovesPartialsAndEvictsToCap(t *testing.T) {
 	if err := os.Chtimes(old, long, long); err != nil {
 		t.Fatal(err)
 	}
-	var sums [][]byte
-	for i := range 3 {
-		data := randomBytes(t, 100)
-		d, _ := parseIntegrity(sri512(data))
-		f, _ := c.tempFile()
-		f.Write(data)
-		f.Close()
-		if err := c.commit(f.Name(), hexKey(d.sum), 100); err != nil {
-			t.Fatal(err)
-		}
-		sums = append(sums, d.sum)
-		_ = i
-		time.Sleep(2 * time.Millisecond)
-	}
+	sums := commitRandom(t, c, 3, 100)
 	c.maxBytes = 150
 	r, err := c.GC(context.Background())
 	if err != nil {
@@ -684,4 +671,49 @@ func TestPrefetchReportsProgress(t *testing.T) {
 	if len(calls) != 4 || calls[3] != 4 || g.cache.Size() != 200 {
 		t.Errorf("progress %v, cache %d bytes", calls, g.cache.Size())
 	}
+}
+
+// `cleanroom gc` opens the cache to collect it: what the opening already
+// evicted down to the cap (and the partials it removed) is in GC's report.
+func TestCacheGCReportsWhatOpeningRemoved(t *testing.T) {
+	dir := t.TempDir()
+	c, err := OpenCache(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitRandom(t, c, 3, 100)
+	c, err = OpenCache(dir, 150)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.GC(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Removed != 2 || r.Bytes != 200 || r.Kept != 1 || r.Size != 100 {
+		t.Errorf("GC report %+v, want 2 removed (evicted when opened), 200 bytes, 1 kept", r)
+	}
+	if r, _ := c.GC(context.Background()); r.Removed != 0 {
+		t.Errorf("a second GC reports %+v, want nothing removed", r)
+	}
+}
+
+// commitRandom stores n random tarballs of size bytes in c, each used a
+// little later than the one before, and returns their sha512s in order.
+func commitRandom(t *testing.T, c *Cache, n, size int) [][]byte {
+	t.Helper()
+	var sums [][]byte
+	for range n {
+		data := randomBytes(t, size)
+		d, _ := parseIntegrity(sri512(data))
+		f, _ := c.tempFile()
+		f.Write(data)
+		f.Close()
+		if err := c.commit(f.Name(), hexKey(d.sum), int64(size)); err != nil {
+			t.Fatal(err)
+		}
+		sums = append(sums, d.sum)
+		time.Sleep(2 * time.Millisecond)
+	}
+	return sums
 }

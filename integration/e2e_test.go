@@ -319,9 +319,11 @@ func TestHelloBuildsWithVerifiableProvenance(t *testing.T) {
 	}
 }
 
-// A dependency's postinstall tries every exfiltration channel: each attempt
-// is denied and audited under the right job, nothing reaches the forbidden
-// host, and no secret — deploy secret, runner token, or the granted build
+// A dependency's postinstall tries every exfiltration channel, the
+// registry's included: each attempt is denied and audited under the right
+// job (the only allowed traffic is the job's registry gateway, which
+// refuses every registry request but the lockfile's tarballs), nothing
+// reaches the forbidden host or the registry itself, and no secret — deploy secret, runner token, or the granted build
 // secret in any encoding — appears in the log or the audit trail. The
 // coordinator's /metrics, scraped before and after, counts the job and
 // every denied attempt by rule, with no job or runner id in any label.
@@ -353,8 +355,8 @@ func TestEvilPostinstallIsContainedAndAudited(t *testing.T) {
 		if ev.Job != id || ev.Runner != a.RunnerID() || !strings.HasPrefix(ev.Sandbox, "cr-"+id+"-") {
 			t.Errorf("event attributed to job %q runner %q sandbox %q, want %s, %s, cr-%s-<attempt>: %+v", ev.Job, ev.Runner, ev.Sandbox, id, a.RunnerID(), id, ev)
 		}
-		if ev.Verdict == api.VerdictAllow && !registryFlow(ev) {
-			t.Errorf("allowed egress to something other than the internal registry: %+v", ev)
+		if ev.Verdict == api.VerdictAllow && !gatewayFlow(ev) {
+			t.Errorf("allowed egress to something other than the job's registry gateway: %+v", ev)
 		}
 	}
 	wants := []struct {
@@ -372,7 +374,12 @@ func TestEvilPostinstallIsContainedAndAudited(t *testing.T) {
 			return dst("tcp", "169.254.169.254:80")(ev) && ev.Rule == "metadata-deny"
 		}},
 		{"tcp [fd00:bad::2]:443", dst("tcp", "[fd00:bad::2]:443")},
-		{"tcp 10.231.254.2:22 (registry host, wrong port)", dst("tcp", "10.231.254.2:22")},
+		// The registry itself: its name is no longer answered, its
+		// address no longer reachable (only the gateway is).
+		{"dns query for the registry's name", func(ev api.EgressEvent) bool {
+			return ev.Proto == "dns" && strings.TrimSuffix(ev.Domain, ".") == lab.RegistryName
+		}},
+		{"tcp 10.231.254.2:4873 (the registry by address)", dst("tcp", fmt.Sprintf("%s:%d", lab.RegistryIP, lab.RegistryPort))},
 		{"icmp 10.231.253.2", func(ev api.EgressEvent) bool {
 			return ev.Proto == "icmp" && strings.TrimSuffix(ev.Dst, ":0") == "10.231.253.2"
 		}},
@@ -391,6 +398,30 @@ func TestEvilPostinstallIsContainedAndAudited(t *testing.T) {
 	}
 	if p := e.Lab.ForbiddenPackets()[fbd:]; len(p) > 0 {
 		t.Errorf("the forbidden host received %d packet(s): %v", len(p), p)
+	}
+	// The registry channel, tried on the registry the malware found in its
+	// environment and npmrc (the job's gateway): each request refused with
+	// a 403 naming the rule, in the log and as an audited http event; the
+	// npmrc held no credential.
+	for _, r := range []struct{ log, method, path, rule string }{
+		{"registry adduser: PUT /-/user/org.couchdb.user:telemetry-", "PUT", "/-/user/org.couchdb.user:telemetry-", "registry-write"},
+		{"registry publish: PUT /@cleanroom-demo%2ftelemetry-helper", "PUT", "/@cleanroom-demo/telemetry-helper", "registry-write"},
+		{"registry search: GET /-/v1/search?text=", "GET", "/-/v1/search", "registry-api"},
+		{"registry tarball not in the lockfile: GET /typescript/-/typescript-5.6.3.tgz", "GET", "/typescript/-/typescript-5.6.3.tgz", "not-in-lockfile"},
+		{"registry packument of another name: GET /typescript", "GET", "/typescript", "not-in-lockfile"},
+	} {
+		if !logLineWith(log, "[telemetry-helper] "+r.log, "refused: HTTP 403 (rule "+r.rule+")") {
+			t.Errorf("the log does not show %q refused with a 403 naming rule %s; log:\n%s", r.log, r.rule, log)
+		}
+		if !slices.ContainsFunc(events, func(ev api.EgressEvent) bool {
+			return ev.Proto == "http" && ev.Verdict == api.VerdictDeny && ev.Status == 403 && ev.Rule == r.rule &&
+				ev.Method == r.method && (ev.Path == r.path || strings.HasPrefix(ev.Path, r.path) && r.path != "/typescript")
+		}) {
+			t.Errorf("no denied http event %s %s… with rule %s in `egress --job %s --json`:\n%s", r.method, r.path, r.rule, id, rawEvents)
+		}
+	}
+	if !strings.Contains(log, "[telemetry-helper] registry: /run/cleanroom/npmrc names http://") || !strings.Contains(log, ", 0 credential line(s)") {
+		t.Errorf("the log does not show the malware reading an npmrc that names the gateway and holds no credential; log:\n%s", log)
 	}
 	checkMetricsMoved(t, before, metricsURL, events, id, a.RunnerID())
 

@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"gopkg.in/yaml.v3"
 
+	"github.com/cleanroom-ci/cleanroom/agent"
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/integration/harness"
 	"github.com/cleanroom-ci/cleanroom/internal/lab"
@@ -334,13 +335,26 @@ func netnsList() string {
 	return strings.TrimSpace(string(out))
 }
 
-// registryFlow reports whether an allowed event is one the policy allows:
-// the internal registry's address and port, or a DNS answer for its name.
-func registryFlow(ev api.EgressEvent) bool {
-	if ev.Proto == "dns" {
-		return strings.TrimSuffix(ev.Domain, ".") == lab.RegistryName
+// gatewayFlow reports whether an allowed event is one the policy allows:
+// the job's registry gateway, as a request it served (proto http) or as
+// the sandbox's connection to it (the host end of the job's veth at the
+// gateway's port). The registry itself is never a sandbox's destination.
+func gatewayFlow(ev api.EgressEvent) bool {
+	if ev.Proto == "http" {
+		return true
 	}
-	return ev.Dst == net.JoinHostPort(lab.RegistryIP.String(), fmt.Sprint(lab.RegistryPort))
+	host, port, ok := splitDst(ev.Dst)
+	return ok && ev.Proto == "tcp" && ev.Rule == "allow-registry" && port == agent.DefaultGatewayPort && host != lab.RegistryIP.String()
+}
+
+// logLineWith reports whether one line of log holds a, then b after it.
+func logLineWith(log, a, b string) bool {
+	for _, l := range strings.Split(log, "\n") {
+		if i := strings.Index(l, a); i >= 0 && strings.Contains(l[i+len(a):], b) {
+			return true
+		}
+	}
+	return false
 }
 
 func dst(proto, addr string) func(api.EgressEvent) bool {

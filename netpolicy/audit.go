@@ -6,11 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,13 +77,9 @@ const (
 // reports the first failure of the audit itself (a reader or responder that
 // exits, a write to the log that fails) on auditFailed.
 //
-// fsync policy: each event is one write(2) on an O_APPEND descriptor, so
-// lines from several sandboxes sharing a file never interleave; the file is
-// fsynced when the sandbox closes (not per event, which would cost a disk
-// flush per DNS query). A host crash can lose the tail of a running job's
-// events, never corrupt earlier lines. After a failed write the file gets
-// no more lines (a short write may have left half a line): the failure is
-// reported once and Close returns it.
+// The log is an AuditFile (one write(2) per line, fsynced at Close, nothing
+// written after a failed write): the failure is reported once and Close
+// returns it.
 type sink struct {
 	runner, job, sandbox string
 	redact               func(string) string
@@ -95,8 +89,7 @@ type sink struct {
 	auditFailed          chan error
 
 	mu       sync.Mutex
-	file     *os.File
-	writeErr error // the first failed write to file; nothing is written after it
+	file     *AuditFile
 	closed   bool
 	stopping bool // Close has begun: readers stop on purpose, nothing is a failure
 	failed   bool // a failure has been reported
@@ -114,9 +107,9 @@ func newSink(cfg Config, sandbox string) (*sink, error) {
 		names:       map[string]string{},
 	}
 	if cfg.AuditLog != "" {
-		f, err := os.OpenFile(cfg.AuditLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		f, err := OpenAuditFile(cfg.AuditLog)
 		if err != nil {
-			return nil, fmt.Errorf("opening audit log: %w", err)
+			return nil, err
 		}
 		s.file = f
 	}
@@ -143,15 +136,8 @@ func (s *sink) emit(e Event) {
 		}
 	}
 	var werr error
-	if s.file != nil && s.writeErr == nil {
-		b, err := json.Marshal(e)
-		if err == nil {
-			_, err = s.file.Write(append(b, '\n'))
-		}
-		if err != nil {
-			s.writeErr = fmt.Errorf("writing %s: %w", s.file.Name(), err)
-			werr = s.writeErr
-		}
+	if s.file != nil {
+		werr = s.file.Append(e)
 	}
 	s.mu.Unlock()
 	if s.onEvent != nil {
@@ -206,11 +192,7 @@ func (s *sink) close() error {
 	if s.file == nil {
 		return nil
 	}
-	err := errors.Join(s.writeErr, s.file.Sync(), s.file.Close())
-	if err != nil {
-		return fmt.Errorf("closing audit log: %w", err)
-	}
-	return nil
+	return s.file.Close()
 }
 
 // decodePacket turns an IPv4/IPv6 packet (as NFLOG copies it) into proto,

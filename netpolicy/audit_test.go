@@ -131,12 +131,12 @@ func TestAuditLogStopsAfterAFailedWrite(t *testing.T) {
 	s, evs := testSink(t, Config{AuditLog: path})
 	good := Event{Proto: "udp", Src: "a", Dst: "b", Verdict: VerdictDeny, Rule: RuleDefaultDeny}
 	s.emit(good)
-	f := s.file
-	s.file, _ = os.Open(path) // read-only descriptor: writes fail with EBADF
+	f := s.file.f
+	s.file.f, _ = os.Open(path) // read-only descriptor: writes fail with EBADF
 	s.emit(good)
 	awaitFailure(t, s, evs, componentAuditLog)
-	s.file.Close()
-	s.file = f
+	s.file.f.Close()
+	s.file.f = f
 	s.emit(good)
 	if err := s.close(); !errors.Is(err, syscall.EBADF) {
 		t.Errorf("close = %v, want the write error", err)

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/cleanroom-ci/cleanroom/api"
 	"github.com/cleanroom-ci/cleanroom/gateway"
+	"github.com/cleanroom-ci/cleanroom/netpolicy"
 	"github.com/cleanroom-ci/cleanroom/secrets"
 	"github.com/cleanroom-ci/cleanroom/supplychain"
 )
@@ -36,11 +38,18 @@ type prefetch struct {
 // nothing), then prefetches it in the background.
 func (r *jobRun) registry(ctx context.Context) error {
 	cfg := r.e.cfg
+	if cfg.DataDir != "" {
+		a, err := netpolicy.OpenAuditFile(filepath.Join(cfg.DataDir, "egress.jsonl"))
+		if err != nil {
+			return failed(1, "registry gateway events cannot be audited: %v", err)
+		}
+		r.gwAudit = a
+	}
 	r.gwJob = gateway.Job{
 		Job: r.job.ID, Runner: cfg.RunnerID, Sandbox: "cr-" + r.runID,
 		Entries:       gatewayEntries(r.lf),
 		MinReleaseAge: r.job.Spec.MinReleaseAge.D(),
-		OnEvent:       func(ev api.EgressEvent) { r.rep.Event(ev) },
+		OnEvent:       r.gatewayEvent,
 		Redact:        r.e.matcher.RedactString,
 	}
 	if err := r.e.gateway.Check(ctx, r.gwJob); err != nil {
@@ -56,6 +65,19 @@ func (r *jobRun) registry(ctx context.Context) error {
 		p.took = time.Since(start)
 	}()
 	return nil
+}
+
+// gatewayEvent delivers one of the gateway's events as netpolicy's sink
+// does the network's: to the agent's local audit log (the same file, one
+// writer type), then to the coordinator. A failed write ends the job
+// through the watcher: nothing runs unaudited.
+func (r *jobRun) gatewayEvent(ev api.EgressEvent) {
+	if r.gwAudit != nil {
+		if err := r.gwAudit.Append(netpolicy.Event(ev)); err != nil {
+			r.gwAuditOnce.Do(func() { r.gwAuditFailed <- err })
+		}
+	}
+	r.rep.Event(ev)
 }
 
 // stopPrefetch ends a prefetch still running (the job ended before serve)

@@ -1,7 +1,10 @@
 package buildexec
 
 import (
+	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -169,5 +172,36 @@ func TestGatewayLogsTheJobsWaitForThePrefetch(t *testing.T) {
 	d, err := time.ParseDuration(m[1])
 	if err != nil || d < 200*time.Millisecond || d > 300*time.Millisecond+time.Second {
 		t.Errorf("the job waited %s (%v), want about the prefetch's 300ms", m[1], err)
+	}
+}
+
+// The gateway's events land in the agent's local audit log with the
+// network's (DATA_DIR/egress.jsonl); a log that cannot be opened fails the
+// job before anything exists.
+func TestGatewayEventsLandInTheLocalAuditLog(t *testing.T) {
+	dataDir := t.TempDir()
+	ev := api.EgressEvent{Job: "j-1", Proto: "http", Method: "PUT", Path: "/-/user/org.couchdb.user:x", Status: 403, Verdict: api.VerdictDeny, Rule: gateway.RuleRegistryWrite}
+	w := &world{gwEvent: &ev}
+	res, log := run(t, newFakeExecutor(t, w, func(c *Config) { c.DataDir = dataDir }), w, api.JobSpec{})
+	if res.State != api.StateSucceeded {
+		t.Fatalf("result = %+v\n%s", res, log)
+	}
+	b, err := os.ReadFile(filepath.Join(dataDir, "egress.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got api.EgressEvent
+	if err := json.Unmarshal(b, &got); err != nil || got.Method != "PUT" || got.Rule != gateway.RuleRegistryWrite || got.Status != 403 {
+		t.Errorf("egress.jsonl = %q (%v), want the gateway's event", b, err)
+	}
+
+	dataDir = t.TempDir()
+	if err := os.Mkdir(filepath.Join(dataDir, "egress.jsonl"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	w = &world{gwEvent: &ev}
+	res, log = run(t, newFakeExecutor(t, w, func(c *Config) { c.DataDir = dataDir }), w, api.JobSpec{})
+	if res.State != api.StateFailed || !strings.Contains(res.Reason, "registry gateway events cannot be audited") || w.has("network setup") || w.has("sandbox create") {
+		t.Errorf("result = %+v, calls %v, want failed before any network or sandbox\n%s", res, w.log(), log)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cleanroom-ci/cleanroom/agent"
@@ -58,6 +59,12 @@ type jobRun struct {
 	runCtx    context.Context    // the steps' context; canceled by a kill-mode violation
 	cancelRun context.CancelCauseFunc
 	arts      []agent.Artifact
+
+	// gwAudit is the agent's local audit log for the gateway's events;
+	// gwAuditFailed carries its first failed write to the watcher.
+	gwAudit       *netpolicy.AuditFile
+	gwAuditFailed chan error
+	gwAuditOnce   sync.Once
 }
 
 // Causes with which the watcher ends a job's steps.
@@ -108,6 +115,8 @@ func (e *Executor) newRun(job *api.Job, ws string, out io.Writer, rep agent.Repo
 		started: time.Now().UTC(),
 		runID:   fmt.Sprintf("%s-%d", job.ID, max(job.Attempts, 1)),
 		dir:     filepath.Join(e.cfg.DataDir, "jobs", job.ID),
+
+		gwAuditFailed: make(chan error, 1),
 	}
 }
 
@@ -340,6 +349,9 @@ func (r *jobRun) watch(ctx context.Context) error {
 		case err := <-auditFailed:
 			r.log.say("egress audit stopped (%v): ending the job now, nothing may run unaudited", err)
 			stop(fmt.Errorf("%w: %v", errAuditStopped, err))
+		case err := <-r.gwAuditFailed:
+			r.log.say("egress audit stopped (registry gateway: %v): ending the job now, nothing may run unaudited", err)
+			stop(fmt.Errorf("%w: registry gateway: %v", errAuditStopped, err))
 		case ev := <-violations:
 			if ev.Rule == netpolicy.RuleAuditFailure { // the audit's own failure, reported as a deny
 				r.log.say("egress audit stopped (%s: %s): ending the job now, nothing may run unaudited", ev.Domain, ev.Answer)
@@ -490,6 +502,13 @@ func (r *jobRun) teardown(ctx context.Context) error {
 			if gwErr = r.js.Close(); gwErr != nil {
 				logger.Error("closing the job's registry gateway", "job", r.job.ID, "error", gwErr)
 				gwErr = fmt.Errorf("closing the job's registry gateway: %w", gwErr)
+			}
+		}
+		// The gateway sends no more events.
+		if r.gwAudit != nil {
+			if err := r.gwAudit.Close(); err != nil {
+				logger.Error("closing the registry gateway's audit log", "job", r.job.ID, "error", err)
+				gwErr = errors.Join(gwErr, fmt.Errorf("registry gateway events: %w", err))
 			}
 		}
 		if r.nw != nil {

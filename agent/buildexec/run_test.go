@@ -60,6 +60,7 @@ type world struct {
 	// prefetchTakes is how long Prefetch takes.
 	prefetchTakes    time.Duration
 	gwJob            gateway.Job
+	gwEvent          *api.EgressEvent // the endpoint sends it when it starts
 	stepEnv          map[string][]string
 	npmrcAtFirstStep string
 	installed        bool
@@ -113,8 +114,11 @@ func (w *world) Prefetch(context.Context, gateway.Job, func(int, int)) error {
 	return w.prefetchErr
 }
 
-func (w *world) Serve(ln net.Listener, _ gateway.Job) (jobGateway, error) {
+func (w *world) Serve(ln net.Listener, j gateway.Job) (jobGateway, error) {
 	w.record("gateway serve")
+	if w.gwEvent != nil {
+		j.OnEvent(*w.gwEvent)
+	}
 	return &fakeJobGateway{w: w, ln: ln}, nil
 }
 

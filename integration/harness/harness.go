@@ -298,8 +298,9 @@ type AgentOptions struct {
 	Mode        string // forward (default: the registry is another lab host) | direct
 	// Secrets replaces Options.Secrets for this agent when set.
 	Secrets string
-	// RegistryTokenSecret names the secrets-file entry written into every
-	// job's .npmrc as the registry token (agent config registry_token_secret).
+	// RegistryTokenSecret names the secrets-file entry that is the
+	// registry's token (agent config registry_token_secret): the registry
+	// gateway sends it upstream; no job may be granted it, no sandbox sees it.
 	RegistryTokenSecret string
 	// Hosts are static name → IP answers added to the registry's
 	// (network.hosts), e.g. the lab's git server.

@@ -1,11 +1,15 @@
 package registry
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -256,5 +260,80 @@ func TestExampleJobSpecs(t *testing.T) {
 				t.Errorf("timeout, resources.memory and artifacts should be set: %+v", s)
 			}
 		})
+	}
+}
+
+// The committed tarball of each local package is its source folder packed:
+// every file of packages/<name>/ is in packages/*.tgz with the same bytes
+// (a source edited without repacking would never reach a test or the demo).
+func TestLocalTarballsHoldTheirSources(t *testing.T) {
+	dir := filepath.Join(examplesDir(t), "packages")
+	tgzs, err := ExampleTarballs(examplesDir(t))
+	if err != nil || len(tgzs) == 0 {
+		t.Fatalf("no local tarballs (%v)", err)
+	}
+	for _, p := range tgzs {
+		files := tarballFiles(t, p)
+		tb, err := readTarball(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := filepath.Join(dir, strings.TrimPrefix(tb.name[strings.LastIndex(tb.name, "/")+1:], "@"))
+		ents, err := os.ReadDir(src)
+		if err != nil {
+			t.Fatalf("%s: its source folder: %v", filepath.Base(p), err)
+		}
+		for _, e := range ents {
+			want, err := os.ReadFile(filepath.Join(src, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, ok := files[e.Name()]
+			if e.Name() == "package.json" {
+				// npm pack normalizes package.json; compare what it means.
+				var a, b any
+				ok = ok && json.Unmarshal(got, &a) == nil && json.Unmarshal(want, &b) == nil && reflect.DeepEqual(a, b)
+			} else {
+				ok = ok && bytes.Equal(got, want)
+			}
+			if !ok {
+				t.Errorf("%s does not hold the current %s: repack it (examples/README.md) and update the lockfile's integrity", filepath.Base(p), filepath.Join(src, e.Name()))
+			}
+		}
+	}
+}
+
+// tarballFiles reads the regular files of a package tarball by their path
+// below its top folder.
+func tarballFiles(t *testing.T, p string) map[string][]byte {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	gz, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(gz)
+	files := map[string][]byte{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return files
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		_, rel, _ := strings.Cut(h.Name, "/")
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[rel] = b
 	}
 }

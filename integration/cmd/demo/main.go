@@ -123,21 +123,28 @@ func run(ctx context.Context, bin, repo string) (retErr error) {
 		}
 		fmt.Printf("stopped everything and cleaned up (lab namespaces, registry, coordinator, agent, console relay) in %.1fs\n", time.Since(t).Seconds())
 	}()
-	// The build secret is the registry's real read-only token: every job
-	// gets it in its .npmrc (registry_token_secret), and the
-	// evil-postinstall job also asks for it in its environment.
-	buildSecret := env.Registry.ReaderToken
-	secretsFile := fmt.Sprintf(`# demo secrets file (mode 0600): the registry's read-only token (scope build),
-# and a deploy token that no build may have
+	// The registry's real read-only token is the agent's upstream credential
+	// (registry_token_secret): only the registry gateway holds it, no job
+	// may be granted it, the sandbox's npmrc has no credential. The build
+	// secret is another build-scope token the evil-postinstall job asks
+	// for in its environment, so the malware does find one to print.
+	registryToken := env.Registry.ReaderToken
+	buildSecret := "npm_" + strings.Repeat("d3m0R3adT0k3n", 3)[:36]
+	secretsFile := fmt.Sprintf(`# demo secrets file (mode 0600): a read-only build token (scope build), the
+# registry's token (the gateway's upstream credential, never a job's) and a
+# deploy token that no build may have
 secrets:
   - name: NPM_READ_TOKEN
     value: %q
     scope: build
+  - name: REGISTRY_TOKEN
+    value: %q
+    scope: deploy
   - name: DEPLOY_TOKEN
     value: %q
     scope: deploy
-`, buildSecret, deploySecret)
-	a, err := env.AddAgent(ctx, harness.AgentOptions{Name: "demo-agent", Secrets: secretsFile, RegistryTokenSecret: "NPM_READ_TOKEN"})
+`, buildSecret, registryToken, deploySecret)
+	a, err := env.AddAgent(ctx, harness.AgentOptions{Name: "demo-agent", Secrets: secretsFile, RegistryTokenSecret: "REGISTRY_TOKEN"})
 	if err != nil {
 		return err
 	}
@@ -198,6 +205,10 @@ secrets:
 	banner("2. examples/evil-postinstall: a dependency's postinstall tries to steal and send secrets")
 	t = time.Now()
 	env.Lab.ResetForbiddenPackets()
+	vlogStart := 0
+	if fi, err := os.Stat(env.Registry.LogPath); err == nil {
+		vlogStart = int(fi.Size())
+	}
 	id, log, code = submit("evil-postinstall")
 	fmt.Printf("(build exit code %d: the malware keeps quiet and the build itself succeeds; what matters is below)\n", code)
 	out, _, _ := cli("egress", "--job", id, "--denied")
@@ -218,6 +229,40 @@ secrets:
 	}
 	ok = check(leaked == "" && strings.Contains(log, "[REDACTED]"),
 		"the granted build secret NPM_READ_TOKEN, which the malware printed and sent, shows only as [REDACTED] (raw, base64, URL, hex)"+leaked) && ok
+
+	// The registry channel: every request the malware made to the registry
+	// it found in its npmrc (the job's gateway) was refused with a 403
+	// naming the rule, audited, and never reached Verdaccio.
+	httpOut, _, _ := cli("egress", "--job", id, "--proto", "http", "--denied")
+	for _, w := range []struct{ log, rule, what string }{
+		{"registry adduser: PUT /-/user/org.couchdb.user:", "registry-write", "creating a registry account (adduser)"},
+		{"registry publish: PUT /@cleanroom-demo%2ftelemetry-helper", "registry-write", "publishing itself (the worm's move)"},
+		{"registry search: GET /-/v1/search", "registry-api", "searching the registry"},
+		{"registry tarball not in the lockfile: GET /typescript/-/typescript-5.6.3.tgz", "not-in-lockfile", "a tarball the lockfile does not pin"},
+		{"registry packument of another name: GET /typescript", "not-in-lockfile", "the packument of another package"},
+	} {
+		ok = check(lineWith(log, w.log, ": refused: HTTP 403 (rule "+w.rule+")") && strings.Contains(httpOut, w.rule),
+			"the registry channel: "+w.what+" refused (403, rule "+w.rule+") and audited") && ok
+	}
+	ok = check(strings.Contains(log, "/run/cleanroom/npmrc names http://") && strings.Contains(log, ", 0 credential line(s)"),
+		"the sandbox's npmrc names only the job's gateway and holds no credential") && ok
+	leaked = ""
+	for name, form := range encodings(registryToken) {
+		if strings.Contains(log, form) || strings.Contains(evOut, form) {
+			leaked += " " + name
+		}
+	}
+	ok = check(leaked == "", "the registry's own token appears nowhere in the log or the events"+leaked) && ok
+	vlog, _ := os.ReadFile(env.Registry.LogPath)
+	vlog = vlog[min(vlogStart, len(vlog)):]
+	reached := ""
+	for _, s := range []string{"org.couchdb.user", "/-/v1/search", "typescript", "req: 'PUT"} {
+		if strings.Contains(string(vlog), s) {
+			reached += " " + s
+		}
+	}
+	ok = check(strings.Contains(string(vlog), "is-number-7.0.0.tgz") && reached == "",
+		"the registry (Verdaccio's own log) saw the gateway fetch the lockfile's tarballs and none of those requests"+reached) && ok
 	record("2. evil-postinstall: exfiltration denied, logged", t, ok, id)
 
 	// 3. A job asking for a deploy secret is refused before anything runs.
@@ -265,4 +310,14 @@ func showConsole(ctx context.Context, env *harness.Env, keep bool) (baseURL stri
 		fmt.Println("The console stops with the demo, now; KEEP=1 make demo keeps it up until Ctrl-C.")
 	}
 	return base, nil
+}
+
+// lineWith reports whether one line of text holds both a and b, in order.
+func lineWith(text, a, b string) bool {
+	for _, l := range strings.Split(text, "\n") {
+		if i := strings.Index(l, a); i >= 0 && strings.Contains(l[i+len(a):], b) {
+			return true
+		}
+	}
+	return false
 }
