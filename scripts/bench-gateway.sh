@@ -20,6 +20,11 @@
 #   scripts/containerd.sh start && make build image
 #   CLEANROOM_CONTAINERD_ADDRESS=$(scripts/containerd.sh address) scripts/bench-gateway.sh -n 3
 # Iterations: -n N, or BENCH_GATEWAY_N (default 5). Other flags: go run ./bench/jobbench -h.
+# --registry-rtt 40ms: both sides reach the registry through a relay in the
+# registry namespace that models a 40 ms round trip (the lab's links have
+# none, and without sch_netem tc cannot add it): the cache's saving on a
+# registry in another region or proxying the public registry, where the
+# 2× warm/cold target is measured (docs/architecture.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-gateway needs root" >&2; exit 1; }

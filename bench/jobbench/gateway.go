@@ -21,6 +21,15 @@ package main
 // inside the lab host namespace against the same Verdaccio, with
 // --replace-registry-host=always (the lockfile names the public registry),
 // then `npm run build`.
+//
+// With -registry-rtt D, both sides reach Verdaccio through a relay in the
+// registry namespace (lab.StartRelay, port relayPort) that models a link of
+// round-trip time D: the agent's registry (its gateway's upstream) and the
+// host npm's --registry are the relay's address. The lab's links have no
+// latency (a cold download of every tarball takes about a second), so
+// without it a cache has nothing to save; a real registry in another region,
+// or one proxying the public registry, is tens of milliseconds away. The
+// relay's connection count shows each side went through it.
 
 import (
 	"cmp"
@@ -79,14 +88,37 @@ func runGateway(ctx context.Context, o opts) (retErr error) {
 			return err
 		}
 	}
+	agentRegistry := harness.RegistryURL
+	hostRegistry := fmt.Sprintf("http://%s:%d/", lab.RegistryIP, lab.RegistryPort)
+	var relay *lab.Relay
+	if o.registryRTT > 0 {
+		relay, err = env.Lab.StartRelay(env.Lab.RegistryNS, fmt.Sprintf("%s:%d", lab.RegistryIP, relayPort),
+			fmt.Sprintf("%s:%d", lab.RegistryIP, lab.RegistryPort), o.registryRTT)
+		if err != nil {
+			return err
+		}
+		agentRegistry = fmt.Sprintf("http://%s:%d/", lab.RegistryName, relayPort)
+		hostRegistry = fmt.Sprintf("http://%s:%d/", lab.RegistryIP, relayPort)
+		fmt.Printf("  registry relay %s → :%d in the registry namespace, modelled RTT %v (setup 1 RTT, each chunk RTT/2 each way)\n",
+			relay.Addr(), lab.RegistryPort, o.registryRTT)
+	}
+	relayConns := func() int64 {
+		if relay == nil {
+			return 0
+		}
+		return relay.Conns()
+	}
 
 	// The agent, with the gateway's cache in a folder we can empty.
 	cacheDir := filepath.Join(env.Dir, "gateway-cache")
 	if err := os.MkdirAll(cacheDir, 0o700); err != nil {
 		return err
 	}
-	a, err := env.AddAgent(ctx, harness.AgentOptions{Name: "gwbench-agent",
-		Extra: map[string]any{"gateway.cache_dir": cacheDir}})
+	extra := map[string]any{"gateway.cache_dir": cacheDir}
+	if relay != nil {
+		extra["network.registries"] = []string{agentRegistry}
+	}
+	a, err := env.AddAgent(ctx, harness.AgentOptions{Name: "gwbench-agent", Extra: extra})
 	if err != nil {
 		return err
 	}
@@ -104,7 +136,7 @@ func runGateway(ctx context.Context, o opts) (retErr error) {
 		return err
 	}
 	b := &baseline{ns: env.Lab.HostNSPath(), src: proj, taskset: o.taskset,
-		registry: fmt.Sprintf("http://%s:%d/", lab.RegistryIP, lab.RegistryPort), replace: "always", node: o.hostNode}
+		registry: hostRegistry, replace: "always", node: o.hostNode}
 	nodeV, npmV, err := b.versions()
 	if err != nil {
 		return err
@@ -142,10 +174,18 @@ func runGateway(ctx context.Context, o opts) (retErr error) {
 	if err := emptyCache(); err != nil {
 		return err
 	}
+	c0 := relayConns()
 	j, err := submitGW(ctx, env, o, proj)
 	if err != nil {
 		return fmt.Errorf("warm-up job: %w", err)
 	}
+	if relay != nil {
+		if relayConns() == c0 {
+			return fmt.Errorf("the warm-up job's gateway made no connection through the registry relay (agent registry %s)", agentRegistry)
+		}
+		fmt.Printf("  the job's gateway fetched through the relay: %d connections\n", relayConns()-c0)
+	}
+	c0 = relayConns()
 	fmt.Printf("  cleanroom job %s: %.2fs (install %.2fs: prefetch wait %.2fs + npm ci step %.2fs)\n",
 		j.id, j.end.Sub(j.start).Seconds(), j.install.Seconds(), j.wait.Seconds(), j.step.Seconds())
 	h, fetched, err := b.run(ctx, true)
@@ -161,6 +201,12 @@ func runGateway(ctx context.Context, o opts) (retErr error) {
 		return errors.New("host baseline: npm logged no fetches; cannot verify it used the lab registry")
 	}
 	fmt.Printf("  host npm ci (empty cache) && npm run build: %.2fs; all %d fetches went to %s\n", h.total.Seconds(), len(fetched), b.registry)
+	if relay != nil {
+		if relayConns() == c0 {
+			return errors.New("host baseline: no connection through the registry relay")
+		}
+		fmt.Printf("  host npm went through the relay: %d connections\n", relayConns()-c0)
+	}
 	if h, _, err = bWarm.run(ctx, false); err != nil {
 		return fmt.Errorf("priming the host's warm npm cache: %w", err)
 	}
@@ -194,8 +240,15 @@ func runGateway(ctx context.Context, o opts) (retErr error) {
 			r.hostCold.install.Seconds(), r.hostWarm.install.Seconds(), loadavg())
 	}
 	reportGateway(o, runs, load0)
+	if relay != nil {
+		fmt.Printf("registry relay: modelled RTT %v, %d connections in all\n", o.registryRTT, relay.Conns())
+	}
 	return nil
 }
+
+// relayPort is the registry relay's port (-registry-rtt), next to
+// Verdaccio's on the registry host.
+const relayPort = 4875
 
 // gwJob is one job of the gateway mode: install is wait + step.
 type gwJob struct {
@@ -248,7 +301,11 @@ func reportGateway(o opts, runs []gwRun, load0 string) {
 	coldS := pick(func(r gwRun) time.Duration { return r.cold.step })
 	warmW := pick(func(r gwRun) time.Duration { return r.warm.wait })
 	warmS := pick(func(r gwRun) time.Duration { return r.warm.step })
-	fmt.Printf("\n%s, %d iterations (interleaved, after 1 untimed warm-up); job side: registry gateway, its cache emptied before each cold job\n", o.example, len(runs))
+	lat := "the lab registry as it is (~0 ms)"
+	if o.registryRTT > 0 {
+		lat = fmt.Sprintf("registry %v away (modelled RTT, both sides)", o.registryRTT)
+	}
+	fmt.Printf("\n%s, %d iterations (interleaved, after 1 untimed warm-up), %s; job side: registry gateway, its cache emptied before each cold job\n", o.example, len(runs), lat)
 	fmt.Printf("%-48s %9s %9s %9s %8s %s\n", "", "median", "min", "max", "ratio", "target")
 	row := func(name string, v, base []time.Duration, target string) {
 		r := ""

@@ -56,6 +56,7 @@ func main() {
 	flag.StringVar(&o.taskset, "baseline-cpus", "", "pin the host baseline to this CPU list (taskset -c), e.g. 0 to mirror a job spec's cpus: 1; empty: no pinning")
 	flag.BoolVar(&o.verbose, "v", false, "print each job's log with arrival times")
 	flag.BoolVar(&o.gateway, "gateway", false, "cold vs warm registry-gateway cache mode on examples/webapp (see gateway.go); -example then defaults to webapp")
+	flag.DurationVar(&o.registryRTT, "registry-rtt", 0, "-gateway: put a relay modelling this round-trip time (e.g. 40ms) in front of the lab registry, for both the jobs' gateway and the host npm ci (see gateway.go); 0: the lab registry as it is (~0 ms)")
 	flag.StringVar(&o.hostNode, "host-node", "", "-gateway: folder whose bin/ has the node and npm the host side runs (e.g. the sandbox image's, unpacked); empty: the host's own from PATH")
 	flag.Parse()
 	if o.gateway && !flagSet("example") {
@@ -89,8 +90,9 @@ type opts struct {
 	n, warmup                               int
 	bin, repo, example, containerd, taskset string
 	verbose                                 bool
-	gateway                                 bool   // -gateway: cold/warm cache mode (gateway.go)
-	hostNode                                string // -host-node: the host side's node and npm (gateway.go)
+	gateway                                 bool          // -gateway: cold/warm cache mode (gateway.go)
+	hostNode                                string        // -host-node: the host side's node and npm (gateway.go)
+	registryRTT                             time.Duration // -registry-rtt: modelled registry latency (gateway.go)
 }
 
 // line is one line of the CLI's output and when it arrived here.
