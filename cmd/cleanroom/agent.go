@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -173,6 +174,11 @@ cancels running jobs at once (they are still torn down).`,
 			defer scancel()
 			if err := netpolicy.Settle(sctx); err != nil {
 				log.Warn("exiting before every sandbox network was released", "error", err)
+			}
+			if c, ok := ex.(io.Closer); ok {
+				if err := c.Close(); err != nil {
+					log.Warn("closing the sandbox client", "error", err)
+				}
 			}
 			return runErr
 		},

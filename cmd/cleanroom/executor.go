@@ -131,6 +131,11 @@ var newExecutor = func(cfg *agent.Config, log hclog.Logger, m *agent.Metrics) (a
 	return &sandboxExecutor{Executor: ex, sb: sb, cfg: cfg, metrics: m}, nil
 }
 
+// Close releases what the executor holds for the agent's whole life: the
+// containerd connection and the claim on its user-namespace range (whose
+// file it removes). agent run calls it once every job has ended.
+func (e *sandboxExecutor) Close() error { return e.sb.Close() }
+
 // agentContainerdAddress is the config's containerd socket, or
 // $CLEANROOM_CONTAINERD_ADDRESS when the config keeps the default.
 func agentContainerdAddress(cfg *agent.Config) string {
