@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -922,6 +923,10 @@ func TestNoResidueAfterAllScenarios(t *testing.T) {
 
 // ---- residue ---------------------------------------------------------------
 
+// userNSClaimDir is where agents claim their user-namespace ranges
+// (sandbox.UserNSConfig.ClaimDir's default).
+const userNSClaimDir = "/run/cleanroom/userns"
+
 // closeAndCheckResidue closes the shared environment (if it was started)
 // and returns every leftover it can attribute to this run. What other runs
 // on the machine leave is logged through t (when given), not failed on.
@@ -936,6 +941,12 @@ func closeAndCheckResidue(ctx context.Context, t *testing.T) []string {
 	e, started := suite.env, suite.started
 	jobs := slices.Clone(suite.jobs)
 	agentNames := slices.Clone(suite.agentNames)
+	agentPIDs := map[string]bool{}
+	for _, a := range suite.agents {
+		if a.Cmd != nil && a.Cmd.Process != nil {
+			agentPIDs[strconv.Itoa(a.Cmd.Process.Pid)] = true
+		}
+	}
 	fbdBase := suite.fbdBase
 	suite.mu.Unlock()
 	var problems []string
@@ -994,6 +1005,17 @@ func closeAndCheckResidue(ctx context.Context, t *testing.T) []string {
 		}, filter)
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("listing snapshots: %v", err))
+		}
+	}
+
+	// User-namespace range claims (a file holding the agent's pid): an
+	// agent removes its own when it stops.
+	if ents, err := os.ReadDir(userNSClaimDir); err == nil {
+		for _, ent := range ents {
+			b, err := os.ReadFile(filepath.Join(userNSClaimDir, ent.Name()))
+			if err == nil && agentPIDs[strings.TrimSpace(string(b))] {
+				problems = append(problems, "user-namespace range claim left by a stopped agent: "+filepath.Join(userNSClaimDir, ent.Name()))
+			}
 		}
 	}
 
