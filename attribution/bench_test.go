@@ -47,20 +47,7 @@ func BenchmarkConnect(b *testing.B) {
 		b.Skip(err)
 	}
 	defer tr.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	ln := closingListener(b)
 	for _, hooked := range []bool{false, true} {
 		name := "unhooked"
 		if hooked {

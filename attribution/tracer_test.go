@@ -42,11 +42,31 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// closingListener listens on loopback and closes every connection it
+// accepts, until the test ends.
+func closingListener(t testing.TB) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln
+}
+
 // testCgroup makes a cgroup v2 of its own for a test's processes.
 func testCgroup(t testing.TB) (dir string, fd int) {
 	root, err := V2Root()
 	if err != nil {
-		t.Skip(err)
+		testutil.Unavailable(t, err.Error())
 	}
 	dir = filepath.Join(root, fmt.Sprintf("cleanroom-attr-test-%d", os.Getpid()))
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -85,20 +105,7 @@ func TestHooksNameTheProcessOfEachAttempt(t *testing.T) {
 	defer tr.Close()
 	_, cgfd := testCgroup(t)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	ln := closingListener(t)
 	const secret = "s3cr3t-value-in-argv"
 	cmd := exec.Command("/proc/self/exe", "-test.run=NONE", "marker-arg", secret)
 	cmd.Env = append(os.Environ(), "CR_ATTR_HELPER=1", "CR_ATTR_UDP=127.0.0.1:9", "CR_ATTR_TCP="+ln.Addr().String(),

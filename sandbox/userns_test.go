@@ -256,8 +256,8 @@ func TestUserNSCacheIsKeptUntilGC(t *testing.T) {
 }
 
 func TestCheckUserNSRefusesRangesOfRealUsers(t *testing.T) {
-	if sandbox.UserNSSupported() != nil {
-		t.Skip("no user namespaces on this kernel")
+	if err := sandbox.UserNSSupported(); err != nil {
+		testutil.Unavailable(t, "no user namespaces on this kernel: "+err.Error())
 	}
 	dir := t.TempDir()
 	write := func(name, body string) string {

@@ -31,6 +31,18 @@ func RequiresRoot(t testing.TB) {
 	t.Skip("test requires root (run with sudo or via make test as root)")
 }
 
+// Unavailable ends a test whose prerequisite the host lacks (a kernel
+// feature, a cgroup hierarchy): outside CI it skips with reason; with
+// CI=true it fails, since CI's hosts have it and a skip would hide a broken
+// setup.
+func Unavailable(t testing.TB, reason string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s, and CI must run this test", reason)
+	}
+	t.Skip(reason)
+}
+
 // ContainerdAddress returns the containerd socket the tests should use:
 // $CLEANROOM_CONTAINERD_ADDRESS (set by make test for its private instance),
 // else /run/containerd/containerd.sock when present. It fails the test when
