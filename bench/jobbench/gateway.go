@@ -69,20 +69,11 @@ func runGateway(ctx context.Context, o opts) (retErr error) {
 
 	fmt.Println("starting the harness: lab network, registry, coordinator")
 	t := time.Now()
-	env, err := harness.Start(ctx, harness.Options{
-		Bin: o.bin, Repo: o.repo, Containerd: o.containerd, Name: "gwbench",
-		Progress: prefixWriter{os.Stdout, "  "},
-	})
+	env, err := startHarness(ctx, o, "gwbench")
 	if err != nil {
-		return fmt.Errorf("starting the harness: %w", err)
+		return err
 	}
-	defer func() {
-		t := time.Now()
-		if err := env.Close(); err != nil {
-			retErr = errors.Join(retErr, fmt.Errorf("cleaning up the harness: %w", err))
-		}
-		fmt.Printf("harness stopped and lab removed (%.1fs)\n", time.Since(t).Seconds())
-	}()
+	defer func() { retErr = errors.Join(retErr, stopHarness(env)) }()
 	if o.example == "webapp" {
 		if err := env.SeedWebapp(ctx); err != nil {
 			return err

@@ -143,20 +143,11 @@ func run(ctx context.Context, o opts) (retErr error) {
 
 	fmt.Println("starting the harness: lab network, registry, coordinator, one agent")
 	t := time.Now()
-	env, err := harness.Start(ctx, harness.Options{
-		Bin: o.bin, Repo: o.repo, Containerd: o.containerd, Name: "jobbench",
-		Progress: prefixWriter{os.Stdout, "  "},
-	})
+	env, err := startHarness(ctx, o, "jobbench")
 	if err != nil {
-		return fmt.Errorf("starting the harness: %w", err)
+		return err
 	}
-	defer func() {
-		t := time.Now()
-		if err := env.Close(); err != nil {
-			retErr = errors.Join(retErr, fmt.Errorf("cleaning up the harness: %w", err))
-		}
-		fmt.Printf("harness stopped and lab removed (%.1fs)\n", time.Since(t).Seconds())
-	}()
+	defer func() { retErr = errors.Join(retErr, stopHarness(env)) }()
 	a, err := env.AddAgent(ctx, harness.AgentOptions{Name: "bench-agent"})
 	if err != nil {
 		return err
@@ -701,6 +692,30 @@ func loadavg() string {
 type prefixWriter struct {
 	w      io.Writer
 	prefix string
+}
+
+// startHarness starts the lab, the registry and the coordinator, its
+// progress indented on stdout.
+func startHarness(ctx context.Context, o opts, name string) (*harness.Env, error) {
+	env, err := harness.Start(ctx, harness.Options{
+		Bin: o.bin, Repo: o.repo, Containerd: o.containerd, Name: name,
+		Progress: prefixWriter{os.Stdout, "  "},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("starting the harness: %w", err)
+	}
+	return env, nil
+}
+
+// stopHarness closes env and says how long that took.
+func stopHarness(env *harness.Env) error {
+	t := time.Now()
+	err := env.Close()
+	fmt.Printf("harness stopped and lab removed (%.1fs)\n", time.Since(t).Seconds())
+	if err != nil {
+		return fmt.Errorf("cleaning up the harness: %w", err)
+	}
+	return nil
 }
 
 func (p prefixWriter) Write(b []byte) (int, error) {
